@@ -1,0 +1,113 @@
+"""Composition root: build every component from ``Settings`` and wire them.
+
+Each component gets only its own slice of the configuration. Resources that
+need the event loop (HTTP session, Redis, msal) are created on start-up and
+closed on clean-up.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+import aiohttp
+from aiohttp import web
+
+from . import ops, redisconn
+from .auth import MsalTokenProvider, TokenProvider, scope_for
+from .cache import AvatarCache, CacheTier, MemoryTier, RedisTier
+from .coalesce import ReplicaCoalescer
+from .config import GraphSettings, Settings
+from .errors import ConfigError
+from .graph import GraphClient
+from .imaging import InitialsRenderer
+from .limits import LoadLimits
+from .purge import LISTENER, PurgeListener
+from .ratelimit import RateLimiter
+from .security import ClientAddress, Policy
+from .service import AvatarService
+from .throttle import GraphGate
+from .web import (
+    CLIENTS,
+    DEFAULT_FORMAT,
+    LIMITER,
+    MAX_SIZE,
+    POLICY,
+    SERVER,
+    SERVICE,
+    add_routes,
+    error_middleware,
+    security_headers,
+)
+
+
+def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.Application:
+    """The aiohttp application. ``tokens`` replaces msal (the demo uses a fixed token)."""
+    # Load fonts now: a bad avatar.extra_fonts stops start-up, not a request.
+    initials = InitialsRenderer(settings.avatar.extra_fonts)
+    problems = redisconn.check(settings.cache)
+    if problems:
+        raise ConfigError(problems)
+    app = web.Application(middlewares=[ops.observe, error_middleware])
+    app[MAX_SIZE] = settings.avatar.max_size
+    app[DEFAULT_FORMAT] = settings.avatar.default_format
+    app[SERVER] = settings.server
+    app[POLICY] = Policy.from_settings(settings.security)
+    app[CLIENTS] = ClientAddress(settings.server.trusted_proxies)
+    app.on_response_prepare.append(security_headers)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        session = _graph_session(settings.graph)
+        tiers: list[CacheTier] = [MemoryTier(settings.cache.memory_max_bytes)]
+        if redisconn.enabled(settings.cache):
+            tiers.append(RedisTier(redisconn.connect(settings.cache),
+                                   settings.cache.redis_retry_seconds))
+        cache = AvatarCache(settings.cache, tiers)
+        if settings.cache.redis_url and settings.cache.redis_mode == "standalone":
+            # `avatarproxy purge` reaches this replica's memory tier through Redis.
+            app[LISTENER] = PurgeListener(settings.cache.redis_url,
+                                          settings.cache.redis_timeout_seconds, cache)
+            await app[LISTENER].start()
+        app[LIMITER] = RateLimiter(
+            settings.security.rate_limit_per_second, settings.security.rate_limit_burst,
+            redisconn.connect(settings.cache) if redisconn.enabled(settings.cache) else None,
+            settings.cache.key_prefix)
+        executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
+                                      thread_name_prefix="imaging")
+        try:
+            provider = tokens or await MsalTokenProvider.create(
+                settings.auth, scope_for(settings.graph.base_url))
+            graph = GraphClient(settings.graph, provider, session,
+                                GraphGate(settings.graph, cache.redis, cache.pause_key))
+            # A download lock outlives a normal download, not a dead holder for long.
+            coalescer = ReplicaCoalescer(cache.redis, settings.cache.coalesce_wait_seconds,
+                                         lock_seconds=settings.graph.timeout_seconds)
+            app[SERVICE] = AvatarService(graph, cache, initials, settings.cache,
+                                         settings.avatar, executor,
+                                         limits=LoadLimits(settings.server), coalescer=coalescer)
+            yield
+        finally:
+            await session.close()
+            await cache.close()
+            await app[LIMITER].close()
+            if LISTENER in app:
+                await app[LISTENER].close()
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    app.cleanup_ctx.append(lifecycle)
+    add_routes(app)
+    ops.add_routes(app, redis_configured=redisconn.enabled(settings.cache))
+    return app
+
+
+def _graph_session(graph: GraphSettings) -> aiohttp.ClientSession:
+    ssl_context: ssl.SSLContext | bool = True
+    if graph.ca_file:
+        ssl_context = ssl.create_default_context(cafile=graph.ca_file)
+    connector = aiohttp.TCPConnector(limit=graph.max_concurrency * 2, ssl=ssl_context)
+    # trust_env: HTTPS_PROXY / NO_PROXY are honoured, as for the authority.
+    return aiohttp.ClientSession(
+        connector=connector, trust_env=True,
+        timeout=aiohttp.ClientTimeout(total=graph.timeout_seconds))

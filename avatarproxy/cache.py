@@ -1,0 +1,372 @@
+"""Two cache tiers behind one interface, and the key names and TTLs they use.
+
+The in-process tier (an LRU bounded in bytes) answers hot avatars without a
+network hop; Redis, when configured, is shared by every replica and
+survives restarts. Image keys contain the photo's mediaEtag: a changed photo
+has new keys, so nothing is ever invalidated, and image entries are
+immutable. A failing Redis counts as a miss: avatars are decoration, never
+worth an error.
+
+Keys are ``<cache.key_prefix><schema>:<kind>:{<tag>}...``: the hash tag puts
+every key of one person (one initials image) in one Redis Cluster slot, so
+commands that touch them together never cross slots. Values are the encoded
+image bytes as they are, or metadata as a small JSON object.
+
+Takedown (``avatarproxy purge``): every metadata and photo key written for a
+person is also added to a small per-person set, ``idx:{subject}`` (same slot),
+with the image TTL, so a purge deletes exactly those keys without scanning
+the keyspace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable
+from dataclasses import asdict
+from typing import Any, Protocol
+
+from redis.exceptions import OutOfMemoryError
+
+from . import metrics
+from .config import CacheSettings
+from .models import PhotoMeta, Profile, Subject
+from .redisconn import REDIS_FAILURES, RedisConnection
+
+log = logging.getLogger(__name__)
+
+# Bump when the key layout or stored value format changes: old entries are
+# then never read (they expire by their TTL).
+SCHEMA_VERSION = "v2"
+_ENTRY_OVERHEAD = 128  # rough bytes of bookkeeping per memory-tier entry
+
+
+class CacheTier(Protocol):
+    name: str
+
+    async def get(self, key: str) -> bytes | None: ...
+    async def set(self, key: str, value: bytes, ttl: int) -> None: ...
+    async def remember(self, index: str, key: str, ttl: int) -> None: ...
+    async def purge(self, index: str, keys: tuple[str, ...],
+                    prefixes: tuple[str, ...]) -> int: ...
+    async def close(self) -> None: ...
+
+
+class MemoryTier:
+    """An LRU of bytes values, bounded by their total size, with per-entry expiry."""
+
+    name = "memory"
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.size = 0
+        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
+
+    async def get(self, key: str) -> bytes | None:
+        entry = self._entries.get(key)
+        if entry is None or entry[1] < time.monotonic():
+            self._drop(key)
+            metrics.cache_lookup(self.name, "miss")
+            return None
+        self._entries.move_to_end(key)
+        metrics.cache_lookup(self.name, "hit")
+        return entry[0]
+
+    async def set(self, key: str, value: bytes, ttl: int) -> None:
+        cost = len(value) + len(key) + _ENTRY_OVERHEAD
+        if cost > self.max_bytes:
+            return
+        self._drop(key)
+        self._entries[key] = (value, time.monotonic() + ttl)
+        self.size += cost
+        while self.size > self.max_bytes:
+            self._drop(next(iter(self._entries)))
+        metrics.memory_bytes(self.size)
+
+    def _drop(self, key: str) -> None:
+        entry = self._entries.pop(key, None)
+        if entry is not None:
+            self.size -= len(entry[0]) + len(key) + _ENTRY_OVERHEAD
+
+    async def remember(self, index: str, key: str, ttl: int) -> None:
+        """Nothing to do: ``purge`` finds this process's keys by their prefix."""
+
+    async def purge(self, index: str, keys: tuple[str, ...],
+                    prefixes: tuple[str, ...]) -> int:
+        doomed = [k for k in self._entries if k in keys or k.startswith(prefixes)]
+        for key in doomed:
+            self._drop(key)
+        return len(doomed)
+
+    async def close(self) -> None:
+        self._entries.clear()
+        self.size = 0
+        metrics.memory_bytes(0)
+
+
+# Delete a lock only if we still hold it: a lock that expired and was taken
+# by another replica must not be released by the late first holder.
+_RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+            "return redis.call('del', KEYS[1]) else return 0 end")
+
+
+class RedisTier:
+    """Redis with short timeouts; errors are logged and read as misses.
+
+    After a failure Redis is skipped for ``retry_after`` seconds (``healthy``
+    is False meanwhile), so a Redis outage costs requests nothing and does
+    not pile up coroutines waiting on timeouts; the next command after that
+    is the probe that reconnects.
+    """
+
+    name = "redis"
+
+    def __init__(self, connection: RedisConnection, retry_after: float = 1.0) -> None:
+        self._connection = connection
+        self._client = connection.client
+        self._retry_after = retry_after
+        self._skip_until = 0.0
+        self._last_error_log = 0.0
+        self.writes_refused_for_memory = 0
+        self.healthy = True
+        self._closed = False
+        self._busy = 0  # commands in flight; close() lets them finish first
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def available(self) -> bool:
+        # Closed: a late background task must not open a fresh connection that
+        # nobody will ever close (redis-py reconnects on the next command).
+        return not self._closed and (self.healthy or time.monotonic() >= self._skip_until)
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._call("GET", self._client.get(key))
+        if isinstance(value, bytes):
+            metrics.cache_lookup(self.name, "hit")
+        else:
+            # Not healthy: the command failed, or Redis is being skipped after a failure.
+            metrics.cache_lookup(self.name, "miss" if self.healthy else "error")
+        return value if isinstance(value, bytes) else None
+
+    async def set(self, key: str, value: bytes, ttl: int) -> None:
+        await self._call("SET", self._client.set(key, value, ex=ttl))
+
+    async def set_for(self, key: str, value: bytes, ttl_seconds: float) -> None:
+        await self._call("SET", self._client.set(key, value, px=max(1, int(ttl_seconds * 1000))))
+
+    async def try_lock(self, key: str, token: str, ttl_seconds: float) -> bool | None:
+        """True: locked by us; False: someone holds it; None: Redis unavailable."""
+        if not self.available:
+            return None
+        result = await self._call("SET NX", self._client.set(
+            key, token, nx=True, px=max(1, int(ttl_seconds * 1000))))
+        return None if not self.healthy else bool(result)
+
+    async def unlock(self, key: str, token: str) -> None:
+        await self._call("EVAL", self._client.eval(_RELEASE, 1, key, token))
+
+    async def exists(self, key: str) -> bool:
+        return bool(await self._call("EXISTS", self._client.exists(key)))
+
+    async def _call(self, command: str, pending: Awaitable[Any]) -> Any:
+        if not self.available:
+            _discard(pending)
+            return None
+        self._busy += 1
+        self._idle.clear()
+        try:
+            result = await pending
+        except OutOfMemoryError as exc:
+            # maxmemory reached with a no-eviction policy: the value is simply not cached.
+            self.writes_refused_for_memory += 1
+            metrics.cache_write_refused()
+            self._log_error(command, exc)
+            return None
+        except REDIS_FAILURES as exc:
+            self.healthy = False
+            self._skip_until = time.monotonic() + self._retry_after
+            self._log_error(command, exc)
+            return None
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
+        if not self.healthy:
+            log.warning("redis is back")
+            self.healthy = True
+        return result
+
+    async def remember(self, index: str, key: str, ttl: int) -> None:
+        await self._call("SADD", self._client.sadd(index, key))
+        await self._call("EXPIRE", self._client.expire(index, ttl))
+
+    async def purge(self, index: str, keys: tuple[str, ...],
+                    prefixes: tuple[str, ...]) -> int:
+        """Delete ``keys`` and those listed in ``index``; errors propagate (an operator asked)."""
+        members = await self._client.smembers(index)
+        listed = {m.decode() if isinstance(m, bytes) else str(m) for m in members}
+        deleted = int(await self._client.delete(*sorted(listed | set(keys))))
+        await self._client.delete(index)
+        return deleted
+
+    def _log_error(self, command: str, exc: BaseException) -> None:
+        # One line a minute is enough to tell an operator Redis is down.
+        now = time.monotonic()
+        if now - self._last_error_log > 60:
+            self._last_error_log = now
+            log.warning("redis %s failed, serving without it: %s", command, type(exc).__name__)
+
+    async def close(self) -> None:
+        self._closed = True
+        # A command cut off by the pool's disconnect would be retried by
+        # redis-py on a fresh socket that nobody closes: let them finish.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout=2.0)
+        await self._connection.aclose()
+
+
+def _discard(pending: Awaitable[Any]) -> None:
+    """Close a coroutine we decided not to run (no 'never awaited' warning)."""
+    close = getattr(pending, "close", None)
+    if close is not None:
+        close()
+
+
+def _digest(*parts: str) -> str:
+    return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
+
+
+class AvatarCache:
+    """Metadata and encoded images over the tiers, fastest first."""
+
+    def __init__(self, settings: CacheSettings, tiers: list[CacheTier]) -> None:
+        self._settings = settings
+        self.tiers = tiers
+        self._prefix = f"{settings.key_prefix}{SCHEMA_VERSION}:"
+
+    def photo_key(self, subject: Subject, media_etag: str, size: int, fmt: str) -> str:
+        return f"{self._prefix}img:{{{subject.cache_id}}}:{_digest(media_etag)}:{size}:{fmt}"
+
+    def initials_key(self, texts: list[str], colour: tuple[int, int, int], size: int, fmt: str,
+                     renderer: str) -> str:
+        digest = _digest("|".join(texts), repr(colour), renderer)
+        return f"{self._prefix}ini:{{{digest}}}:{size}:{fmt}"
+
+    def source_key(self, subject: Subject, media_etag: str, hd_size: int | None) -> str:
+        """The photo as downloaded from Graph (``hd_size`` None: the largest).
+
+        Every requested size at or below an HD size derives from it, so it is
+        downloaded once per photo version, not once per requested size.
+        """
+        return (f"{self._prefix}src:{{{subject.cache_id}}}:{_digest(media_etag)}:"
+                f"{hd_size or 'largest'}")
+
+    def meta_key(self, subject: Subject) -> str:
+        return f"{self._prefix}meta:{{{subject.cache_id}}}"
+
+    def lock_key(self, image_key: str) -> str:
+        """The cross-replica download lock of one image (see ``coalesce``)."""
+        return f"{self._prefix}lock:{image_key.removeprefix(self._prefix)}"
+
+    def pause_key(self, scope: str) -> str:
+        """Where a Graph throttling pause is shared (see ``throttle``)."""
+        return f"{self._prefix}pause:{{{scope}}}"
+
+    @property
+    def redis(self) -> RedisTier | None:
+        """The shared tier, if configured: coalescing and throttling use it too."""
+        return next((t for t in self.tiers if isinstance(t, RedisTier)), None)
+
+    def index_key(self, subject: Subject) -> str:
+        return f"{self._prefix}idx:{{{subject.key}}}"
+
+    async def get_image(self, key: str) -> bytes | None:
+        return await self._get(key, self._settings.image_ttl_seconds)
+
+    async def _get(self, key: str, ttl: int) -> bytes | None:
+        for index, tier in enumerate(self.tiers):
+            value = await tier.get(key)
+            if value is not None:
+                # Promote to the faster tiers we missed in.
+                for faster in self.tiers[:index]:
+                    await faster.set(key, value, ttl)
+                return value
+        return None
+
+    async def put_image(self, key: str, value: bytes, owner: Subject | None = None) -> None:
+        """Store an image; ``owner`` makes it one of the keys ``purge`` removes."""
+        for tier in self.tiers:
+            await tier.set(key, value, self._settings.image_ttl_seconds)
+        if owner is not None:
+            await self._remember(owner, key)
+
+    async def get_meta(self, subject: Subject) -> PhotoMeta | None:
+        raw = await self._get(self.meta_key(subject), self._settings.stale_ttl_seconds)
+        if raw is None:
+            return None
+        try:
+            return _decode_meta(raw)
+        except (ValueError, TypeError, KeyError):
+            return None
+
+    async def put_meta(self, subject: Subject, meta: PhotoMeta) -> None:
+        raw = json.dumps(asdict(meta), separators=(",", ":")).encode("utf-8")
+        for tier in self.tiers:
+            await tier.set(self.meta_key(subject), raw, self._settings.stale_ttl_seconds)
+        await self._remember(subject, self.meta_key(subject))
+
+    async def _remember(self, subject: Subject, key: str) -> None:
+        ttl = max(self._settings.image_ttl_seconds, self._settings.stale_ttl_seconds)
+        for tier in self.tiers:
+            await tier.remember(self.index_key(subject), key, ttl)
+
+    async def purge(self, subject: Subject, *, shared: bool = True) -> int:
+        """Forget everything cached about ``subject``; the number of keys deleted.
+
+        ``shared=False`` leaves Redis alone: a replica told of a purge clears
+        only its own memory tier.
+        """
+        # The image prefix ends with "}:": a purge of a@b.co spares a@b.com.
+        keys = (self.meta_key(subject),)
+        prefixes = tuple(f"{self._prefix}{kind}:{{{subject.key}}}:" for kind in ("img", "src"))
+        tiers = self.tiers if shared else [t for t in self.tiers if isinstance(t, MemoryTier)]
+        return sum([await tier.purge(self.index_key(subject), keys, prefixes) for tier in tiers])
+
+    def is_fresh(self, meta: PhotoMeta) -> bool:
+        ttl = (self._settings.metadata_ttl_seconds if meta.has_photo
+               else self._settings.negative_ttl_seconds)
+        return time.time() - meta.fetched_at < ttl
+
+    def alias_key(self, subject: Subject) -> str:
+        return f"{self._prefix}alias:{{{subject.cache_id}}}"
+
+    async def get_alias(self, subject: Subject) -> str | None:
+        """The object id an address resolved to; "" when it resolved to nobody."""
+        raw = await self._get(self.alias_key(subject), self._settings.metadata_ttl_seconds)
+        return raw.decode("ascii", "replace") if raw is not None else None
+
+    async def put_alias(self, subject: Subject, object_id: str) -> None:
+        ttl = (self._settings.metadata_ttl_seconds if object_id
+               else self._settings.negative_ttl_seconds)
+        for tier in self.tiers:
+            await tier.set(self.alias_key(subject), object_id.encode("ascii"), ttl)
+
+    async def close(self) -> None:
+        for tier in self.tiers:
+            await tier.close()
+
+
+@functools.lru_cache(maxsize=4096)
+def _decode_meta(raw: bytes) -> PhotoMeta:
+    # Memoised: a memory-tier hit returns the same bytes object (whose hash
+    # Python keeps), so the hot path skips JSON parsing; PhotoMeta is frozen.
+    data = json.loads(raw)
+    profile = data.pop("profile")
+    return PhotoMeta(**data, profile=Profile(**profile) if profile else None)

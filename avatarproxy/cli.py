@@ -1,0 +1,267 @@
+"""Command line: ``avatarproxy serve | demo | config-example | doctor | warm | sign | purge``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from redis.exceptions import RedisError
+
+from . import lifecycle, logs
+from .config import check_credentials, load_settings, render_example
+from .errors import AuthError, BadRequest, ConfigError, GraphError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="avatarproxy", description="Microsoft 365 profile photos for <img> tags: serve "
+        "them, try the demo, check a deployment (doctor), pre-fill the cache (warm).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="serve avatars from Microsoft Graph")
+    serve.add_argument("--config", metavar="PATH", help="TOML configuration file")
+    serve.add_argument("--host", help="override server.host")
+    serve.add_argument("--port", type=int, help="override server.port")
+    demo = commands.add_parser("demo", help="serve a built-in demo tenant (no Graph needed)")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    demo.add_argument("--port", type=int, default=8080, help="port to listen on")
+    commands.add_parser("config-example", help="print config.example.toml")
+    _add_doctor(commands)
+    _add_warm(commands)
+    sign = commands.add_parser("sign", help="print URL with its ?sig= (security.url_signing_keys)")
+    sign.add_argument("--config", metavar="PATH", help="TOML configuration file")
+    sign.add_argument("url", help="an avatar URL or path, e.g. /avatar/adele@contoso.com/48")
+    purge = commands.add_parser("purge", help="delete a person's cached metadata and images")
+    purge.add_argument("--config", metavar="PATH", help="TOML configuration file")
+    purge.add_argument("subjects", nargs="+", metavar="UPN",
+                       help="userPrincipalName or object id (give both to cover both forms)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.command == "config-example":
+        sys.stdout.write(render_example())
+        return 0
+    if args.command == "doctor":
+        return _doctor(args)
+    try:
+        if args.command == "demo":
+            from .demo import run_demo  # the demo's fake tenant stays out of serve
+
+            run_demo(args.host, args.port)
+            return 0
+        if args.command == "warm":
+            return _warm(args)
+        if args.command == "sign":
+            return _sign(args)
+        if args.command == "purge":
+            return asyncio.run(_purge(args))
+        return _serve(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"avatarproxy: config: {problem}", file=sys.stderr)
+        return 2
+    except AuthError as exc:
+        print(f"avatarproxy: auth: {exc}", file=sys.stderr)
+        return 1
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .app import create_app
+
+    overrides: dict[str, Any] = {}
+    if args.host is not None:
+        overrides["server.host"] = args.host
+    if args.port is not None:
+        overrides["server.port"] = args.port
+    settings = load_settings(args.config, overrides=overrides)
+    problems = check_credentials(settings.auth)
+    if problems:
+        raise ConfigError(problems)
+    logs.configure(settings.logging)
+
+    async def make_app() -> web.Application:
+        return create_app(settings)
+
+    return lifecycle.run(settings, make_app)
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from .security import sign_url
+
+    keys = load_settings(args.config).security.url_signing_keys
+    if not keys:
+        raise ConfigError(["security.url_signing_keys: empty, nothing to sign with"])
+    print(sign_url(keys[0], args.url))
+    return 0
+
+
+async def _purge(args: argparse.Namespace) -> int:
+    from . import redisconn
+    from .cache import AvatarCache, RedisTier
+    from .inputs import parse_subject
+    from .purge import announce
+
+    settings = load_settings(args.config)
+    if not redisconn.enabled(settings.cache):
+        raise ConfigError(["cache.redis_url: empty; each process's memory tier is private: "
+                           "restart the service to forget cached photos"])
+    try:
+        subjects = [parse_subject(text) for text in args.subjects]
+    except BadRequest as exc:
+        raise ConfigError([f"purge: {exc.public}"]) from exc
+    connection = redisconn.connect(settings.cache)
+    cache = AvatarCache(settings.cache, [RedisTier(connection)])
+    client = connection.client
+    try:
+        for subject in subjects:
+            deleted = await cache.purge(subject)
+            replicas = await announce(client, subject.key)
+            print(f"{subject.key}: {deleted} cached entries deleted, "
+                  f"{replicas} running replicas told")
+    except (RedisError, OSError) as exc:
+        print(f"avatarproxy: purge: Redis failed: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    finally:
+        await cache.close()
+    return 0
+
+
+def _add_doctor(commands: Any) -> None:
+    doctor = commands.add_parser(
+        "doctor", help="check configuration, Redis, token, permissions, fonts and Graph",
+        description="Prints a pass/warn/fail list; exits 1 if anything failed.")
+    doctor.add_argument("--config", metavar="PATH", help="TOML configuration file")
+    doctor.add_argument("--upn", action="append", default=[], metavar="UPN",
+                        help="fetch this user's name and photo from Graph (repeatable)")
+    doctor.add_argument("--group", action="append", default=[], metavar="ID",
+                        help="fetch this group's name and photo (repeatable)")
+    doctor.add_argument("--team", action="append", default=[], metavar="ID",
+                        help="fetch this team's name and photo (repeatable)")
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import diagnose, exit_code, render
+    from .inputs import parse_object_id, parse_subject
+
+    try:
+        subjects = [*(parse_subject(u) for u in args.upn),
+                    *(parse_object_id(g, "group") for g in args.group),
+                    *(parse_object_id(t, "team") for t in args.team)]
+    except BadRequest as exc:
+        print(f"avatarproxy: doctor: {exc.public}", file=sys.stderr)
+        return 2
+    findings = asyncio.run(diagnose(args.config, subjects))
+    sys.stdout.write(render(findings))
+    return exit_code(findings)
+
+
+def _add_warm(commands: Any) -> None:
+    warm = commands.add_parser(
+        "warm", help="pre-fill the shared Redis cache for a list of users or the whole tenant",
+        description="Safe to interrupt and re-run: what is cached under the current mediaEtag "
+                    "is skipped. Exits 1 if any person failed.")
+    warm.add_argument("--config", metavar="PATH", help="TOML configuration file")
+    who = warm.add_mutually_exclusive_group(required=True)
+    who.add_argument("--users", metavar="FILE",
+                     help="UPNs or object ids, one a line (blank lines and # comments skipped)")
+    who.add_argument("--all", action="store_true",
+                     help="every enabled user (every user without User.Read.All)")
+    warm.add_argument("--sizes", default="48,96", help="comma-separated sizes (default 48,96)")
+    warm.add_argument("--formats", default="",
+                      help="comma-separated photo formats (jpeg, png, webp, avif); default: "
+                           "avatar.default_format and what browsers negotiate at each size")
+    warm.add_argument("--rate", type=float, default=10.0,
+                      help="at most this many Graph requests a second (default 10)")
+
+
+def _warm(args: argparse.Namespace) -> int:
+    from .inputs import parse_size
+    from .warm import (
+        RateLimiter,
+        WarmStats,
+        all_users,
+        listed,
+        open_warmer,
+        progress_line,
+        summary,
+    )
+
+    settings = load_settings(args.config)
+    problems = check_credentials(settings.auth)
+    if args.rate <= 0:
+        problems.append(f"--rate: must be above 0, got {args.rate:g}")
+    try:
+        sizes = [parse_size(p.strip(), settings.avatar.max_size) for p in args.sizes.split(",")]
+    except BadRequest as exc:
+        problems.append(f"--sizes: {exc.public}")
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    problems += [f"--formats: {f!r} is not one of jpeg, png, webp, avif" for f in formats
+                 if f not in ("jpeg", "png", "webp", "avif")]
+    if problems:
+        raise ConfigError(problems)
+    stats = WarmStats()
+    subjects = _read_users(args.users, stats) if args.users else None
+    total = len(subjects) + stats.failed if subjects is not None else None
+    pacer = RateLimiter(args.rate)
+    tty = sys.stderr.isatty()
+
+    def progress(stats: WarmStats) -> None:
+        if tty:
+            print("\r" + progress_line(stats, total), end="", file=sys.stderr, flush=True)
+        elif stats.done % 100 == 0 or stats.done == total:
+            print(progress_line(stats, total), file=sys.stderr, flush=True)
+
+    async def run() -> None:
+        async with open_warmer(settings, sizes, pacer, formats=formats) as warmer:
+            source = listed(subjects) if subjects is not None else all_users(warmer.graph)
+            await warmer.run(source, stats, progress)
+
+    started = time.monotonic()
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        print("\nwarm: interrupted; what finished is cached, re-run to continue",
+              file=sys.stderr)
+        print(summary(stats, pacer, time.monotonic() - started))
+        return 130
+    except GraphError as exc:
+        if isinstance(exc, AuthError):
+            raise
+        # The /users listing failed (a page refused or unreachable): stop, keep what is done.
+        print(f"\navatarproxy: warm: {exc}", file=sys.stderr)
+        print(summary(stats, pacer, time.monotonic() - started))
+        return 1
+    if tty:
+        print(file=sys.stderr)
+    print(summary(stats, pacer, time.monotonic() - started))
+    return 1 if stats.failed else 0
+
+
+def _read_users(path: str, stats: Any) -> list[Any]:
+    from .inputs import parse_subject
+
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError([f"--users: cannot read {path}: {exc.strerror}"]) from exc
+    subjects = []
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):  # a guest's #EXT# is mid-line
+            continue
+        try:
+            subjects.append(parse_subject(text))
+        except BadRequest as exc:
+            stats.failed += 1
+            stats.failures.append(f"{path}:{number}: {exc.public}")
+            print(f"avatarproxy: warm: {path}:{number}: {exc.public}", file=sys.stderr)
+    return subjects

@@ -1,0 +1,66 @@
+"""At most one replica fetches a given thing from Graph at a time.
+
+Inside a process, ``AvatarService`` already shares one fetch among concurrent
+requests. Across replicas, the first to miss takes a short Redis lock
+(``SET NX PX`` with a random token) and downloads; the others poll the shared
+image key for a bounded time. If the holder dies, its lock expires and a
+waiter takes it over; if the wait runs out, a waiter fetches for itself:
+an avatar late is worse than a second Graph call. The lock is released with
+a compare-and-delete, so a holder whose lock expired never frees another's.
+Without Redis (or with Redis down) every replica simply fetches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from .cache import RedisTier
+
+_POLL_SECONDS = 0.02
+T = TypeVar("T")
+
+
+class ReplicaCoalescer:
+    def __init__(self, redis: RedisTier | None, wait_seconds: float, lock_seconds: float) -> None:
+        self._redis = redis
+        self._wait = wait_seconds
+        # The lock outlives a normal download but not a dead holder for long.
+        self._lock_seconds = lock_seconds
+
+    async def run(self, lock_key: str, fetch: Callable[[], Awaitable[T]],
+                  lookup: Callable[[], Awaitable[T | None]]) -> T:
+        """``fetch`` under the lock, or the holder's result found by ``lookup``."""
+        if self._redis is None:
+            return await fetch()
+        token = secrets.token_hex(16)
+        deadline = time.monotonic() + self._wait
+        while True:
+            locked = await self._redis.try_lock(lock_key, token, self._lock_seconds)
+            if locked is None or time.monotonic() >= deadline:
+                return await fetch()  # no Redis, or waited long enough
+            if locked:
+                try:
+                    # The previous holder may have finished between our miss and our lock.
+                    return await lookup() or await fetch()
+                finally:
+                    await self._redis.unlock(lock_key, token)
+            found = await self._await_holder(lock_key, lookup, deadline)
+            if found is not None:
+                return found
+
+    async def _await_holder(self, lock_key: str, lookup: Callable[[], Awaitable[T | None]],
+                            deadline: float) -> T | None:
+        """The holder's result; None once its lock is gone (it failed or died) or time is up."""
+        assert self._redis is not None
+        while time.monotonic() < deadline:
+            await asyncio.sleep(_POLL_SECONDS)
+            found = await lookup()
+            if found is not None:
+                return found
+            if not await self._redis.exists(lock_key):
+                return await lookup()  # it may have stored the image just before releasing
+        return None

@@ -1,0 +1,475 @@
+"""The one place that reads configuration: TOML file, environment, flags.
+
+Every option is declared once in ``OPTIONS`` (section, key, type, default,
+help); ``config.example.toml`` is generated from the declarations and a test
+keeps the committed copy identical. Precedence, lowest first: defaults, the
+file, ``AZURE_*`` (Azure SDK / workload-identity conventions),
+``AVATARPROXY_<SECTION>_<KEY>``, command-line flags. Every problem is
+reported at once, one line each, naming the key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .clouds import API_VERSIONS, CLOUDS, authority, graph_base_url
+from .errors import ConfigError
+
+_MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    section: str
+    key: str
+    kind: type  # str, int, float, bool or list (of str)
+    default: Any
+    help: str
+    minimum: float | None = None
+    choices: tuple[str, ...] = ()
+    secret: bool = False
+
+    @property
+    def env_name(self) -> str:
+        return f"AVATARPROXY_{self.section}_{self.key}".upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("server", "host", str, "0.0.0.0", "Address to listen on.",),  # noqa: S104
+    Option("server", "port", int, 8080, "TCP port to listen on.", minimum=1),
+    Option("server", "workers", int, 0,
+           "Worker processes sharing the port; 0: the CPUs this container may use "
+           "(cgroup quota and CPU affinity).", minimum=0),
+    Option("server", "drain_seconds", float, 5.0,
+           "After SIGTERM: seconds to keep accepting while unready, so endpoints drop the pod.",
+           minimum=0),
+    Option("server", "grace_seconds", float, 20.0,
+           "After draining: seconds in-flight requests get to finish.", minimum=0.1),
+    Option("server", "cors_origins", list, [],
+           "Origins allowed to read avatars from scripts (canvas, fetch), e.g. "
+           "https://intranet.contoso.com; \"*\" for any; empty: CORS off."),
+    Option("server", "cross_origin_resource_policy", str, "cross-origin",
+           "Cross-Origin-Resource-Policy of avatars: which sites may embed them.",
+           choices=("cross-origin", "same-site", "same-origin")),
+    Option("server", "request_deadline_seconds", float, 3.0,
+           "Longest a request waits for Graph; past it the answer is initials with no-store.",
+           minimum=0.05),
+    Option("server", "max_inflight", int, 512,
+           "Avatar requests handled at once per process; past it: initials with no-store.",
+           minimum=1),
+    Option("server", "max_queued_images", int, 64,
+           "Image jobs (decode, resize, encode) queued at once; past it: initials, no-store.",
+           minimum=1),
+    Option("server", "trusted_proxies", list, [],
+           "Addresses or CIDR networks of reverse proxies whose X-Forwarded-For is believed."),
+    Option("graph", "cloud", str, "global",
+           "National cloud: selects the Graph endpoint, the authority host and the token scope.",
+           choices=tuple(CLOUDS)),
+    Option("graph", "api_version", str, "v1.0",
+           "Graph API version appended to the cloud's endpoint.", choices=API_VERSIONS),
+    Option("graph", "base_url", str, "",
+           "Microsoft Graph root, API version included; empty: from graph.cloud and "
+           "graph.api_version."),
+    Option("graph", "timeout_seconds", float, 10.0,
+           "Total timeout of one Graph request.", minimum=0.1),
+    Option("graph", "max_concurrency", int, 16,
+           "Graph requests in flight at once, per process.", minimum=1),
+    Option("graph", "ca_file", str, "",
+           "CA bundle to trust for Graph (private PKI, test servers); empty: system trust."),
+    Option("graph", "max_retries", int, 2,
+           "Retries of a throttled or failed Graph call, if the wait fits retry_max_wait_seconds.",
+           minimum=0),
+    Option("graph", "retry_max_wait_seconds", float, 1.0,
+           "Longest Retry-After (or backoff) a request waits for before retrying.", minimum=0),
+    Option("graph", "breaker_threshold", int, 5,
+           "Consecutive Graph failures (5xx, timeouts) that open the circuit breaker.",
+           minimum=1),
+    Option("graph", "breaker_cooldown_seconds", float, 10.0,
+           "How long an open circuit breaker stops Graph calls before one probe.", minimum=0.01),
+    Option("auth", "tenant_id", str, "", "Entra ID tenant (directory) id. AZURE_TENANT_ID."),
+    Option("auth", "client_id", str, "", "Application (client) id. AZURE_CLIENT_ID."),
+    Option("auth", "client_secret", str, "",
+           "Client secret. Prefer client_secret_file. AZURE_CLIENT_SECRET.", secret=True),
+    Option("auth", "client_secret_file", str, "",
+           "File holding the client secret (a mounted Kubernetes secret)."),
+    Option("auth", "certificate_path", str, "",
+           "PEM file with the certificate and its private key. AZURE_CLIENT_CERTIFICATE_PATH."),
+    Option("auth", "federated_token_file", str, "",
+           "Workload-identity token file, re-read on each token request. "
+           "AZURE_FEDERATED_TOKEN_FILE."),
+    Option("auth", "authority", str, "",
+           "Token authority; empty: https://login.microsoftonline.com/<tenant_id> "
+           "(AZURE_AUTHORITY_HOST replaces the host)."),
+    Option("auth", "ca_file", str, "",
+           "CA bundle to trust for the authority (private PKI, test identity providers)."),
+    Option("cache", "redis_url", str, "",
+           "Shared Redis: redis://, rediss:// (TLS) or unix://, user:password@ allowed; "
+           "cluster mode: any one node; sentinel mode: scheme, user and db only (host "
+           "ignored). Empty (standalone): in-process memory only."),
+    Option("cache", "redis_timeout_seconds", float, 0.5,
+           "Timeout of one Redis command; a slow Redis counts as a miss.", minimum=0.01),
+    Option("cache", "redis_mode", str, "standalone",
+           "How redis_url is reached: one server, a Sentinel-managed master, or a Cluster.",
+           choices=("standalone", "sentinel", "cluster")),
+    Option("cache", "redis_password_file", str, "",
+           "File holding the Redis password (re-read on each new connection); "
+           "the user name stays in redis_url."),
+    Option("cache", "redis_ca_file", str, "",
+           "CA bundle to trust for rediss:// (private PKI); empty: system trust."),
+    Option("cache", "redis_sentinels", list, [],
+           "Sentinel mode: the Sentinels, as host:port."),
+    Option("cache", "redis_sentinel_master", str, "mymaster",
+           "Sentinel mode: the name the Sentinels monitor the master under."),
+    Option("cache", "redis_sentinel_password_file", str, "",
+           "Sentinel mode: file holding the Sentinels' own password, if they require one."),
+    Option("cache", "key_prefix", str, "avatarproxy:",
+           "Prefix of every Redis key, so deployments can share one Redis."),
+    Option("cache", "redis_retry_seconds", float, 1.0,
+           "After a Redis failure, how long to skip Redis before trying it again.", minimum=0.01),
+    Option("cache", "coalesce_wait_seconds", float, 2.0,
+           "How long a replica waits for another replica's download of the same image.",
+           minimum=0),
+    Option("cache", "memory_max_bytes", int, 64 * _MiB,
+           "Size of the in-process cache tier in bytes.", minimum=0),
+    Option("cache", "metadata_ttl_seconds", int, 3600,
+           "How long photo metadata (sizes, mediaEtag) is fresh.", minimum=1),
+    Option("cache", "negative_ttl_seconds", int, 900,
+           "How long a \"no photo\" answer is fresh.", minimum=1),
+    Option("cache", "stale_ttl_seconds", int, 7 * 86400,
+           "How long metadata is kept for serving stale.", minimum=1),
+    Option("cache", "image_ttl_seconds", int, 30 * 86400,
+           "How long encoded images are kept (they are immutable).", minimum=1),
+    Option("cache", "browser_max_age", int, 3600,
+           "Cache-Control max-age for photos, in seconds.", minimum=0),
+    Option("cache", "stale_while_revalidate", int, 86400,
+           "Cache-Control stale-while-revalidate for photos: how long a browser may show "
+           "an expired photo while it revalidates; 0: off.", minimum=0),
+    Option("cache", "initials_max_age", int, 300,
+           "Cache-Control max-age for initials (the person may upload a photo).", minimum=0),
+    Option("avatar", "max_size", int, 1024, "Largest size a client may request, in pixels.",
+           minimum=1),
+    Option("avatar", "default_format", str, "jpeg",
+           "Format of photos for clients whose Accept lists neither AVIF nor WebP.",
+           choices=("jpeg", "png", "webp", "avif")),
+    Option("avatar", "extra_fonts", list, [],
+           "Font files for initials in scripts the bundled font lacks (CJK, Thai...)."),
+    Option("logging", "format", str, "json", "json (one object per line) or text (for humans).",
+           choices=("json", "text")),
+    Option("logging", "level", str, "info", "Lowest level logged.",
+           choices=("debug", "info", "warning", "error")),
+    Option("logging", "access", float, 0.0,
+           "Share of requests given an access line: 0 off (the ingress logs them), 1 all.",
+           minimum=0),
+    Option("logging", "log_upn", bool, False,
+           "Log UPNs in clear; false: a short hash (UPNs are personal data)."),
+    Option("security", "allowed_domains", list, [],
+           "UPN domains served (object ids always are); empty: every domain."),
+    Option("security", "allow_guests", bool, True,
+           "Serve guests (#EXT# UPNs); false: they get 404 without a Graph call."),
+    Option("security", "url_signing_keys", list, [],
+           "HMAC keys; when set, every request needs ?sig= made with one of them "
+           "(the first signs, all verify).", secret=True),
+    Option("security", "blocked", list, [],
+           "UPNs or object ids that always get initials, never their photo."),
+    Option("security", "rate_limit_per_second", float, 50.0,
+           "Cache misses per second allowed per client address (0: no limit).", minimum=0),
+    Option("security", "rate_limit_burst", int, 500,
+           "Cache misses a client address may make at once before the rate applies.",
+           minimum=1),
+)
+
+# Azure SDK environment conventions (also what the workload-identity webhook injects).
+AZURE_ENV: Mapping[str, tuple[str, str]] = {
+    "AZURE_TENANT_ID": ("auth", "tenant_id"),
+    "AZURE_CLIENT_ID": ("auth", "client_id"),
+    "AZURE_CLIENT_SECRET": ("auth", "client_secret"),
+    "AZURE_CLIENT_CERTIFICATE_PATH": ("auth", "certificate_path"),
+    "AZURE_FEDERATED_TOKEN_FILE": ("auth", "federated_token_file"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    host: str
+    port: int
+    workers: int
+    drain_seconds: float
+    grace_seconds: float
+    cors_origins: tuple[str, ...]
+    cross_origin_resource_policy: str
+    request_deadline_seconds: float
+    max_inflight: int
+    max_queued_images: int
+    trusted_proxies: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class GraphSettings:
+    cloud: str
+    api_version: str
+    base_url: str
+    timeout_seconds: float
+    max_concurrency: int
+    ca_file: str
+    max_retries: int
+    retry_max_wait_seconds: float
+    breaker_threshold: int
+    breaker_cooldown_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    tenant_id: str
+    client_id: str
+    client_secret: str
+    client_secret_file: str
+    certificate_path: str
+    federated_token_file: str
+    authority: str
+    ca_file: str
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    redis_url: str
+    redis_timeout_seconds: float
+    redis_mode: str
+    redis_password_file: str
+    redis_ca_file: str
+    redis_sentinels: tuple[str, ...]
+    redis_sentinel_master: str
+    redis_sentinel_password_file: str
+    key_prefix: str
+    redis_retry_seconds: float
+    coalesce_wait_seconds: float
+    memory_max_bytes: int
+    metadata_ttl_seconds: int
+    negative_ttl_seconds: int
+    stale_ttl_seconds: int
+    image_ttl_seconds: int
+    browser_max_age: int
+    stale_while_revalidate: int
+    initials_max_age: int
+
+
+@dataclass(frozen=True, slots=True)
+class AvatarSettings:
+    max_size: int
+    default_format: str
+    extra_fonts: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingSettings:
+    format: str
+    level: str
+    access: float
+    log_upn: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SecuritySettings:
+    allowed_domains: tuple[str, ...]
+    allow_guests: bool
+    url_signing_keys: tuple[str, ...]
+    blocked: tuple[str, ...]
+    rate_limit_per_second: float
+    rate_limit_burst: int
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: ServerSettings
+    graph: GraphSettings
+    auth: AuthSettings
+    cache: CacheSettings
+    avatar: AvatarSettings
+    logging: LoggingSettings
+    security: SecuritySettings
+
+
+_SECTIONS: dict[str, type] = {
+    "server": ServerSettings, "graph": GraphSettings, "auth": AuthSettings,
+    "cache": CacheSettings, "avatar": AvatarSettings, "logging": LoggingSettings,
+    "security": SecuritySettings,
+}
+_BY_NAME = {(o.section, o.key): o for o in OPTIONS}
+
+
+def _masked_repr(self: Any) -> str:
+    """Like the dataclass repr, but options declared ``secret`` show as ``'***'``."""
+    section = next(name for name, cls in _SECTIONS.items() if isinstance(self, cls))
+    parts = []
+    for f in fields(self):
+        value = getattr(self, f.name)
+        option = _BY_NAME.get((section, f.name))
+        if option is not None and option.secret and value:
+            value = "***"
+        parts.append(f"{f.name}={value!r}")
+    return f"{type(self).__name__}({', '.join(parts)})"
+
+
+# Settings end up in tracebacks, debuggers and log lines: never show a secret.
+for _cls in _SECTIONS.values():
+    setattr(_cls, "__repr__", _masked_repr)  # noqa: B010
+
+
+def _convert(option: Option, raw: Any, origin: str, problems: list[str]) -> Any:
+    """Coerce a TOML value or an environment string; append a problem if it won't."""
+    name = f"{option.section}.{option.key}"
+    shown = "'***'" if option.secret else repr(raw)
+    try:
+        value = _coerce(option.kind, raw)
+    except (TypeError, ValueError):
+        kinds = {str: "a string", int: "an integer", float: "a number",
+                 bool: "true or false", list: "a list of strings (comma-separated in env)"}
+        problems.append(f"{name}: expected {kinds[option.kind]}, got {shown} ({origin})")
+        return None
+    if option.minimum is not None and value < option.minimum:
+        problems.append(f"{name}: must be at least {option.minimum:g}, got {value!r} ({origin})")
+    if option.choices and value not in option.choices:
+        problems.append(f"{name}: must be one of {', '.join(option.choices)}, "
+                        f"got {value!r} ({origin})")
+    return value
+
+
+def _coerce(kind: type, raw: Any) -> Any:
+    if isinstance(raw, str) and kind is not str:
+        text = raw.strip()
+        if kind is bool:
+            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(raw)
+            return text.lower() in ("true", "1", "yes")
+        if kind is list:
+            return tuple(p.strip() for p in text.split(",") if p.strip())
+        return kind(text)
+    if kind is list:
+        if not isinstance(raw, list) or not all(isinstance(p, str) for p in raw):
+            raise TypeError(raw)
+        return tuple(raw)
+    if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if not isinstance(raw, kind) or (kind is int and isinstance(raw, bool)):
+        raise TypeError(raw)
+    return raw
+
+
+def _read_file(path: Path, problems: list[str]) -> dict[tuple[str, str], Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        problems.append(f"--config: cannot read {path}: {exc.strerror}")
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        problems.append(f"--config: {path} is not valid TOML: {exc}")
+        return {}
+    values: dict[tuple[str, str], Any] = {}
+    for section, table in data.items():
+        if section not in _SECTIONS or not isinstance(table, dict):
+            problems.append(f"[{section}]: unknown section in {path}")
+            continue
+        for key, raw in table.items():
+            if (section, key) not in _BY_NAME:
+                problems.append(f"{section}.{key}: unknown key in {path}")
+                continue
+            values[(section, key)] = raw
+    return values
+
+
+def load_settings(
+    path: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build ``Settings``; raise ``ConfigError`` listing every problem.
+
+    ``overrides`` maps ``"section.key"`` to values from command-line flags.
+    """
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    raw: dict[tuple[str, str], tuple[Any, str]] = {
+        (o.section, o.key): (o.default, "default") for o in OPTIONS
+    }
+    if path is not None:
+        for name, value in _read_file(Path(path), problems).items():
+            raw[name] = (value, f"in {path}")
+    for var, name in AZURE_ENV.items():
+        if env.get(var):
+            raw[name] = (env[var], f"from {var}")
+    for option in OPTIONS:
+        if option.env_name in env:
+            raw[(option.section, option.key)] = (env[option.env_name], f"from {option.env_name}")
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".", 1)
+        raw[(section, key)] = (value, "from the command line")
+
+    values = {name: _convert(_BY_NAME[name], value, origin, problems)
+              for name, (value, origin) in raw.items()}
+    authority_host = env.get("AZURE_AUTHORITY_HOST", "").strip().rstrip("/")
+    if authority_host and not values[("auth", "authority")] and values[("auth", "tenant_id")]:
+        values[("auth", "authority")] = f"{authority_host}/{values[('auth', 'tenant_id')]}"
+    if problems:
+        raise ConfigError(problems)
+    _apply_cloud(values)
+    sections = {
+        section: cls(**{f.name: values[(section, f.name)] for f in fields(cls)})
+        for section, cls in _SECTIONS.items()
+    }
+    return Settings(**sections)
+
+
+def _apply_cloud(values: dict[tuple[str, str], Any]) -> None:
+    """Fill an empty ``graph.base_url`` / ``auth.authority`` from ``graph.cloud``."""
+    cloud = values[("graph", "cloud")]
+    if not values[("graph", "base_url")]:
+        values[("graph", "base_url")] = graph_base_url(cloud, values[("graph", "api_version")])
+    tenant = values[("auth", "tenant_id")]
+    if not values[("auth", "authority")] and tenant:
+        values[("auth", "authority")] = authority(cloud, tenant)
+
+
+def check_credentials(auth: AuthSettings) -> list[str]:
+    """Problems that stop ``serve`` (the demo needs no credentials)."""
+    problems = [f"auth.{key}: required (or {env})" for key, env in
+                (("tenant_id", "AZURE_TENANT_ID"), ("client_id", "AZURE_CLIENT_ID"))
+                if not getattr(auth, key)]
+    given = [k for k in ("client_secret", "client_secret_file", "certificate_path",
+                         "federated_token_file") if getattr(auth, k)]
+    if not given:
+        problems.append("auth: one of client_secret, client_secret_file, certificate_path, "
+                        "federated_token_file is required")
+    elif len(given) > 1:
+        problems.append(f"auth: set only one credential, got {', '.join(given)}")
+    if auth.authority and not auth.authority.startswith("https://"):
+        problems.append(f"auth.authority: must be an https:// URL, got {auth.authority!r}")
+    return problems
+
+
+def render_example() -> str:
+    """The text of ``config.example.toml``: every option, its default and help."""
+    lines = ["# avatarproxy configuration. Every key is shown with its default.",
+             "# Each can be overridden by AVATARPROXY_<SECTION>_<KEY> (lists comma-separated).",
+             "# Generated by `avatarproxy config-example`; do not edit by hand."]
+    section = ""
+    for option in OPTIONS:
+        if option.section != section:
+            section = option.section
+            lines += ["", f"[{section}]"]
+        lines.append(f"# {option.help}")
+        lines.append(f"{option.key} = {_toml_value(option.default)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)

@@ -1,0 +1,69 @@
+"""``avatarproxy demo``: the real service in front of a built-in demo tenant.
+
+The demo tenant is the same fake Graph the tests use, served in-process on
+loopback; a fixed token stands in for msal, and the cache is in memory.
+Nothing reaches the internet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import quote
+
+from aiohttp import web
+
+from . import logs
+from .app import create_app
+from .auth import StaticTokenProvider
+from .config import load_settings
+from .demopage import page_handler
+from .fakegraph import FakeGraph, demo_groups, demo_people, start_fake_graph
+from .lifecycle import serve_until_stopped
+
+
+async def demo_app(host: str, port: int,
+                   overrides: Mapping[str, Any] | None = None) -> web.Application:
+    """The service on the demo tenant, plus the page at ``/``; ``overrides`` as flags."""
+    people = demo_people()
+    graph = FakeGraph()
+    for person in people:
+        graph.add(person)
+    for group in demo_groups():
+        graph.add_group(group)
+    token = secrets.token_urlsafe(16)
+    graph.accept_token = lambda presented: presented == token
+    runner, base_url = await start_fake_graph(graph)
+    settings = load_settings(env={}, overrides={
+        "graph.base_url": base_url, "server.host": host, "server.port": port,
+        **(overrides or {})})
+    app = create_app(settings, tokens=StaticTokenProvider(token))
+    app.router.add_get("/", page_handler(people))
+
+    async def stop_fake_graph(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await runner.cleanup()
+
+    app.cleanup_ctx.append(stop_fake_graph)
+    print(f"avatarproxy demo: http://{host}:{port}/ shows all {len(people)} demo people; "
+          "their avatars, for example:", flush=True)
+    for person in people:
+        print(f"  http://{host}:{port}/avatar/{quote(person.upn, safe='@$')}/96", flush=True)
+    for group in demo_groups():
+        kind = "team" if group.team else "group"
+        print(f"  http://{host}:{port}/avatar/{kind}/{group.object_id}/96", flush=True)
+    return app
+
+
+def run_demo(host: str, port: int) -> None:
+    # The demo honours AVATARPROXY_* for the server and logging sections, and
+    # shares serve's lifecycle (readiness, SIGTERM draining) in one process.
+    settings = load_settings(overrides={
+        "server.host": host, "server.port": port,
+        # Ctrl-C in a terminal should not wait for endpoints that do not exist.
+        "server.drain_seconds": os.environ.get("AVATARPROXY_SERVER_DRAIN_SECONDS", 0)})
+    logs.configure(settings.logging)
+    asyncio.run(serve_until_stopped(lambda: demo_app(host, port), settings.server))

@@ -1,0 +1,93 @@
+"""The demo's ``GET /``: every demo person at several sizes, photo or initials.
+
+It is how a newcomer sees the service work, and what the real-browser test
+loads. Plain HTML and CSS, no script; every name is HTML-escaped and every
+UPN percent-encoded (guests' ``#`` must not become a fragment).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from html import escape
+from urllib.parse import quote
+
+from aiohttp import web
+
+from .fakegraph import FakePerson
+
+SIZES = (32, 48, 96, 160)
+SRCSET_SIZE = 48  # shown with 1x/2x/3x candidates
+SVG_SIZE = 96  # shown with ?format=svg: vector initials, photos stay photos
+PAGE_POLICY = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"
+
+_STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 24px; color: #222; }
+table { border-collapse: collapse; }
+td, th { padding: 8px 12px; border-bottom: 1px solid #ddd; text-align: center; }
+td.who { text-align: left; }
+figure { margin: 0; }
+img { border-radius: 50%; display: block; margin: 0 auto 4px; }
+figcaption { font-size: 11px; color: #666; }
+code { font-size: 12px; color: #555; }
+"""
+
+
+def expected_source(person: FakePerson) -> str:
+    """What the service should serve for this demo person: photo or initials."""
+    return "photo" if person.photo is not None and not person.placeholder else "initials"
+
+
+def avatar_path(person: FakePerson, size: int) -> str:
+    return f"/avatar/{quote(person.upn, safe='@')}/{size}"
+
+
+def _figure(person: FakePerson, size: int, *, srcset: bool = False, query: str = "") -> str:
+    src = escape(avatar_path(person, size) + query)
+    extra = ""
+    if srcset:
+        candidates = ", ".join(f"{escape(avatar_path(person, size * d))} {d}x" for d in (1, 2, 3))
+        extra = f' srcset="{candidates}"'
+    source = expected_source(person)
+    return (f'<figure><img src="{src}"{extra} width="{size}" height="{size}" alt="" '
+            f'data-upn="{escape(person.upn)}" data-size="{size}" data-source="{source}"'
+            f'{" data-svg" if query else ""}'
+            f'{" data-srcset" if srcset else ""}>'
+            f"<figcaption>{source}</figcaption></figure>")
+
+
+def render(people: Sequence[FakePerson]) -> str:
+    head = "".join(f"<th>{s} px</th>" for s in SIZES)
+    rows = []
+    for person in people:
+        cells = "".join(f"<td>{_figure(person, s)}</td>" for s in SIZES)
+        cells += f"<td>{_figure(person, SRCSET_SIZE, srcset=True)}</td>"
+        cells += f"<td>{_figure(person, SVG_SIZE, query='?format=svg')}</td>"
+        rows.append(f'<tr><td class="who">{escape(person.display_name)}<br>'
+                    f"<code>{escape(person.upn)}</code></td>{cells}</tr>")
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        "<title>avatarproxy demo</title>"
+        f"<style>{_STYLE}</style></head><body>"
+        "<h1>avatarproxy demo tenant</h1>"
+        f"<p>{len(people)} people from the built-in fake Graph. Each image is an "
+        "<code>&lt;img&gt;</code> pointing at <code>/avatar/{upn}/{size}</code>; the caption "
+        "says whether the person has a photo or gets initials. The next-to-last "
+        "column uses <code>srcset</code> with 1x/2x/3x candidates; the last asks for "
+        "<code>?format=svg</code>: vector initials, while people with a photo still get "
+        "their photo.</p>"
+        f"<table><thead><tr><th>person</th>{head}<th>{SRCSET_SIZE} px, srcset</th>"
+        f"<th>{SVG_SIZE} px, svg</th></tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table></body></html>\n"
+    )
+
+
+def page_handler(
+        people: Sequence[FakePerson]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    body = render(people)
+
+    async def page(request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type="text/html", headers={
+            "Cache-Control": "no-cache", "Content-Security-Policy": PAGE_POLICY,
+            "X-Content-Type-Options": "nosniff"})
+
+    return page

@@ -1,0 +1,223 @@
+"""``avatarproxy doctor``: small checks of a deployment, each returning findings.
+
+Configuration, fonts and codecs, Redis reachability and latency, a token
+(and the application permissions in it), then real Graph calls for a given
+user, group or team. A failing check never stops the others unless they
+depend on it (no token: no Graph calls). Any ``fail`` makes the command
+exit non-zero.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import ssl
+import statistics
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aiohttp
+from PIL import Image, features
+from redis.exceptions import RedisError
+
+from . import imaging, redisconn
+from .auth import MsalTokenProvider, TokenProvider, default_authority, scope_for
+from .config import CacheSettings, Settings, check_credentials, load_settings
+from .errors import AuthError, ConfigError, GraphError, GraphPermissionDenied, InvalidImage
+from .graph import GraphClient
+from .models import Subject
+
+Status = Literal["pass", "warn", "fail"]
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    check: str
+    status: Status
+    detail: str
+
+
+# Application permission -> the app roles that grant it (any one suffices).
+REQUIRED_ROLES: Mapping[str, tuple[str, ...]] = {
+    "ProfilePhoto.Read.All": ("ProfilePhoto.Read.All", "User.Read.All", "User.ReadWrite.All"),
+    "User.ReadBasic.All": ("User.ReadBasic.All", "User.Read.All", "User.ReadWrite.All",
+                           "Directory.Read.All"),
+}
+OPTIONAL_ROLES: Mapping[str, tuple[tuple[str, ...], str]] = {
+    "Group.Read.All or GroupMember.Read.All": (
+        ("Group.Read.All", "GroupMember.Read.All", "Directory.Read.All"),
+        "group names for initials"),
+    "Team.ReadBasic.All": (("Team.ReadBasic.All",), "team photos and names"),
+    "User.Read.All": (("User.Read.All", "User.ReadWrite.All", "Directory.Read.All"),
+                      "`warm --all` skipping disabled accounts"),
+}
+
+
+async def diagnose(config_path: str | None, subjects: Iterable[Subject] = (),
+                   env: Mapping[str, str] | None = None) -> list[Finding]:
+    """Run every check; ``subjects`` get a real Graph photo call each."""
+    try:
+        settings = load_settings(config_path, env=env)
+    except ConfigError as exc:
+        return [Finding("config", "fail", problem) for problem in exc.problems]
+    findings = [*check_config(settings, config_path), *check_imaging(settings)]
+    findings += await check_redis(settings.cache)
+    if any(f.check == "config" and f.status == "fail" for f in findings):
+        return findings
+    tokens, token_findings = await check_token(settings)
+    findings += token_findings
+    if tokens is not None:
+        findings += await check_graph(settings, tokens, subjects)
+    return findings
+
+
+def check_config(settings: Settings, path: str | None) -> list[Finding]:
+    problems = check_credentials(settings.auth)
+    if problems:
+        return [Finding("config", "fail", problem) for problem in problems]
+    return [Finding("config", "pass", f"{path or 'defaults and environment'}: Graph "
+                    f"{settings.graph.base_url}, authority {default_authority(settings.auth)}")]
+
+
+def check_imaging(settings: Settings) -> list[Finding]:
+    findings: list[Finding] = []
+    try:
+        renderer = imaging.InitialsRenderer(settings.avatar.extra_fonts)
+        names = ", ".join(p.name for p in renderer.font_paths)
+        findings.append(Finding("fonts", "pass", f"loaded {names}"))
+    except ConfigError as exc:
+        findings += [Finding("fonts", "fail", problem) for problem in exc.problems]
+    if not features.check("raqm"):
+        findings.append(Finding("fonts", "warn", "no raqm layout (libraqm/libfribidi): Arabic "
+                                "and Hebrew initials are drawn unshaped"))
+    for fmt in ("jpeg", "png", "webp", "avif"):
+        try:
+            Image.new("RGB", (8, 8)).save(io.BytesIO(), fmt.upper())
+        except (OSError, KeyError, ValueError) as exc:
+            status: Status = "fail" if fmt == settings.avatar.default_format else "warn"
+            findings.append(Finding("codecs", status, f"cannot encode {fmt}: {exc}"))
+    if not any(f.check == "codecs" for f in findings):
+        findings.append(Finding("codecs", "pass", "jpeg, png, webp and avif encode"))
+    return findings
+
+
+async def check_redis(cache: CacheSettings) -> list[Finding]:
+    if not redisconn.enabled(cache):
+        return [Finding("redis", "pass", "not configured: in-process memory cache only")]
+    problems = redisconn.check(cache)
+    if problems:
+        return [Finding("redis", "fail", problem) for problem in problems]
+    timings = []
+    try:
+        # The service's own client (single server, Sentinel or Cluster).
+        connection = redisconn.connect(cache)
+        try:
+            for _ in range(5):
+                started = time.perf_counter()
+                await connection.client.ping()
+                timings.append((time.perf_counter() - started) * 1000)
+        finally:
+            await connection.aclose()
+    except (RedisError, OSError, TimeoutError) as exc:
+        return [Finding("redis", "fail", f"unreachable: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:120] if str(exc) else ''}")]
+    median = statistics.median(timings)
+    status: Status = "warn" if median > cache.redis_timeout_seconds * 500 else "pass"
+    return [Finding("redis", status, f"PING median {median:.2f} ms "
+                    f"(cache.redis_timeout_seconds {cache.redis_timeout_seconds:g} s)")]
+
+
+async def check_token(settings: Settings) -> tuple[TokenProvider | None, list[Finding]]:
+    try:
+        provider = await MsalTokenProvider.create(settings.auth,
+                                                  scope_for(settings.graph.base_url))
+        token = await provider.token()
+    except AuthError as exc:
+        return None, [Finding("token", "fail", str(exc))]
+    roles = token_roles(token)
+    if roles is None:
+        return provider, [Finding("token", "warn", "acquired, but it is not a readable JWT: "
+                                  "permissions are checked by the Graph calls only")]
+    findings = [Finding("token", "pass", "acquired; app roles: " + (", ".join(roles) or "none"))]
+    for permission, granting in REQUIRED_ROLES.items():
+        if not set(granting) & set(roles):
+            findings.append(Finding("permission", "fail", f"{permission} is missing: grant the "
+                                    "application permission and admin consent"))
+    for permission, (granting, purpose) in OPTIONAL_ROLES.items():
+        if not set(granting) & set(roles):
+            findings.append(Finding("permission", "warn",
+                                    f"{permission} is missing: needed for {purpose}"))
+    return provider, findings
+
+
+def token_roles(token: str) -> list[str] | None:
+    """The ``roles`` claim of a JWT access token, read without verifying it."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        return None
+    try:
+        claims: Any = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except ValueError:
+        return None
+    roles = claims.get("roles", []) if isinstance(claims, dict) else None
+    if not isinstance(roles, list):
+        return None
+    return sorted(str(role) for role in roles)
+
+
+async def check_graph(settings: Settings, tokens: TokenProvider,
+                      subjects: Iterable[Subject]) -> list[Finding]:
+    findings: list[Finding] = []
+    timeout = aiohttp.ClientTimeout(total=settings.graph.timeout_seconds)
+    context: ssl.SSLContext | bool = True
+    if settings.graph.ca_file:
+        context = ssl.create_default_context(cafile=settings.graph.ca_file)
+    async with aiohttp.ClientSession(timeout=timeout, trust_env=True,
+                                     connector=aiohttp.TCPConnector(ssl=context)) as session:
+        graph = GraphClient(settings.graph, tokens, session)
+        for subject in subjects:
+            findings += await _check_subject(graph, subject)
+    return findings
+
+
+async def _check_subject(graph: GraphClient, subject: Subject) -> list[Finding]:
+    name = f"graph {subject.kind} {subject.key}"
+    try:
+        profile = await graph.profile(subject)
+        if profile is None:
+            return [Finding(name, "warn", "not found in the directory")]
+        named = Finding(name, "pass", f"name {profile.display_name!r}")
+    except GraphError as exc:
+        named = _graph_failure(name, exc)
+    try:
+        meta = await graph.photo_meta(subject)
+        if not meta.has_photo:
+            return [named, Finding(name, "pass", "no photo: initials will be served")]
+        width, height = imaging.image_dimensions(await graph.photo_bytes(subject, None))
+    except (GraphError, InvalidImage) as exc:
+        return [named, _graph_failure(name, exc)]
+    return [named, Finding(name, "pass", f"photo {width}x{height}, "
+                           f"mediaEtag {meta.media_etag}")]
+
+
+def _graph_failure(name: str, exc: Exception) -> Finding:
+    if isinstance(exc, GraphPermissionDenied):
+        return Finding(name, "fail", f"Graph 403: grant the application permission "
+                       f"{exc.permission}")
+    return Finding(name, "fail", str(exc))
+
+
+def render(findings: list[Finding]) -> str:
+    lines = [f"{f.status.upper():<4}  {f.check}: {f.detail}" for f in findings]
+    failures = sum(f.status == "fail" for f in findings)
+    warnings = sum(f.status == "warn" for f in findings)
+    lines.append(f"doctor: {failures} failed, {warnings} warnings, "
+                 f"{len(findings) - failures - warnings} passed")
+    return "\n".join(lines) + "\n"
+
+
+def exit_code(findings: list[Finding]) -> int:
+    return 1 if any(f.status == "fail" for f in findings) else 0

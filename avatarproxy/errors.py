@@ -1,0 +1,93 @@
+"""Our exception hierarchy. No HTTP in here: ``web`` maps these to statuses once."""
+
+from __future__ import annotations
+
+
+class AvatarProxyError(Exception):
+    """Base class. ``public`` is safe to show a client; ``str()`` may hold more."""
+
+    public = "internal error"
+
+
+class BadRequest(AvatarProxyError):
+    """The client's request is malformed (bad UPN, size, format...)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.public = reason
+
+
+class NotFound(AvatarProxyError):
+    """Nothing to serve (``?fallback=404`` and no photo)."""
+
+    public = "not found"
+
+
+class Forbidden(AvatarProxyError):
+    """URL signing is on and the request's ``sig`` is missing or wrong."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.public = reason
+
+
+class RateLimited(AvatarProxyError):
+    """The client used up its allowance of cache misses; it gets uncached initials."""
+
+    public = "rate limited"
+
+
+class ConfigError(AvatarProxyError):
+    """Configuration is invalid; carries every problem found, one per line."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class InvalidImage(AvatarProxyError):
+    """Bytes that should be an image are not one we accept (corrupt, too large...)."""
+
+    public = "invalid image"
+
+
+class GraphError(AvatarProxyError):
+    """Base for failures talking to Microsoft Graph or the identity provider."""
+
+    public = "upstream error"
+
+
+class GraphNotFound(GraphError):
+    """Graph says the user or photo does not exist (any 404). Cacheable: "no photo"."""
+
+
+class GraphPermissionDenied(GraphError):
+    """403: the app lacks a permission. Not cached as "no photo"."""
+
+    def __init__(self, message: str, permission: str) -> None:
+        super().__init__(message)
+        self.permission = permission
+
+
+class GraphUnavailable(GraphError):
+    """Graph is throttling, failing or unreachable. Transient: never cached.
+
+    ``retry_after`` is Graph's Retry-After in seconds; ``throttle_scope`` its
+    ``x-ms-throttle-scope`` header (whose limit was hit), when it sent one.
+    """
+
+    def __init__(self, message: str, retry_after: float | None = None,
+                 throttle_scope: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.throttle_scope = throttle_scope
+
+
+class Overloaded(AvatarProxyError):
+    """This process is past a load cap or a request's deadline: answer cheaply now."""
+
+    public = "overloaded"
+
+
+class AuthError(GraphError):
+    """No token could be acquired (bad credentials, identity provider down)."""

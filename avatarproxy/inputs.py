@@ -1,0 +1,70 @@
+"""Rules for what a client may ask: subjects (UPN or object id), sizes, options.
+
+Pure functions raising ``BadRequest``; nothing reaches Graph until these pass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from multidict import MultiMapping
+
+from .errors import BadRequest
+from .models import Subject, SubjectKind
+from .sizing import parse_requested_size
+
+# Entra ID allows A-Z a-z 0-9 ' . - _ ! # ^ ~ in a UPN's local part (no
+# accents); a UPN may begin with "$". Guests look like
+# name_domain.com#EXT#@tenant.onmicrosoft.com. Domains are DNS names.
+_LOCAL = r"\$?[A-Za-z0-9'._\-!#^~]{1,64}"
+_DOMAIN = r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
+_UPN = re.compile(rf"^{_LOCAL}@{_DOMAIN}$")
+_GUID = re.compile(r"^[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}$")
+UPN_MAX_LENGTH = 113  # Entra ID's limit for userPrincipalName
+
+
+def parse_subject(text: str) -> Subject:
+    """A UPN or a GUID, normalised to lower case (Entra ID compares them so)."""
+    if _GUID.fullmatch(text):
+        return Subject(text.lower())
+    if len(text) > UPN_MAX_LENGTH or not _UPN.fullmatch(text):
+        raise BadRequest("not a valid userPrincipalName or object id")
+    return Subject(text.lower())
+
+
+def parse_object_id(text: str, kind: SubjectKind) -> Subject:
+    """Groups and teams are addressed by object id (GUID) only."""
+    if not _GUID.fullmatch(text):
+        raise BadRequest(f"not a valid {kind} object id")
+    return Subject(text.lower(), kind)
+
+
+def parse_size(text: str, max_size: int) -> int:
+    return parse_requested_size(text, max_size)
+
+
+# Parameters we act on. Anything else is ignored: pages add cache busters.
+KNOWN_PARAMS = ("fallback", "format", "sig")
+
+
+def known_params(query: MultiMapping[str]) -> dict[str, str]:
+    """The known parameters, each given at most once (two could disagree)."""
+    params: dict[str, str] = {}
+    for name in KNOWN_PARAMS:
+        values = query.getall(name, [])
+        if len(values) > 1:
+            raise BadRequest(f"{name} given more than once")
+        if values:
+            params[name] = values[0]
+    return params
+
+
+def parse_fallback(query: Mapping[str, str]) -> bool:
+    """``?fallback=404`` (Gravatar's ``d=404`` habit) turns initials off."""
+    value = query.get("fallback")
+    if value is None or value == "initials":
+        return True
+    if value == "404":
+        return False
+    raise BadRequest("fallback must be 404 or initials")

@@ -1,0 +1,179 @@
+"""Processes and shutdown: workers sharing the port, readiness, SIGTERM draining.
+
+One worker runs in the main process. Several are spawned processes that
+each bind the port with SO_REUSEPORT (the kernel spreads connections) and
+share metrics through prometheus-client's multiprocess directory; the main
+process only forwards signals and waits. If a worker dies, the others are
+stopped and the exit status is non-zero, so Kubernetes restarts the pod.
+
+On SIGTERM (or SIGINT) a worker turns unready, keeps accepting for
+``server.drain_seconds`` (endpoints take a few seconds to drop a pod), stops
+listening, gives in-flight requests ``server.grace_seconds``, closes Redis
+and Graph sessions, and exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import logging
+import math
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from . import logs, metrics
+from .config import ServerSettings, Settings
+from .ops import READINESS
+
+log = logging.getLogger(__name__)
+AppFactory = Callable[[], Awaitable[web.Application]]
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: affinity, capped by a cgroup CPU quota (v2 or v1)."""
+    cpus = len(os.sched_getaffinity(0))
+    quota = _cgroup_quota(cgroup_root)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def _cgroup_quota(root: Path) -> float | None:
+    try:
+        limit, period = (root / "cpu.max").read_text().split()[:2]  # v2: "max 100000"
+        return None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        limit = (root / "cpu" / "cpu.cfs_quota_us").read_text().strip()  # v1: -1 unlimited
+        period = (root / "cpu" / "cpu.cfs_period_us").read_text().strip()
+        return None if int(limit) <= 0 else int(limit) / int(period)
+    except (OSError, ValueError):
+        return None
+
+
+async def serve_until_stopped(make_app: AppFactory, server: ServerSettings, *,
+                              reuse_port: bool = False) -> None:
+    """Serve one process until SIGTERM/SIGINT, then drain and shut down gracefully."""
+    app = await make_app()
+    runner = web.AppRunner(app, handle_signals=False, access_log=None,
+                           shutdown_timeout=server.grace_seconds)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in _STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
+        await site.start()
+        log.info("Running on http://%s:%d (pid %d)", server.host, server.port, os.getpid())
+        await stop.wait()
+        app[READINESS].ready = False
+        log.info("stopping: unready, draining for %gs", server.drain_seconds)
+        await asyncio.sleep(server.drain_seconds)
+    finally:
+        # Stops listening, waits up to grace_seconds for in-flight requests,
+        # then runs clean-up (Redis, Graph session, executor).
+        await runner.cleanup()
+        for sig in _STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+    log.info("stopped")
+
+
+def run(settings: Settings, make_app: AppFactory) -> int:
+    """``avatarproxy serve``: one worker in this process, or several spawned ones."""
+    workers = settings.server.workers or usable_cpus()
+    if workers == 1:
+        _run_loop(serve_until_stopped(make_app, settings.server))
+        return 0
+    return _supervise(settings, workers)
+
+
+def _supervise(settings: Settings, workers: int) -> int:
+    own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    if own_dir:
+        # Under readOnlyRootFilesystem, TMPDIR (an emptyDir) must be writable.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="avatarproxy-metrics-")
+    # A stop signal only wakes the wait below (exec resets handlers in workers).
+    wake_read, wake_write = os.pipe()
+    os.set_blocking(wake_write, False)
+    signal.set_wakeup_fd(wake_write)
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, lambda *_: None)
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=_worker, args=(settings,), name=f"worker-{n}")
+                 for n in range(workers)]
+    try:
+        for process in processes:
+            process.start()
+        log.info("started %d workers", workers)
+        status = _wait_for_stop(processes, wake_read)
+        for process in processes:
+            if process.is_alive():
+                process.terminate()  # SIGTERM: each drains on its own
+        deadline = time.monotonic() + settings.server.drain_seconds \
+            + settings.server.grace_seconds + 5
+        while (alive := [p.sentinel for p in processes if p.is_alive()]) \
+                and time.monotonic() < deadline:
+            wait(alive, timeout=deadline - time.monotonic())  # returns as each one exits
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+            process.join()
+            if process.pid is not None:
+                metrics.process_exited(process.pid)
+            status = status or (process.exitcode != 0)
+        return int(status)
+    finally:
+        signal.set_wakeup_fd(-1)
+        os.close(wake_read)
+        os.close(wake_write)
+        if own_dir:
+            shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
+
+
+def _wait_for_stop(processes: Sequence[multiprocessing.process.BaseProcess],
+                   wake: int) -> bool:
+    """Block until a stop signal (False) or a worker's death (True: a failure)."""
+    ready = wait([wake, *(p.sentinel for p in processes)])
+    if wake in ready:
+        return False
+    log.error("a worker exited unexpectedly: stopping the others")
+    return True
+
+
+def _worker(settings: Settings) -> None:
+    # If the supervisor dies without stopping us (SIGKILL), drain and exit too.
+    _PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    logs.configure(settings.logging)
+    from .app import create_app
+
+    async def make_app() -> web.Application:
+        return create_app(settings)
+
+    _run_loop(serve_until_stopped(make_app, settings.server, reuse_port=True))
+    sys.exit(0)
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run on uvloop where installed: its libuv loop answers hits ~25 % faster
+    than asyncio's (measured in bench/); asyncio's own loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(main)
+        return
+    uvloop.run(main)

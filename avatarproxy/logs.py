@@ -1,0 +1,90 @@
+"""Log lines: JSON objects to stdout (or text for humans), a request id, access lines.
+
+Every line carries the request id of the request it was written for (a
+context variable set by ``ops.observe``). Access lines are sampled
+(``logging.access``; off by default, since the ingress logs requests) and
+name the route and a short hash of the person, never the raw path: UPNs are
+personal data unless ``logging.log_upn`` says otherwise. Nothing here ever
+sees a token: Graph requests are not logged and our exceptions carry none.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import logging
+import random
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from .config import LoggingSettings
+
+REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
+ACCESS = logging.getLogger("avatarproxy.access")
+_EXTRA_FIELDS = ("route", "method", "status", "duration_ms", "subject", "source")
+_settings = LoggingSettings(format="json", level="info", access=0.0, log_upn=False)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = REQUEST_ID.get()
+        if request_id:
+            line["request_id"] = request_id
+        for name in _EXTRA_FIELDS:
+            if hasattr(record, name):
+                line[name] = getattr(record, name)
+        if record.exc_info:
+            line["error"] = self.formatException(record.exc_info)
+        return json.dumps(line, ensure_ascii=False, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        request_id = REQUEST_ID.get()
+        return f"{text} [{request_id}]" if request_id else text
+
+
+def configure(settings: LoggingSettings) -> None:
+    """Replace the root handlers with one stdout handler in the chosen format."""
+    global _settings
+    _settings = settings
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.level.upper())
+    # aiohttp's own access log is replaced by ours (sampled, no raw paths).
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def subject_ref(key: str) -> str:
+    """What logs call a person: a short hash unless ``logging.log_upn`` is set."""
+    if _settings.log_upn:
+        return key
+    return "sha256:" + hashlib.sha256(key.lower().encode("utf-8")).hexdigest()[:12]
+
+
+def wants_access_line() -> bool:
+    rate = _settings.access
+    # Not a security decision: sampling needs no cryptographic randomness.
+    return rate >= 1.0 or (rate > 0.0 and random.random() < rate)  # noqa: S311
+
+
+def access(route: str, method: str, status: int, seconds: float, subject: str | None,
+           source: str) -> None:
+    ACCESS.info("%s %s %d", method, route, status, extra={
+        "route": route, "method": method, "status": status,
+        "duration_ms": round(seconds * 1000, 2),
+        "subject": subject_ref(subject) if subject else None, "source": source})

@@ -1,0 +1,86 @@
+"""Frozen values that cross module boundaries."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+Source = Literal["photo", "initials"]
+# What kind of directory object: users by UPN or id, groups and teams by id.
+SubjectKind = Literal["user", "group", "team"]
+
+_GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Whose avatar: a userPrincipalName or object id, normalised to lower case.
+
+    UPNs and GUIDs compare case-insensitively in Entra ID, so one person is
+    one cache entry whatever case a page writes. Groups and teams are
+    addressed by object id; a team has its group's id but only one photo
+    size, so ``cache_id`` keeps each kind's entries apart.
+    """
+
+    key: str
+    kind: SubjectKind = "user"
+
+    @property
+    def cache_id(self) -> str:
+        return self.key if self.kind == "user" else f"{self.kind}:{self.key}"
+
+    @property
+    def is_object_id(self) -> bool:
+        return _GUID.fullmatch(self.key) is not None
+
+    @property
+    def local_part(self) -> str:
+        """The UPN before ``@``; for a guest, their own mailbox name.
+
+        A guest's UPN is ``john_fabrikam.com#EXT#@tenant.onmicrosoft.com``:
+        their address with ``@`` turned into ``_``, then ``#EXT#``.
+        """
+        local = self.key.split("@", 1)[0]
+        if "#ext#" in local:
+            local = local.split("#ext#", 1)[0].rsplit("_", 1)[0]
+        return local
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """The few directory fields initials need."""
+
+    object_id: str | None = None
+    display_name: str | None = None
+    given_name: str | None = None
+    surname: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoMeta:
+    """What Graph says about a subject's photo (its largest size) and name.
+
+    ``media_etag`` changes whenever the photo changes; it keys the image cache.
+    ``profile`` is only fetched when initials may be needed.
+    """
+
+    has_photo: bool
+    media_etag: str = ""
+    width: int = 0
+    height: int = 0
+    profile: Profile | None = None
+    fetched_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Avatar:
+    """An encoded image ready to send."""
+
+    body: bytes
+    content_type: str
+    etag: str
+    source: Source
+    max_age: int
+    stale_while_revalidate: int = 0
+    no_store: bool = False  # an answer for this moment only (overloaded, deadline passed)

@@ -1,0 +1,175 @@
+"""Redis clients for the ways companies run it: one server, Sentinel, Cluster.
+
+Only redis-py's own clients are used; this module turns ``cache.*`` settings
+into one of them. Whatever the mode, commands get short timeouts and a quick
+retry on a broken connection, so a failover costs a few cache misses and never
+an error: after a Sentinel switch the pool asks the Sentinels for the new
+master when it reconnects; the Cluster client re-reads the slot map from
+another node when one fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import SSLConnection, parse_url
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel
+from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
+from redis.credentials import CredentialProvider
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from .config import CacheSettings
+
+RedisClient = Redis | RedisCluster
+
+# What a failing Redis raises at the service's call sites. Besides
+# RedisError/OSError/timeouts, redis-py's async clients raise AttributeError
+# or TypeError when a connection is torn down under a command during a
+# failover (seen with a Cluster master killed under load: "'NoneType' object
+# has no attribute 'writelines'"; redis-py issues #3546 and #3835). Redis is a
+# cache here, so each of these reads as "Redis unavailable", never a 500.
+REDIS_FAILURES: tuple[type[Exception], ...] = (
+    RedisError, OSError, TimeoutError, AttributeError, TypeError)
+_HEALTH_CHECK_SECONDS = 30  # PING a connection idle this long before reusing it
+MAX_CONNECTIONS = 64  # per process, standalone mode
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConnection:
+    """A client for the data, and the clients of the Sentinels behind it, if any."""
+
+    client: RedisClient
+    # Kept apart from Sentinel.sentinels: redis-py reorders that list during
+    # concurrent master discoveries and can lose an entry, leaving it unclosed.
+    sentinel_clients: tuple[Redis, ...] = ()
+
+    async def aclose(self) -> None:
+        try:
+            await self.client.aclose()
+        finally:
+            for sentinel in self.sentinel_clients:
+                await sentinel.aclose()
+
+
+def enabled(cache: CacheSettings) -> bool:
+    return bool(cache.redis_url) or cache.redis_mode == "sentinel"
+
+
+def check(cache: CacheSettings) -> list[str]:
+    """Problems with the Redis settings, one line each, naming the key."""
+    if not enabled(cache):
+        return []
+    problems: list[str] = []
+    scheme = urlsplit(cache.redis_url).scheme if cache.redis_url else "redis"
+    if scheme not in ("redis", "rediss", "unix"):
+        # The URL may hold a password: name only its scheme.
+        problems.append(f"cache.redis_url: must start with redis://, rediss:// or unix://, "
+                        f"got {scheme or 'no scheme'}")
+    if cache.redis_mode == "cluster":
+        if not cache.redis_url or scheme == "unix":
+            problems.append("cache.redis_url: cluster mode needs redis:// or rediss://host:port "
+                            "of any one node")
+        elif urlsplit(cache.redis_url).path.strip("/") not in ("", "0"):
+            problems.append("cache.redis_url: a Redis Cluster has only database 0")
+    if cache.redis_mode == "sentinel":
+        if scheme == "unix":
+            problems.append("cache.redis_url: sentinel mode takes redis:// or rediss://")
+        if not cache.redis_sentinels:
+            problems.append("cache.redis_sentinels: sentinel mode needs at least one host:port")
+        problems += [f"cache.redis_sentinels: expected host:port, got {entry!r}"
+                     for entry in cache.redis_sentinels if _host_port(entry) is None]
+        if not cache.redis_sentinel_master:
+            problems.append("cache.redis_sentinel_master: required in sentinel mode")
+    for key in ("redis_password_file", "redis_ca_file", "redis_sentinel_password_file"):
+        path = getattr(cache, key)
+        if path and not Path(path).is_file():
+            problems.append(f"cache.{key}: no such file: {path}")
+    return problems
+
+
+def connect(cache: CacheSettings) -> RedisConnection:
+    """The client for ``cache``'s mode (no I/O yet: connections open on first use)."""
+    url = cache.redis_url or "redis://"
+    options = _url_options(url, cache)
+    tls = options.get("connection_class") is SSLConnection
+    if cache.redis_mode == "cluster":
+        options.pop("connection_class", None)
+        client = RedisCluster(
+            **options, ssl=tls, **_tls_options(cache, tls),
+            # Serve the slots that still have a master while one fails over.
+            require_full_coverage=False,
+            retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), 2))
+        return RedisConnection(client)
+    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    if cache.redis_mode == "sentinel":
+        for name in ("host", "port", "path", "connection_class"):
+            options.pop(name, None)
+        sentinel_options: dict[str, Any] = {
+            "socket_timeout": cache.redis_timeout_seconds,
+            "socket_connect_timeout": cache.redis_timeout_seconds,
+            "ssl": tls, **_tls_options(cache, tls)}
+        if cache.redis_sentinel_password_file:
+            sentinel_options["credential_provider"] = _PasswordFile(
+                None, cache.redis_sentinel_password_file)
+        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+            [address for entry in cache.redis_sentinels if (address := _host_port(entry))],
+            sentinel_kwargs=sentinel_options, **options, retry=retry, ssl=tls,
+            **_tls_options(cache, tls))
+        master: Redis = sentinel.master_for(cache.redis_sentinel_master)
+        return RedisConnection(master, tuple(sentinel.sentinels))
+    options.update(_tls_options(cache, tls))
+    # A bounded pool that waits (briefly) for a free connection: a burst of
+    # requests queues for Redis instead of failing with "too many connections".
+    return RedisConnection(Redis.from_pool(BlockingConnectionPool(
+        **options, retry=retry, max_connections=MAX_CONNECTIONS,
+        timeout=cache.redis_timeout_seconds)))
+
+
+def _url_options(url: str, cache: CacheSettings) -> dict[str, Any]:
+    options: dict[str, Any] = dict(parse_url(url))
+    username = options.pop("username", None)
+    if cache.redis_password_file:
+        # The file wins over a password in the URL; the user name stays.
+        options.pop("password", None)
+        options["credential_provider"] = _PasswordFile(username, cache.redis_password_file)
+    elif username:
+        options["username"] = username
+    if cache.redis_mode == "cluster":
+        options.pop("db", None)
+    options.update(socket_timeout=cache.redis_timeout_seconds,
+                   socket_connect_timeout=cache.redis_timeout_seconds,
+                   health_check_interval=_HEALTH_CHECK_SECONDS)
+    return options
+
+
+def _tls_options(cache: CacheSettings, tls: bool) -> dict[str, Any]:
+    return {"ssl_ca_certs": cache.redis_ca_file} if tls and cache.redis_ca_file else {}
+
+
+def _host_port(entry: str) -> tuple[str, int] | None:
+    host, _, port = entry.strip().rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+class _PasswordFile(CredentialProvider):
+    """Reads the password on each new connection: a rotated secret needs no restart."""
+
+    def __init__(self, username: str | None, path: str) -> None:
+        self._username = username
+        self._path = Path(path)
+
+    def get_credentials(self) -> tuple[str] | tuple[str, str]:
+        password = self._path.read_text(encoding="utf-8").rstrip("\r\n")
+        return (self._username, password) if self._username else (password,)
+
+    async def get_credentials_async(self) -> tuple[str] | tuple[str, str]:
+        return self.get_credentials()

@@ -1,0 +1,149 @@
+"""Who may be shown, and to whom: signed URLs, allowed domains, guests, blocked people.
+
+Pure decisions over ``SecuritySettings``; ``web`` asks them before the cache or
+Graph is touched. Signatures are HMAC-SHA256 over the request path as the page
+wrote it, percent-decoded (``/avatar/adele.vance@contoso.com/48``), in URL-safe
+base64 without padding. The query string is not signed: pages add cache busters.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import ipaddress
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from .config import SecuritySettings
+from .errors import ConfigError, Forbidden, NotFound
+from .models import Subject
+
+# 32 bytes of SHA-256 in URL-safe base64 without "=" padding.
+_SIG = re.compile(r"^[A-Za-z0-9_-]{43}=?$")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def signature(key: str, path: str) -> str:
+    """The ``sig`` value for ``path`` (percent-decoded, query excluded)."""
+    digest = hmac.new(key.encode("utf-8"), path.encode("utf-8"), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def sign_url(key: str, url: str) -> str:
+    """``url`` with ``sig=`` appended (the CLI's ``avatarproxy sign``)."""
+    parts = urlsplit(url.replace("#", "%23"))  # a guest's #EXT# is not a fragment
+    path = unquote(parts.path)
+    sig = signature(key, path)
+    query = f"{parts.query}&sig={sig}" if parts.query else f"sig={sig}"
+    path = quote(path, safe="/@'!^~$")
+    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The operator's security choices, normalised once at start-up."""
+
+    signing_keys: tuple[bytes, ...]
+    allowed_domains: frozenset[str]
+    allow_guests: bool
+    blocked: frozenset[str]
+
+    @classmethod
+    def from_settings(cls, settings: SecuritySettings) -> Policy:
+        return cls(
+            signing_keys=tuple(k.encode("utf-8") for k in settings.url_signing_keys if k),
+            allowed_domains=frozenset(d.strip().lower().lstrip("@")
+                                      for d in settings.allowed_domains if d.strip()),
+            allow_guests=settings.allow_guests,
+            blocked=frozenset(b.strip().lower() for b in settings.blocked if b.strip()),
+        )
+
+    def check_signature(self, path: str, sig: str | None) -> None:
+        """Raise ``Forbidden`` unless signing is off or ``sig`` matches a key."""
+        if not self.signing_keys:
+            return
+        if sig is None:
+            raise Forbidden("signature required")
+        if not _SIG.fullmatch(sig):
+            raise Forbidden("bad signature")
+        given = base64.urlsafe_b64decode(sig.rstrip("=") + "=")
+        message = path.encode("utf-8")
+        # Every key is tried, whatever matches, so timing says nothing about which.
+        matches = [hmac.compare_digest(hmac.new(key, message, hashlib.sha256).digest(), given)
+                   for key in self.signing_keys]
+        if not any(matches):
+            raise Forbidden("bad signature")
+
+    def check_subject(self, subject: Subject) -> None:
+        """Raise ``NotFound`` for people outside the allowed domains, or guests if refused."""
+        if subject.is_object_id:
+            return
+        local, _, domain = subject.key.rpartition("@")
+        # A guest's UPN is name_theirdomain#EXT#@tenant.onmicrosoft.com.
+        if "#ext#" in local and not self.allow_guests:
+            raise NotFound()
+        if self.allowed_domains and domain not in self.allowed_domains:
+            raise NotFound()
+
+    def is_blocked(self, subject: Subject) -> bool:
+        return subject.key in self.blocked
+
+
+class ClientAddress:
+    """The client's address, believing ``X-Forwarded-For`` only from trusted proxies.
+
+    The header is read right to left: each hop appends the address it saw, so
+    the first address that is not one of our proxies is the client.
+    """
+
+    def __init__(self, trusted: Sequence[str]) -> None:
+        self._trusted = _networks(trusted)
+
+    def of(self, remote: str | None, forwarded_for: Iterable[str]) -> str:
+        address = _address(remote)
+        if address is None:
+            return remote or "unknown"
+        if not self._is_trusted(address):
+            return str(address)
+        hops = [h.strip() for line in forwarded_for for h in line.split(",")]
+        for hop in reversed(hops):
+            hop_address = _address(hop)
+            if hop_address is None:
+                break  # a garbled chain: trust nothing further left
+            address = hop_address
+            if not self._is_trusted(address):
+                break
+        return str(address)
+
+    def _is_trusted(self, address: IPAddress) -> bool:
+        return any(address in network for network in self._trusted)
+
+
+def _networks(items: Sequence[str]) -> tuple[IPNetwork, ...]:
+    networks: list[IPNetwork] = []
+    problems: list[str] = []
+    for item in items:
+        try:
+            networks.append(ipaddress.ip_network(item.strip(), strict=False))
+        except ValueError:
+            problems.append(f"server.trusted_proxies: not an address or network: {item!r}")
+    if problems:
+        raise ConfigError(problems)
+    return tuple(networks)
+
+
+def _address(text: str | None) -> IPAddress | None:
+    if not text:
+        return None
+    try:
+        address = ipaddress.ip_address(text.strip().strip("[]"))
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address

@@ -1,0 +1,304 @@
+"""``get_avatar``: metadata, cache, single-flight fetch, resize, fallback.
+
+Reads top to bottom: find out what Graph has for the subject (cached by
+freshness), serve the photo at the nearest HD size at or above the request,
+and when there is no photo (or Graph cannot tell us now) draw initials.
+"No photo" is cached; "Graph unavailable" or "permission missing" is not,
+and such initials get a short max-age. Stale metadata is served at once and
+refreshed in the background; another replica's download of the same image is
+awaited rather than repeated (``coalesce``). Past a load cap or the request's
+deadline the answer is initials that browsers must not store (``limits``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from typing import Any, TypeVar
+
+from . import imaging, metrics, svg
+from .cache import AvatarCache
+from .coalesce import ReplicaCoalescer
+from .config import AvatarSettings, CacheSettings
+from .errors import (
+    GraphError,
+    GraphNotFound,
+    GraphPermissionDenied,
+    InvalidImage,
+    NotFound,
+    Overloaded,
+    RateLimited,
+)
+from .graph import GraphClient
+from .limits import LoadLimits
+from .models import Avatar, PhotoMeta, Subject
+from .negotiation import OutputFormats
+from .sizing import FetchPlan, background_for, initials_candidates, is_placeholder, plan_fetch
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+# Asked before a request costs a Graph call or a photo render; False: RateLimited.
+Admit = Callable[[], Awaitable[bool]]
+
+# Initials served because Graph could not answer are re-asked soon.
+TRANSIENT_MAX_AGE = 60
+
+
+def _unknown_user(subject: Subject, meta: PhotoMeta | None) -> bool:
+    """Graph found no user by this key (no photo and no profile), and it is no id."""
+    return (subject.kind == "user" and not subject.is_object_id and meta is not None
+            and not meta.has_photo and meta.profile is None)
+
+
+def _etag(*parts: str) -> str:
+    return '"' + hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:27] + '"'
+
+
+class AvatarService:
+    def __init__(self, graph: GraphClient, cache: AvatarCache, initials: imaging.InitialsRenderer,
+                 cache_settings: CacheSettings, avatar_settings: AvatarSettings,
+                 executor: ThreadPoolExecutor, *, limits: LoadLimits,
+                 coalescer: ReplicaCoalescer | None = None) -> None:
+        self._graph = graph
+        self._cache = cache
+        self._initials = initials
+        self._ttl = cache_settings
+        self._avatar = avatar_settings
+        self._executor = executor
+        self._limits = limits
+        self._coalescer = coalescer or ReplicaCoalescer(None, 0, 0)
+        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._missing_permissions: set[str] = set()
+
+    async def get_avatar(self, subject: Subject, size: int, *,
+                         formats: OutputFormats | None = None, fallback: bool = True,
+                         admit: Admit | None = None) -> Avatar:
+        formats = formats or OutputFormats(self._avatar.default_format, "png")
+        try:
+            with self._limits.request():
+                async with asyncio.timeout(self._limits.deadline):
+                    return await self._get_avatar(subject, size, formats, fallback, admit)
+        except (Overloaded, TimeoutError) as exc:
+            # Whatever was fetching goes on (shielded) and fills the cache.
+            self._limits.rejected += 1
+            metrics.initials_fallback("overloaded" if isinstance(exc, Overloaded) else "deadline")
+            log.info("answering %s with uncached initials: %s", subject.key,
+                     str(exc) or "deadline passed")
+            return self._overload_initials(subject, size)
+
+    def health(self) -> dict[str, str]:
+        """Degradations worth showing in a readiness probe; nothing here fails it."""
+        redis = self._cache.redis
+        return {
+            "redis": "off" if redis is None else "ok" if redis.healthy else "down",
+            "graph": "breaker open" if self._graph.gate.breaker_open else "ok",
+        }
+
+    async def _get_avatar(self, subject: Subject, size: int, formats: OutputFormats,
+                          fallback: bool, admit: Admit | None) -> Avatar:
+        # 1. What does Graph have? None means "could not find out right now".
+        meta = await self._metadata(subject, admit)
+        if _unknown_user(subject, meta):
+            # Not a UPN Graph knows: perhaps a mail address or an alias.
+            resolved = await self._resolve_address(subject)
+            if resolved is not None:
+                subject, meta = resolved, await self._metadata(resolved, admit)
+        # 2. A photo: nearest HD size at or above the request, downscaled.
+        if meta is not None and meta.has_photo:
+            try:
+                return await self._photo(subject, meta, size, formats.photo, admit)
+            except GraphNotFound:
+                # Deleted between metadata and bytes: the metadata is refreshed later.
+                meta = replace(meta, has_photo=False)
+            except (GraphError, InvalidImage) as exc:
+                self._note_failure(subject, "photo", exc)
+                meta = None
+        # 3. No photo: initials, unless the page draws its own placeholder.
+        if not fallback:
+            raise NotFound()
+        return await self._initials_avatar(subject, meta, size, formats.initials)
+
+    async def initials_only(self, subject: Subject, size: int,
+                            formats: OutputFormats | None = None) -> Avatar:
+        """Initials without asking Graph: for blocked people and rate-limited clients."""
+        initials_format = formats.initials if formats else "png"
+        meta = await self._cache.get_meta(subject)
+        return await self._initials_avatar(subject, meta or PhotoMeta(has_photo=False), size,
+                                           initials_format)
+
+    async def _metadata(self, subject: Subject, admit: Admit | None) -> PhotoMeta | None:
+        cached = await self._cache.get_meta(subject)
+        if cached is not None and self._cache.is_fresh(cached):
+            return cached
+        if not await _admitted(admit):
+            if cached is not None:
+                return cached  # stale, and no refresh on this client's account
+            raise RateLimited()
+        refresh = self._start("meta:" + subject.cache_id, lambda: self._coalescer.run(
+            self._cache.lock_key(self._cache.meta_key(subject)),
+            lambda: self._fetch_metadata(subject), lambda: self._fresh_metadata(subject)))
+        if cached is not None:
+            # Stale: serve it now and refresh once in the background (single flight).
+            refresh.add_done_callback(lambda done: self._note_refresh(subject, done))
+            return cached
+        try:
+            meta: PhotoMeta = await asyncio.shield(refresh)
+            return meta
+        except GraphError as exc:
+            self._note_failure(subject, "metadata", exc)
+            return None  # never seen (stale was served above): initials, short max-age
+
+    async def _fresh_metadata(self, subject: Subject) -> PhotoMeta | None:
+        cached = await self._cache.get_meta(subject)
+        return cached if cached is not None and self._cache.is_fresh(cached) else None
+
+    async def _fetch_metadata(self, subject: Subject) -> PhotoMeta:
+        # A flight that ended between our cache miss and now may have stored it.
+        cached = await self._fresh_metadata(subject)
+        if cached is not None:
+            return cached
+        meta = await self._graph.photo_meta(subject)
+        if not meta.has_photo:
+            # Only initials need the name; photo metadata stays one call.
+            meta = replace(meta, profile=await self._graph.profile(subject))
+        await self._cache.put_meta(subject, meta)
+        return meta
+
+    async def _photo(self, subject: Subject, meta: PhotoMeta, size: int, fmt: str,
+                     admit: Admit | None) -> Avatar:
+        plan = plan_fetch(size, meta)
+        key = self._cache.photo_key(subject, meta.media_etag, plan.target, fmt)
+        body = await self._cache.get_image(key)
+        if body is None:
+            if not await _admitted(admit):
+                raise RateLimited()
+            body = await self._single_flight(
+                key, lambda: self._render_photo(subject, meta, plan, key, fmt))
+        etag = _etag("photo", meta.media_etag, str(plan.target), fmt, imaging.RENDERER_VERSION)
+        return Avatar(body, imaging.CONTENT_TYPES[fmt], etag, "photo", self._ttl.browser_max_age,
+                      self._ttl.stale_while_revalidate)
+
+    async def _render_photo(self, subject: Subject, meta: PhotoMeta, plan: FetchPlan, key: str,
+                            fmt: str) -> bytes:
+        source_key = self._cache.source_key(subject, meta.media_etag, plan.hd_size)
+        raw = await self._cache.get_image(source_key)
+        if raw is None:
+            # One download per photo version and HD size, across sizes and replicas.
+            raw = await self._single_flight(source_key, lambda: self._coalescer.run(
+                self._cache.lock_key(source_key),
+                lambda: self._download(subject, plan.hd_size, source_key),
+                lambda: self._cache.get_image(source_key)))
+        body: bytes = await self._run(imaging.render_photo, raw, plan.target, fmt)
+        await self._cache.put_image(key, body, owner=subject)
+        return body
+
+    async def _download(self, subject: Subject, hd_size: int | None, source_key: str) -> bytes:
+        raw = await self._graph.photo_bytes(subject, hd_size)
+        if hd_size is not None:
+            width, height = await self._run(imaging.image_dimensions, raw)
+            if is_placeholder(width, height):
+                # "1x1" on /photos/{size}: that size is absent; use the largest.
+                raw = await self._graph.photo_bytes(subject, None)
+        # Decode it through before it is kept for other sizes and replicas.
+        await self._run(imaging.verify_photo, raw)
+        await self._cache.put_image(source_key, raw, owner=subject)
+        return raw
+
+    async def _initials_avatar(self, subject: Subject, meta: PhotoMeta | None,
+                               size: int, fmt: str) -> Avatar:
+        profile = meta.profile if meta is not None else None
+        texts = initials_candidates(profile, subject)
+        colour = background_for((profile.object_id if profile else None) or subject.key)
+        body: bytes | None
+        if fmt == "svg":  # cheap string work: rendered on every request, not cached
+            text = self._initials.first_covered(texts)
+            title = (profile.display_name if profile else None) or text
+            key = self._cache.initials_key([text, title], colour, size, fmt,
+                                           imaging.RENDERER_VERSION)
+            body = svg.render(text, title, colour, imaging.text_colour(colour), size)
+        else:
+            key = self._cache.initials_key(texts, colour, size, fmt, imaging.RENDERER_VERSION)
+            body = await self._cache.get_image(key)
+        if body is None:
+            body = await self._run(self._initials.render, texts, colour, size, fmt)
+            await self._cache.put_image(key, body)
+        # meta None: Graph could not say whether a photo exists; ask again soon.
+        max_age = self._ttl.initials_max_age if meta is not None else min(
+            TRANSIENT_MAX_AGE, self._ttl.initials_max_age)
+        return Avatar(body, imaging.CONTENT_TYPES[fmt], _etag("initials", key), "initials",
+                      max_age)
+
+    def _overload_initials(self, subject: Subject, size: int) -> Avatar:
+        """Initials from the UPN alone, drawn here: no Graph, Redis or queue to wait on."""
+        texts = initials_candidates(None, subject)
+        colour = background_for(subject.key)
+        body = self._initials.render(texts, colour, size, "png")
+        return Avatar(body, imaging.CONTENT_TYPES["png"], _etag("busy", subject.key, str(size)),
+                      "initials", 0, no_store=True)
+
+    def _note_refresh(self, subject: Subject, done: asyncio.Future[Any]) -> None:
+        exc = None if done.cancelled() else done.exception()
+        if isinstance(exc, GraphError):
+            self._note_failure(subject, "metadata refresh", exc)
+
+    def _note_failure(self, subject: Subject, step: str, exc: Exception) -> None:
+        metrics.initials_fallback(type(exc).__name__)  # a handful of our own error types
+        if isinstance(exc, GraphPermissionDenied):
+            if exc.permission not in self._missing_permissions:
+                self._missing_permissions.add(exc.permission)
+                log.error("Graph denied %s: grant the application permission %s "
+                          "(serving initials meanwhile)", step, exc.permission)
+            return
+        log.warning("%s failed, serving %s: %s", step,
+                    "initials" if step == "metadata" else "fallback", exc)
+
+    async def _single_flight(self, key: str, factory: Callable[[], Awaitable[T]]) -> T:
+        """Concurrent callers with the same key share one execution of ``factory``."""
+        # shield: a client hanging up must not cancel the others' fetch.
+        result: T = await asyncio.shield(self._start(key, factory))
+        return result
+
+    def _start(self, key: str, factory: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
+        """The running execution of ``factory`` for ``key``, started if there is none."""
+        future = self._inflight.get(key)
+        if future is None:
+            future = asyncio.ensure_future(factory())
+            self._inflight[key] = future
+            future.add_done_callback(lambda done: self._finish(key, done))
+        return future
+
+    def _finish(self, key: str, future: asyncio.Future[Any]) -> None:
+        self._inflight.pop(key, None)
+        if not future.cancelled():
+            future.exception()  # mark retrieved: every waiter may have gone
+
+    async def _resolve_address(self, subject: Subject) -> Subject | None:
+        """The user whose mail or proxy address ``subject`` is; the mapping is cached."""
+        object_id = await self._cache.get_alias(subject)
+        if object_id is None:
+            try:
+                object_id = await self._single_flight(
+                    "alias:" + subject.key,
+                    lambda: self._graph.find_user_by_mail(subject.key)) or ""
+            except GraphError as exc:
+                self._note_failure(subject, "address lookup", exc)
+                return None
+            await self._cache.put_alias(subject, object_id)
+        return Subject(object_id) if object_id else None
+
+    async def drain(self) -> None:
+        """Wait for shared fetches still running (their callers may have gone)."""
+        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+
+    async def _run(self, func: Callable[..., T], *args: Any) -> T:
+        """Blocking Pillow work goes to the bounded image thread pool, if it has room."""
+        with self._limits.image_job():
+            return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
+
+
+async def _admitted(admit: Admit | None) -> bool:
+    return admit is None or await admit()

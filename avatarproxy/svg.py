@@ -1,0 +1,35 @@
+"""Initials as SVG: vector, crisp at any size and pixel density.
+
+Every character of the name and of the initials is written as a numeric
+character reference, so no display name (``<script>``, ``]]>``, quotes,
+bidi controls) can become markup; the web layer also sends a
+Content-Security-Policy that forbids scripts in the document.
+"""
+
+from __future__ import annotations
+
+# The bundled font first, then what the viewer has: an SVG in <img> cannot
+# load web fonts, so the glyphs come from the viewing machine.
+_FONT = "'DejaVu Sans', 'Segoe UI', Arial, sans-serif"
+
+
+def _reference(text: str) -> str:
+    # XML 1.0 forbids most C0 controls even as references; drop them.
+    return "".join(f"&#x{ord(c):x};" for c in text
+                   if ord(c) >= 0x20 or c in "\t\n\r")
+
+
+def render(initials: str, title: str, background: tuple[int, int, int],
+           foreground: tuple[int, int, int], size: int) -> bytes:
+    """A ``size`` x ``size`` SVG: ``initials`` centred on ``background``."""
+    bg = "#{:02x}{:02x}{:02x}".format(*background)
+    fg = "#{:02x}{:02x}{:02x}".format(*foreground)
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{size}" height="{size}" '
+        f'viewBox="0 0 100 100" role="img">'
+        f"<title>{_reference(title)}</title>"
+        f'<rect width="100" height="100" fill="{bg}"/>'
+        f'<text x="50" y="50" dy="0.35em" text-anchor="middle" font-family="{_FONT}" '
+        f'font-weight="bold" font-size="42" fill="{fg}">{_reference(initials)}</text>'
+        "</svg>\n"
+    ).encode()

@@ -1,0 +1,148 @@
+"""When not to call Graph: Retry-After pauses shared by replicas, and a circuit breaker.
+
+Graph answers 429 (and some 503/504) with ``Retry-After`` in seconds, maybe
+fractional, and ``x-ms-throttle-scope`` naming whose limit was hit: a
+``Mailbox/...`` scope limits one person's mailbox, any other (tenant,
+application) limits the whole app. A pause is kept in this process and in
+Redis (a key with that TTL), so the other replicas hold off too. Without a
+scope header, one person's throttle pauses that person, and throttles of
+several people in a short time pause every Graph call.
+
+Failures without Retry-After (timeouts, connection errors, 5xx) feed a
+circuit breaker: after ``breaker_threshold`` in a row it opens and Graph is
+not called for ``breaker_cooldown_seconds``; then one call probes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+
+from .cache import RedisTier
+from .config import GraphSettings
+from .errors import GraphUnavailable
+
+log = logging.getLogger(__name__)
+
+APP_SCOPE = "app"
+_SPREAD_WINDOW = 30.0  # seconds in which throttles of several people mean an app limit
+_SPREAD_PEOPLE = 2
+_BACKOFF_BASE = 0.1
+_MAX_REMEMBERED = 1024
+
+
+def scope_of(mailbox: str, header: str | None) -> str:
+    """Whose calls a throttle pauses: one mailbox, or the whole app."""
+    if header is None or header.lower().startswith("mailbox"):
+        return "mailbox:" + mailbox
+    return APP_SCOPE
+
+
+class GraphGate:
+    def __init__(self, settings: GraphSettings, redis: RedisTier | None = None,
+                 pause_key: Callable[[str], str] = str) -> None:
+        self._redis = redis
+        self._key = pause_key
+        self._threshold = settings.breaker_threshold
+        self._cooldown = settings.breaker_cooldown_seconds
+        self._paused: dict[str, float] = {}  # scope -> wall-clock end (shared with replicas)
+        self._throttled_people: dict[str, float] = {}
+        self._failures = 0
+        self._open_until = 0.0
+        self._probe_until = 0.0  # a probe is out until then
+        self.throttles = 0  # Graph answers that carried Retry-After
+        self.short_circuits = 0  # calls not made because of a pause or the breaker
+
+    @property
+    def breaker_open(self) -> bool:
+        return self._failures >= self._threshold
+
+    async def admit(self, mailbox: str) -> None:
+        """Return if a Graph call for ``mailbox`` may go out now; else GraphUnavailable."""
+        scopes = [APP_SCOPE, "mailbox:" + mailbox]
+        wait = max(await self._pause_left(scopes), self._breaker_wait())
+        if wait > 0:
+            self.short_circuits += 1
+            raise GraphUnavailable("Graph calls paused", retry_after=wait)
+
+    async def failed(self, mailbox: str, exc: GraphUnavailable, attempt: int) -> float:
+        """Record a failed call; return how long to wait before a retry."""
+        if exc.retry_after is None:
+            self._record_failure()
+            # Full jitter: replicas retrying together must not stay in step.
+            return random.uniform(0, _BACKOFF_BASE * 2 ** attempt)  # noqa: S311
+        self.throttles += 1
+        self._release_probe()
+        for scope in self._scopes_to_pause(mailbox, exc.throttle_scope):
+            await self._pause(scope, exc.retry_after)
+        return exc.retry_after + random.uniform(0, _BACKOFF_BASE)  # noqa: S311
+
+    def succeeded(self) -> None:
+        if self._failures >= self._threshold:
+            log.warning("Graph answers again: circuit breaker closed")
+        self._failures = 0
+        self._probe_until = 0.0
+
+    def _scopes_to_pause(self, mailbox: str, header: str | None) -> list[str]:
+        scope = scope_of(mailbox, header)
+        if scope == APP_SCOPE or header is not None:
+            return [scope]
+        now = time.monotonic()
+        self._throttled_people = {m: t for m, t in self._throttled_people.items()
+                                  if now - t < _SPREAD_WINDOW}
+        self._throttled_people[mailbox] = now
+        if len(self._throttled_people) >= _SPREAD_PEOPLE:
+            return [scope, APP_SCOPE]
+        return [scope]
+
+    async def _pause(self, scope: str, seconds: float) -> None:
+        until = time.time() + seconds
+        if until <= self._paused.get(scope, 0.0):
+            return
+        self._paused[scope] = until
+        if len(self._paused) > _MAX_REMEMBERED:  # a scan of many people stays bounded
+            now = time.time()
+            self._paused = {s: u for s, u in self._paused.items() if u > now}
+        log.warning("Graph throttled %s: pausing its calls for %.3g s", scope, seconds)
+        if self._redis is not None and seconds > 0:
+            await self._redis.set_for(self._key(scope), repr(until).encode(), seconds)
+
+    async def _pause_left(self, scopes: list[str]) -> float:
+        now = time.time()
+        until = max(self._paused.get(scope, 0.0) for scope in scopes)
+        if until <= now and self._redis is not None and self._redis.available:
+            for scope in scopes:  # one GET each: the keys live in different cluster slots
+                until = max(until, _float(await self._redis.get(self._key(scope))))
+        return max(0.0, until - now)
+
+    def _record_failure(self) -> None:
+        self._failures += 1
+        self._release_probe()
+        if self._failures >= self._threshold:
+            if self._failures == self._threshold:
+                log.warning("Graph keeps failing: circuit breaker open for %.3g s",
+                            self._cooldown)
+            self._open_until = time.monotonic() + self._cooldown
+
+    def _release_probe(self) -> None:
+        self._probe_until = 0.0
+
+    def _breaker_wait(self) -> float:
+        if self._failures < self._threshold:
+            return 0.0
+        now = time.monotonic()
+        if now < self._open_until:
+            return self._open_until - now
+        if now < self._probe_until:
+            return self._probe_until - now  # one probe at a time; the others fail fast
+        self._probe_until = now + self._cooldown
+        return 0.0
+
+
+def _float(raw: bytes | None) -> float:
+    try:
+        return float(raw) if raw is not None else 0.0
+    except ValueError:
+        return 0.0

@@ -1,0 +1,325 @@
+"""``avatarproxy warm``: fill the shared cache before a launch.
+
+For each chunk of 20 people: what is already cached under a fresh mediaEtag
+is skipped; the others' photo metadata comes in one ``$batch`` (names for
+those without a photo in a second one), then the service fetches, resizes
+and caches each missing size exactly as a live request would. Every Graph
+request passes a rate cap, and a 429 (in a batch or not) pauses all of them
+for its ``Retry-After``. Every finished image is in Redis at once, so an
+interrupted run loses nothing and a re-run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+
+from . import redisconn
+from .app import _graph_session
+from .auth import MsalTokenProvider, TokenProvider, scope_for
+from .cache import AvatarCache, RedisTier
+from .config import Settings
+from .directory import BATCH_LIMIT, batch_get, list_users
+from .errors import ConfigError, GraphError, GraphNotFound, GraphPermissionDenied, GraphUnavailable
+from .graph import GraphClient, meta_from_json, profile_from_json, subject_path
+from .imaging import InitialsRenderer
+from .limits import LoadLimits
+from .models import PhotoMeta, Subject
+from .negotiation import OutputFormats, choose
+from .service import AvatarService
+from .sizing import plan_fetch
+from .throttle import GraphGate
+
+log = logging.getLogger(__name__)
+
+ATTEMPTS = 3  # per subject, for answers Graph throttled or failed
+# What Chrome, Edge, Firefox and Safari send for <img>.
+BROWSER_ACCEPT = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
+CONCURRENCY = 4  # Graph allows 4 concurrent photo requests per app and mailbox
+_NAME_QUERY = "?$select=id,displayName,givenName,surname"
+
+
+class RateLimiter:
+    """A token bucket of ``rate`` requests a second; ``throttled`` pauses everything.
+
+    Without a ``Retry-After`` the pause doubles each time (1 s, 2 s, ... 60 s).
+    """
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        self._rate = rate
+        self._burst = max(1.0, rate)
+        self._clock = clock
+        self._sleep = sleep
+        # Generic cell rate algorithm: the time the bucket would be full again.
+        self._full_at = clock()
+        self._paused_until = 0.0
+        self._backoff = 0
+        self.requests = 0
+        self.throttles = 0
+
+    async def wait(self, cost: int) -> None:
+        self.requests += cost
+        now = self._clock()
+        while now < self._paused_until:
+            await self._sleep(self._paused_until - now)
+            now = self._clock()
+        full_at = max(self._full_at, now)
+        # A batch may cost more than the burst: it goes when the bucket is full.
+        go_at = full_at if cost > self._burst else full_at + (cost - self._burst) / self._rate
+        go_at = max(now, go_at)
+        self._full_at = max(full_at, go_at) + cost / self._rate  # reserved before sleeping
+        if go_at > now:
+            await self._sleep(go_at - now)
+
+    def throttled(self, retry_after: float | None) -> None:
+        self.throttles += 1
+        if retry_after is None:
+            self._backoff = min(self._backoff + 1, 6)
+            retry_after = min(60.0, 2.0 ** (self._backoff - 1))
+        self._paused_until = max(self._paused_until, self._clock() + retry_after)
+
+
+@dataclass
+class WarmStats:
+    seen: int = 0
+    cached: int = 0  # already cached under the current mediaEtag: skipped
+    photos: int = 0  # photos fetched and cached at every size
+    initials: int = 0  # no photo: initials cached
+    failed: int = 0
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def done(self) -> int:
+        return self.cached + self.photos + self.initials + self.failed
+
+
+@dataclass(frozen=True)
+class Warmer:
+    service: AvatarService
+    cache: AvatarCache
+    graph: GraphClient
+    pacer: RateLimiter
+    sizes: tuple[int, ...]
+    formats: tuple[str, ...]  # photo formats; empty: the default and a browser's choice
+    default_format: str
+
+    async def run(self, subjects: AsyncIterable[Subject], stats: WarmStats,
+                  progress: Callable[[WarmStats], None] = lambda stats: None) -> WarmStats:
+        chunk: list[Subject] = []
+        async for subject in subjects:
+            stats.seen += 1
+            chunk.append(subject)
+            if len(chunk) == BATCH_LIMIT:
+                await self._chunk(chunk, stats, progress)
+                chunk = []
+        if chunk:
+            await self._chunk(chunk, stats, progress)
+        return stats
+
+    async def _chunk(self, subjects: list[Subject], stats: WarmStats,
+                     progress: Callable[[WarmStats], None]) -> None:
+        todo = []
+        for subject in dict.fromkeys(subjects):
+            meta = await self.cache.get_meta(subject)
+            if meta is not None and self.cache.is_fresh(meta) and await self._complete(
+                    subject, meta):
+                stats.cached += 1
+                progress(stats)
+            else:
+                todo.append(subject)
+        for _ in range(ATTEMPTS):
+            if not todo:
+                return
+            todo = await self._attempt(todo, stats, progress)
+        for subject in todo:
+            self._fail(stats, subject, "still throttled or unavailable", progress)
+
+    async def _attempt(self, subjects: list[Subject], stats: WarmStats,
+                       progress: Callable[[WarmStats], None]) -> list[Subject]:
+        """One batch of metadata; returns the subjects to try again."""
+        try:
+            answers = await batch_get(self.graph, "metadata",
+                                      [subject_path(s) + "/photo" for s in subjects])
+        except GraphUnavailable as exc:
+            self.pacer.throttled(exc.retry_after)
+            return subjects
+        retry: list[Subject] = []
+        bare: list[Subject] = []
+        photos: list[tuple[Subject, PhotoMeta]] = []
+        for subject, answer in zip(subjects, answers, strict=True):
+            if isinstance(answer, GraphNotFound):
+                bare.append(subject)
+            elif isinstance(answer, GraphUnavailable):
+                self.pacer.throttled(answer.retry_after)
+                retry.append(subject)
+            elif isinstance(answer, GraphError):
+                self._fail(stats, subject, str(answer), progress)
+            else:
+                meta = meta_from_json(answer)
+                if meta.has_photo:
+                    photos.append((subject, meta))
+                else:
+                    bare.append(subject)
+        slots = asyncio.Semaphore(CONCURRENCY)
+
+        async def one(subject: Subject, meta: PhotoMeta) -> None:
+            async with slots:
+                await self._photo(subject, meta, stats, progress)
+
+        await asyncio.gather(*(one(s, m) for s, m in photos))
+        if bare:
+            retry += await self._initials(bare, stats, progress)
+        return retry
+
+    async def _photo(self, subject: Subject, meta: PhotoMeta, stats: WarmStats,
+                     progress: Callable[[WarmStats], None]) -> None:
+        previous = await self.cache.get_meta(subject)
+        await self.cache.put_meta(subject, meta)
+        if previous is not None and previous.media_etag == meta.media_etag and \
+                await self._complete(subject, meta):
+            stats.cached += 1
+            progress(stats)
+            return
+        for size, fmt in self._variants():
+            for _ in range(ATTEMPTS):
+                # The service serves initials when Graph fails; the cache tells the truth.
+                await self.service.get_avatar(subject, size, formats=OutputFormats(
+                    fmt, "png", varies=False))
+                if await self.cache.get_image(self._key(subject, meta, size, fmt)) is not None:
+                    break
+            else:
+                self._fail(stats, subject, f"{fmt} photo at {size} px not fetched", progress)
+                return
+        stats.photos += 1
+        progress(stats)
+
+    async def _initials(self, subjects: list[Subject], stats: WarmStats,
+                        progress: Callable[[WarmStats], None]) -> list[Subject]:
+        answers = await batch_get(self.graph, "user",
+                                  [subject_path(s) + _NAME_QUERY for s in subjects])
+        retry = []
+        for subject, answer in zip(subjects, answers, strict=True):
+            if isinstance(answer, GraphUnavailable):
+                self.pacer.throttled(answer.retry_after)
+                retry.append(subject)
+                continue
+            if isinstance(answer, GraphPermissionDenied):
+                self._fail(stats, subject, f"grant the application permission "
+                           f"{answer.permission}", progress)
+                continue
+            profile = None if isinstance(answer, GraphError) else profile_from_json(answer)
+            meta = PhotoMeta(has_photo=False, profile=profile, fetched_at=time.time())
+            await self.cache.put_meta(subject, meta)
+            for size in self.sizes:
+                await self.service.get_avatar(subject, size)
+            stats.initials += 1
+            progress(stats)
+        return retry
+
+    async def _complete(self, subject: Subject, meta: PhotoMeta) -> bool:
+        if not meta.has_photo:
+            return True  # initials are drawn locally in well under a millisecond
+        for size, fmt in self._variants():
+            if await self.cache.get_image(self._key(subject, meta, size, fmt)) is None:
+                return False
+        return True
+
+    def _key(self, subject: Subject, meta: PhotoMeta, size: int, fmt: str) -> str:
+        return self.cache.photo_key(subject, meta.media_etag, plan_fetch(size, meta).target, fmt)
+
+    def _variants(self) -> list[tuple[int, str]]:
+        """(size, format) pairs to cache: by default ``avatar.default_format`` and the
+        format a current browser negotiates at that size (WebP or AVIF)."""
+        pairs = []
+        for size in self.sizes:
+            browser = choose(None, BROWSER_ACCEPT, size, self.default_format).photo
+            for fmt in self.formats or dict.fromkeys((self.default_format, browser)):
+                pairs.append((size, fmt))
+        return pairs
+
+    @staticmethod
+    def _fail(stats: WarmStats, subject: Subject, reason: str,
+              progress: Callable[[WarmStats], None]) -> None:
+        stats.failed += 1
+        stats.failures.append(f"{subject.key}: {reason}")
+        log.warning("warm: %s: %s", subject.key, reason)
+        progress(stats)
+
+
+async def all_users(graph: GraphClient) -> AsyncIterator[Subject]:
+    """Every enabled account; every account when the app lacks User.Read.All."""
+    try:
+        async for subject in list_users(graph, enabled_only=True):
+            yield subject
+    except GraphPermissionDenied:
+        log.warning("warm: listing only enabled accounts needs User.Read.All: warming every "
+                    "account, disabled ones included")
+        async for subject in list_users(graph, enabled_only=False):
+            yield subject
+
+
+async def listed(subjects: Sequence[Subject]) -> AsyncIterator[Subject]:
+    for subject in subjects:
+        yield subject
+
+
+@asynccontextmanager
+async def open_warmer(settings: Settings, sizes: Sequence[int], pacer: RateLimiter,
+                      tokens: TokenProvider | None = None,
+                      formats: Sequence[str] = ()) -> AsyncIterator[Warmer]:
+    """The service's own parts, on the shared Redis only, with a rate-capped Graph client."""
+    if not redisconn.enabled(settings.cache):
+        raise ConfigError(["cache.redis_url: warm fills the shared Redis; it is empty"])
+    problems = redisconn.check(settings.cache)
+    if problems:
+        raise ConfigError(problems)
+    cache = AvatarCache(settings.cache, [RedisTier(redisconn.connect(settings.cache),
+                                                   settings.cache.redis_retry_seconds)])
+    executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="warm")
+    session = _graph_session(settings.graph)
+    try:
+        provider = tokens or await MsalTokenProvider.create(
+            settings.auth, scope_for(settings.graph.base_url))
+        # The live replicas' throttling pauses (shared through Redis) bind warm too.
+        graph = GraphClient(settings.graph, provider, session,
+                            GraphGate(settings.graph, cache.redis, cache.pause_key), pacer)
+        # No browser waits here: a photo may take as long as Graph needs.
+        limits = LoadLimits(replace(settings.server, request_deadline_seconds=max(
+            60.0, settings.server.request_deadline_seconds)))
+        service = AvatarService(graph, cache, InitialsRenderer(settings.avatar.extra_fonts),
+                                settings.cache, settings.avatar, executor, limits=limits)
+        try:
+            yield Warmer(service, cache, graph, pacer, tuple(sizes), tuple(formats),
+                         settings.avatar.default_format)
+        finally:
+            await service.drain()  # an interrupted run's last fetches still land in Redis
+    finally:
+        await session.close()
+        await cache.close()
+        executor.shutdown(wait=False, cancel_futures=True)
+
+
+def summary(stats: WarmStats, pacer: RateLimiter, seconds: float) -> str:
+    return (f"warm: {stats.seen} people: {stats.photos} photos cached, {stats.initials} "
+            f"initials, {stats.cached} already cached, {stats.failed} failed; "
+            f"{pacer.requests} Graph requests, {pacer.throttles} throttled, {seconds:.1f} s")
+
+
+def progress_line(stats: WarmStats, total: int | None, width: int = 30) -> str:
+    if total:
+        filled = min(width, width * stats.done // max(total, 1))
+        bar = "[" + "#" * filled + "." * (width - filled) + f"] {stats.done}/{total}"
+    else:
+        bar = f"{stats.done} done"
+    return (f"{bar}  photos {stats.photos}, initials {stats.initials}, "
+            f"cached {stats.cached}, failed {stats.failed}")
+
+
+__all__ = ["RateLimiter", "WarmStats", "Warmer", "all_users", "listed", "open_warmer",
+           "progress_line", "summary"]

@@ -1,0 +1,173 @@
+"""HTTP: parse the request, call the service, write headers.
+
+Errors become responses in exactly one place (``error_middleware``): short
+``text/plain``, ``Cache-Control: no-store``, never a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web, web_response
+from multidict import CIMultiDict
+
+from . import metrics
+from .conditional import none_match
+from .config import ServerSettings
+from .errors import AvatarProxyError, BadRequest, Forbidden, NotFound, RateLimited
+from .inputs import known_params, parse_fallback, parse_object_id, parse_size, parse_subject
+from .models import Avatar, Subject
+from .negotiation import OutputFormats, choose, parse_format
+from .ratelimit import RateLimiter
+from .security import ClientAddress, Policy
+from .service import Admit, AvatarService
+
+log = logging.getLogger(__name__)
+
+SERVICE: web.AppKey[AvatarService] = web.AppKey("service", AvatarService)
+MAX_SIZE: web.AppKey[int] = web.AppKey("max_size", int)
+DEFAULT_FORMAT: web.AppKey[str] = web.AppKey("default_format", str)
+SERVER: web.AppKey[ServerSettings] = web.AppKey("server", ServerSettings)
+POLICY: web.AppKey[Policy] = web.AppKey("policy", Policy)
+CLIENTS: web.AppKey[ClientAddress] = web.AppKey("clients", ClientAddress)
+LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
+
+# An SVG opened directly is a document: no scripts, no external loads, no forms.
+SVG_POLICY = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
+
+# The one error-to-status table.
+_STATUS: tuple[tuple[type[AvatarProxyError], int], ...] = (
+    (BadRequest, 400), (Forbidden, 403), (NotFound, 404))
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _plain(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text + "\n", headers={"Cache-Control": "no-store"})
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except AvatarProxyError as exc:
+        for kind, status in _STATUS:
+            if isinstance(exc, kind):
+                return _plain(status, exc.public)
+        log.error("unhandled %s on %s: %s", type(exc).__name__, request.path, exc)
+        return _plain(500, "internal error")
+    except web.HTTPException as exc:
+        # aiohttp's own 404/405: keep the status, drop its HTML-ish body.
+        if exc.status < 400:
+            raise
+        return _plain(exc.status, exc.reason)
+
+
+async def avatar(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, lambda: parse_subject(request.match_info["subject"]))
+
+
+async def group_avatar(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, lambda: parse_object_id(request.match_info["id"], "group"))
+
+
+async def team_avatar(request: web.Request) -> web.StreamResponse:
+    return await _serve(request, lambda: parse_object_id(request.match_info["id"], "team"))
+
+
+async def _serve(request: web.Request, parse: Callable[[], Subject]) -> web.StreamResponse:
+    policy = request.app[POLICY]
+    params = known_params(request.query)
+    # Before anything else: an unsigned request learns nothing, costs nothing.
+    policy.check_signature(request.path, params.get("sig"))
+    subject = parse()
+    size = parse_size(request.match_info["size"], request.app[MAX_SIZE])
+    fallback = parse_fallback(params)
+    # Other query parameters (cache busters such as ?v=3) are ignored.
+    formats = choose(parse_format(params.get("format")),
+                     request.headers.get("Accept", ""), size, request.app[DEFAULT_FORMAT])
+    policy.check_subject(subject)
+    service = request.app[SERVICE]
+    if policy.is_blocked(subject):
+        if not fallback:
+            raise NotFound()
+        return _respond(request, await service.initials_only(subject, size, formats), formats)
+    try:
+        result = await service.get_avatar(subject, size, formats=formats, fallback=fallback,
+                                          admit=_admit(request))
+    except RateLimited:
+        # A picture, not a broken image; no-store so no cache keeps the stand-in.
+        metrics.initials_fallback("rate_limited")
+        limited = await service.initials_only(subject, size, formats)
+        return _respond(request, limited, formats, cache_control="no-store")
+    return _respond(request, result, formats)
+
+
+def _admit(request: web.Request) -> Admit:
+    """Asked only when the request would cost a Graph call or a render."""
+    async def admit() -> bool:
+        client = request.app[CLIENTS].of(request.remote,
+                                         request.headers.getall("X-Forwarded-For", []))
+        return await request.app[LIMITER].allow(client)
+    return admit
+
+
+def _respond(request: web.Request, result: Avatar, formats: OutputFormats,
+             cache_control: str = "") -> web.Response:
+    headers = _image_headers(result, request.app[SERVER], request.headers.get("Origin"))
+    if cache_control:
+        headers["Cache-Control"] = cache_control
+    if formats.varies:
+        headers.add("Vary", "Accept")
+    if none_match(request.headers.getall("If-None-Match", ()), result.etag):
+        headers.popall("Content-Type")
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=result.body, headers=headers)
+
+
+def _image_headers(result: Avatar, server: ServerSettings,
+                   origin: str | None) -> CIMultiDict[str]:
+    cache_control = f"public, max-age={result.max_age}"
+    if result.stale_while_revalidate:
+        cache_control += f", stale-while-revalidate={result.stale_while_revalidate}"
+    headers = CIMultiDict({
+        "Content-Type": result.content_type,
+        "ETag": result.etag,
+        "Cache-Control": "no-store" if result.no_store else cache_control,
+        "X-Avatar-Source": result.source,
+        "X-Content-Type-Options": "nosniff",
+        "Cross-Origin-Resource-Policy": server.cross_origin_resource_policy,
+    })
+    if result.content_type == "image/svg+xml":
+        headers["Content-Security-Policy"] = SVG_POLICY
+    if server.cors_origins:
+        headers.add("Vary", "Origin")
+        if "*" in server.cors_origins:
+            headers["Access-Control-Allow-Origin"] = "*"
+        elif origin in server.cors_origins:
+            headers["Access-Control-Allow-Origin"] = origin
+        if "Access-Control-Allow-Origin" in headers:
+            headers["Access-Control-Expose-Headers"] = "ETag, X-Avatar-Source"
+    return headers
+
+
+# aiohttp answers unparseable requests (bad method, 8 KB lines) itself, before
+# any handler or signal; without this those answers would name its version.
+setattr(web_response, "SERVER_SOFTWARE", "avatarproxy")  # noqa: B010
+
+
+async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """On every response: no MIME sniffing, no Referer leaking intranet URLs, no banner."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers.popall("Server", None)
+
+
+def add_routes(app: web.Application) -> None:
+    # {subject} excludes "/" (aiohttp's default); percent-escapes are decoded,
+    # so a guest's %23EXT%23 arrives as #EXT#.
+    app.router.add_get("/avatar/{subject}/{size}", avatar)
+    # Three segments: never confused with the two-segment user route.
+    app.router.add_get("/avatar/group/{id}/{size}", group_avatar)
+    app.router.add_get("/avatar/team/{id}/{size}", team_avatar)

@@ -1,0 +1,363 @@
+"""avatarproxy benchmark: one command, everything on loopback, ratios in one run.
+
+    .venv/bin/python bench/run.py            # full run, a few minutes
+    .venv/bin/python bench/run.py --smoke    # seconds; the test suite runs this
+
+Starts its own redis-server, a fake identity provider (real msal, TLS) and
+fake Graph (configurable latency), avatarproxy, Debian's nginx serving the
+very same avatar bytes, and a bare aiohttp handler; drives them with wrk and
+a paced open-loop client; prints a table and writes bench/results/latest.json.
+Absolute numbers on a shared machine are noise: compare the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
+
+import load  # noqa: E402
+import servers  # noqa: E402
+from fakeidp import start_fake_idp  # noqa: E402
+
+from avatarproxy.fakegraph import FakeGraph, FakePerson, start_fake_graph  # noqa: E402
+
+BROWSER_ACCEPT = "image/avif,image/webp,*/*"
+
+
+@dataclass(frozen=True)
+class Profile:
+    seconds: float  # per wrk run
+    paced_rate: float
+    paced_seconds: float
+    working_set: int
+    miss_samples: int
+    herd: int
+    economy_users: int
+    economy_views: int
+    memory_requests: int
+
+
+FULL = Profile(10, 1000, 5, 100, 30, 500, 2000, 20000, 100_000)
+SMOKE = Profile(1, 200, 1, 5, 2, 50, 20, 100, 200)
+
+
+class TimedGraph(FakeGraph):
+    """The fake Graph, recording when each request started and ended."""
+
+    def __init__(self, people: list[FakePerson]) -> None:
+        super().__init__(people)
+        self.timings: list[tuple[float, float, str]] = []
+
+    async def _handle(self, request: Any) -> Any:
+        started = time.perf_counter()
+        response = await super()._handle(request)
+        self.timings.append((started, time.perf_counter(), request.raw_path))
+        return response
+
+
+def synthetic_people(count: int) -> list[FakePerson]:
+    master = Image.linear_gradient("L").resize((648, 648)).convert("RGB")
+    return [FakePerson(upn=f"user{i:05d}@contoso.com",
+                       object_id=str(uuid.uuid5(uuid.NAMESPACE_DNS, f"user{i}")),
+                       display_name=f"User {i}", photo=master) for i in range(count)]
+
+
+class Bench:
+    def __init__(self, profile: Profile, workdir: Path, workers: int) -> None:
+        self.p = profile
+        self.workdir = workdir
+        self.workers = workers
+        self.procs: list[servers.Proc] = []
+        self.next_user = 0
+        self.results: dict[str, Any] = {}
+
+    def users(self, count: int) -> list[str]:
+        """Users never requested before in this run (cold everywhere)."""
+        start, self.next_user = self.next_user, self.next_user + count
+        return [f"user{i:05d}@contoso.com" for i in range(start, start + count)]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {
+            "AVATARPROXY_GRAPH_BASE_URL": self.graph_url,
+            "AVATARPROXY_AUTH_TENANT_ID": self.idp.tenant,
+            "AVATARPROXY_AUTH_CLIENT_ID": self.idp.client_id,
+            "AVATARPROXY_AUTH_CLIENT_SECRET": self.idp.client_secret,
+            "AVATARPROXY_AUTH_AUTHORITY": self.idp.authority,
+            "AVATARPROXY_AUTH_CA_FILE": str(self.idp.ca_file),
+            "AVATARPROXY_CACHE_REDIS_URL": f"redis://127.0.0.1:{self.redis.port}/0",
+            "AZURE_CLIENT_SECRET": "", "AZURE_CLIENT_ID": "", "AZURE_TENANT_ID": "",
+        }
+        if _supports("server.workers"):
+            env["AVATARPROXY_SERVER_WORKERS"] = extra.pop("workers", str(self.workers))
+        extra.pop("workers", None)
+        if _supports("security.rate_limit_per_second"):
+            # All load comes from 127.0.0.1: measure the service, not the misses limiter.
+            env["AVATARPROXY_SECURITY_RATE_LIMIT_PER_SECOND"] = "0"
+        env.update(extra)
+        return env
+
+    async def start(self, name: str, **extra: str) -> servers.Proc:
+        # In a thread: the service's msal talks to the fake IdP on this loop.
+        workers = int(extra.get("workers", self.workers))
+        proc = await asyncio.to_thread(servers.service, self.workdir, name, self.env(**extra),
+                                       workers)
+        self.procs.append(proc)
+        return proc
+
+    async def setup(self) -> None:
+        self.redis = servers.redis(self.workdir)
+        self.procs.append(self.redis)
+        self.idp = await start_fake_idp(self.workdir / "tls")
+        total = (self.p.working_set + 12 * self.p.miss_samples + 1 + self.p.economy_users
+                 + self.p.memory_requests // 50 + 10)
+        self.graph = TimedGraph(synthetic_people(total))
+        self.graph.accept_token = self.idp.issued.__contains__
+        self.graph_runner, self.graph_url = await start_fake_graph(self.graph)
+
+    async def teardown(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        await self.graph_runner.cleanup()
+        await self.idp.close()
+
+    # 1 + 2: hits ---------------------------------------------------------------
+    async def hits(self) -> None:
+        service = await self.start("service")
+        users = self.users(self.p.working_set)
+        paths = [f"/avatar/{u}/48" for u in users]
+        docroot = self.workdir / "docroot"
+        async with aiohttp.ClientSession() as session:
+            for path in paths:  # warm both tiers, and copy the exact bytes for nginx
+                async with session.get(f"http://127.0.0.1:{service.port}{path}") as resp:
+                    body = await resp.read()
+                target = docroot / path.lstrip("/")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(body)
+        nginx = servers.nginx(self.workdir, docroot, self.workers)
+        bare = servers.bare(self.workdir, docroot / paths[0].lstrip("/"), self.workers)
+        self.procs += [nginx, bare]
+        script = self.workdir / "paths.lua"
+        script.write_text("paths = {" + ",".join(f'"{p}"' for p in paths) + "}\n"
+                          "i = 0\nrequest = function()\n  i = i % #paths + 1\n"
+                          "  return wrk.format(nil, paths[i])\nend\n")
+        table: dict[str, Any] = {}
+        for name, proc, headers in (("nginx", nginx, ()), ("bare aiohttp", bare, ()),
+                                    ("avatarproxy", service, ()),
+                                    ("avatarproxy (browser Accept)", service,
+                                     (f"Accept: {BROWSER_ACCEPT}",))):
+            table[name] = await self._wrk(proc, script, headers)
+            p50, p99, errors = await load.paced(
+                f"http://127.0.0.1:{proc.port}{paths[0]}", self.p.paced_rate,
+                self.p.paced_seconds, dict(h.split(": ", 1) for h in headers))
+            table[name].update(paced_p50_ms=round(p50, 2), paced_p99_ms=round(p99, 2),
+                               paced_errors=errors)
+        service.stop()
+        redis_only = await self.start("service-redis-tier", AVATARPROXY_CACHE_MEMORY_MAX_BYTES="0")
+        table["avatarproxy (Redis tier only)"] = await self._wrk(redis_only, script, ())
+        redis_only.stop()
+        base = table["nginx"]
+        for row in table.values():
+            row["rps_vs_nginx"] = round(row["rps"] / base["rps"], 3)
+            row["p99_vs_nginx"] = round(row["p99_ms"] / base["p99_ms"], 3)
+        self.results["hits"] = table
+
+    async def _wrk(self, proc: servers.Proc, script: Path,
+                   headers: tuple[str, ...]) -> dict[str, Any]:
+        pids = proc.pids()
+        cpu = servers.cpu_seconds(pids)
+        # In a thread: a miss during the run needs the fake Graph on this loop.
+        result = await asyncio.to_thread(load.wrk, f"http://127.0.0.1:{proc.port}",
+                                         self.p.seconds, headers=(*headers,), script=script)
+        used = servers.cpu_seconds(pids) - cpu
+        row = asdict(result)
+        row["server_cpu_us_per_request"] = round(used / max(1, result.requests) * 1e6, 1)
+        return row
+
+    # 3: misses ---------------------------------------------------------------
+    async def misses(self) -> None:
+        service = await self.start("service-miss")
+        rows: dict[str, Any] = {}
+        async with aiohttp.ClientSession() as session:
+            for latency in (0.0, 0.05):
+                self.graph.latency = latency
+                for label, size in (("48->40", 40), ("120->100", 100), ("exact 96", 96)):
+                    for fmt, accept in (("jpeg", "*/*"), ("browser", BROWSER_ACCEPT)):
+                        added = [await self._one_miss(session, service, user, size, accept)
+                                 for user in self.users(self.p.miss_samples)]
+                        rows[f"graph {int(latency * 1000)} ms, {label}, {fmt}"] = {
+                            "added_p50_ms": round(load.percentile(added, 0.5), 2),
+                            "added_p99_ms": round(load.percentile(added, 0.99), 2)}
+        self.graph.latency = 0.0
+        service.stop()
+        self.results["misses"] = rows
+
+    async def _one_miss(self, session: aiohttp.ClientSession, proc: servers.Proc, user: str,
+                        size: int, accept: str) -> float:
+        before = len(self.graph.timings)
+        started = time.perf_counter()
+        async with session.get(f"http://127.0.0.1:{proc.port}/avatar/{user}/{size}",
+                               headers={"Accept": accept}) as resp:
+            await resp.read()
+            assert resp.status == 200, resp.status
+        total = time.perf_counter() - started
+        graph_time = sum(end - start for start, end, _ in self.graph.timings[before:])
+        return (total - graph_time) * 1000
+
+    # 4: cold herd ----------------------------------------------------------------
+    async def herd(self) -> None:
+        first = await self.start("service-a", workers="1")
+        second = await self.start("service-b", workers="1")
+        (user,) = self.users(1)
+        self.graph.latency = 0.05
+        before = len(self.graph.timings)
+        latencies: list[float] = []
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async def one(port: int) -> None:
+                started = time.perf_counter()
+                async with session.get(f"http://127.0.0.1:{port}/avatar/{user}/48") as resp:
+                    await resp.read()
+                latencies.append(time.perf_counter() - started)
+
+            await asyncio.gather(*(one((first, second)[i % 2].port)
+                                   for i in range(self.p.herd)))
+        self.graph.latency = 0.0
+        downloads = sum("$value" in path for _, _, path in self.graph.timings[before:])
+        self.results["cold_herd"] = {"requests": self.p.herd, "graph_photo_downloads": downloads,
+                                     "p99_ms": round(load.percentile(latencies, 0.99) * 1000, 1)}
+        first.stop()
+        second.stop()
+
+    # 5: Graph economy --------------------------------------------------------------
+    async def economy(self) -> None:
+        service = await self.start("service-economy")
+        users = self.users(self.p.economy_users)
+        rng = random.Random(7)
+        weights = [1 / (rank + 1) for rank in range(len(users))]  # Zipf, s = 1
+        views = [(rng.choices(users, weights)[0], rng.choice((32, 48, 96)))
+                 for _ in range(self.p.economy_views)]
+        before = len(self.graph.timings)
+        await drive(service.port, views, concurrency=32)
+        calls = len(self.graph.timings) - before
+        needed: dict[str, set[int]] = {}
+        for user, size in views:
+            needed.setdefault(user, set()).add(48 if size <= 48 else 96)
+        minimum = sum(1 + len(sizes) for sizes in needed.values())
+        self.results["graph_economy"] = {"page_views": len(views), "graph_calls": calls,
+                                         "minimum": minimum, "ratio": round(calls / minimum, 3)}
+        service.stop()
+
+    # 6: memory ---------------------------------------------------------------------
+    async def memory(self) -> None:
+        service = await self.start("service-memory",
+                                   AVATARPROXY_CACHE_MEMORY_MAX_BYTES=str(64 * 1024 * 1024))
+        users = self.users(max(1, self.p.memory_requests // 50))
+        requests = [(u, s) for u in users for s in range(1, 51)][: self.p.memory_requests]
+        await drive(service.port, requests, concurrency=16)
+        pids = service.pids()
+        peak = servers.rss_bytes(pids)
+        # Summed over every process of the service: workers, supervisor, resource tracker.
+        self.results["memory"] = {
+            "distinct_requests": len(requests), "processes": len(pids),
+            "peak_rss_mib": round(peak / 2**20, 1),
+            "budget_mib": 64 + 80 * self.workers}
+        service.stop()
+
+
+async def drive(port: int, requests: list[tuple[str, int]], concurrency: int) -> None:
+    """GET every (user, size) with ``concurrency`` requests in flight."""
+    queue: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+    for item in requests:
+        queue.put_nowait(item)
+    async with aiohttp.ClientSession() as session:
+        async def worker() -> None:
+            while not queue.empty():
+                user, size = queue.get_nowait()
+                async with session.get(f"http://127.0.0.1:{port}/avatar/{user}/{size}") as resp:
+                    await resp.read()
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def _supports(dotted: str) -> bool:
+    from avatarproxy.config import OPTIONS
+
+    return any(f"{o.section}.{o.key}" == dotted for o in OPTIONS)
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(f"\navatarproxy benchmark, {results['date']}, {results['cpus']} CPUs, "
+          f"server.workers = {results['workers']}")
+    print("\nHits (wrk -t2 -c64)            req/s   x nginx    p50 ms   p99 ms  x nginx p99"
+          "  paced p50/p99 ms  CPU us/req")
+    for name, row in results["hits"].items():
+        paced = (f"{row['paced_p50_ms']:.2f}/{row['paced_p99_ms']:.2f}"
+                 if "paced_p50_ms" in row else "-")
+        print(f"  {name:<30}{row['rps']:>8.0f}{row['rps_vs_nginx']:>9.2f}x"
+              f"{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['p99_vs_nginx']:>11.2f}x"
+              f"{paced:>18}{row['server_cpu_us_per_request']:>12.0f}")
+    print("\nMiss path: time added over Graph's       p50 ms   p99 ms")
+    for name, row in results["misses"].items():
+        print(f"  {name:<38}{row['added_p50_ms']:>8.2f}{row['added_p99_ms']:>9.2f}")
+    herd = results["cold_herd"]
+    print(f"\nCold herd: {herd['requests']} requests, 2 processes -> "
+          f"{herd['graph_photo_downloads']} Graph photo download(s), p99 {herd['p99_ms']} ms")
+    eco = results["graph_economy"]
+    print(f"Graph economy: {eco['page_views']} Zipf page views -> {eco['graph_calls']} Graph "
+          f"calls, minimum {eco['minimum']} (ratio {eco['ratio']})")
+    mem = results["memory"]
+    print(f"Memory: {mem['distinct_requests']} distinct requests -> peak RSS "
+          f"{mem['peak_rss_mib']} MiB over {mem['processes']} processes "
+          f"(budget {mem['budget_mib']} MiB)")
+
+
+async def run(profile: Profile, workers: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="avatarproxy-bench-") as tmp:
+        # nginx workers drop root privileges: they must be able to read the docroot.
+        Path(tmp).chmod(0o755)
+        bench = Bench(profile, Path(tmp), workers)
+        await bench.setup()
+        try:
+            for section in (bench.hits, bench.misses, bench.herd, bench.economy, bench.memory):
+                await section()
+        finally:
+            await bench.teardown()
+    results = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
+               "python": platform.python_version(), "workers": workers,
+               "profile": asdict(profile), **bench.results}
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="seconds, not minutes")
+    parser.add_argument("--workers", type=int, default=2, help="server.workers (default 2)")
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = parser.parse_args()
+    results = asyncio.run(run(SMOKE if args.smoke else FULL, args.workers))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    print(f"\nJSON: {args.output}")
+
+
+if __name__ == "__main__":
+    main()

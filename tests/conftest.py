@@ -1,0 +1,148 @@
+"""Shared fixtures: a real Redis, a fake Graph, a fake Entra ID over TLS."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+from aiohttp import web
+from fakeidp import FakeIdP, start_fake_idp
+from redisservers import Topology, free_port, start_cluster, start_sentinel, start_tls
+from tlsutil import make_server_tls
+
+from avatarproxy.fakegraph import FakeGraph, FakePerson, demo_people, start_fake_graph
+
+
+def _start_redis(binary: str, directory: Path) -> tuple[subprocess.Popen[bytes], int]:
+    # A freed port can be taken again before redis binds it: try a few.
+    for _ in range(5):
+        port = free_port()
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(directory), "--daemonize", "no",
+             "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
+        try:
+            deadline = time.monotonic() + 10
+            while process.poll() is None and time.monotonic() < deadline:
+                try:
+                    if client.ping():
+                        return process, port
+                except redis.ConnectionError:
+                    time.sleep(0.05)
+        finally:
+            client.close()
+        process.kill()
+        process.wait()
+    raise RuntimeError("redis-server did not start on a free loopback port")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A private redis-server for the whole session; yields ``redis://127.0.0.1:N/0``."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server not found on PATH: install Redis (apt-get install "
+                    "redis-server) to run the cache tests", pytrace=False)
+    process, port = _start_redis(binary, tmp_path_factory.mktemp("redis"))
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture
+def redis_url(redis_server: str) -> Iterator[str]:
+    """The session Redis, emptied before the test."""
+    client = redis.Redis.from_url(redis_server)
+    try:
+        client.flushall()
+    finally:
+        client.close()
+    yield redis_server
+
+
+@dataclass
+class RunningGraph:
+    graph: FakeGraph
+    base_url: str  # http://127.0.0.1:PORT/v1.0
+    runner: web.AppRunner
+
+    def find(self, predicate: Callable[[FakePerson], bool]) -> FakePerson:
+        return self.graph.find(predicate)
+
+
+@pytest.fixture
+async def fake_graph() -> AsyncIterator[RunningGraph]:
+    """A FakeGraph with ``demo_people()``, served on a free loopback port."""
+    graph = FakeGraph(demo_people())
+    runner, base_url = await start_fake_graph(graph)
+    try:
+        yield RunningGraph(graph, base_url, runner)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+def tls_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "tls"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+async def fake_idp(tls_dir: Path) -> AsyncIterator[FakeIdP]:
+    """A FakeIdP (tenant ``contoso-tenant``, default client id and secret) over TLS."""
+    idp = await start_fake_idp(tls_dir)
+    try:
+        yield idp
+    finally:
+        await idp.close()
+
+
+# -- Redis as companies run it (see redisservers.py); started once per session --
+
+@pytest.fixture(scope="session")
+def redis_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    """One Redis over TLS only, with an ACL user whose password is in a file."""
+    directory = tmp_path_factory.mktemp("redis-tls")
+    topology = start_tls(directory / "server", make_server_tls(directory / "pki"),
+                         directory / "password")
+    try:
+        yield topology
+    finally:
+        topology.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    """A Redis Cluster: three masters, one replica each."""
+    topology = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        yield topology
+    finally:
+        topology.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
+    """A master and a replica with a password, and three Sentinels with another."""
+    directory = tmp_path_factory.mktemp("redis-sentinel")
+    topology = start_sentinel(directory, directory / "password",
+                              directory / "sentinel-password")
+    try:
+        yield topology
+    finally:
+        topology.stop()

@@ -1,0 +1,33 @@
+"""A smoke run of bench/run.py so the benchmark never rots. No targets asserted:
+speed is measured in bench/, not here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_benchmark_smoke_run_measures_every_section(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke",
+                             "--output", str(output)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "x nginx" in result.stdout  # the table was printed
+    data = json.loads(output.read_text())
+    hits = data["hits"]
+    assert {"nginx", "bare aiohttp", "avatarproxy", "avatarproxy (browser Accept)",
+            "avatarproxy (Redis tier only)"} <= set(hits)
+    for name, row in hits.items():
+        assert row["rps"] > 0 and row["errors"] == 0, (name, row)
+    assert hits["nginx"]["rps_vs_nginx"] == 1.0
+    assert len(data["misses"]) == 12
+    assert all(row["added_p50_ms"] > 0 for row in data["misses"].values())
+    assert data["cold_herd"]["graph_photo_downloads"] >= 1
+    economy = data["graph_economy"]
+    assert economy["graph_calls"] >= economy["minimum"] > 0
+    assert data["memory"]["peak_rss_mib"] > 0

@@ -1,0 +1,163 @@
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from redisservers import Topology
+
+from avatarproxy import redisconn
+from avatarproxy.cache import AvatarCache, CacheTier, MemoryTier, RedisTier
+from avatarproxy.config import load_settings
+from avatarproxy.models import PhotoMeta, Profile, Subject
+
+SETTINGS = load_settings(env={}).cache
+
+
+def redis_tier(url: str, timeout: float = 1.0, **overrides: Any) -> RedisTier:
+    settings = load_settings(env={}, overrides={
+        "cache.redis_url": url, "cache.redis_timeout_seconds": timeout, **overrides}).cache
+    return RedisTier(redisconn.connect(settings))
+
+
+@pytest.fixture(params=["memory", "redis", "redis_tls", "redis_sentinel", "redis_cluster"])
+async def tier(request: pytest.FixtureRequest) -> AsyncIterator[CacheTier]:
+    """Each tier, and Redis as each kind of deployment, emptied first."""
+    made: CacheTier
+    if request.param == "memory":
+        made = MemoryTier(1024 * 1024)
+    elif request.param == "redis":
+        made = redis_tier(request.getfixturevalue("redis_url"))
+    else:
+        topology: Topology = request.getfixturevalue(request.param)
+        topology.flush()
+        overrides = dict(topology.overrides)
+        made = redis_tier(overrides.pop("cache.redis_url", ""), **overrides)
+    yield made
+    await made.close()
+
+# -- the contract every tier keeps --------------------------------------------
+
+async def test_missing_key_reads_as_none(tier: CacheTier) -> None:
+    assert await tier.get("nothing-here") is None
+
+async def test_binary_values_round_trip_exactly(tier: CacheTier) -> None:
+    value = bytes(range(256)) * 10
+    await tier.set("k", value, 60)
+    assert await tier.get("k") == value
+
+async def test_set_overwrites(tier: CacheTier) -> None:
+    await tier.set("k", b"one", 60)
+    await tier.set("k", b"two", 60)
+    assert await tier.get("k") == b"two"
+
+async def test_entries_expire_after_their_ttl(tier: CacheTier) -> None:
+    await tier.set("short", b"x", 1)
+    await tier.set("long", b"y", 60)
+    await asyncio.sleep(1.2)
+    assert await tier.get("short") is None
+    assert await tier.get("long") == b"y"
+
+# -- memory tier ---------------------------------------------------------------
+
+async def test_memory_tier_stays_within_its_byte_budget_evicting_least_recent() -> None:
+    memory = MemoryTier(3 * 1200)
+    for name in ("a", "b", "c"):
+        await memory.set(name, b"x" * 1000, 60)
+    assert await memory.get("a") is not None  # "a" is now the most recent
+    await memory.set("d", b"x" * 1000, 60)
+    assert memory.size <= memory.max_bytes
+    assert await memory.get("b") is None
+    assert [await memory.get(k) is not None for k in ("a", "c", "d")] == [True, True, True]
+
+async def test_memory_tier_skips_values_larger_than_itself() -> None:
+    memory = MemoryTier(1000)
+    await memory.set("big", b"x" * 5000, 60)
+    assert await memory.get("big") is None
+    assert memory.size == 0
+
+# -- redis tier ------------------------------------------------------------------
+
+def _dead_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+async def test_unreachable_redis_reads_as_a_miss_quickly() -> None:
+    tier = redis_tier(f"redis://127.0.0.1:{_dead_port()}/0", timeout=0.2)
+    started = time.monotonic()
+    await tier.set("k", b"v", 60)
+    assert await tier.get("k") is None
+    assert time.monotonic() - started < 2
+    await tier.close()
+
+# -- the two tiers together ----------------------------------------------------------
+
+@pytest.fixture
+async def tiered(redis_url: str) -> AsyncIterator[tuple[AvatarCache, MemoryTier]]:
+    memory = MemoryTier(1024 * 1024)
+    cache = AvatarCache(SETTINGS, [memory, redis_tier(redis_url)])
+    yield cache, memory
+    await cache.close()
+
+async def test_every_redis_key_gets_a_ttl(tiered: tuple[AvatarCache, MemoryTier],
+                                          redis_url: str) -> None:
+    cache, _ = tiered
+    subject = Subject("adele.vance@contoso.com")
+    await cache.put_meta(subject, PhotoMeta(has_photo=False, fetched_at=time.time()))
+    await cache.put_image(cache.photo_key(subject, '"E1"', 48, "jpeg"), b"jpeg", owner=subject)
+    client = aioredis.Redis.from_url(redis_url)
+    keys = await client.keys("*")
+    assert len(keys) == 3  # metadata, image, and the person's index for purge
+    ttls = {key.decode(): await client.ttl(key) for key in keys}
+    await client.aclose()
+    assert all(ttl > 0 for ttl in ttls.values()), ttls
+    meta_ttl = ttls[cache.meta_key(subject)]
+    assert SETTINGS.stale_ttl_seconds - 5 < meta_ttl <= SETTINGS.stale_ttl_seconds
+
+async def test_redis_hits_are_promoted_to_memory(redis_url: str) -> None:
+    writer = AvatarCache(SETTINGS, [MemoryTier(10**6), redis_tier(redis_url)])
+    await writer.put_image("avatarproxy:v2:img:k", b"bytes")
+    await writer.close()
+    memory = MemoryTier(10**6)
+    reader = AvatarCache(SETTINGS, [memory, redis_tier(redis_url)])
+    assert await memory.get("avatarproxy:v2:img:k") is None
+    assert await reader.get_image("avatarproxy:v2:img:k") == b"bytes"
+    assert await memory.get("avatarproxy:v2:img:k") == b"bytes"
+    await reader.close()
+
+async def test_metadata_round_trips_with_its_profile(
+        tiered: tuple[AvatarCache, MemoryTier]) -> None:
+    cache, memory = tiered
+    subject = Subject("megan@contoso.com")
+    meta = PhotoMeta(has_photo=False, fetched_at=123.5,
+                     profile=Profile("0b1c", "Megan Bowen", "Megan", "Bowen"))
+    await cache.put_meta(subject, meta)
+    await memory.close()  # force the read through Redis
+    assert await cache.get_meta(subject) == meta
+
+
+def test_freshness_uses_the_positive_and_negative_ttls() -> None:
+    cache = AvatarCache(SETTINGS, [])
+    now = time.time()
+    photo = PhotoMeta(has_photo=True, media_etag='"E"', width=48, height=48, fetched_at=now)
+    assert cache.is_fresh(photo)
+    assert cache.is_fresh(replace(photo, fetched_at=now - SETTINGS.metadata_ttl_seconds + 5))
+    assert not cache.is_fresh(replace(photo, fetched_at=now - SETTINGS.metadata_ttl_seconds - 1))
+    nophoto = PhotoMeta(has_photo=False, fetched_at=now - SETTINGS.negative_ttl_seconds - 1)
+    assert not cache.is_fresh(nophoto)
+    assert cache.is_fresh(replace(nophoto, fetched_at=now - SETTINGS.negative_ttl_seconds + 5))
+
+def test_photo_keys_change_with_the_media_etag_and_ignore_case_of_upn() -> None:
+    cache = AvatarCache(SETTINGS, [])
+    a = cache.photo_key(Subject("a@contoso.com"), '"E1"', 48, "jpeg")
+    assert a != cache.photo_key(Subject("a@contoso.com"), '"E2"', 48, "jpeg")
+    assert a != cache.photo_key(Subject("a@contoso.com"), '"E1"', 64, "jpeg")
+    assert a != cache.photo_key(Subject("a@contoso.com"), '"E1"', 48, "webp")
+    assert a == cache.photo_key(Subject("A@Contoso.com".lower()), '"E1"', 48, "jpeg")
+    assert a.startswith("avatarproxy:v2:")

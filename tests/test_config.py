@@ -1,0 +1,113 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from avatarproxy.config import OPTIONS, check_credentials, load_settings, render_example
+from avatarproxy.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_give_the_embedded_in_memory_setup() -> None:
+    settings = load_settings(env={})
+    assert settings.cache.redis_url == ""
+    assert settings.avatar.max_size == 1024
+    assert settings.graph.base_url == "https://graph.microsoft.com/v1.0"
+    assert settings.cache.metadata_ttl_seconds == 3600
+    assert settings.cache.negative_ttl_seconds == 900
+
+
+def test_precedence_file_then_azure_then_avatarproxy_env_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[auth]\ntenant_id = "from-file"\nclient_id = "file-client"\n'
+                      '[server]\nport = 9000\n[cache]\nmemory_max_bytes = 1000\n')
+    env = {"AZURE_TENANT_ID": "from-azure", "AZURE_CLIENT_ID": "azure-client",
+           "AVATARPROXY_AUTH_TENANT_ID": "from-avatarproxy", "AVATARPROXY_SERVER_PORT": "9100"}
+    settings = load_settings(config, env=env, overrides={"server.port": 9200})
+    assert settings.auth.tenant_id == "from-avatarproxy"
+    assert settings.auth.client_id == "azure-client"
+    assert settings.server.port == 9200
+    assert settings.cache.memory_max_bytes == 1000
+
+
+def test_lists_come_comma_separated_from_the_environment() -> None:
+    settings = load_settings(env={"AVATARPROXY_AVATAR_EXTRA_FONTS": "/a.ttf, /b.ttf"})
+    assert settings.avatar.extra_fonts == ("/a.ttf", "/b.ttf")
+
+
+def test_azure_authority_host_builds_the_authority() -> None:
+    settings = load_settings(env={"AZURE_TENANT_ID": "t1",
+                                  "AZURE_AUTHORITY_HOST": "https://login.microsoftonline.us/"})
+    assert settings.auth.authority == "https://login.microsoftonline.us/t1"
+
+
+def test_every_problem_is_reported_at_once_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('[server]\nport = "eighty"\nhostname = "x"\n[cache]\nredis = 1\n'
+                      '[avatar]\ndefault_format = "gif"\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(config, env={"AVATARPROXY_AVATAR_MAX_SIZE": "0",
+                                   "AVATARPROXY_GRAPH_TIMEOUT_SECONDS": "soon"})
+    text = "\n".join(info.value.problems)
+    for fragment in ("server.port: expected an integer", "server.hostname: unknown key",
+                     "cache.redis: unknown key", "avatar.default_format: must be one of",
+                     "avatar.max_size: must be at least 1", "AVATARPROXY_AVATAR_MAX_SIZE",
+                     "graph.timeout_seconds: expected a number"):
+        assert fragment in text
+    assert len(info.value.problems) == 6
+
+
+def test_unreadable_or_invalid_file_is_one_clear_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "missing.toml", env={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(bad, env={})
+
+
+def test_serve_needs_a_tenant_a_client_and_exactly_one_credential() -> None:
+    problems = check_credentials(load_settings(env={}).auth)
+    assert any("auth.tenant_id" in p for p in problems)
+    assert any("auth.client_id" in p for p in problems)
+    assert any("one of client_secret" in p for p in problems)
+    both = load_settings(env={"AZURE_TENANT_ID": "t", "AZURE_CLIENT_ID": "c",
+                              "AZURE_CLIENT_SECRET": "s",
+                              "AVATARPROXY_AUTH_CERTIFICATE_PATH": "/x.pem"}).auth
+    assert check_credentials(both) == [
+        "auth: set only one credential, got client_secret, certificate_path"]
+
+
+def test_committed_example_config_matches_the_declarations() -> None:
+    assert (ROOT / "config.example.toml").read_text() == render_example()
+
+
+def test_example_config_loads_and_equals_the_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "example.toml"
+    path.write_text(render_example())
+    assert load_settings(path, env={}) == load_settings(env={})
+
+
+def test_readme_documents_every_option() -> None:
+    readme = (ROOT / "README.md").read_text()
+    missing = [f"{o.section}.{o.key}" for o in OPTIONS if f"`{o.section}.{o.key}`" not in readme]
+    assert missing == []
+
+
+def test_cli_reports_config_problems_without_a_traceback(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "avatarproxy", "serve", "--port", "0"],
+        capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "AVATARPROXY_CACHE_METADATA_TTL_SECONDS": "-5",
+             "AZURE_CLIENT_SECRET": "hunter2-secret"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert "avatarproxy: config: server.port: must be at least 1, got 0 (from the command line)" \
+        in lines
+    assert any("cache.metadata_ttl_seconds" in line for line in lines)
+    assert "hunter2-secret" not in result.stderr

@@ -1,0 +1,122 @@
+"""A real ``avatarproxy serve`` with two workers, stopped with a real SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from redisservers import free_port
+
+ADELE = "adele.vance@contoso.com"
+
+
+@dataclass
+class Server:
+    process: asyncio.subprocess.Process
+    base: str
+    output: list[dict[str, Any]]
+    stopping: asyncio.Queue[None]
+
+
+async def _read_lines(stream: asyncio.StreamReader, output: list[dict[str, Any]],
+                      listening: asyncio.Queue[None], stopping: asyncio.Queue[None]) -> None:
+    while line := await stream.readline():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = {"message": line.decode(errors="replace").rstrip()}
+        output.append(record)
+        if str(record.get("message", "")).startswith("Running on"):
+            listening.put_nowait(None)
+        if str(record.get("message", "")).startswith("stopping"):
+            stopping.put_nowait(None)
+
+
+@asynccontextmanager
+async def serve(fake_graph: Any, fake_idp: Any, workers: int,
+                **settings: str) -> AsyncIterator[Server]:
+    """``avatarproxy serve`` in a subprocess, yielded once every worker listens."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AVATARPROXY_", "AZURE_"))}
+    env.update({
+        "AVATARPROXY_SERVER_HOST": "127.0.0.1", "AVATARPROXY_SERVER_PORT": str(port),
+        "AVATARPROXY_SERVER_WORKERS": str(workers),
+        "AVATARPROXY_GRAPH_BASE_URL": fake_graph.base_url,
+        "AZURE_TENANT_ID": fake_idp.tenant, "AZURE_CLIENT_ID": fake_idp.client_id,
+        "AZURE_CLIENT_SECRET": fake_idp.client_secret,
+        "AVATARPROXY_AUTH_AUTHORITY": fake_idp.authority,
+        "AVATARPROXY_AUTH_CA_FILE": str(fake_idp.ca_file),
+        **{f"AVATARPROXY_{k.upper()}": v for k, v in settings.items()},
+    })
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "avatarproxy", "serve", env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True)
+    assert process.stdout is not None
+    output: list[dict[str, Any]] = []
+    listening: asyncio.Queue[None] = asyncio.Queue()
+    stopping: asyncio.Queue[None] = asyncio.Queue()
+    reader = asyncio.create_task(_read_lines(process.stdout, output, listening, stopping))
+    try:
+        for _ in range(workers):
+            await asyncio.wait_for(listening.get(), timeout=30)
+        yield Server(process, f"http://127.0.0.1:{port}", output, stopping)
+    finally:
+        if process.returncode is None:
+            os.killpg(process.pid, signal.SIGKILL)  # the workers too: they hold stdout
+            await process.wait()
+        await reader
+
+
+async def test_two_workers_share_the_port_and_drain_in_flight_requests_on_sigterm(
+        fake_graph: Any, fake_idp: Any) -> None:
+    fake_graph.graph.accept_token = fake_idp.issued.__contains__
+    async with serve(fake_graph, fake_idp, workers=2, server_drain_seconds="1.0",
+                     server_grace_seconds="10") as server, aiohttp.ClientSession() as http:
+        async with http.get(server.base + "/readyz") as resp:
+            assert resp.status == 200
+        # Two workers share the port and answer /metrics for both.
+        for _ in range(20):
+            # A fresh connection each time, so the kernel may pick either worker.
+            async with http.get(f"{server.base}/avatar/{ADELE}/48",
+                                headers={"Connection": "close"}) as resp:
+                assert resp.status == 200
+        async with http.get(server.base + "/metrics") as resp:
+            text = await resp.text()
+        total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                    if line.startswith("avatarproxy_requests_total{")
+                    and 'status_class="2xx"' in line)
+        assert total == 20  # summed over both workers, whichever one answered
+        people = [p.upn for p in fake_graph.graph.people
+                  if p.upn.replace(".", "").replace("@", "").isalpha()][:6]
+        assert len(people) >= 4
+        fake_graph.graph.reset_requests()
+        fake_graph.graph.latency = 1.5  # every Graph call is now slow
+        in_flight = [asyncio.create_task(http.get(f"{server.base}/avatar/{upn}/48"))
+                     for upn in people]
+        graph = fake_graph.graph
+        async with asyncio.timeout(20), graph.arrived:  # they all reached Graph
+            await graph.arrived.wait_for(lambda: len(graph.requests) >= len(people))
+        server.process.send_signal(signal.SIGTERM)
+        for _ in range(2):
+            await asyncio.wait_for(server.stopping.get(), timeout=10)
+        # Draining: still answering, but unready so endpoints drop the pod.
+        async with http.get(server.base + "/readyz") as resp:
+            assert resp.status == 503
+            assert (await resp.json())["ready"] is False
+        responses = await asyncio.gather(*in_flight)
+        assert [r.status for r in responses] == [200] * len(people)
+        assert all(r.headers["X-Avatar-Source"] in ("photo", "initials") for r in responses)
+        for response in responses:
+            response.release()
+        assert await asyncio.wait_for(server.process.wait(), timeout=30) == 0
+    messages = [str(line.get("message")) for line in server.output]
+    assert messages.count("stopped") == 2, messages

@@ -1,0 +1,243 @@
+"""What operators see: /metrics, /healthz, /readyz, logs, credential rotation, CPUs."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from avatarproxy import logs
+from avatarproxy.app import create_app
+from avatarproxy.config import LoggingSettings, load_settings
+from avatarproxy.lifecycle import usable_cpus
+
+Client = TestClient[Any, Any]
+MakeClient = Callable[..., Awaitable[Client]]
+ADELE = "adele.vance@contoso.com"
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, fake_graph: Any, fake_idp: Any,
+                redis_url: str) -> MakeClient:
+    fake_graph.graph.accept_token = fake_idp.issued.__contains__
+
+    async def make(**overrides: Any) -> Client:
+        values = {
+            "graph.base_url": fake_graph.base_url,
+            "auth.tenant_id": fake_idp.tenant, "auth.client_id": fake_idp.client_id,
+            "auth.client_secret": fake_idp.client_secret,
+            "auth.authority": fake_idp.authority, "auth.ca_file": str(fake_idp.ca_file),
+            "cache.redis_url": redis_url,
+        }
+        values.update(overrides)
+        client: Client = await aiohttp_client(create_app(load_settings(env={},
+                                                                       overrides=values)))
+        return client
+
+    return make
+
+
+async def scrape(client: Client) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    async with client.get("/metrics") as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = await resp.text()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
+          **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+async def test_metrics_count_requests_cache_graph_and_tokens_without_naming_people(
+        make_client: MakeClient) -> None:
+    client = await make_client()
+    before = await scrape(client)
+    for _ in range(2):
+        async with client.get(f"/avatar/{ADELE}/48") as resp:
+            assert resp.status == 200
+    async with client.get("/avatar/not-a-user!/48") as resp:
+        assert resp.status == 400
+    after = await scrape(client)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    route = "/avatar/{subject}/{size}"
+    assert delta("avatarproxy_requests_total", route=route, method="GET",
+                 status_class="2xx", source="photo") == 2
+    assert delta("avatarproxy_requests_total", route=route, method="GET",
+                 status_class="4xx", source="none") == 1
+    assert delta("avatarproxy_request_duration_seconds_count", route=route) == 3
+    assert delta("avatarproxy_graph_requests_total", operation="metadata", status="200") == 1
+    assert delta("avatarproxy_graph_requests_total", operation="photo", status="200") == 1
+    assert delta("avatarproxy_token_acquisitions_total", result="success") == 1
+    assert delta("avatarproxy_cache_lookups_total", tier="memory", result="hit") >= 2
+    assert delta("avatarproxy_cache_lookups_total", tier="redis", result="miss") >= 1
+    assert delta("avatarproxy_imaging_duration_seconds_count", operation="encode") == 1
+    assert value(after, "avatarproxy_cache_memory_bytes") > 0
+    assert value(after, "avatarproxy_dependency_up", dependency="redis") == 1
+    # Declared now, incremented by the throttling work: present from the start.
+    assert ("avatarproxy_graph_retry_after_seconds_total", frozenset()) in after
+    async with client.get("/metrics") as resp:
+        text = await resp.text()
+    assert "adele" not in text and "not-a-user" not in text
+
+
+async def test_graph_throttling_and_errors_are_counted_by_status(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    client = await make_client()
+    before = await scrape(client)
+    fake_graph.graph.inject(429, headers={"Retry-After": "1"})
+    async with client.get(f"/avatar/{ADELE}/48") as resp:
+        assert resp.headers["X-Avatar-Source"] == "initials"
+    after = await scrape(client)
+    labels = {"operation": "metadata", "status": "429"}
+    assert (value(after, "avatarproxy_graph_throttled_total", **labels)
+            - value(before, "avatarproxy_graph_throttled_total", **labels)) == 1
+    reason = {"reason": "GraphUnavailable"}
+    assert (value(after, "avatarproxy_initials_fallback_total", **reason)
+            - value(before, "avatarproxy_initials_fallback_total", **reason)) == 1
+
+
+async def test_probes_answer_without_calling_graph(make_client: MakeClient,
+                                                   fake_graph: Any) -> None:
+    client = await make_client()
+    async with client.get("/healthz") as resp:
+        assert (resp.status, await resp.text()) == (200, "ok\n")
+    async with client.get("/readyz") as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    assert body["ready"] is True
+    assert set(body["dependencies"]) == {"redis", "token", "graph"}
+    assert fake_graph.graph.requests == []
+
+
+async def test_a_dead_redis_is_reported_but_never_fails_readiness(
+        make_client: MakeClient) -> None:
+    client = await make_client(**{"cache.redis_url": "redis://127.0.0.1:1/0",
+                                  "cache.redis_timeout_seconds": 0.2})
+    async with client.get(f"/avatar/{ADELE}/48") as resp:
+        assert resp.status == 200  # served from Graph
+    async with client.get("/readyz") as resp:
+        assert resp.status == 200
+        body = await resp.json()
+    assert body == {"ready": True, "dependencies": {
+        "redis": "failing", "token": "ok", "graph": "ok"}}
+    samples = await scrape(client)
+    assert value(samples, "avatarproxy_dependency_up", dependency="redis") == 0
+
+
+@pytest.fixture
+def json_logs(capsys: pytest.CaptureFixture[str]) -> Iterator[Callable[..., list[dict[str, Any]]]]:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level, logs._settings)
+
+    def configure(**options: Any) -> list[dict[str, Any]]:
+        settings = {"format": "json", "level": "info", "access": 1.0, "log_upn": False}
+        settings.update(options)
+        logs.configure(LoggingSettings(**settings))
+        return []
+
+    try:
+        yield configure
+    finally:
+        root.handlers[:], _, logs._settings = saved
+        root.setLevel(saved[1])
+
+
+def lines(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line]
+
+
+async def test_access_lines_are_json_with_request_id_and_a_hashed_upn(
+        make_client: MakeClient, json_logs: Callable[..., Any],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    client = await make_client()
+    json_logs()
+    async with client.get(f"/avatar/{ADELE}/48", headers={"X-Request-Id": "abc-123"}) as resp:
+        assert resp.headers["X-Request-Id"] == "abc-123"
+    access = [line for line in lines(capsys) if line["logger"] == "avatarproxy.access"]
+    assert len(access) == 1
+    line = access[0]
+    assert line["request_id"] == "abc-123"
+    assert (line["route"], line["status"], line["source"]) == (
+        "/avatar/{subject}/{size}", 200, "photo")
+    assert line["subject"].startswith("sha256:") and "adele" not in json.dumps(line)
+    assert isinstance(line["duration_ms"], float) and line["time"].endswith("+00:00")
+
+
+async def test_log_upn_and_access_sampling_are_options(
+        make_client: MakeClient, json_logs: Callable[..., Any],
+        capsys: pytest.CaptureFixture[str]) -> None:
+    client = await make_client()
+    json_logs(log_upn=True)
+    async with client.get(f"/avatar/{ADELE}/48"):
+        pass
+    assert [line["subject"] for line in lines(capsys)
+            if line["logger"] == "avatarproxy.access"] == [ADELE]
+    json_logs(access=0.0)
+    async with client.get(f"/avatar/{ADELE}/48"):
+        pass
+    assert [line for line in lines(capsys) if line["logger"] == "avatarproxy.access"] == []
+
+
+async def test_a_rotated_secret_file_is_used_without_a_restart(
+        make_client: MakeClient, fake_idp: Any, tmp_path: Path) -> None:
+    secret = tmp_path / "client-secret"
+    secret.write_text(fake_idp.client_secret + "\n")
+    client = await make_client(**{"auth.client_secret": "",
+                                  "auth.client_secret_file": str(secret)})
+    async with client.get(f"/avatar/{ADELE}/48") as resp:
+        assert resp.headers["X-Avatar-Source"] == "photo"
+    # Rotation: the IdP accepts only the new secret, old tokens are revoked,
+    # and Kubernetes has updated the mounted file.
+    fake_idp.client_secret = "rotated-" + fake_idp.client_secret
+    fake_idp.revoke_all()
+    secret.write_text(fake_idp.client_secret)
+    async with client.get(f"/avatar/{ADELE}/64") as resp:
+        assert resp.headers["X-Avatar-Source"] == "photo"
+
+
+@pytest.mark.parametrize(("files", "expected"), [
+    ({"cpu.max": "150000 100000\n"}, 2),
+    ({"cpu.max": "50000 100000\n"}, 1),
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+    ({}, None),
+])
+def test_workers_default_to_the_cpus_the_container_may_use(
+        tmp_path: Path, files: dict[str, str], expected: int | None) -> None:
+    import os
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(text)
+    affinity = len(os.sched_getaffinity(0))
+    assert usable_cpus(tmp_path) == (min(expected, affinity) if expected else affinity)
+
+
+async def test_rate_limited_answers_are_counted_as_initials_fallbacks(
+        make_client: MakeClient) -> None:
+    client = await make_client(**{"security.rate_limit_per_second": 0.001,
+                                  "security.rate_limit_burst": 1})
+    before = await scrape(client)
+    sources = []
+    for upn in (ADELE, "alex.wilber@contoso.com", "megan.bowen@contoso.com"):
+        async with client.get(f"/avatar/{upn}/48") as resp:
+            assert resp.status == 200
+            sources.append((resp.headers["X-Avatar-Source"], resp.headers["Cache-Control"]))
+    after = await scrape(client)
+    limited = sources.count(("initials", "no-store"))
+    assert limited >= 2  # the bucket held one miss: the later people were refused
+    assert value(after, "avatarproxy_initials_fallback_total", reason="rate_limited") - value(
+        before, "avatarproxy_initials_fallback_total", reason="rate_limited") == limited

@@ -1,0 +1,198 @@
+"""Replicas and Redis: two real service processes share one Redis and one fake
+Graph; a dedicated redis-server is stopped and restarted under a running service."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis
+from aiohttp.test_utils import TestClient
+from redisservers import free_port
+
+from avatarproxy.app import create_app
+from avatarproxy.config import load_settings
+from avatarproxy.web import SERVICE
+
+ADELE = "adele.vance@contoso.com"
+ALEX = "alex.wilber@contoso.com"
+LYNNE = "lynne.robbins@contoso.com"
+
+
+def _service_env(fake_graph: Any, fake_idp: Any, redis_url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("AVATARPROXY_", "AZURE_"))}
+    env.update({
+        "AVATARPROXY_GRAPH_BASE_URL": fake_graph.base_url,
+        "AVATARPROXY_AUTH_TENANT_ID": fake_idp.tenant,
+        "AVATARPROXY_AUTH_CLIENT_ID": fake_idp.client_id,
+        "AVATARPROXY_AUTH_CLIENT_SECRET": fake_idp.client_secret,
+        "AVATARPROXY_AUTH_AUTHORITY": fake_idp.authority,
+        "AVATARPROXY_AUTH_CA_FILE": str(fake_idp.ca_file),
+        "AVATARPROXY_CACHE_REDIS_URL": redis_url,
+        # The herd below is CPU-bound on a small machine: give it time.
+        "AVATARPROXY_SERVER_REQUEST_DEADLINE_SECONDS": "30",
+        # The herd comes from one address: the misses limiter would answer initials.
+        "AVATARPROXY_SECURITY_RATE_LIMIT_PER_SECOND": "0",
+        "AVATARPROXY_CACHE_COALESCE_WAIT_SECONDS": "30",
+    })
+    return env
+
+
+async def _wait_listening(session: aiohttp.ClientSession, url: str,
+                          process: asyncio.subprocess.Process) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        assert process.returncode is None, "service process exited during start-up"
+        assert time.monotonic() < deadline, "service process did not start listening"
+        try:
+            async with session.get(url + "/") as resp:
+                await resp.read()
+                return
+        except aiohttp.ClientConnectionError:
+            await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def two_replicas(fake_graph: Any, fake_idp: Any, redis_url: str,
+                       tmp_path: Path) -> AsyncIterator[list[str]]:
+    fake_graph.graph.accept_token = fake_idp.issued.__contains__
+    env = _service_env(fake_graph, fake_idp, redis_url)
+    processes, urls, logs = [], [], []
+    async with aiohttp.ClientSession() as session:
+        try:
+            for index in range(2):
+                port = free_port()
+                logs.append((tmp_path / f"replica{index}.log").open("wb"))
+                processes.append(await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "avatarproxy", "serve", "--host", "127.0.0.1",
+                    "--port", str(port), env=env, stdout=logs[-1], stderr=logs[-1]))
+                urls.append(f"http://127.0.0.1:{port}")
+            for process, url in zip(processes, urls, strict=True):
+                await _wait_listening(session, url, process)
+            yield urls
+        finally:
+            for process in processes:
+                if process.returncode is None:
+                    process.terminate()
+            for process in processes:
+                try:
+                    await asyncio.wait_for(process.wait(), 10)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+            for log in logs:
+                log.close()
+
+
+async def test_cold_herd_over_two_processes_downloads_the_photo_once(
+        two_replicas: list[str], fake_graph: Any) -> None:
+    fake_graph.graph.reset_requests()
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def fetch(index: int) -> tuple[int, str]:
+            url = f"{two_replicas[index % 2]}/avatar/{ADELE}/96"
+            async with session.get(url) as resp:
+                await resp.read()
+                return resp.status, resp.headers["X-Avatar-Source"]
+
+        answers = await asyncio.gather(*(fetch(i) for i in range(500)))
+    assert answers == [(200, "photo")] * 500
+    photo_downloads = fake_graph.graph.count(lambda r: r.raw_path.endswith("$value"))
+    assert photo_downloads == 1
+    metadata = fake_graph.graph.count(lambda r: r.raw_path == f"/v1.0/users/{ADELE}/photo")
+    assert metadata <= 2  # once per process
+
+
+def _redis_on(port: int, directory: Path) -> subprocess.Popen[bytes]:
+    binary = shutil.which("redis-server")
+    assert binary is not None, "redis-server is needed (tests/run installs it)"
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+         "no", "--dir", str(directory), "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = redis.Redis(port=port, socket_connect_timeout=0.2)
+    deadline = time.monotonic() + 10
+    try:
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, "redis did not start"
+            try:
+                client.ping()
+                return process
+            except redis.ConnectionError:
+                time.sleep(0.05)
+    finally:
+        client.close()
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
+    """A redis-server only this test uses (it is stopped mid-test), on a fixed port."""
+    port = free_port()
+    running = [_redis_on(port, tmp_path)]
+    try:
+        yield port, running
+    finally:
+        for process in running:
+            if process.poll() is None:
+                _stop(process)
+
+
+async def test_redis_outage_is_served_around_and_redis_is_used_again_when_back(
+        aiohttp_client: Any, fake_graph: Any, fake_idp: Any, tmp_path: Path,
+        own_redis: tuple[int, list[subprocess.Popen[bytes]]]) -> None:
+    port, running = own_redis
+    fake_graph.graph.accept_token = fake_idp.issued.__contains__
+    settings = load_settings(env={}, overrides={
+        "graph.base_url": fake_graph.base_url, "auth.tenant_id": fake_idp.tenant,
+        "auth.client_id": fake_idp.client_id, "auth.client_secret": fake_idp.client_secret,
+        "auth.authority": fake_idp.authority, "auth.ca_file": str(fake_idp.ca_file),
+        "cache.redis_url": f"redis://127.0.0.1:{port}/0", "cache.redis_retry_seconds": 0.2})
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
+    service = client.app[SERVICE]
+
+    async def sources(path: str, times: int = 1) -> list[tuple[int, str]]:
+        async def one() -> tuple[int, str]:
+            async with client.get(path) as resp:
+                await resp.read()
+                return resp.status, resp.headers["X-Avatar-Source"]
+        return await asyncio.gather(*(one() for _ in range(times)))
+
+    assert await sources(f"/avatar/{ADELE}/48") == [(200, "photo")]
+    assert service.health()["redis"] == "ok"
+    _stop(running.pop())
+
+    began = time.monotonic()
+    assert await sources(f"/avatar/{ADELE}/48", 20) == [(200, "photo")] * 20  # memory tier
+    assert await sources(f"/avatar/{ALEX}/48", 20) == [(200, "photo")] * 20  # Graph
+    assert time.monotonic() - began < 2.0
+    assert service.health()["redis"] == "down"
+    assert fake_graph.graph.count(lambda r: r.raw_path.endswith("$value")) == 2
+
+    running.append(_redis_on(port, tmp_path))
+    store = redis.Redis(port=port)
+    try:
+        # Each new size is a new image, stored in every tier that is up.
+        for size in range(40, 140):
+            assert await sources(f"/avatar/{LYNNE}/{size}") == [(200, "photo")]
+            if store.keys(f"*img:*{LYNNE}*"):
+                break
+            await asyncio.sleep(0.05)
+        assert store.keys(f"*img:*{LYNNE}*"), "the service never wrote to Redis again"
+    finally:
+        store.close()
+    assert service.health()["redis"] == "ok"

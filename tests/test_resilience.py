@@ -1,0 +1,279 @@
+"""Fault injection with real parts: the fake Graph throttles, fails, stalls and
+sends bad bytes; the service keeps answering images (never a 5xx) and the
+Graph traffic is exactly what the failure policy allows."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from aiohttp.test_utils import TestClient
+from multidict import CIMultiDict
+from PIL import Image
+
+from avatarproxy.app import create_app
+from avatarproxy.cache import AvatarCache
+from avatarproxy.config import load_settings
+from avatarproxy.errors import Overloaded
+from avatarproxy.fakegraph import portrait
+from avatarproxy.limits import LoadLimits
+from avatarproxy.models import Subject
+
+Client = TestClient[Any, Any]
+MakeClient = Callable[..., Awaitable[Client]]
+
+ADELE = "adele.vance@contoso.com"
+ALEX = "alex.wilber@contoso.com"
+MEGAN = "megan.bowen@contoso.com"
+APP_SCOPE = "Application/ApplicationAndTenant/app-id/tenant-id"
+KEYS = AvatarCache(load_settings(env={}).cache, [])  # key names only
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, fake_graph: Any, fake_idp: Any,
+                redis_url: str) -> MakeClient:
+    """A fresh service process (its own memory tier) on the shared Redis."""
+    fake_graph.graph.accept_token = fake_idp.issued.__contains__
+
+    async def make(**overrides: Any) -> Client:
+        values = {
+            "graph.base_url": fake_graph.base_url,
+            "auth.tenant_id": fake_idp.tenant, "auth.client_id": fake_idp.client_id,
+            "auth.client_secret": fake_idp.client_secret,
+            "auth.authority": fake_idp.authority, "auth.ca_file": str(fake_idp.ca_file),
+            "cache.redis_url": redis_url,
+        }
+        values.update({k.replace("__", "."): v for k, v in overrides.items()})
+        client: Client = await aiohttp_client(create_app(load_settings(env={},
+                                                                       overrides=values)))
+        return client
+
+    return make
+
+
+async def get(client: Client, path: str) -> tuple[int, CIMultiDict[str], bytes]:
+    async with client.get(path) as resp:
+        return resp.status, resp.headers.copy(), await resp.read()
+
+
+def downloads(fake_graph: Any, who: str = "") -> int:
+    return fake_graph.graph.count(lambda r: who in r.raw_path and r.raw_path.endswith("$value"))
+
+
+async def wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 5
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_app_wide_throttle_pauses_every_call_on_every_replica(
+        make_client: MakeClient, fake_graph: Any, redis_url: str) -> None:
+    one, two = await make_client(), await make_client()
+    fake_graph.graph.inject(429, headers={"Retry-After": "30", "x-ms-throttle-scope": APP_SCOPE})
+    status, headers, _ = await get(one, f"/avatar/{ADELE}/48")
+    assert (status, headers["X-Avatar-Source"]) == (200, "initials")
+    assert headers["Cache-Control"] == "public, max-age=60"
+    assert fake_graph.graph.count() == 1  # Retry-After 30 s is too long to wait: no retry
+    for client, person in ((one, ALEX), (two, ALEX), (two, MEGAN)):
+        status, headers, _ = await get(client, f"/avatar/{person}/48")
+        assert (status, headers["X-Avatar-Source"]) == (200, "initials")
+        assert headers["Cache-Control"] == "public, max-age=60"
+    assert fake_graph.graph.count() == 1  # nobody called Graph inside the window
+    store = aioredis.Redis.from_url(redis_url)
+    try:  # the throttled answer is not remembered as "no photo"
+        assert await store.get(KEYS.meta_key(Subject(ADELE))) is None
+        assert 29 < await store.pttl(KEYS.pause_key("app")) / 1000 <= 30
+    finally:
+        await store.aclose()
+
+
+async def test_short_mailbox_throttle_is_waited_out_then_retried_once(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    client = await make_client()
+    fake_graph.graph.inject(429, path_contains="$value", headers={
+        "Retry-After": "0.3", "x-ms-throttle-scope": "Mailbox/ApplicationAndMailbox/a/b"})
+    status, headers, _ = await get(client, f"/avatar/{ADELE}/48")
+    assert (status, headers["X-Avatar-Source"]) == (200, "photo")
+    requests = fake_graph.graph.requests
+    assert [r.raw_path.endswith("$value") for r in requests] == [False, True, True]
+    assert requests[2].at - requests[1].at >= 0.3  # nothing inside the Retry-After window
+
+
+async def test_throttles_of_several_people_without_a_scope_pause_the_process(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    client = await make_client()
+    fake_graph.graph.inject(429, times=2, headers={"Retry-After": "30"})
+    for person in (ADELE, ALEX):
+        _, headers, _ = await get(client, f"/avatar/{person}/48")
+        assert headers["X-Avatar-Source"] == "initials"
+    assert fake_graph.graph.count() == 2
+    status, headers, _ = await get(client, f"/avatar/{MEGAN}/48")
+    assert (status, headers["X-Avatar-Source"]) == (200, "initials")
+    assert fake_graph.graph.count() == 2
+
+
+async def test_one_persons_throttle_without_scope_pauses_only_that_person(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    client = await make_client()
+    fake_graph.graph.inject(429, headers={"Retry-After": "30"})
+    _, headers, _ = await get(client, f"/avatar/{ADELE}/48")
+    assert headers["X-Avatar-Source"] == "initials"
+    _, headers, _ = await get(client, f"/avatar/{ADELE}/96")
+    assert headers["X-Avatar-Source"] == "initials"
+    assert fake_graph.graph.count() == 1
+    _, headers, _ = await get(client, f"/avatar/{ALEX}/48")
+    assert headers["X-Avatar-Source"] == "photo"
+
+
+async def test_circuit_breaker_stops_calling_a_failing_graph_then_probes_it(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    client = await make_client(graph__breaker_threshold=2, graph__breaker_cooldown_seconds=0.4,
+                               graph__max_retries=0)
+    # aiohttp resends once on a reset keep-alive connection: drop both tries.
+    fake_graph.graph.fault("drop", times=2, path_contains=ADELE)
+    fake_graph.graph.inject(503, times=1, path_contains=ALEX)
+    for person in (ADELE, ALEX):
+        status, headers, _ = await get(client, f"/avatar/{person}/48")
+        assert (status, headers["X-Avatar-Source"]) == (200, "initials")
+        assert headers["Cache-Control"] == "public, max-age=60"
+    opened = time.monotonic()
+    calls = fake_graph.graph.count()
+    status, headers, _ = await get(client, f"/avatar/{MEGAN}/48")
+    assert (status, headers["X-Avatar-Source"]) == (200, "initials")
+    assert fake_graph.graph.count() == calls  # open: Graph is left alone
+    await asyncio.sleep(0.4 - (time.monotonic() - opened))  # the cooldown is time, not an event
+    status, headers, _ = await get(client, f"/avatar/{MEGAN}/48")
+    assert (status, headers["X-Avatar-Source"]) == (200, "photo")  # the probe succeeded
+    assert fake_graph.graph.count() == calls + 2  # metadata (the probe), then the photo
+
+
+async def test_failed_calls_are_retried_with_backoff_a_bounded_number_of_times(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    client = await make_client(graph__max_retries=2)
+    fake_graph.graph.inject(503, times=3, path_contains="$value")
+    status, headers, _ = await get(client, f"/avatar/{ADELE}/48")
+    assert (status, headers["X-Avatar-Source"]) == (200, "initials")
+    assert downloads(fake_graph) == 3
+    fake_graph.graph.inject(503, times=1, path_contains="$value")
+    _, headers, _ = await get(client, f"/avatar/{ALEX}/48")
+    assert headers["X-Avatar-Source"] == "photo"
+
+
+@pytest.mark.parametrize("fault", ["corrupt", "truncated", "huge", "bomb", "not-image"])
+async def test_bad_photo_bytes_are_never_served_nor_cached(
+        make_client: MakeClient, fake_graph: Any, fault: str) -> None:
+    client = await make_client()
+    fake_graph.graph.fault(fault, path_contains="$value")
+    status, headers, body = await get(client, f"/avatar/{ADELE}/48")
+    assert (status, headers["X-Avatar-Source"]) == (200, "initials")
+    assert headers["Cache-Control"] == "public, max-age=60"
+    assert Image.open(io.BytesIO(body)).format == "PNG"
+    assert downloads(fake_graph) == 1
+    _, headers, _ = await get(client, f"/avatar/{ADELE}/48")
+    assert headers["X-Avatar-Source"] == "photo"  # asked again, not cached as anything
+    assert downloads(fake_graph) == 2
+
+
+async def test_stale_metadata_is_served_at_once_and_refreshed_once_in_background(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    client = await make_client(cache__metadata_ttl_seconds=1)
+    _, first, old_body = await get(client, f"/avatar/{ADELE}/48")
+    fake_graph.graph.set_photo(ADELE, portrait(648, 648, "#000000", "#ff0000", "#00ff00"))
+    fake_graph.graph.latency = 0.3  # the refresh is slow: stale answers must not wait for it
+    await asyncio.sleep(1.05)  # let the metadata go stale
+    began = time.monotonic()
+    answers = await asyncio.gather(*(get(client, f"/avatar/{ADELE}/48") for _ in range(5)))
+    assert time.monotonic() - began < 0.3
+    assert all(h["ETag"] == first["ETag"] and b == old_body for _, h, b in answers)
+    meta_calls = f"/v1.0/users/{ADELE}/photo"
+    await wait_for(lambda: fake_graph.graph.count(lambda r: r.raw_path == meta_calls) == 2)
+    fake_graph.graph.latency = 0
+    for _ in range(50):  # the refresh lands in the cache right after Graph answers it
+        _, headers, body = await get(client, f"/avatar/{ADELE}/48")
+        if headers["ETag"] != first["ETag"]:
+            break
+        await asyncio.sleep(0.02)
+    assert headers["ETag"] != first["ETag"] and body != old_body
+    assert fake_graph.graph.count(lambda r: r.raw_path == meta_calls) == 2
+
+
+async def test_slow_graph_gets_initials_that_are_not_stored_within_the_deadline(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    client = await make_client(server__request_deadline_seconds=0.3)
+    fake_graph.graph.fault("slow", path_contains="$value", delay=1.0)
+    began = time.monotonic()
+    status, headers, _ = await get(client, f"/avatar/{ADELE}/48")
+    assert time.monotonic() - began < 0.8
+    assert (status, headers["X-Avatar-Source"]) == (200, "initials")
+    assert headers["Cache-Control"] == "no-store"
+    # The download went on and filled the cache for the next request.
+    await wait_for(lambda: downloads(fake_graph) == 1)
+    for _ in range(100):
+        _, headers, _ = await get(client, f"/avatar/{ADELE}/48")
+        if headers["X-Avatar-Source"] == "photo":
+            break
+        await asyncio.sleep(0.02)
+    assert headers["X-Avatar-Source"] == "photo" and downloads(fake_graph) == 1
+
+
+async def test_past_the_in_flight_cap_the_answer_is_immediate_uncached_initials(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    client = await make_client(server__max_inflight=1)
+    fake_graph.graph.fault("slow", path_contains=ADELE, delay=0.5)
+    slow = asyncio.ensure_future(get(client, f"/avatar/{ADELE}/48"))
+    await wait_for(lambda: fake_graph.graph.count() == 1)
+    began = time.monotonic()
+    status, headers, _ = await get(client, f"/avatar/{ALEX}/48")
+    assert time.monotonic() - began < 0.3
+    assert (status, headers["X-Avatar-Source"], headers["Cache-Control"]) == (
+        200, "initials", "no-store")
+    assert fake_graph.graph.count(ALEX) == 0
+    status, headers, _ = await slow
+    assert (status, headers["X-Avatar-Source"]) == (200, "photo")
+
+
+async def test_a_dead_holders_lock_expires_and_the_waiter_fetches_itself(
+        make_client: MakeClient, fake_graph: Any, redis_url: str) -> None:
+    client = await make_client()
+    etag = fake_graph.graph.person(ADELE).media_etag
+    lock = KEYS.lock_key(KEYS.source_key(Subject(ADELE), etag, 48))
+    store = aioredis.Redis.from_url(redis_url)
+    try:  # another replica took the download lock, then died
+        await store.set(lock, "dead-holder", px=300)
+    finally:
+        await store.aclose()
+    began = time.monotonic()
+    status, headers, _ = await get(client, f"/avatar/{ADELE}/48")
+    assert time.monotonic() - began >= 0.25  # it waited for the holder's result first
+    assert (status, headers["X-Avatar-Source"]) == (200, "photo")
+    assert downloads(fake_graph) == 1
+
+
+async def test_while_throttled_a_stale_cached_photo_is_served_and_graph_left_alone(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    client = await make_client(cache__metadata_ttl_seconds=1)
+    _, first, body = await get(client, f"/avatar/{ADELE}/48")
+    await asyncio.sleep(1.05)  # let the metadata go stale
+    calls = fake_graph.graph.count()
+    fake_graph.graph.inject(429, headers={"Retry-After": "30", "x-ms-throttle-scope": APP_SCOPE})
+    for _ in range(3):
+        status, headers, again = await get(client, f"/avatar/{ADELE}/48")
+        assert (status, headers["X-Avatar-Source"], again) == (200, "photo", body)
+        assert headers["ETag"] == first["ETag"]
+        await wait_for(lambda: fake_graph.graph.count() == calls + 1)
+    assert fake_graph.graph.count() == calls + 1  # one refresh was throttled; then none
+
+
+def test_image_work_past_its_cap_is_refused_not_queued() -> None:
+    limits = LoadLimits(load_settings(env={}, overrides={
+        "server.max_queued_images": 2}).server)
+    with limits.image_job(), limits.image_job(), pytest.raises(Overloaded), limits.image_job():
+        pass
+    with limits.image_job():  # slots come back when the work is done
+        assert limits.queued_images == 1

@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import pytest
+
+from avatarproxy.errors import BadRequest
+from avatarproxy.models import PhotoMeta, Profile, Subject
+from avatarproxy.sizing import (
+    HD_SIZES,
+    PALETTE,
+    FetchPlan,
+    background_for,
+    initials_candidates,
+    parse_requested_size,
+    parse_size_id,
+    plan_fetch,
+)
+
+
+@pytest.mark.parametrize(("text", "size"), [("48", 48), ("1", 1), ("1024", 1024),
+                                             ("48x48", 48), ("007", 7)])
+def test_requested_size_accepts_digits_and_square_form(text: str, size: int) -> None:
+    assert parse_requested_size(text, 1024) == size
+
+
+@pytest.mark.parametrize("text", ["0", "1025", "-1", "48.0", "48x64", "4 8", "", "x48",
+                                  "\u0664\u0668", "\uff14\uff18",  # Arabic-Indic, fullwidth
+                                  "48X48x48", "1e3", "999999999999", "48\n"])
+def test_requested_size_rejects_everything_else(text: str) -> None:
+    with pytest.raises(BadRequest):
+        parse_requested_size(text, 1024)
+
+
+@pytest.mark.parametrize(("size_id", "dims"), [("240x240", (240, 240)), ("240X240", (240, 240)),
+                                               ("300x200", (300, 200)), ("1X1", (1, 1)),
+                                               ("big", None), ("", None)])
+def test_graph_size_ids_parse_in_both_cases(size_id: str, dims: tuple[int, int] | None) -> None:
+    assert parse_size_id(size_id) == dims
+
+
+def _meta(width: int, height: int | None = None) -> PhotoMeta:
+    return PhotoMeta(has_photo=True, media_etag='"E"', width=width, height=height or width)
+
+
+@pytest.mark.parametrize(("requested", "largest", "plan"), [
+    (48, 648, FetchPlan(48, 48)),     # exact HD size
+    (40, 648, FetchPlan(48, 40)),     # nearest at or above, then downscale
+    (100, 648, FetchPlan(120, 100)),
+    (649, 648, FetchPlan(648, 648)),  # never upscaled
+    (300, 240, FetchPlan(240, 240)),  # nothing above what the user uploaded
+    (1, 48, FetchPlan(48, 1)),
+    (500, 504, FetchPlan(504, 500)),
+])
+def test_plan_uses_nearest_available_hd_size(requested: int, largest: int,
+                                             plan: FetchPlan) -> None:
+    assert plan_fetch(requested, _meta(largest)) == plan
+
+
+def test_plan_for_entra_only_photo_uses_largest_and_its_short_side() -> None:
+    assert plan_fetch(96, _meta(300, 200)) == FetchPlan(None, 96)
+    assert plan_fetch(500, _meta(300, 200)) == FetchPlan(None, 200)
+    assert plan_fetch(100, _meta(250)) == FetchPlan(None, 100)  # square but not an HD size
+
+
+def test_hd_sizes_match_graph_documentation() -> None:
+    assert HD_SIZES == (48, 64, 96, 120, 240, 360, 432, 504, 648)
+
+
+@pytest.mark.parametrize(("profile", "upn", "expected"), [
+    (Profile(given_name="Adele", surname="Vance", display_name="Adele Vance"),
+     "adele.vance@contoso.com", ["AV"]),
+    (Profile(display_name="Ada Lovelace (Contractor)"), "ada@contoso.com", ["AL", "A"]),
+    (Profile(display_name="Élodie Dupré"), "elodie@contoso.com", ["ÉD", "E"]),
+    (Profile(display_name="山田 太郎"), "taro.yamada@contoso.com", ["山太", "TY"]),
+    (Profile(display_name="Cher"), "cher@contoso.com", ["C"]),
+    (None, "john.smith_fabrikam.com#ext#@contoso.onmicrosoft.com", ["JS"]),
+    (None, "john_fabrikam.com#ext#@contoso.onmicrosoft.com", ["J"]),
+    (None, "$admin@contoso.com", ["A"]),
+    (None, "o'brien@contoso.com", ["OB"]),
+    (Profile(display_name="  "), "x.y@contoso.com", ["XY"]),
+])
+def test_initials_candidates_in_order(profile: Profile | None, upn: str,
+                                      expected: list[str]) -> None:
+    assert initials_candidates(profile, Subject(upn)) == expected
+
+
+def _luminance(rgb: tuple[int, int, int]) -> float:
+    def channel(c: int) -> float:
+        v = c / 255
+        return v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4
+    r, g, b = (channel(c) for c in rgb)
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+@pytest.mark.parametrize("colour", PALETTE)
+def test_palette_keeps_white_text_readable(colour: tuple[int, int, int]) -> None:
+    contrast = 1.05 / (_luminance(colour) + 0.05)
+    assert contrast >= 4.5, colour
+
+
+def test_background_is_deterministic_and_varies() -> None:
+    assert background_for("a@contoso.com") == background_for("a@contoso.com")
+    colours = {background_for(f"user{i}@contoso.com") for i in range(100)}
+    assert len(colours) > len(PALETTE) // 2

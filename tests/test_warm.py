@@ -1,0 +1,210 @@
+"""``avatarproxy warm``: batches, rate cap, throttling, interruption and re-run."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from avatarproxy.app import create_app
+from avatarproxy.config import Settings, load_settings
+from avatarproxy.fakegraph import FakePerson, portrait
+from avatarproxy.models import Subject
+from avatarproxy.warm import (
+    BROWSER_ACCEPT,
+    RateLimiter,
+    WarmStats,
+    all_users,
+    listed,
+    open_warmer,
+)
+
+SIZES = (48, 96)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+async def test_rate_limiter_caps_the_rate_and_pauses_on_throttling() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(10, clock=clock, sleep=clock.sleep)
+    for _ in range(30):
+        await limiter.wait(1)
+    assert clock.now == pytest.approx(2.0)  # a burst of 10, then 10 a second
+    limiter.throttled(2.5)
+    before = clock.now
+    await limiter.wait(1)
+    assert clock.now - before >= 2.5
+    await limiter.wait(20)  # a whole batch counts as 20 requests
+    before = clock.now
+    await limiter.wait(1)
+    assert clock.now - before >= 1.0
+    limiter.throttled(None)
+    limiter.throttled(None)  # no Retry-After: the pause grows
+    before = clock.now
+    await limiter.wait(1)
+    assert clock.now - before >= 2.0
+    assert limiter.requests == 53 and limiter.throttles == 3
+
+
+@pytest.fixture
+def tenant(fake_graph: Any, fake_idp: Any) -> Any:
+    """The demo people plus 40 more with small photos, behind real msal tokens."""
+    fake_graph.graph.accept_token = fake_idp.issued.__contains__
+    photo = portrait(96, 96, "#224466", "#88aacc", "#eeddcc")
+    for n in range(40):
+        fake_graph.graph.add(FakePerson(f"user{n:02d}@contoso.com",
+                                        f"00000000-0000-4000-8000-{n:012d}", f"User {n:02d}",
+                                        photo=photo if n % 4 else None))
+    return fake_graph
+
+
+@pytest.fixture
+def settings(tenant: Any, fake_idp: Any, redis_url: str) -> Settings:
+    return load_settings(env={}, overrides={
+        "graph.base_url": tenant.base_url, "auth.tenant_id": fake_idp.tenant,
+        "auth.client_id": fake_idp.client_id, "auth.client_secret": fake_idp.client_secret,
+        "auth.authority": fake_idp.authority, "auth.ca_file": str(fake_idp.ca_file),
+        "cache.redis_url": redis_url})
+
+
+def everyone(tenant: Any) -> list[Subject]:
+    return [Subject(p.upn.lower()) for p in tenant.graph.people]
+
+
+async def warm(settings: Settings, subjects: list[Subject] | None = None,
+               progress: Callable[[WarmStats], None] = lambda s: None,
+               stats: WarmStats | None = None) -> tuple[WarmStats, RateLimiter]:
+    pacer = RateLimiter(10_000)
+    stats = stats or WarmStats()
+    async with open_warmer(settings, SIZES, pacer) as warmer:
+        source = listed(subjects) if subjects is not None else all_users(warmer.graph)
+        await warmer.run(source, stats, progress)
+    return stats, pacer
+
+
+def batches(tenant: Any) -> int:
+    return tenant.graph.count(lambda r: r.method == "POST" and r.path.endswith("/$batch"))
+
+
+async def test_warm_batches_metadata_and_fills_the_cache_the_service_reads(
+        tenant: Any, settings: Settings, aiohttp_client: Any) -> None:
+    people = everyone(tenant)
+    with_photo = sum(p.photo is not None for p in tenant.graph.people)
+    stats, _ = await warm(settings, people)
+    assert (stats.photos, stats.initials, stats.failed) == (with_photo, len(people) - with_photo,
+                                                            0)
+    # Metadata only ever went in batches of up to 20: no single /photo GETs.
+    assert not tenant.graph.count(lambda r: not r.batched and r.path.endswith("/photo"))
+    assert batches(tenant) <= 2 * -(-len(people) // 20)
+    tenant.graph.reset_requests()
+    client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
+    for person in tenant.graph.people:
+        for size in SIZES:
+            for accept in ("*/*", BROWSER_ACCEPT):
+                async with client.get(f"/avatar/{person.upn.replace('#', '%23')}/{size}",
+                                      headers={"Accept": accept}) as resp:
+                    assert resp.status == 200
+                    source = "photo" if person.photo is not None else "initials"
+                    assert resp.headers["X-Avatar-Source"] == source
+    # Every avatar, JPEG or what a browser negotiates, came from the warmed Redis.
+    assert tenant.graph.requests == []
+
+
+async def test_interrupted_warm_continues_where_it_stopped(
+        tenant: Any, settings: Settings) -> None:
+    people = everyone(tenant)
+    stats = WarmStats()
+    halfway = asyncio.Event()
+
+    def progress(stats: WarmStats) -> None:
+        if stats.done >= 25:
+            halfway.set()
+
+    task = asyncio.ensure_future(warm(settings, people, progress, stats))
+    await halfway.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    first = {r.path for r in tenant.graph.requests if r.path.endswith("$value")}
+    done_before = stats.photos + stats.initials
+    assert 25 <= stats.done < len(people)
+
+    tenant.graph.reset_requests()
+    again, _ = await warm(settings, people)
+    assert again.failed == 0
+    assert again.cached >= done_before  # finished people are skipped, not refetched
+    second = {r.path for r in tenant.graph.requests if r.path.endswith("$value")}
+    # Photos fetched before the interruption are not fetched again (at most the few
+    # people in flight at that moment get their remaining sizes).
+    assert first and second and len(first & second) <= 4
+
+    tenant.graph.reset_requests()
+    third, _ = await warm(settings, people)
+    assert third.cached == len(people)
+    assert tenant.graph.requests == []  # all fresh and cached: not one Graph call
+
+
+async def test_throttling_inside_a_batch_is_honoured_and_retried(
+        tenant: Any, settings: Settings) -> None:
+    people = everyone(tenant)[:20]
+    tenant.graph.inject(429, times=3, headers={"Retry-After": "0.05"}, path_contains="/photo")
+    stats, pacer = await warm(settings, people)
+    assert stats.failed == 0 and stats.photos + stats.initials == 20
+    assert pacer.throttles >= 1
+
+
+async def test_all_follows_paging_and_skips_disabled_accounts(
+        tenant: Any, settings: Settings) -> None:
+    tenant.graph.page_size = 7
+    tenant.graph.person("user01@contoso.com").account_enabled = False
+    stats, _ = await warm(settings)
+    assert stats.seen == len(tenant.graph.people) - 1
+    assert tenant.graph.count("skiptoken=") >= 2
+    assert tenant.graph.count("accountEnabled") >= 1
+
+
+async def test_all_without_user_read_all_warms_everyone_and_says_so(
+        tenant: Any, settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    tenant.graph.denied = {"User.Read.All"}
+    tenant.graph.person("user01@contoso.com").account_enabled = False
+    with caplog.at_level(logging.WARNING):
+        stats, _ = await warm(settings)
+    assert stats.seen == len(tenant.graph.people)
+    assert any("needs User.Read.All" in r.getMessage() for r in caplog.records)
+
+
+async def test_cli_prints_a_summary_and_exits_zero(
+        tenant: Any, fake_idp: Any, redis_url: str, tmp_path: Path) -> None:
+    users = tmp_path / "users.txt"
+    users.write_text("# launch list\nadele.vance@contoso.com\n\nuser01@contoso.com\n"
+                     "john_fabrikam.com#EXT#@contoso.onmicrosoft.com\n")
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[graph]\nbase_url = "{tenant.base_url}"\n'
+        f'[auth]\ntenant_id = "{fake_idp.tenant}"\nclient_id = "{fake_idp.client_id}"\n'
+        f'client_secret = "{fake_idp.client_secret}"\nauthority = "{fake_idp.authority}"\n'
+        f'ca_file = "{fake_idp.ca_file}"\n[cache]\nredis_url = "{redis_url}"\n')
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "avatarproxy", "warm", "--config", str(config),
+        "--users", str(users), "--sizes", "48", "--formats", "jpeg", "--rate", "100",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, err.decode()
+    assert "warm: 3 people: 3 photos cached, 0 initials, 0 already cached, 0 failed" \
+        in out.decode()
+    assert "[" in err.decode() and "3/3" in err.decode()  # the progress bar
