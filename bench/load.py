@@ -46,7 +46,7 @@ def wrk(url: str, seconds: float, connections: int = 64, threads: int = 2,
         argv += ["-s", str(script)]
     out = subprocess.run([*argv, url], capture_output=True, text=True, check=True,
                          timeout=seconds + 60).stdout
-    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.MULTILINE))
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.MULTILINE))
     if set(percentiles) != {"50", "99"}:
         raise RuntimeError(f"wrk completed no requests against {url}:\n{out}")
     total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]

@@ -32,6 +32,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 
+import instructions  # noqa: E402
 import load  # noqa: E402
 import servers  # noqa: E402
 from fakeidp import start_fake_idp  # noqa: E402
@@ -113,11 +114,11 @@ class Bench:
         env.update(extra)
         return env
 
-    async def start(self, name: str, **extra: str) -> servers.Proc:
+    async def start(self, name: str, wrap: tuple[str, ...] = (), **extra: str) -> servers.Proc:
         # In a thread: the service's msal talks to the fake IdP on this loop.
         workers = int(extra.get("workers", self.workers))
         proc = await asyncio.to_thread(servers.service, self.workdir, name, self.env(**extra),
-                                       workers)
+                                       workers, wrap)
         self.procs.append(proc)
         return proc
 
@@ -177,6 +178,40 @@ class Bench:
             row["rps_vs_nginx"] = round(row["rps"] / base["rps"], 3)
             row["p99_vs_nginx"] = round(row["p99_ms"] / base["p99_ms"], 3)
         self.results["hits"] = table
+        if instructions.available():
+            self.results["instructions"] = await self.instructions(docroot, paths[0])
+
+    async def instructions(self, docroot: Path, path: str) -> dict[str, Any]:
+        """Instructions per hit under callgrind, one process each (see instructions.py)."""
+        seconds = max(2.0, self.p.seconds / 2)
+
+        def wrap(name: str) -> tuple[str, ...]:
+            return tuple(instructions.wrapper(self.workdir, name))
+
+        rows: dict[str, Any] = {}
+        nginx = servers.nginx(self.workdir, docroot, 1, wrap("nginx"))
+        bare = servers.bare(self.workdir, docroot / path.lstrip("/"), 1, wrap("bare"))
+        service = await self.start("service-callgrind", wrap("service"), workers="1")
+        redis_only = await self.start("service-callgrind-redis", wrap("redis"), workers="1",
+                                      AVATARPROXY_CACHE_MEMORY_MAX_BYTES="0")
+        self.procs += [nginx, bare]
+        browser = (f"Accept: {BROWSER_ACCEPT}",)
+        for label, name, proc, headers in (
+                ("nginx", "nginx", nginx, ()), ("bare aiohttp", "bare", bare, ()),
+                ("avatarproxy", "service", service, ()),
+                ("avatarproxy (browser Accept)", "service", service, browser),
+                ("avatarproxy (Redis tier only)", "redis", redis_only, ())):
+            # In a thread: a miss while warming needs the fake Graph on this loop.
+            rows[label] = await asyncio.to_thread(
+                instructions.per_request, proc, self.workdir, name, path, seconds, headers)
+        for proc in (nginx, bare, service, redis_only):
+            proc.stop()
+        base = rows["nginx"]["instructions_per_request"]
+        bare_count = rows["bare aiohttp"]["instructions_per_request"]
+        for row in rows.values():
+            row["x_nginx"] = round(row["instructions_per_request"] / base, 1)
+            row["x_bare"] = round(row["instructions_per_request"] / bare_count, 2)
+        return rows
 
     async def _wrk(self, proc: servers.Proc, script: Path,
                    headers: tuple[str, ...]) -> dict[str, Any]:
@@ -313,6 +348,11 @@ def print_table(results: dict[str, Any]) -> None:
         print(f"  {name:<30}{row['rps']:>8.0f}{row['rps_vs_nginx']:>9.2f}x"
               f"{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['p99_vs_nginx']:>11.2f}x"
               f"{paced:>18}{row['server_cpu_us_per_request']:>12.0f}")
+    if "instructions" in results:
+        print("\nInstructions per hit (callgrind, 1 process)  per request   x nginx   x bare")
+        for name, row in results["instructions"].items():
+            print(f"  {name:<42}{row['instructions_per_request']:>12,.0f}"
+                  f"{row['x_nginx']:>9.1f}x{row['x_bare']:>8.2f}x")
     print("\nMiss path: time added over Graph's       p50 ms   p99 ms")
     for name, row in results["misses"].items():
         print(f"  {name:<38}{row['added_p50_ms']:>8.2f}{row['added_p99_ms']:>9.2f}")

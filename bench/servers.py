@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,14 +74,14 @@ def _descendants(pid: int) -> list[int]:
 
 
 def spawn(name: str, argv: list[str], port: int, workdir: Path,
-          env: Mapping[str, str] | None = None) -> Proc:
+          env: Mapping[str, str] | None = None, timeout: float = 30.0) -> Proc:
     log = workdir / f"{name}.log"
     with log.open("wb") as out:
         process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                                    env={**os.environ, **(env or {})}, start_new_session=True)
     proc = Proc(name, process, port, log)
     try:
-        wait_for_port(port)
+        wait_for_port(port, timeout)
     except RuntimeError as exc:
         proc.stop()
         raise RuntimeError(f"{name} did not start:\n{log.read_text()[-2000:]}") from exc
@@ -95,11 +95,15 @@ def redis(workdir: Path) -> Proc:
                            "--appendonly", "no", "--dir", str(workdir)], port, workdir)
 
 
-def nginx(workdir: Path, docroot: Path, workers: int) -> Proc:
+def nginx(workdir: Path, docroot: Path, workers: int, wrap: Sequence[str] = ()) -> Proc:
+    """nginx serving ``docroot``; ``wrap`` (e.g. valgrind) runs it as one process."""
     port = free_port()
-    conf = workdir / "nginx.conf"
+    conf = workdir / f"nginx-{port}.conf"
+    # Under a wrapper the one process must do the work: no master forking workers.
+    processes = "worker_processes 1;\nmaster_process off;" if wrap else (
+        f"worker_processes {workers};")
     conf.write_text(f"""
-worker_processes {workers};
+{processes}
 daemon off;
 pid {workdir}/nginx.pid;
 error_log {workdir}/nginx-error.log warn;
@@ -117,22 +121,23 @@ http {{
 }}
 """)
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
-    return spawn("nginx", [binary, "-c", str(conf), "-e", str(workdir / "nginx-error.log")],
-                 port, workdir)
+    return spawn(f"nginx-{port}", [*wrap, binary, "-c", str(conf),
+                                   "-e", str(workdir / "nginx-error.log")], port, workdir)
 
 
-def bare(workdir: Path, body_file: Path, workers: int) -> Proc:
+def bare(workdir: Path, body_file: Path, workers: int, wrap: Sequence[str] = ()) -> Proc:
     port = free_port()
-    argv = [sys.executable, str(ROOT / "bench" / "bare.py"), str(port), str(body_file),
+    argv = [*wrap, sys.executable, str(ROOT / "bench" / "bare.py"), str(port), str(body_file),
             str(workers)]
-    return spawn("bare", argv, port, workdir)
+    return spawn(f"bare-{port}", argv, port, workdir)
 
 
-def service(workdir: Path, name: str, env: Mapping[str, str], workers: int) -> Proc:
+def service(workdir: Path, name: str, env: Mapping[str, str], workers: int,
+            wrap: Sequence[str] = ()) -> Proc:
     port = free_port()
-    argv = [sys.executable, "-m", "avatarproxy", "serve", "--host", "127.0.0.1",
+    argv = [*wrap, sys.executable, "-m", "avatarproxy", "serve", "--host", "127.0.0.1",
             "--port", str(port)]
-    proc = spawn(name, argv, port, workdir, env)
+    proc = spawn(name, argv, port, workdir, env, timeout=120 if wrap else 30)
     # The port answers once the first worker listens; connections opened
     # before the others do would all stay (keep-alive) on that one worker.
     deadline = time.monotonic() + 30

@@ -25,6 +25,12 @@ def test_benchmark_smoke_run_measures_every_section(tmp_path: Path) -> None:
     for name, row in hits.items():
         assert row["rps"] > 0 and row["errors"] == 0, (name, row)
     assert hits["nginx"]["rps_vs_nginx"] == 1.0
+    counted = data["instructions"]  # callgrind: valgrind is installed by tests/run
+    assert set(counted) == {"nginx", "bare aiohttp", "avatarproxy",
+                            "avatarproxy (browser Accept)", "avatarproxy (Redis tier only)"}
+    for name, row in counted.items():
+        assert row["requests"] > 0 and row["instructions_per_request"] > 0, (name, row)
+    assert counted["nginx"]["x_nginx"] == 1.0
     assert len(data["misses"]) == 12
     assert all(row["added_p50_ms"] > 0 for row in data["misses"].values())
     assert data["cold_herd"]["graph_photo_downloads"] >= 1
