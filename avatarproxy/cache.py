@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -69,6 +69,10 @@ class MemoryTier:
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
 
     async def get(self, key: str) -> bytes | None:
+        return self.peek(key)
+
+    def peek(self, key: str) -> bytes | None:
+        """``get`` without the coroutine: the hot path of a memory hit never awaits."""
         entry = self._entries.get(key)
         if entry is None or entry[1] < time.monotonic():
             self._drop(key)
@@ -239,6 +243,7 @@ def _discard(pending: Awaitable[Any]) -> None:
         close()
 
 
+@functools.lru_cache(maxsize=4096)  # the same mediaEtags, hit after hit
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:32]
 
@@ -250,11 +255,12 @@ class AvatarCache:
         self._settings = settings
         self.tiers = tiers
         self._prefix = f"{settings.key_prefix}{SCHEMA_VERSION}:"
+        self._memory = next((t for t in tiers if isinstance(t, MemoryTier)), None)
 
     def photo_key(self, subject: Subject, media_etag: str, size: int, fmt: str) -> str:
         return f"{self._prefix}img:{{{subject.cache_id}}}:{_digest(media_etag)}:{size}:{fmt}"
 
-    def initials_key(self, texts: list[str], colour: tuple[int, int, int], size: int, fmt: str,
+    def initials_key(self, texts: Sequence[str], colour: tuple[int, int, int], size: int, fmt: str,
                      renderer: str) -> str:
         digest = _digest("|".join(texts), repr(colour), renderer)
         return f"{self._prefix}ini:{{{digest}}}:{size}:{fmt}"
@@ -290,6 +296,15 @@ class AvatarCache:
     async def get_image(self, key: str) -> bytes | None:
         return await self._get(key, self._settings.image_ttl_seconds)
 
+    def peek_image(self, key: str) -> bytes | None:
+        """The image if this process holds it; never asks Redis."""
+        return self._memory.peek(key) if self._memory is not None else None
+
+    def peek_meta(self, subject: Subject) -> PhotoMeta | None:
+        """Metadata if this process holds it; never asks Redis."""
+        raw = self._memory.peek(self.meta_key(subject)) if self._memory is not None else None
+        return _meta_or_none(raw)
+
     async def _get(self, key: str, ttl: int) -> bytes | None:
         for index, tier in enumerate(self.tiers):
             value = await tier.get(key)
@@ -308,13 +323,8 @@ class AvatarCache:
             await self._remember(owner, key)
 
     async def get_meta(self, subject: Subject) -> PhotoMeta | None:
-        raw = await self._get(self.meta_key(subject), self._settings.stale_ttl_seconds)
-        if raw is None:
-            return None
-        try:
-            return _decode_meta(raw)
-        except (ValueError, TypeError, KeyError):
-            return None
+        return _meta_or_none(
+            await self._get(self.meta_key(subject), self._settings.stale_ttl_seconds))
 
     async def put_meta(self, subject: Subject, meta: PhotoMeta) -> None:
         raw = json.dumps(asdict(meta), separators=(",", ":")).encode("utf-8")
@@ -361,6 +371,15 @@ class AvatarCache:
     async def close(self) -> None:
         for tier in self.tiers:
             await tier.close()
+
+
+def _meta_or_none(raw: bytes | None) -> PhotoMeta | None:
+    if raw is None:
+        return None
+    try:
+        return _decode_meta(raw)
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 @functools.lru_cache(maxsize=4096)

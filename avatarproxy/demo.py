@@ -7,7 +7,6 @@ Nothing reaches the internet.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator, Mapping
@@ -22,7 +21,7 @@ from .auth import StaticTokenProvider
 from .config import load_settings
 from .demopage import page_handler
 from .fakegraph import FakeGraph, demo_groups, demo_people, start_fake_graph
-from .lifecycle import serve_until_stopped
+from .lifecycle import run_loop, serve_until_stopped
 
 
 async def demo_app(host: str, port: int,
@@ -66,4 +65,4 @@ def run_demo(host: str, port: int) -> None:
         # Ctrl-C in a terminal should not wait for endpoints that do not exist.
         "server.drain_seconds": os.environ.get("AVATARPROXY_SERVER_DRAIN_SECONDS", 0)})
     logs.configure(settings.logging)
-    asyncio.run(serve_until_stopped(lambda: demo_app(host, port), settings.server))
+    run_loop(serve_until_stopped(lambda: demo_app(host, port), settings.server))

@@ -5,6 +5,7 @@ Pure functions raising ``BadRequest``; nothing reaches Graph until these pass.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 
@@ -24,6 +25,7 @@ _GUID = re.compile(r"^[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}$")
 UPN_MAX_LENGTH = 113  # Entra ID's limit for userPrincipalName
 
 
+@functools.lru_cache(maxsize=8192)  # pages ask for the same people again and again
 def parse_subject(text: str) -> Subject:
     """A UPN or a GUID, normalised to lower case (Entra ID compares them so)."""
     if _GUID.fullmatch(text):
@@ -40,6 +42,7 @@ def parse_object_id(text: str, kind: SubjectKind) -> Subject:
     return Subject(text.lower(), kind)
 
 
+@functools.lru_cache(maxsize=1024)
 def parse_size(text: str, max_size: int) -> int:
     return parse_requested_size(text, max_size)
 

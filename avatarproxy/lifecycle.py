@@ -96,7 +96,7 @@ def run(settings: Settings, make_app: AppFactory) -> int:
     """``avatarproxy serve``: one worker in this process, or several spawned ones."""
     workers = settings.server.workers or usable_cpus()
     if workers == 1:
-        _run_loop(serve_until_stopped(make_app, settings.server))
+        run_loop(serve_until_stopped(make_app, settings.server))
         return 0
     return _supervise(settings, workers)
 
@@ -164,11 +164,11 @@ def _worker(settings: Settings) -> None:
     async def make_app() -> web.Application:
         return create_app(settings)
 
-    _run_loop(serve_until_stopped(make_app, settings.server, reuse_port=True))
+    run_loop(serve_until_stopped(make_app, settings.server, reuse_port=True))
     sys.exit(0)
 
 
-def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+def run_loop(main: Coroutine[Any, Any, None]) -> None:
     """Run on uvloop where installed: its libuv loop answers hits ~25 % faster
     than asyncio's (measured in bench/); asyncio's own loop otherwise."""
     try:

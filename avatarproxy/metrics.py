@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -82,14 +82,28 @@ def dependency_states() -> dict[str, str]:
     return dict(_states)
 
 
+# labels() validates and locks on every call; the label sets on the request
+# path are few (bounded, see above), so their children are looked up once.
+_request_children: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
+_lookup_children: dict[tuple[str, str], Any] = {}
+
+
 def request_done(route: str, method: str, status: int, source: str, seconds: float) -> None:
-    REQUESTS.labels(route, method, f"{status // 100}xx", source).inc()
-    REQUEST_SECONDS.labels(route).observe(seconds)
+    children = _request_children.get((route, method, status, source))
+    if children is None:
+        children = (REQUESTS.labels(route, method, f"{status // 100}xx", source),
+                    REQUEST_SECONDS.labels(route))
+        _request_children[(route, method, status, source)] = children
+    children[0].inc()
+    children[1].observe(seconds)
 
 
 def cache_lookup(tier: str, result: str) -> None:
     """``result``: hit, miss or error."""
-    CACHE_LOOKUPS.labels(tier, result).inc()
+    child = _lookup_children.get((tier, result))
+    if child is None:
+        child = _lookup_children[(tier, result)] = CACHE_LOOKUPS.labels(tier, result)
+    child.inc()
     if tier != "memory":
         _dependency(tier, result != "error")
 

@@ -18,6 +18,7 @@ PNG, never a lossy codec; ``?format=svg`` gives them as vector.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -75,13 +76,18 @@ def accepted(accept: str) -> set[str]:
 
 def choose(forced: str | None, accept: str, size: int, default_photo: str) -> OutputFormats:
     """The photo and initials formats for one request."""
+    return _choose(forced, accept, size >= AVIF_MIN_SIZE, default_photo)
+
+
+@functools.lru_cache(maxsize=1024)  # browsers send a handful of distinct Accept headers
+def _choose(forced: str | None, accept: str, large: bool, default_photo: str) -> OutputFormats:
     if forced is not None and forced != "svg":
         # Lossy requests still get lossless initials: text must stay sharp.
         initials = forced if forced in ("png", "webp") else "png"
         return OutputFormats(forced, initials, varies=False)
     can = accepted(accept)
     photo = default_photo
-    if "avif" in can and ("webp" not in can or size >= AVIF_MIN_SIZE):
+    if "avif" in can and ("webp" not in can or large):
         photo = "avif"
     elif "webp" in can:
         photo = "webp"

@@ -10,6 +10,7 @@ probe calls Graph or Redis: they report the last outcome the service saw.
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import time
@@ -56,11 +57,17 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
         "Content-Type": metrics.CONTENT_TYPE, "Cache-Control": "no-store"})
 
 
+# Our own ids: a random prefix per process and a counter, unique across
+# replicas and restarts without asking the OS for randomness per request.
+_ID_PREFIX = secrets.token_hex(4)
+_ids = itertools.count(1)
+
+
 def _request_id(header: str | None) -> str:
     # Keep the ingress' id when it is sane, so lines join up across hops.
     if header and len(header) <= 64 and set(header) <= _ID_CHARS:
         return header
-    return secrets.token_hex(8)
+    return f"{_ID_PREFIX}{next(_ids) & 0xFFFFFFFF:08x}"
 
 
 @web.middleware

@@ -13,6 +13,7 @@ deadline the answer is initials that browsers must not store (``limits``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 from collections.abc import Awaitable, Callable
@@ -35,7 +36,7 @@ from .errors import (
 )
 from .graph import GraphClient
 from .limits import LoadLimits
-from .models import Avatar, PhotoMeta, Subject
+from .models import Avatar, PhotoMeta, Profile, Subject
 from .negotiation import OutputFormats
 from .sizing import FetchPlan, background_for, initials_candidates, is_placeholder, plan_fetch
 
@@ -54,6 +55,15 @@ def _unknown_user(subject: Subject, meta: PhotoMeta | None) -> bool:
             and not meta.has_photo and meta.profile is None)
 
 
+@functools.lru_cache(maxsize=4096)
+def _initials_look(subject: Subject, profile: Profile | None) -> tuple[
+        tuple[str, ...], tuple[int, int, int]]:
+    """The initials to try, best first, and the background colour (pure, memoised)."""
+    colour = background_for((profile.object_id if profile else None) or subject.key)
+    return tuple(initials_candidates(profile, subject)), colour
+
+
+@functools.lru_cache(maxsize=8192)  # hit after hit for the same photos
 def _etag(*parts: str) -> str:
     return '"' + hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:27] + '"'
 
@@ -78,6 +88,10 @@ class AvatarService:
                          formats: OutputFormats | None = None, fallback: bool = True,
                          admit: Admit | None = None) -> Avatar:
         formats = formats or OutputFormats(self._avatar.default_format, "png")
+        # 0. Everything already in this process: answer without awaiting anything.
+        hot = self._memory_hit(subject, size, formats, fallback)
+        if hot is not None:
+            return hot
         try:
             with self._limits.request():
                 async with asyncio.timeout(self._limits.deadline):
@@ -97,6 +111,28 @@ class AvatarService:
             "redis": "off" if redis is None else "ok" if redis.healthy else "down",
             "graph": "breaker open" if self._graph.gate.breaker_open else "ok",
         }
+
+    def _memory_hit(self, subject: Subject, size: int, formats: OutputFormats,
+                    fallback: bool) -> Avatar | None:
+        """The answer if fresh metadata and the image are in the memory tier, else None.
+
+        Most requests end here. Nothing is awaited, so the deadline and the
+        load caps, which bound waiting on Graph, Redis and the image pool, are
+        not needed; anything less than a complete answer goes the long way.
+        """
+        meta = self._cache.peek_meta(subject)
+        if meta is None or not self._cache.is_fresh(meta) or _unknown_user(subject, meta):
+            return None
+        if meta.has_photo:
+            plan = plan_fetch(size, meta)
+            body = self._cache.peek_image(
+                self._cache.photo_key(subject, meta.media_etag, plan.target, formats.photo))
+            return None if body is None else self._photo_avatar(body, meta, plan, formats.photo)
+        if not fallback or formats.initials == "svg":
+            return None  # a 404, or SVG drawn per request: the usual path
+        key = self._initials_key(subject, meta.profile, size, formats.initials)
+        body = self._cache.peek_image(key)
+        return None if body is None else self._initials_result(body, key, formats.initials, meta)
 
     async def _get_avatar(self, subject: Subject, size: int, formats: OutputFormats,
                           fallback: bool, admit: Admit | None) -> Avatar:
@@ -178,6 +214,9 @@ class AvatarService:
                 raise RateLimited()
             body = await self._single_flight(
                 key, lambda: self._render_photo(subject, meta, plan, key, fmt))
+        return self._photo_avatar(body, meta, plan, fmt)
+
+    def _photo_avatar(self, body: bytes, meta: PhotoMeta, plan: FetchPlan, fmt: str) -> Avatar:
         etag = _etag("photo", meta.media_etag, str(plan.target), fmt, imaging.RENDERER_VERSION)
         return Avatar(body, imaging.CONTENT_TYPES[fmt], etag, "photo", self._ttl.browser_max_age,
                       self._ttl.stale_while_revalidate)
@@ -211,8 +250,7 @@ class AvatarService:
     async def _initials_avatar(self, subject: Subject, meta: PhotoMeta | None,
                                size: int, fmt: str) -> Avatar:
         profile = meta.profile if meta is not None else None
-        texts = initials_candidates(profile, subject)
-        colour = background_for((profile.object_id if profile else None) or subject.key)
+        texts, colour = _initials_look(subject, profile)
         body: bytes | None
         if fmt == "svg":  # cheap string work: rendered on every request, not cached
             text = self._initials.first_covered(texts)
@@ -221,11 +259,21 @@ class AvatarService:
                                            imaging.RENDERER_VERSION)
             body = svg.render(text, title, colour, imaging.text_colour(colour), size)
         else:
-            key = self._cache.initials_key(texts, colour, size, fmt, imaging.RENDERER_VERSION)
+            key = self._initials_key(subject, profile, size, fmt)
             body = await self._cache.get_image(key)
         if body is None:
             body = await self._run(self._initials.render, texts, colour, size, fmt)
             await self._cache.put_image(key, body)
+        return self._initials_result(body, key, fmt, meta)
+
+    def _initials_key(self, subject: Subject, profile: Profile | None, size: int,
+                      fmt: str) -> str:
+        texts, colour = _initials_look(subject, profile)
+        return self._cache.initials_key(texts, colour, size, fmt,
+                                        imaging.RENDERER_VERSION)
+
+    def _initials_result(self, body: bytes, key: str, fmt: str,
+                         meta: PhotoMeta | None) -> Avatar:
         # meta None: Graph could not say whether a photo exists; ask again soon.
         max_age = self._ttl.initials_max_age if meta is not None else min(
             TRANSIENT_MAX_AGE, self._ttl.initials_max_age)

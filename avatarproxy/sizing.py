@@ -5,6 +5,7 @@ Nothing here does I/O, so every rule is table-tested in ``tests/test_sizing.py``
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -62,17 +63,26 @@ class FetchPlan:
 
 def available_hd_sizes(meta: PhotoMeta) -> tuple[int, ...]:
     """HD sizes Graph can serve: all up to the largest, if the largest is an HD square."""
-    if meta.width != meta.height or meta.width not in HD_SIZES:
+    return _hd_sizes_up_to(meta.width, meta.height)
+
+
+def _hd_sizes_up_to(width: int, height: int) -> tuple[int, ...]:
+    if width != height or width not in HD_SIZES:
         return ()
-    return tuple(s for s in HD_SIZES if s <= meta.width)
+    return tuple(s for s in HD_SIZES if s <= width)
 
 
 def plan_fetch(requested: int, meta: PhotoMeta) -> FetchPlan:
     """The nearest available HD size >= requested, else the largest photo."""
-    sizes = available_hd_sizes(meta)
+    return _plan(requested, meta.width, meta.height)
+
+
+@functools.lru_cache(maxsize=4096)  # on every hit: a few sizes times a few photo shapes
+def _plan(requested: int, width: int, height: int) -> FetchPlan:
+    sizes = _hd_sizes_up_to(width, height)
     if not sizes:
         # Entra-ID-only photo of arbitrary dimensions: only the largest exists.
-        return FetchPlan(hd_size=None, target=min(requested, meta.width, meta.height))
+        return FetchPlan(hd_size=None, target=min(requested, width, height))
     for size in sizes:
         if size >= requested:
             return FetchPlan(hd_size=size, target=requested)

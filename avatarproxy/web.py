@@ -6,6 +6,7 @@ Errors become responses in exactly one place (``error_middleware``): short
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -128,19 +129,9 @@ def _respond(request: web.Request, result: Avatar, formats: OutputFormats,
 
 def _image_headers(result: Avatar, server: ServerSettings,
                    origin: str | None) -> CIMultiDict[str]:
-    cache_control = f"public, max-age={result.max_age}"
-    if result.stale_while_revalidate:
-        cache_control += f", stale-while-revalidate={result.stale_while_revalidate}"
-    headers = CIMultiDict({
-        "Content-Type": result.content_type,
-        "ETag": result.etag,
-        "Cache-Control": "no-store" if result.no_store else cache_control,
-        "X-Avatar-Source": result.source,
-        "X-Content-Type-Options": "nosniff",
-        "Cross-Origin-Resource-Policy": server.cross_origin_resource_policy,
-    })
-    if result.content_type == "image/svg+xml":
-        headers["Content-Security-Policy"] = SVG_POLICY
+    headers = CIMultiDict(_avatar_headers(
+        result.content_type, result.etag, result.source, result.max_age,
+        result.stale_while_revalidate, result.no_store, server.cross_origin_resource_policy))
     if server.cors_origins:
         headers.add("Vary", "Origin")
         if "*" in server.cors_origins:
@@ -149,6 +140,26 @@ def _image_headers(result: Avatar, server: ServerSettings,
             headers["Access-Control-Allow-Origin"] = origin
         if "Access-Control-Allow-Origin" in headers:
             headers["Access-Control-Expose-Headers"] = "ETag, X-Avatar-Source"
+    return headers
+
+
+@functools.lru_cache(maxsize=4096)  # the same hot avatars, request after request
+def _avatar_headers(content_type: str, etag: str, source: str, max_age: int,
+                    stale_while_revalidate: int, no_store: bool,
+                    resource_policy: str) -> tuple[tuple[str, str], ...]:
+    cache_control = f"public, max-age={max_age}"
+    if stale_while_revalidate:
+        cache_control += f", stale-while-revalidate={stale_while_revalidate}"
+    headers: tuple[tuple[str, str], ...] = (
+        ("Content-Type", content_type),
+        ("ETag", etag),
+        ("Cache-Control", "no-store" if no_store else cache_control),
+        ("X-Avatar-Source", source),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Cross-Origin-Resource-Policy", resource_policy),
+    )
+    if content_type == "image/svg+xml":
+        headers += (("Content-Security-Policy", SVG_POLICY),)
     return headers
 
 
