@@ -238,6 +238,21 @@ async def test_past_the_in_flight_cap_the_answer_is_immediate_uncached_initials(
     assert (status, headers["X-Avatar-Source"]) == (200, "photo")
 
 
+async def test_past_the_in_flight_cap_avatars_already_held_are_still_served(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    client = await make_client(server__max_inflight=1)
+    status, headers, cached = await get(client, f"/avatar/{ALEX}/48")  # now in memory
+    assert (status, headers["X-Avatar-Source"]) == (200, "photo")
+    fake_graph.graph.fault("slow", path_contains=ADELE, delay=0.5)
+    slow = asyncio.ensure_future(get(client, f"/avatar/{ADELE}/48"))
+    await wait_for(lambda: fake_graph.graph.count(ADELE) == 1)
+    # The cap bounds waiting on Graph; a hit waits on nothing, so it is not refused.
+    status, headers, body = await get(client, f"/avatar/{ALEX}/48")
+    assert (status, headers["X-Avatar-Source"], body) == (200, "photo", cached)
+    assert "no-store" not in headers["Cache-Control"]
+    assert (await slow)[0] == 200
+
+
 async def test_a_dead_holders_lock_expires_and_the_waiter_fetches_itself(
         make_client: MakeClient, fake_graph: Any, redis_url: str) -> None:
     client = await make_client()
