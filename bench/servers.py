@@ -149,6 +149,21 @@ def service(workdir: Path, name: str, env: Mapping[str, str], workers: int,
     return proc
 
 
+def workers(pids: list[int]) -> list[int]:
+    """The worker processes among ``pids``: the service's own process when it
+    serves alone, else the processes multiprocessing spawned (not its
+    resource tracker, not the supervisor that only forwards signals)."""
+    spawned = [pid for pid in pids if b"spawn_main" in _cmdline(pid)]
+    return spawned or pids[:1]
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def rss_bytes(pids: list[int]) -> int:
     """Resident memory summed over processes (VmRSS)."""
     total = 0

@@ -36,4 +36,6 @@ def test_benchmark_smoke_run_measures_every_section(tmp_path: Path) -> None:
     assert data["cold_herd"]["graph_photo_downloads"] >= 1
     economy = data["graph_economy"]
     assert economy["graph_calls"] >= economy["minimum"] > 0
-    assert data["memory"]["peak_rss_mib"] > 0
+    memory = data["memory"]
+    assert memory["workers"] == 2  # bench/run.py's default server.workers
+    assert 0 < memory["peak_rss_mib"] < memory["all_processes_peak_rss_mib"]
