@@ -13,7 +13,8 @@ import pytest
 import redis
 from aiohttp import web
 from fakeidp import FakeIdP, start_fake_idp
-from redisservers import Topology, free_port, start_cluster, start_sentinel, start_tls
+from loopback import free_port, stop_process
+from redisservers import Topology, start_cluster, start_sentinel, start_tls
 from tlsutil import make_server_tls
 
 from avatarproxy.fakegraph import FakeGraph, FakePerson, demo_people, start_fake_graph
@@ -55,12 +56,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         yield f"redis://127.0.0.1:{port}/0"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 @pytest.fixture

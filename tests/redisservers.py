@@ -7,29 +7,18 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from loopback import free_port, stop_process, wait_for
 from tlsutil import ServerTLS
 
-_SYSTEM_REDIS_PORT = 6379  # a developer's own Redis: never ours
 MASTER_NAME = "mymaster"
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port != _SYSTEM_REDIS_PORT:
-            return port
 
 
 def binary(name: str) -> str:
@@ -38,19 +27,6 @@ def binary(name: str) -> str:
         pytest.fail(f"{name} not found on PATH: install Redis (apt-get install redis-server) "
                     "to run the cache tests", pytrace=False)
     return path
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    """Poll an external process's state (there is no event to await)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except (redis.RedisError, OSError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass
@@ -68,13 +44,7 @@ class Server:
         self.process.wait()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def start_server(directory: Path, *args: str, tls: ServerTLS | None = None,

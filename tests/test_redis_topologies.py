@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import redis
 from aiohttp.test_utils import TestClient
+from loopback import wait_for
 from redis.crc import key_slot
-from redisservers import Server, Topology, sentinel_master_port, wait_for
+from redisservers import Server, Topology, sentinel_master_port
 
 from avatarproxy import redisconn
 from avatarproxy.app import create_app

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import redis
 from aiohttp.test_utils import TestClient
-from redisservers import free_port
+from loopback import free_port
 
 from avatarproxy.app import create_app
 from avatarproxy.config import load_settings

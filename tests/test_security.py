@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from aiohttp.test_utils import TestClient
+from loopback import free_port
 from multidict import CIMultiDict
 from PIL import Image
 
@@ -197,14 +198,8 @@ async def test_the_limit_is_shared_by_replicas_through_redis(serve: Serve) -> No
     assert headers["Cache-Control"] == "no-store"
 
 
-def _dead_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_without_redis_the_limit_holds_per_process(serve: Serve) -> None:
-    client = await serve(redis=False, cache__redis_url=f"redis://127.0.0.1:{_dead_port()}/0",
+    client = await serve(redis=False, cache__redis_url=f"redis://127.0.0.1:{free_port()}/0",
                          cache__redis_timeout_seconds=0.2,
                          security__rate_limit_per_second=0.001, security__rate_limit_burst=2)
     assert (await get(client, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "photo"
