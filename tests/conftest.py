@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,50 +10,20 @@ import pytest
 import redis
 from aiohttp import web
 from fakeidp import FakeIdP, start_fake_idp
-from loopback import free_port, stop_process
-from redisservers import Topology, start_cluster, start_sentinel, start_tls
+from redisservers import Topology, start_cluster, start_sentinel, start_server, start_tls
 from tlsutil import make_server_tls
 
 from avatarproxy.fakegraph import FakeGraph, FakePerson, demo_people, start_fake_graph
 
 
-def _start_redis(binary: str, directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-    # A freed port can be taken again before redis binds it: try a few.
-    for _ in range(5):
-        port = free_port()
-        process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(directory), "--daemonize", "no",
-             "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
-        try:
-            deadline = time.monotonic() + 10
-            while process.poll() is None and time.monotonic() < deadline:
-                try:
-                    if client.ping():
-                        return process, port
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-        finally:
-            client.close()
-        process.kill()
-        process.wait()
-    raise RuntimeError("redis-server did not start on a free loopback port")
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server for the whole session; yields ``redis://127.0.0.1:N/0``."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server not found on PATH: install Redis (apt-get install "
-                    "redis-server) to run the cache tests", pytrace=False)
-    process, port = _start_redis(binary, tmp_path_factory.mktemp("redis"))
+    server = start_server(tmp_path_factory.mktemp("redis"))
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{server.port}/0"
     finally:
-        stop_process(process)
+        server.stop()
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,11 +49,13 @@ class Server:
 
 
 def start_server(directory: Path, *args: str, tls: ServerTLS | None = None,
-                 config: str = "", **client_options: Any) -> Server:
-    """One redis-server (``config`` first, as a file, then ``args``) that answers PING."""
+                 config: str = "", port: int | None = None, **client_options: Any) -> Server:
+    """One redis-server (``config`` first, as a file, then ``args``) that answers
+    PING, on ``port`` (say, to start it again where it was) or a free one."""
     directory.mkdir(parents=True, exist_ok=True)
-    for _ in range(5):  # a freed port can be taken again before redis binds it
-        port = free_port()
+    # A freed port can be taken again before redis binds it: try a few.
+    ports: Iterable[int] = [port] if port is not None else (free_port() for _ in range(5))
+    for port in ports:
         argv = [binary("redis-server")]
         if config:
             (directory / "redis.conf").write_text(config.replace("$PORT", str(port)))
@@ -81,7 +84,7 @@ def start_server(directory: Path, *args: str, tls: ServerTLS | None = None,
         finally:
             client.close()
         server.stop()
-    raise RuntimeError(f"redis-server did not start on a free loopback port ({directory})")
+    raise RuntimeError(f"redis-server did not start on a loopback port ({directory})")
 
 
 @dataclass

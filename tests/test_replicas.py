@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -18,6 +16,7 @@ import pytest
 import redis
 from aiohttp.test_utils import TestClient
 from loopback import free_port
+from redisservers import Server, start_server
 
 from avatarproxy.app import create_app
 from avatarproxy.config import load_settings
@@ -113,49 +112,22 @@ async def test_cold_herd_over_two_processes_downloads_the_photo_once(
     assert metadata <= 2  # once per process
 
 
-def _redis_on(port: int, directory: Path) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server")
-    assert binary is not None, "redis-server is needed (tests/run installs it)"
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-         "no", "--dir", str(directory), "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
-    deadline = time.monotonic() + 10
-    try:
-        while True:
-            assert process.poll() is None and time.monotonic() < deadline, "redis did not start"
-            try:
-                client.ping()
-                return process
-            except redis.ConnectionError:
-                time.sleep(0.05)
-    finally:
-        client.close()
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    process.wait(timeout=10)
-
-
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
-    """A redis-server only this test uses (it is stopped mid-test), on a fixed port."""
-    port = free_port()
-    running = [_redis_on(port, tmp_path)]
+def own_redis(tmp_path: Path) -> Iterator[list[Server]]:
+    """A redis-server only this test uses (it is stopped mid-test, then started
+    again on its port)."""
+    running = [start_server(tmp_path / "redis")]
     try:
-        yield port, running
+        yield running
     finally:
-        for process in running:
-            if process.poll() is None:
-                _stop(process)
+        for server in running:
+            server.stop()
 
 
 async def test_redis_outage_is_served_around_and_redis_is_used_again_when_back(
         aiohttp_client: Any, fake_graph: Any, fake_idp: Any, tmp_path: Path,
-        own_redis: tuple[int, list[subprocess.Popen[bytes]]]) -> None:
-    port, running = own_redis
+        own_redis: list[Server]) -> None:
+    port = own_redis[0].port
     fake_graph.graph.accept_token = fake_idp.issued.__contains__
     settings = load_settings(env={}, overrides={
         "graph.base_url": fake_graph.base_url, "auth.tenant_id": fake_idp.tenant,
@@ -174,7 +146,7 @@ async def test_redis_outage_is_served_around_and_redis_is_used_again_when_back(
 
     assert await sources(f"/avatar/{ADELE}/48") == [(200, "photo")]
     assert service.health()["redis"] == "ok"
-    _stop(running.pop())
+    own_redis.pop().stop()
 
     began = time.monotonic()
     assert await sources(f"/avatar/{ADELE}/48", 20) == [(200, "photo")] * 20  # memory tier
@@ -183,7 +155,7 @@ async def test_redis_outage_is_served_around_and_redis_is_used_again_when_back(
     assert service.health()["redis"] == "down"
     assert fake_graph.graph.count(lambda r: r.raw_path.endswith("$value")) == 2
 
-    running.append(_redis_on(port, tmp_path))
+    own_redis.append(start_server(tmp_path / "redis", port=port))
     store = redis.Redis(port=port)
     try:
         # Each new size is a new image, stored in every tier that is up.
