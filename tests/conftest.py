@@ -1,14 +1,17 @@
-"""Shared fixtures: a real Redis, a fake Graph, a fake Entra ID over TLS."""
+"""Shared fixtures: a real Redis, a fake Graph, a fake Entra ID over TLS, and
+clients to the service wired to them."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from aiohttp import web
+from appclient import MakeClient, client_factory
 from fakeidp import FakeIdP, start_fake_idp
 from redisservers import Topology, start_cluster, start_sentinel, start_server, start_tls
 from tlsutil import make_server_tls
@@ -73,6 +76,27 @@ async def fake_idp(tls_dir: Path) -> AsyncIterator[FakeIdP]:
         yield idp
     finally:
         await idp.close()
+
+
+@pytest.fixture
+def idp_settings(fake_graph: RunningGraph, fake_idp: FakeIdP) -> dict[str, Any]:
+    """Settings overrides that send the service to the fake Graph with real msal
+    tokens from the fake IdP; the fake Graph then accepts only tokens it issued."""
+    fake_graph.graph.accept_token = fake_idp.issued.__contains__
+    return {
+        "graph.base_url": fake_graph.base_url,
+        "auth.tenant_id": fake_idp.tenant, "auth.client_id": fake_idp.client_id,
+        "auth.client_secret": fake_idp.client_secret,
+        "auth.authority": fake_idp.authority, "auth.ca_file": str(fake_idp.ca_file),
+    }
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, idp_settings: dict[str, Any],
+                redis_url: str) -> MakeClient:
+    """``make(**overrides)``: a client to a fresh service process (its own memory
+    tier) on the fake Graph, the fake IdP and the shared Redis; see client_factory."""
+    return client_factory(aiohttp_client, {**idp_settings, "cache.redis_url": redis_url})
 
 
 # -- Redis as companies run it (see redisservers.py); started once per session --

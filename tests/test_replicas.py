@@ -27,23 +27,20 @@ ALEX = "alex.wilber@contoso.com"
 LYNNE = "lynne.robbins@contoso.com"
 
 
-def _service_env(fake_graph: Any, fake_idp: Any, redis_url: str) -> dict[str, str]:
+def _service_env(idp_settings: dict[str, Any], redis_url: str) -> dict[str, str]:
+    settings = {
+        **idp_settings, "cache.redis_url": redis_url,
+        # The herd below is CPU-bound on a small machine: give it time.
+        "server.request_deadline_seconds": 30,
+        # The herd comes from one address: the misses limiter would answer initials.
+        "security.rate_limit_per_second": 0,
+        "cache.coalesce_wait_seconds": 30,
+    }
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AVATARPROXY_", "AZURE_"))}
-    env.update({
-        "AVATARPROXY_GRAPH_BASE_URL": fake_graph.base_url,
-        "AVATARPROXY_AUTH_TENANT_ID": fake_idp.tenant,
-        "AVATARPROXY_AUTH_CLIENT_ID": fake_idp.client_id,
-        "AVATARPROXY_AUTH_CLIENT_SECRET": fake_idp.client_secret,
-        "AVATARPROXY_AUTH_AUTHORITY": fake_idp.authority,
-        "AVATARPROXY_AUTH_CA_FILE": str(fake_idp.ca_file),
-        "AVATARPROXY_CACHE_REDIS_URL": redis_url,
-        # The herd below is CPU-bound on a small machine: give it time.
-        "AVATARPROXY_SERVER_REQUEST_DEADLINE_SECONDS": "30",
-        # The herd comes from one address: the misses limiter would answer initials.
-        "AVATARPROXY_SECURITY_RATE_LIMIT_PER_SECOND": "0",
-        "AVATARPROXY_CACHE_COALESCE_WAIT_SECONDS": "30",
-    })
+    # As config.py reads the environment: AVATARPROXY_<SECTION>_<KEY>.
+    env.update({f"AVATARPROXY_{key.replace('.', '_').upper()}": str(value)
+                for key, value in settings.items()})
     return env
 
 
@@ -62,10 +59,9 @@ async def _wait_listening(session: aiohttp.ClientSession, url: str,
 
 
 @pytest.fixture
-async def two_replicas(fake_graph: Any, fake_idp: Any, redis_url: str,
+async def two_replicas(idp_settings: dict[str, Any], redis_url: str,
                        tmp_path: Path) -> AsyncIterator[list[str]]:
-    fake_graph.graph.accept_token = fake_idp.issued.__contains__
-    env = _service_env(fake_graph, fake_idp, redis_url)
+    env = _service_env(idp_settings, redis_url)
     processes, urls, logs = [], [], []
     async with aiohttp.ClientSession() as session:
         try:
@@ -125,15 +121,12 @@ def own_redis(tmp_path: Path) -> Iterator[list[Server]]:
 
 
 async def test_redis_outage_is_served_around_and_redis_is_used_again_when_back(
-        aiohttp_client: Any, fake_graph: Any, fake_idp: Any, tmp_path: Path,
+        aiohttp_client: Any, fake_graph: Any, idp_settings: dict[str, Any], tmp_path: Path,
         own_redis: list[Server]) -> None:
     port = own_redis[0].port
-    fake_graph.graph.accept_token = fake_idp.issued.__contains__
     settings = load_settings(env={}, overrides={
-        "graph.base_url": fake_graph.base_url, "auth.tenant_id": fake_idp.tenant,
-        "auth.client_id": fake_idp.client_id, "auth.client_secret": fake_idp.client_secret,
-        "auth.authority": fake_idp.authority, "auth.ca_file": str(fake_idp.ca_file),
-        "cache.redis_url": f"redis://127.0.0.1:{port}/0", "cache.redis_retry_seconds": 0.2})
+        **idp_settings, "cache.redis_url": f"redis://127.0.0.1:{port}/0",
+        "cache.redis_retry_seconds": 0.2})
     client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
     service = client.app[SERVICE]
 
