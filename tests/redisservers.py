@@ -9,8 +9,9 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +120,14 @@ class Topology:
                 client.close()
 
 
+def _wait_until_each(servers: list[Server], ready: Callable[[redis.Redis], bool],
+                     what: str) -> None:
+    """Wait for ``ready`` to hold on every server, asked through its own client."""
+    for server in servers:
+        with server.client() as client:
+            wait_for(partial(ready, client), f"{what} {server.port}")
+
+
 # -- the three deployments ----------------------------------------------------------
 
 def start_tls(directory: Path, tls: ServerTLS, password_file: Path) -> Topology:
@@ -148,12 +157,7 @@ def start_cluster(directory: Path) -> Topology:
              *[f"127.0.0.1:{s.port}" for s in topology.servers],
              "--cluster-replicas", "1", "--cluster-yes"],
             check=True, capture_output=True, timeout=60)
-        for server in topology.servers:
-            client = server.client()
-            try:
-                wait_for(lambda c=client: _cluster_ready(c), f"cluster node {server.port}")
-            finally:
-                client.close()
+        _wait_until_each(topology.servers, _cluster_ready, "cluster node")
     except BaseException:
         topology.stop()
         raise
@@ -195,19 +199,8 @@ def start_sentinel(directory: Path, password_file: Path,
             sentinels.append(start_server(directory / f"sentinel{index}", "--sentinel",
                                           config=config, password=sentinel_password))
         topology.servers += sentinels
-        master_client = master.client()
-        try:
-            wait_for(lambda: master_client.info("replication")["connected_slaves"] == 1
-                     and master_client.info("replication")["slave0"]["state"] == "online",
-                     "the replica to sync")
-        finally:
-            master_client.close()
-        for sentinel in sentinels:
-            client = sentinel.client()
-            try:
-                wait_for(lambda c=client: _sentinel_ready(c), f"sentinel {sentinel.port}")
-            finally:
-                client.close()
+        _wait_until_each([master], _replica_synced, "the replica to sync with master")
+        _wait_until_each(sentinels, _sentinel_ready, "sentinel")
     except BaseException:
         topology.stop()
         raise
@@ -218,6 +211,11 @@ def start_sentinel(directory: Path, password_file: Path,
         "cache.redis_password_file": str(password_file),
         "cache.redis_sentinel_password_file": str(sentinel_password_file)}
     return topology
+
+
+def _replica_synced(client: redis.Redis) -> bool:
+    info = client.info("replication")
+    return bool(info["connected_slaves"] == 1 and info["slave0"]["state"] == "online")
 
 
 def _sentinel_ready(client: redis.Redis) -> bool:
