@@ -105,31 +105,22 @@ def make_client(aiohttp_client: Any, idp_settings: dict[str, Any],
 def redis_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     """One Redis over TLS only, with an ACL user whose password is in a file."""
     directory = tmp_path_factory.mktemp("redis-tls")
-    topology = start_tls(directory / "server", make_server_tls(directory / "pki"),
-                         directory / "password")
-    try:
+    with start_tls(directory / "server", make_server_tls(directory / "pki"),
+                   directory / "password") as topology:
         yield topology
-    finally:
-        topology.stop()
 
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     """A Redis Cluster: three masters, one replica each."""
-    topology = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
-    try:
+    with start_cluster(tmp_path_factory.mktemp("redis-cluster")) as topology:
         yield topology
-    finally:
-        topology.stop()
 
 
 @pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     """A master and a replica with a password, and three Sentinels with another."""
     directory = tmp_path_factory.mktemp("redis-sentinel")
-    topology = start_sentinel(directory, directory / "password",
-                              directory / "sentinel-password")
-    try:
+    with start_sentinel(directory, directory / "password",
+                        directory / "sentinel-password") as topology:
         yield topology
-    finally:
-        topology.stop()

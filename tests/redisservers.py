@@ -99,6 +99,12 @@ class Topology:
         for server in self.servers:
             server.stop()
 
+    def __enter__(self) -> Topology:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     def masters(self) -> list[Server]:
         alive = [s for s in self.servers if s.process.poll() is None]
         found = []
