@@ -1,6 +1,7 @@
 """Clients to a fresh avatarproxy app driven in-process over real HTTP: the one
 factory the end-to-end test modules build their ``make_client`` from (the
-conftest fixtures ``idp_settings`` and ``make_client`` cover the usual case)."""
+conftest fixtures ``idp_settings`` and ``make_client`` cover the usual case),
+and ``get`` for one request's answer."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from aiohttp.test_utils import TestClient
+from multidict import CIMultiDict
 
 from avatarproxy.app import create_app
 from avatarproxy.auth import TokenProvider
@@ -31,3 +33,10 @@ def client_factory(aiohttp_client: Any, base: Mapping[str, Any],
         return client
 
     return make
+
+
+async def get(client: Client, path: str, method: str = "GET",
+              **kwargs: Any) -> tuple[int, CIMultiDict[str], bytes]:
+    """One request: its status, a copy of its headers, its body."""
+    async with client.request(method, path, **kwargs) as resp:
+        return resp.status, resp.headers.copy(), await resp.read()

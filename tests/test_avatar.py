@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
-from appclient import Client, MakeClient
-from multidict import CIMultiDict
+from appclient import MakeClient, get
 from PIL import Image
 
 from avatarproxy.app import create_app
@@ -30,11 +29,6 @@ def decode(body: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(body))
     image.load()
     return image
-
-
-async def get(client: Client, path: str, **kwargs: Any) -> tuple[int, CIMultiDict[str], bytes]:
-    async with client.get(path, **kwargs) as resp:
-        return resp.status, resp.headers.copy(), await resp.read()
 
 
 async def test_photo_at_an_hd_size_is_fetched_once_and_served_exactly(

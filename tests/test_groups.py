@@ -8,8 +8,7 @@ import logging
 from typing import Any
 
 import pytest
-from appclient import Client, MakeClient
-from multidict import CIMultiDict
+from appclient import MakeClient, get
 from PIL import Image
 
 from avatarproxy.fakegraph import FakeGroup, demo_groups
@@ -23,12 +22,6 @@ TEAM, GROUP, BARE_TEAM = demo_groups()  # team with photo, group with photo, tea
 def _groups(fake_graph: Any) -> None:
     for group in demo_groups():
         fake_graph.graph.add_group(group)
-
-
-async def get(client: Client, path: str, method: str = "GET"
-              ) -> tuple[int, CIMultiDict[str], bytes]:
-    async with client.request(method, path) as resp:
-        return resp.status, resp.headers.copy(), await resp.read()
 
 
 def paths(fake_graph: Any) -> list[str]:

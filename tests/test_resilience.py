@@ -12,8 +12,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from appclient import Client, MakeClient
-from multidict import CIMultiDict
+from appclient import MakeClient, get
 from PIL import Image
 
 from avatarproxy.cache import AvatarCache
@@ -28,11 +27,6 @@ ALEX = "alex.wilber@contoso.com"
 MEGAN = "megan.bowen@contoso.com"
 APP_SCOPE = "Application/ApplicationAndTenant/app-id/tenant-id"
 KEYS = AvatarCache(load_settings(env={}).cache, [])  # key names only
-
-
-async def get(client: Client, path: str) -> tuple[int, CIMultiDict[str], bytes]:
-    async with client.get(path) as resp:
-        return resp.status, resp.headers.copy(), await resp.read()
 
 
 def downloads(fake_graph: Any, who: str = "") -> int:

@@ -14,10 +14,9 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from appclient import Client, client_factory
 from appclient import MakeClient as Serve
+from appclient import client_factory, get
 from loopback import free_port
-from multidict import CIMultiDict
 from PIL import Image
 
 from avatarproxy import redisconn
@@ -40,11 +39,6 @@ def serve(aiohttp_client: Any, fake_graph: Any, redis_url: str) -> Serve:
     return client_factory(aiohttp_client, {"graph.base_url": fake_graph.base_url,
                                            "cache.redis_url": redis_url},
                           tokens=StaticTokenProvider("static-token"))
-
-
-async def get(client: Client, path: str, **kwargs: Any) -> tuple[int, CIMultiDict[str], bytes]:
-    async with client.get(path, **kwargs) as resp:
-        return resp.status, resp.headers.copy(), await resp.read()
 
 
 async def redis_keys(url: str) -> set[str]:
