@@ -1,6 +1,7 @@
 """Processes the benchmark starts on loopback, and stops by itself.
 
 Each returns something with ``stop()``; everything lives in one temp dir.
+Ports come from tests/loopback.py (bench/run.py puts tests/ on sys.path).
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,23 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from loopback import free_port, wait_for_port
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
 @dataclass
@@ -82,7 +68,7 @@ def spawn(name: str, argv: list[str], port: int, workdir: Path,
     proc = Proc(name, process, port, log)
     try:
         wait_for_port(port, timeout)
-    except RuntimeError as exc:
+    except TimeoutError as exc:
         proc.stop()
         raise RuntimeError(f"{name} did not start:\n{log.read_text()[-2000:]}") from exc
     return proc

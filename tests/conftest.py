@@ -1,66 +1,32 @@
-"""Shared fixtures: a real Redis, a fake Graph, a fake Entra ID over TLS."""
+"""Shared fixtures: a real Redis, a fake Graph, a fake Entra ID over TLS, and
+clients to the service wired to them."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 from aiohttp import web
+from appclient import MakeClient, client_factory
 from fakeidp import FakeIdP, start_fake_idp
-from redisservers import Topology, free_port, start_cluster, start_sentinel, start_tls
+from redisservers import Topology, start_cluster, start_sentinel, start_server, start_tls
 from tlsutil import make_server_tls
 
 from avatarproxy.fakegraph import FakeGraph, FakePerson, demo_people, start_fake_graph
 
 
-def _start_redis(binary: str, directory: Path) -> tuple[subprocess.Popen[bytes], int]:
-    # A freed port can be taken again before redis binds it: try a few.
-    for _ in range(5):
-        port = free_port()
-        process = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(directory), "--daemonize", "no",
-             "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
-        try:
-            deadline = time.monotonic() + 10
-            while process.poll() is None and time.monotonic() < deadline:
-                try:
-                    if client.ping():
-                        return process, port
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-        finally:
-            client.close()
-        process.kill()
-        process.wait()
-    raise RuntimeError("redis-server did not start on a free loopback port")
-
-
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private redis-server for the whole session; yields ``redis://127.0.0.1:N/0``."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server not found on PATH: install Redis (apt-get install "
-                    "redis-server) to run the cache tests", pytrace=False)
-    process, port = _start_redis(binary, tmp_path_factory.mktemp("redis"))
+    server = start_server(tmp_path_factory.mktemp("redis"))
     try:
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{server.port}/0"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        server.stop()
 
 
 @pytest.fixture
@@ -112,37 +78,49 @@ async def fake_idp(tls_dir: Path) -> AsyncIterator[FakeIdP]:
         await idp.close()
 
 
+@pytest.fixture
+def idp_settings(fake_graph: RunningGraph, fake_idp: FakeIdP) -> dict[str, Any]:
+    """Settings overrides that send the service to the fake Graph with real msal
+    tokens from the fake IdP; the fake Graph then accepts only tokens it issued."""
+    fake_graph.graph.accept_token = fake_idp.issued.__contains__
+    return {
+        "graph.base_url": fake_graph.base_url,
+        "auth.tenant_id": fake_idp.tenant, "auth.client_id": fake_idp.client_id,
+        "auth.client_secret": fake_idp.client_secret,
+        "auth.authority": fake_idp.authority, "auth.ca_file": str(fake_idp.ca_file),
+    }
+
+
+@pytest.fixture
+def make_client(aiohttp_client: Any, idp_settings: dict[str, Any],
+                redis_url: str) -> MakeClient:
+    """``make(**overrides)``: a client to a fresh service process (its own memory
+    tier) on the fake Graph, the fake IdP and the shared Redis; see client_factory."""
+    return client_factory(aiohttp_client, {**idp_settings, "cache.redis_url": redis_url})
+
+
 # -- Redis as companies run it (see redisservers.py); started once per session --
 
 @pytest.fixture(scope="session")
 def redis_tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     """One Redis over TLS only, with an ACL user whose password is in a file."""
     directory = tmp_path_factory.mktemp("redis-tls")
-    topology = start_tls(directory / "server", make_server_tls(directory / "pki"),
-                         directory / "password")
-    try:
+    with start_tls(directory / "server", make_server_tls(directory / "pki"),
+                   directory / "password") as topology:
         yield topology
-    finally:
-        topology.stop()
 
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     """A Redis Cluster: three masters, one replica each."""
-    topology = start_cluster(tmp_path_factory.mktemp("redis-cluster"))
-    try:
+    with start_cluster(tmp_path_factory.mktemp("redis-cluster")) as topology:
         yield topology
-    finally:
-        topology.stop()
 
 
 @pytest.fixture(scope="session")
 def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
     """A master and a replica with a password, and three Sentinels with another."""
     directory = tmp_path_factory.mktemp("redis-sentinel")
-    topology = start_sentinel(directory, directory / "password",
-                              directory / "sentinel-password")
-    try:
+    with start_sentinel(directory, directory / "password",
+                        directory / "sentinel-password") as topology:
         yield topology
-    finally:
-        topology.stop()

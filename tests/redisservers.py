@@ -7,29 +7,20 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+from loopback import free_port, stop_process, wait_for
 from tlsutil import ServerTLS
 
-_SYSTEM_REDIS_PORT = 6379  # a developer's own Redis: never ours
 MASTER_NAME = "mymaster"
-
-
-def free_port() -> int:
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port != _SYSTEM_REDIS_PORT:
-            return port
 
 
 def binary(name: str) -> str:
@@ -38,19 +29,6 @@ def binary(name: str) -> str:
         pytest.fail(f"{name} not found on PATH: install Redis (apt-get install redis-server) "
                     "to run the cache tests", pytrace=False)
     return path
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20) -> None:
-    """Poll an external process's state (there is no event to await)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if condition():
-                return
-        except (redis.RedisError, OSError):
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass
@@ -68,21 +46,17 @@ class Server:
         self.process.wait()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 def start_server(directory: Path, *args: str, tls: ServerTLS | None = None,
-                 config: str = "", **client_options: Any) -> Server:
-    """One redis-server (``config`` first, as a file, then ``args``) that answers PING."""
+                 config: str = "", port: int | None = None, **client_options: Any) -> Server:
+    """One redis-server (``config`` first, as a file, then ``args``) that answers
+    PING, on ``port`` (say, to start it again where it was) or a free one."""
     directory.mkdir(parents=True, exist_ok=True)
-    for _ in range(5):  # a freed port can be taken again before redis binds it
-        port = free_port()
+    # A freed port can be taken again before redis binds it: try a few.
+    ports: Iterable[int] = [port] if port is not None else (free_port() for _ in range(5))
+    for port in ports:
         argv = [binary("redis-server")]
         if config:
             (directory / "redis.conf").write_text(config.replace("$PORT", str(port)))
@@ -111,7 +85,7 @@ def start_server(directory: Path, *args: str, tls: ServerTLS | None = None,
         finally:
             client.close()
         server.stop()
-    raise RuntimeError(f"redis-server did not start on a free loopback port ({directory})")
+    raise RuntimeError(f"redis-server did not start on a loopback port ({directory})")
 
 
 @dataclass
@@ -124,6 +98,12 @@ class Topology:
     def stop(self) -> None:
         for server in self.servers:
             server.stop()
+
+    def __enter__(self) -> Topology:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def masters(self) -> list[Server]:
         alive = [s for s in self.servers if s.process.poll() is None]
@@ -144,6 +124,14 @@ class Topology:
                 client.flushall()
             finally:
                 client.close()
+
+
+def _wait_until_each(servers: list[Server], ready: Callable[[redis.Redis], bool],
+                     what: str) -> None:
+    """Wait for ``ready`` to hold on every server, asked through its own client."""
+    for server in servers:
+        with server.client() as client:
+            wait_for(partial(ready, client), f"{what} {server.port}")
 
 
 # -- the three deployments ----------------------------------------------------------
@@ -175,12 +163,7 @@ def start_cluster(directory: Path) -> Topology:
              *[f"127.0.0.1:{s.port}" for s in topology.servers],
              "--cluster-replicas", "1", "--cluster-yes"],
             check=True, capture_output=True, timeout=60)
-        for server in topology.servers:
-            client = server.client()
-            try:
-                wait_for(lambda c=client: _cluster_ready(c), f"cluster node {server.port}")
-            finally:
-                client.close()
+        _wait_until_each(topology.servers, _cluster_ready, "cluster node")
     except BaseException:
         topology.stop()
         raise
@@ -222,19 +205,8 @@ def start_sentinel(directory: Path, password_file: Path,
             sentinels.append(start_server(directory / f"sentinel{index}", "--sentinel",
                                           config=config, password=sentinel_password))
         topology.servers += sentinels
-        master_client = master.client()
-        try:
-            wait_for(lambda: master_client.info("replication")["connected_slaves"] == 1
-                     and master_client.info("replication")["slave0"]["state"] == "online",
-                     "the replica to sync")
-        finally:
-            master_client.close()
-        for sentinel in sentinels:
-            client = sentinel.client()
-            try:
-                wait_for(lambda c=client: _sentinel_ready(c), f"sentinel {sentinel.port}")
-            finally:
-                client.close()
+        _wait_until_each([master], _replica_synced, "the replica to sync with master")
+        _wait_until_each(sentinels, _sentinel_ready, "sentinel")
     except BaseException:
         topology.stop()
         raise
@@ -245,6 +217,11 @@ def start_sentinel(directory: Path, password_file: Path,
         "cache.redis_password_file": str(password_file),
         "cache.redis_sentinel_password_file": str(sentinel_password_file)}
     return topology
+
+
+def _replica_synced(client: redis.Redis) -> bool:
+    info = client.info("replication")
+    return bool(info["connected_slaves"] == 1 and info["slave0"]["state"] == "online")
 
 
 def _sentinel_ready(client: redis.Redis) -> bool:

@@ -6,46 +6,19 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import ClientSession, web
-from aiohttp.test_utils import TestClient
-from multidict import CIMultiDict
+from appclient import MakeClient, get
 from PIL import Image
 
 from avatarproxy.app import create_app
 from avatarproxy.config import load_settings
 from avatarproxy.errors import ConfigError
 
-Client = TestClient[Any, Any]
-MakeClient = Callable[..., Awaitable[Client]]
-
 ADELE = "adele.vance@contoso.com"  # 648x648 photo
 ALEX = "alex.wilber@contoso.com"  # 240x240 photo
-
-
-@pytest.fixture
-def make_client(aiohttp_client: Any, fake_graph: Any, fake_idp: Any,
-                redis_url: str) -> MakeClient:
-    """A client to a fresh service process (its own memory tier) on the shared Redis."""
-    fake_graph.graph.accept_token = fake_idp.issued.__contains__
-
-    async def make(redis: bool = True, **overrides: Any) -> Client:
-        values = {
-            "graph.base_url": fake_graph.base_url,
-            "auth.tenant_id": fake_idp.tenant, "auth.client_id": fake_idp.client_id,
-            "auth.client_secret": fake_idp.client_secret,
-            "auth.authority": fake_idp.authority, "auth.ca_file": str(fake_idp.ca_file),
-            "cache.redis_url": redis_url if redis else "",
-        }
-        values.update({k.replace("__", "."): v for k, v in overrides.items()})
-        client: Client = await aiohttp_client(create_app(load_settings(env={},
-                                                                       overrides=values)))
-        return client
-
-    return make
 
 
 def graph_paths(fake_graph: Any) -> list[str]:
@@ -56,11 +29,6 @@ def decode(body: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(body))
     image.load()
     return image
-
-
-async def get(client: Client, path: str, **kwargs: Any) -> tuple[int, CIMultiDict[str], bytes]:
-    async with client.get(path, **kwargs) as resp:
-        return resp.status, resp.headers.copy(), await resp.read()
 
 
 async def test_photo_at_an_hd_size_is_fetched_once_and_served_exactly(
@@ -142,7 +110,7 @@ async def test_restarted_service_on_the_same_redis_makes_no_graph_call(
 
 async def test_concurrent_misses_share_one_graph_fetch(
         make_client: MakeClient, fake_graph: Any) -> None:
-    client = await make_client(redis=False)
+    client = await make_client(cache__redis_url="")  # no Redis: the memory tier only
     fake_graph.graph.latency = 0.2
     results = await asyncio.gather(*(get(client, f"/avatar/{ADELE}/120") for _ in range(25)))
     assert {r[0] for r in results} == {200}
@@ -398,7 +366,7 @@ async def test_absent_hd_size_answered_1x1_falls_back_to_the_largest_photo(
 
 async def test_every_size_derived_from_one_hd_photo_costs_one_download(
         make_client: MakeClient, fake_graph: Any) -> None:
-    client = await make_client(redis=False)
+    client = await make_client(cache__redis_url="")  # no Redis: the memory tier only
     for size in (32, 40, 48):
         assert (await get(client, f"/avatar/{ALEX}/{size}"))[0] == 200
     results = await asyncio.gather(*(get(client, f"/avatar/{ALEX}/{s}") for s in (33, 34, 35)))

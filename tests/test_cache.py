@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -9,6 +8,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
+from loopback import free_port
 from redisservers import Topology
 
 from avatarproxy import redisconn
@@ -83,13 +83,8 @@ async def test_memory_tier_skips_values_larger_than_itself() -> None:
 
 # -- redis tier ------------------------------------------------------------------
 
-def _dead_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
 async def test_unreachable_redis_reads_as_a_miss_quickly() -> None:
-    tier = redis_tier(f"redis://127.0.0.1:{_dead_port()}/0", timeout=0.2)
+    tier = redis_tier(f"redis://127.0.0.1:{free_port()}/0", timeout=0.2)
     started = time.monotonic()
     await tier.set("k", b"v", 60)
     assert await tier.get("k") is None

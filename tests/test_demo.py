@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 import requests
+from loopback import free_port
 from PIL import Image
-from redisservers import free_port
 
 from avatarproxy.fakegraph import demo_groups, demo_people
 

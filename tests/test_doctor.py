@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
+from loopback import free_port
 
 from avatarproxy.cli import main
 from avatarproxy.doctor import diagnose, exit_code, render, token_roles
@@ -16,12 +16,6 @@ from avatarproxy.models import Subject
 ADELE = Subject("adele.vance@contoso.com")
 ALL_ROLES = ["ProfilePhoto.Read.All", "User.ReadBasic.All", "User.Read.All",
              "GroupMember.Read.All", "Team.ReadBasic.All"]
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def write_config(tmp_path: Path, fake_graph: Any, fake_idp: Any, redis_url: str,
@@ -66,7 +60,7 @@ async def test_missing_permission_and_dead_redis_fail_naming_what_to_fix(
     fake_graph, fake_idp = tenant
     fake_idp.roles = ["User.ReadBasic.All"]
     fake_graph.graph.denied = {"ProfilePhoto.Read.All", "User.Read.All", "Team.ReadBasic.All"}
-    config = write_config(tmp_path, fake_graph, fake_idp, f"redis://127.0.0.1:{_closed_port()}")
+    config = write_config(tmp_path, fake_graph, fake_idp, f"redis://127.0.0.1:{free_port()}")
     findings = await diagnose(config, [ADELE], env={})
     text = render(findings)
     assert exit_code(findings) == 1

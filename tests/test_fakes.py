@@ -278,34 +278,25 @@ async def test_wrong_secret_is_invalid_client(fake_idp):
     assert not fake_idp.issued
 
 
-async def test_msal_gets_a_token_with_a_certificate(fake_idp, tls_dir):
+@pytest.mark.parametrize(("credential_for", "alg", "cert_header"), [
+    pytest.param(lambda cert: {"private_key": cert.key_pem, "public_certificate": cert.cert_pem},
+                 "PS256", "x5t#S256", id="certificate"),
+    pytest.param(lambda cert: {"private_key": cert.combined_file.read_text(),
+                               "public_certificate": cert.combined_file.read_text()},
+                 "PS256", "x5t#S256", id="one-pem-holding-key-and-certificate"),
+    pytest.param(lambda cert: {"private_key": cert.key_pem, "thumbprint": cert.sha1_thumbprint},
+                 "RS256", "x5t", id="sha1-thumbprint"),
+])
+async def test_msal_gets_a_token_with_a_registered_certificate(
+        fake_idp, tls_dir, credential_for, alg, cert_header):
     cert = make_client_certificate(tls_dir)
     fake_idp.register_certificate(cert.cert_pem)
-    credential = {"private_key": cert.key_pem, "public_certificate": cert.cert_pem}
-    [result] = await asyncio.to_thread(acquire, fake_idp, credential)
+    [result] = await asyncio.to_thread(acquire, fake_idp, credential_for(cert))
     assert result["access_token"] in fake_idp.issued
     [request] = fake_idp.token_requests
     assert request.credential == "certificate"
-    assert request.assertion_header()["alg"] == "PS256" and "x5t#S256" in request.assertion_header()
+    assert request.assertion_header()["alg"] == alg and cert_header in request.assertion_header()
     assert request.assertion_claims()["aud"] == fake_idp.token_endpoint
-
-
-async def test_msal_accepts_one_pem_holding_key_and_certificate(fake_idp, tls_dir):
-    cert = make_client_certificate(tls_dir)
-    fake_idp.register_certificate(cert.cert_pem)
-    pem = cert.combined_file.read_text()
-    [result] = await asyncio.to_thread(
-        acquire, fake_idp, {"private_key": pem, "public_certificate": pem})
-    assert result["access_token"] in fake_idp.issued
-
-
-async def test_msal_gets_a_token_with_a_sha1_thumbprint(fake_idp, tls_dir):
-    cert = make_client_certificate(tls_dir)
-    fake_idp.register_certificate(cert.cert_pem)
-    credential = {"private_key": cert.key_pem, "thumbprint": cert.sha1_thumbprint}
-    [result] = await asyncio.to_thread(acquire, fake_idp, credential)
-    assert result["access_token"] in fake_idp.issued
-    assert fake_idp.token_requests[0].assertion_header()["alg"] == "RS256"
 
 
 async def test_an_unregistered_certificate_is_refused(fake_idp, tls_dir):

@@ -5,49 +5,23 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
-from multidict import CIMultiDict
+from appclient import MakeClient, get
 from PIL import Image
 
-from avatarproxy.app import create_app
-from avatarproxy.config import load_settings
 from avatarproxy.fakegraph import FakeGroup, demo_groups
 from avatarproxy.imaging import InitialsRenderer
 from avatarproxy.sizing import background_for
 
-Client = TestClient[Any, Any]
-MakeClient = Callable[..., Awaitable[Client]]
-
 TEAM, GROUP, BARE_TEAM = demo_groups()  # team with photo, group with photo, team without
 
 
-@pytest.fixture
-def make_client(aiohttp_client: Any, fake_graph: Any, fake_idp: Any,
-                redis_url: str) -> MakeClient:
-    fake_graph.graph.accept_token = fake_idp.issued.__contains__
+@pytest.fixture(autouse=True)
+def _groups(fake_graph: Any) -> None:
     for group in demo_groups():
         fake_graph.graph.add_group(group)
-
-    async def make() -> Client:
-        settings = load_settings(env={}, overrides={
-            "graph.base_url": fake_graph.base_url, "auth.tenant_id": fake_idp.tenant,
-            "auth.client_id": fake_idp.client_id, "auth.client_secret": fake_idp.client_secret,
-            "auth.authority": fake_idp.authority, "auth.ca_file": str(fake_idp.ca_file),
-            "cache.redis_url": redis_url})
-        client: Client = await aiohttp_client(create_app(settings))
-        return client
-
-    return make
-
-
-async def get(client: Client, path: str, method: str = "GET"
-              ) -> tuple[int, CIMultiDict[str], bytes]:
-    async with client.request(method, path) as resp:
-        return resp.status, resp.headers.copy(), await resp.read()
 
 
 def paths(fake_graph: Any) -> list[str]:

@@ -9,22 +9,16 @@ from __future__ import annotations
 
 import io
 import xml.etree.ElementTree as ET
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from appclient import Client, MakeClient, client_factory
 from multidict import CIMultiDict
 from PIL import Image
 
 from avatarproxy import imaging
-from avatarproxy.app import create_app
 from avatarproxy.auth import StaticTokenProvider
-from avatarproxy.config import load_settings
 from avatarproxy.fakegraph import FakePerson
-
-Client = TestClient[Any, Any]
-MakeClient = Callable[..., Awaitable[Client]]
 
 ADELE = "adele.vance@contoso.com"  # 648x648 photo
 DIEGO = "diego.siciliani@contoso.com"  # no photo
@@ -35,17 +29,10 @@ SVG = "{http://www.w3.org/2000/svg}"
 
 @pytest.fixture
 def make_client(aiohttp_client: Any, fake_graph: Any) -> MakeClient:
+    """A client to a fresh service on the fake Graph with a fixed token, no Redis."""
     fake_graph.graph.accept_token = "t0ken".__eq__
-
-    async def make(**overrides: Any) -> Client:
-        values = {"graph.base_url": fake_graph.base_url}
-        values.update({k.replace("__", "."): v for k, v in overrides.items()})
-        app = create_app(load_settings(env={}, overrides=values),
-                         tokens=StaticTokenProvider("t0ken"))
-        client: Client = await aiohttp_client(app)
-        return client
-
-    return make
+    return client_factory(aiohttp_client, {"graph.base_url": fake_graph.base_url},
+                          tokens=StaticTokenProvider("t0ken"))
 
 
 async def get(client: Client, path: str, accept: str = OLD,

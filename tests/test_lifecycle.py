@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from redisservers import free_port
+from loopback import free_port
 
 ADELE = "adele.vance@contoso.com"
 

@@ -4,43 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from appclient import Client, MakeClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from avatarproxy import logs
-from avatarproxy.app import create_app
-from avatarproxy.config import LoggingSettings, load_settings
+from avatarproxy.config import LoggingSettings
 from avatarproxy.lifecycle import usable_cpus
 
-Client = TestClient[Any, Any]
-MakeClient = Callable[..., Awaitable[Client]]
 ADELE = "adele.vance@contoso.com"
-
-
-@pytest.fixture
-def make_client(aiohttp_client: Any, fake_graph: Any, fake_idp: Any,
-                redis_url: str) -> MakeClient:
-    fake_graph.graph.accept_token = fake_idp.issued.__contains__
-
-    async def make(**overrides: Any) -> Client:
-        values = {
-            "graph.base_url": fake_graph.base_url,
-            "auth.tenant_id": fake_idp.tenant, "auth.client_id": fake_idp.client_id,
-            "auth.client_secret": fake_idp.client_secret,
-            "auth.authority": fake_idp.authority, "auth.ca_file": str(fake_idp.ca_file),
-            "cache.redis_url": redis_url,
-        }
-        values.update(overrides)
-        client: Client = await aiohttp_client(create_app(load_settings(env={},
-                                                                       overrides=values)))
-        return client
-
-    return make
 
 
 async def scrape(client: Client) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from redisservers import free_port
+from loopback import free_port, stop_process
 
 from avatarproxy.app import create_app
 from avatarproxy.auth import StaticTokenProvider
@@ -49,12 +49,7 @@ def prometheus_for(tmp_path: Path) -> Iterator[Any]:
         yield start
     finally:
         for process in processes:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, timeout=20)
 
 
 async def query(http: aiohttp.ClientSession, prometheus: str, promql: str) -> float | None:

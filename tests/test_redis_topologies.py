@@ -4,16 +4,17 @@ Cluster, key layout for Cluster, TLS trust, full memory, configuration."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from aiohttp.test_utils import TestClient
+from appclient import Client, MakeClient, client_factory
+from loopback import wait_for
 from redis.crc import key_slot
-from redisservers import Server, Topology, sentinel_master_port, wait_for
+from redisservers import Server, Topology, sentinel_master_port
 
 from avatarproxy import redisconn
 from avatarproxy.app import create_app
@@ -22,9 +23,6 @@ from avatarproxy.config import load_settings
 from avatarproxy.errors import ConfigError
 from avatarproxy.models import Subject
 
-Client = TestClient[Any, Any]
-MakeClient = Callable[[dict[str, Any]], Awaitable[Client]]
-
 PEOPLE = ["adele.vance@contoso.com", "alex.wilber@contoso.com", "megan.bowen@contoso.com",
           "lee.gu@contoso.com"]
 CASES = [(person, size) for person in PEOPLE for size in (48, 96)]
@@ -32,25 +30,13 @@ KEYS = AvatarCache(load_settings(env={}).cache, [])
 
 
 @pytest.fixture
-def make_client(aiohttp_client: Any, fake_graph: Any, fake_idp: Any) -> MakeClient:
-    """A service on the given Redis deployment, with no memory tier: every
-    request goes to Redis, so a failover is felt by every request."""
-    fake_graph.graph.accept_token = fake_idp.issued.__contains__
-
-    async def make(overrides: dict[str, Any]) -> Client:
-        values = {
-            "graph.base_url": fake_graph.base_url,
-            "auth.tenant_id": fake_idp.tenant, "auth.client_id": fake_idp.client_id,
-            "auth.client_secret": fake_idp.client_secret,
-            "auth.authority": fake_idp.authority, "auth.ca_file": str(fake_idp.ca_file),
-            "cache.memory_max_bytes": 0, "cache.redis_timeout_seconds": 0.3,
-            # One test client is one address: the misses limiter would answer initials.
-            "security.rate_limit_per_second": 0.0, **overrides}
-        client: Client = await aiohttp_client(create_app(load_settings(env={},
-                                                                       overrides=values)))
-        return client
-
-    return make
+def make_client(aiohttp_client: Any, idp_settings: dict[str, Any]) -> MakeClient:
+    """A service on the Redis deployment its overrides name, with no memory tier:
+    every request goes to Redis, so a failover is felt by every request."""
+    return client_factory(aiohttp_client, {
+        **idp_settings, "cache.memory_max_bytes": 0, "cache.redis_timeout_seconds": 0.3,
+        # One test client is one address: the misses limiter would answer initials.
+        "security.rate_limit_per_second": 0.0})
 
 
 @dataclass
@@ -109,6 +95,15 @@ async def under_load(client: Client, failover: Callable[[], None],
     return load
 
 
+async def served_from_redis(client: Client, fake_graph: Any) -> None:
+    """Served from the new master, not from Graph: two more rounds of every
+    case after a failover cost at most ``len(CASES)`` Graph calls."""
+    graph_calls = len(fake_graph.graph.requests)
+    await reference_images(client)
+    await reference_images(client)
+    assert len(fake_graph.graph.requests) - graph_calls <= len(CASES)
+
+
 def rewritten_on(server: Server, key: str) -> Callable[[], None]:
     """Delete ``key`` on ``server`` and wait until the service writes it there again."""
     def wait() -> None:
@@ -124,7 +119,7 @@ def rewritten_on(server: Server, key: str) -> Callable[[], None]:
 async def test_sentinel_failover_under_load_serves_every_request_and_reconnects(
         redis_sentinel: Topology, make_client: MakeClient, fake_graph: Any) -> None:
     redis_sentinel.flush()
-    client = await make_client(redis_sentinel.overrides)
+    client = await make_client(**redis_sentinel.overrides)
     old_port = sentinel_master_port(redis_sentinel)
     old_master = next(s for s in redis_sentinel.servers if s.port == old_port)
     promoted: list[Server] = []
@@ -139,21 +134,15 @@ async def test_sentinel_failover_under_load_serves_every_request_and_reconnects(
     meta_key = KEYS.meta_key(Subject(PEOPLE[0]))
     load = await under_load(client, kill_master, lambda: rewritten_on(promoted[0], meta_key)())
     assert load.failures == []
-    # Served from the new master, not from Graph.
-    graph_calls = len(fake_graph.graph.requests)
-    await reference_images(client)
-    await reference_images(client)
-    assert len(fake_graph.graph.requests) - graph_calls <= len(CASES)
+    await served_from_redis(client, fake_graph)
 
 
 async def test_cluster_failover_under_load_serves_every_request_and_follows_the_slot(
         redis_cluster: Topology, make_client: MakeClient, fake_graph: Any) -> None:
     redis_cluster.flush()
-    client = await make_client(redis_cluster.overrides)
+    client = await make_client(**redis_cluster.overrides)
     meta_key = KEYS.meta_key(Subject(PEOPLE[0]))
-    slot = key_slot(meta_key.encode())
-    owner = next(s for s in redis_cluster.masters() if _owns(s, slot))
-    replica = next(s for s in redis_cluster.servers if _replica_of(s, owner))
+    slot, _owner, replica = _slot_owner_and_replica(redis_cluster, meta_key)
 
     def failover() -> None:
         with replica.client() as admin:
@@ -162,20 +151,15 @@ async def test_cluster_failover_under_load_serves_every_request_and_follows_the_
 
     load = await under_load(client, failover, rewritten_on(replica, meta_key))
     assert load.failures == []
-    graph_calls = len(fake_graph.graph.requests)
-    await reference_images(client)
-    await reference_images(client)
-    assert len(fake_graph.graph.requests) - graph_calls <= len(CASES)
+    await served_from_redis(client, fake_graph)
 
 
 async def test_cluster_master_killed_under_load_serves_every_request_and_recovers(
         redis_cluster: Topology, make_client: MakeClient) -> None:
     redis_cluster.flush()
-    client = await make_client(redis_cluster.overrides)
+    client = await make_client(**redis_cluster.overrides)
     meta_key = KEYS.meta_key(Subject(PEOPLE[1]))
-    slot = key_slot(meta_key.encode())
-    owner = next(s for s in redis_cluster.masters() if _owns(s, slot))
-    replica = next(s for s in redis_cluster.servers if _replica_of(s, owner))
+    slot, owner, replica = _slot_owner_and_replica(redis_cluster, meta_key)
 
     def kill_master() -> None:
         owner.kill()
@@ -183,6 +167,14 @@ async def test_cluster_master_killed_under_load_serves_every_request_and_recover
 
     load = await under_load(client, kill_master, rewritten_on(replica, meta_key))
     assert load.failures == []
+
+
+def _slot_owner_and_replica(cluster: Topology, key: str) -> tuple[int, Server, Server]:
+    """The slot of ``key``, the master that serves it and that master's replica."""
+    slot = key_slot(key.encode())
+    owner = next(s for s in cluster.masters() if _owns(s, slot))
+    replica = next(s for s in cluster.servers if _replica_of(s, owner))
+    return slot, owner, replica
 
 
 def _owns(server: Server, slot: int) -> bool:

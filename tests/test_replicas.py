@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -17,7 +15,8 @@ import aiohttp
 import pytest
 import redis
 from aiohttp.test_utils import TestClient
-from redisservers import free_port
+from loopback import free_port
+from redisservers import Server, start_server
 
 from avatarproxy.app import create_app
 from avatarproxy.config import load_settings
@@ -28,23 +27,20 @@ ALEX = "alex.wilber@contoso.com"
 LYNNE = "lynne.robbins@contoso.com"
 
 
-def _service_env(fake_graph: Any, fake_idp: Any, redis_url: str) -> dict[str, str]:
+def _service_env(idp_settings: dict[str, Any], redis_url: str) -> dict[str, str]:
+    settings = {
+        **idp_settings, "cache.redis_url": redis_url,
+        # The herd below is CPU-bound on a small machine: give it time.
+        "server.request_deadline_seconds": 30,
+        # The herd comes from one address: the misses limiter would answer initials.
+        "security.rate_limit_per_second": 0,
+        "cache.coalesce_wait_seconds": 30,
+    }
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AVATARPROXY_", "AZURE_"))}
-    env.update({
-        "AVATARPROXY_GRAPH_BASE_URL": fake_graph.base_url,
-        "AVATARPROXY_AUTH_TENANT_ID": fake_idp.tenant,
-        "AVATARPROXY_AUTH_CLIENT_ID": fake_idp.client_id,
-        "AVATARPROXY_AUTH_CLIENT_SECRET": fake_idp.client_secret,
-        "AVATARPROXY_AUTH_AUTHORITY": fake_idp.authority,
-        "AVATARPROXY_AUTH_CA_FILE": str(fake_idp.ca_file),
-        "AVATARPROXY_CACHE_REDIS_URL": redis_url,
-        # The herd below is CPU-bound on a small machine: give it time.
-        "AVATARPROXY_SERVER_REQUEST_DEADLINE_SECONDS": "30",
-        # The herd comes from one address: the misses limiter would answer initials.
-        "AVATARPROXY_SECURITY_RATE_LIMIT_PER_SECOND": "0",
-        "AVATARPROXY_CACHE_COALESCE_WAIT_SECONDS": "30",
-    })
+    # As config.py reads the environment: AVATARPROXY_<SECTION>_<KEY>.
+    env.update({f"AVATARPROXY_{key.replace('.', '_').upper()}": str(value)
+                for key, value in settings.items()})
     return env
 
 
@@ -63,10 +59,9 @@ async def _wait_listening(session: aiohttp.ClientSession, url: str,
 
 
 @pytest.fixture
-async def two_replicas(fake_graph: Any, fake_idp: Any, redis_url: str,
+async def two_replicas(idp_settings: dict[str, Any], redis_url: str,
                        tmp_path: Path) -> AsyncIterator[list[str]]:
-    fake_graph.graph.accept_token = fake_idp.issued.__contains__
-    env = _service_env(fake_graph, fake_idp, redis_url)
+    env = _service_env(idp_settings, redis_url)
     processes, urls, logs = [], [], []
     async with aiohttp.ClientSession() as session:
         try:
@@ -113,55 +108,25 @@ async def test_cold_herd_over_two_processes_downloads_the_photo_once(
     assert metadata <= 2  # once per process
 
 
-def _redis_on(port: int, directory: Path) -> subprocess.Popen[bytes]:
-    binary = shutil.which("redis-server")
-    assert binary is not None, "redis-server is needed (tests/run installs it)"
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-         "no", "--dir", str(directory), "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port, socket_connect_timeout=0.2)
-    deadline = time.monotonic() + 10
-    try:
-        while True:
-            assert process.poll() is None and time.monotonic() < deadline, "redis did not start"
-            try:
-                client.ping()
-                return process
-            except redis.ConnectionError:
-                time.sleep(0.05)
-    finally:
-        client.close()
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    process.wait(timeout=10)
-
-
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[tuple[int, list[subprocess.Popen[bytes]]]]:
-    """A redis-server only this test uses (it is stopped mid-test), on a fixed port."""
-    port = free_port()
-    running = [_redis_on(port, tmp_path)]
+def own_redis(tmp_path: Path) -> Iterator[list[Server]]:
+    """A redis-server only this test uses (it is stopped mid-test, then started
+    again on its port)."""
+    running = [start_server(tmp_path / "redis")]
     try:
-        yield port, running
+        yield running
     finally:
-        for process in running:
-            if process.poll() is None:
-                _stop(process)
+        for server in running:
+            server.stop()
 
 
 async def test_redis_outage_is_served_around_and_redis_is_used_again_when_back(
-        aiohttp_client: Any, fake_graph: Any, fake_idp: Any, tmp_path: Path,
-        own_redis: tuple[int, list[subprocess.Popen[bytes]]]) -> None:
-    port, running = own_redis
-    fake_graph.graph.accept_token = fake_idp.issued.__contains__
+        aiohttp_client: Any, fake_graph: Any, idp_settings: dict[str, Any], tmp_path: Path,
+        own_redis: list[Server]) -> None:
+    port = own_redis[0].port
     settings = load_settings(env={}, overrides={
-        "graph.base_url": fake_graph.base_url, "auth.tenant_id": fake_idp.tenant,
-        "auth.client_id": fake_idp.client_id, "auth.client_secret": fake_idp.client_secret,
-        "auth.authority": fake_idp.authority, "auth.ca_file": str(fake_idp.ca_file),
-        "cache.redis_url": f"redis://127.0.0.1:{port}/0", "cache.redis_retry_seconds": 0.2})
+        **idp_settings, "cache.redis_url": f"redis://127.0.0.1:{port}/0",
+        "cache.redis_retry_seconds": 0.2})
     client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
     service = client.app[SERVICE]
 
@@ -174,7 +139,7 @@ async def test_redis_outage_is_served_around_and_redis_is_used_again_when_back(
 
     assert await sources(f"/avatar/{ADELE}/48") == [(200, "photo")]
     assert service.health()["redis"] == "ok"
-    _stop(running.pop())
+    own_redis.pop().stop()
 
     began = time.monotonic()
     assert await sources(f"/avatar/{ADELE}/48", 20) == [(200, "photo")] * 20  # memory tier
@@ -183,7 +148,7 @@ async def test_redis_outage_is_served_around_and_redis_is_used_again_when_back(
     assert service.health()["redis"] == "down"
     assert fake_graph.graph.count(lambda r: r.raw_path.endswith("$value")) == 2
 
-    running.append(_redis_on(port, tmp_path))
+    own_redis.append(start_server(tmp_path / "redis", port=port))
     store = redis.Redis(port=port)
     try:
         # Each new size is a new image, stored in every tier that is up.

@@ -7,16 +7,14 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestClient
-from multidict import CIMultiDict
+from appclient import MakeClient, get
 from PIL import Image
 
-from avatarproxy.app import create_app
 from avatarproxy.cache import AvatarCache
 from avatarproxy.config import load_settings
 from avatarproxy.errors import Overloaded
@@ -24,41 +22,11 @@ from avatarproxy.fakegraph import portrait
 from avatarproxy.limits import LoadLimits
 from avatarproxy.models import Subject
 
-Client = TestClient[Any, Any]
-MakeClient = Callable[..., Awaitable[Client]]
-
 ADELE = "adele.vance@contoso.com"
 ALEX = "alex.wilber@contoso.com"
 MEGAN = "megan.bowen@contoso.com"
 APP_SCOPE = "Application/ApplicationAndTenant/app-id/tenant-id"
 KEYS = AvatarCache(load_settings(env={}).cache, [])  # key names only
-
-
-@pytest.fixture
-def make_client(aiohttp_client: Any, fake_graph: Any, fake_idp: Any,
-                redis_url: str) -> MakeClient:
-    """A fresh service process (its own memory tier) on the shared Redis."""
-    fake_graph.graph.accept_token = fake_idp.issued.__contains__
-
-    async def make(**overrides: Any) -> Client:
-        values = {
-            "graph.base_url": fake_graph.base_url,
-            "auth.tenant_id": fake_idp.tenant, "auth.client_id": fake_idp.client_id,
-            "auth.client_secret": fake_idp.client_secret,
-            "auth.authority": fake_idp.authority, "auth.ca_file": str(fake_idp.ca_file),
-            "cache.redis_url": redis_url,
-        }
-        values.update({k.replace("__", "."): v for k, v in overrides.items()})
-        client: Client = await aiohttp_client(create_app(load_settings(env={},
-                                                                       overrides=values)))
-        return client
-
-    return make
-
-
-async def get(client: Client, path: str) -> tuple[int, CIMultiDict[str], bytes]:
-    async with client.get(path) as resp:
-        return resp.status, resp.headers.copy(), await resp.read()
 
 
 def downloads(fake_graph: Any, who: str = "") -> int:

@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
+from appclient import Client, MakeClient
 
-from avatarproxy.app import create_app
 from avatarproxy.config import load_settings
 from avatarproxy.errors import ConfigError
 
@@ -23,21 +22,15 @@ def _everything_logged(caplog: pytest.LogCaptureFixture) -> str:
 
 
 async def test_logs_of_a_full_run_never_hold_the_secret_or_a_token(
-        aiohttp_client: Any, fake_graph: Any, fake_idp: Any, redis_url: str,
+        make_client: MakeClient, fake_graph: Any, fake_idp: Any,
         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)  # the root logger: msal, aiohttp, redis, ours
-    fake_graph.graph.accept_token = fake_idp.issued.__contains__
-    base = {"graph.base_url": fake_graph.base_url, "auth.tenant_id": fake_idp.tenant,
-            "auth.client_id": fake_idp.client_id, "auth.authority": fake_idp.authority,
-            "auth.ca_file": str(fake_idp.ca_file), "cache.redis_url": redis_url}
-    client: TestClient[Any, Any] = await aiohttp_client(create_app(load_settings(
-        env={}, overrides={**base, "auth.client_secret": fake_idp.client_secret})))
+    client = await make_client()
     wrong_secret = "wrong-" + fake_idp.client_secret[::-1]
-    wrong: TestClient[Any, Any] = await aiohttp_client(create_app(load_settings(
-        env={}, overrides={**base, "auth.client_secret": wrong_secret})))
+    wrong = await make_client(auth__client_secret=wrong_secret)
     tokens: set[str] = set()
 
-    async def fetch(c: TestClient[Any, Any], path: str) -> bytes:
+    async def fetch(c: Client, path: str) -> bytes:
         async with c.get(path) as resp:
             assert resp.status < 500
             tokens.update(fake_idp.issued)

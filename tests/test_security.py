@@ -9,14 +9,14 @@ import io
 import socket
 import textwrap
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from aiohttp.test_utils import TestClient
-from multidict import CIMultiDict
+from appclient import MakeClient as Serve
+from appclient import client_factory, get
+from loopback import free_port
 from PIL import Image
 
 from avatarproxy import redisconn
@@ -28,9 +28,6 @@ from avatarproxy.purge import LISTENER
 from avatarproxy.ratelimit import RateLimiter
 from avatarproxy.security import ClientAddress, Policy, sign_url, signature
 
-Client = TestClient[Any, Any]
-Serve = Callable[..., Awaitable[Client]]
-
 ADELE = "adele.vance@contoso.com"  # has a photo
 ALEX = "alex.wilber@contoso.com"  # has a photo
 KEY, OLD_KEY = "k1-" + "x" * 29, "k0-" + "y" * 29
@@ -39,20 +36,9 @@ KEY, OLD_KEY = "k1-" + "x" * 29, "k0-" + "y" * 29
 @pytest.fixture
 def serve(aiohttp_client: Any, fake_graph: Any, redis_url: str) -> Serve:
     """A client to a fresh service on the fake Graph and the shared Redis."""
-    async def make(redis: bool = True, **overrides: Any) -> Client:
-        values: dict[str, Any] = {"graph.base_url": fake_graph.base_url,
-                                  "cache.redis_url": redis_url if redis else ""}
-        values.update({k.replace("__", "."): v for k, v in overrides.items()})
-        settings = load_settings(env={}, overrides=values)
-        client: Client = await aiohttp_client(create_app(settings, tokens=StaticTokenProvider(
-            "static-token")))
-        return client
-    return make
-
-
-async def get(client: Client, path: str, **kwargs: Any) -> tuple[int, CIMultiDict[str], bytes]:
-    async with client.get(path, **kwargs) as resp:
-        return resp.status, resp.headers.copy(), await resp.read()
+    return client_factory(aiohttp_client, {"graph.base_url": fake_graph.base_url,
+                                           "cache.redis_url": redis_url},
+                          tokens=StaticTokenProvider("static-token"))
 
 
 async def redis_keys(url: str) -> set[str]:
@@ -197,14 +183,8 @@ async def test_the_limit_is_shared_by_replicas_through_redis(serve: Serve) -> No
     assert headers["Cache-Control"] == "no-store"
 
 
-def _dead_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_without_redis_the_limit_holds_per_process(serve: Serve) -> None:
-    client = await serve(redis=False, cache__redis_url=f"redis://127.0.0.1:{_dead_port()}/0",
+    client = await serve(cache__redis_url=f"redis://127.0.0.1:{free_port()}/0",
                          cache__redis_timeout_seconds=0.2,
                          security__rate_limit_per_second=0.001, security__rate_limit_burst=2)
     assert (await get(client, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "photo"
@@ -215,13 +195,13 @@ async def test_without_redis_the_limit_holds_per_process(serve: Serve) -> None:
 async def test_forwarded_for_counts_only_behind_a_trusted_proxy(
         serve: Serve, fake_graph: Any) -> None:
     limits = {"security__rate_limit_per_second": 0.001, "security__rate_limit_burst": 1}
-    trusting = await serve(redis=False, server__trusted_proxies=["127.0.0.0/8"], **limits)
+    trusting = await serve(cache__redis_url="", server__trusted_proxies=["127.0.0.0/8"], **limits)
     for n, upn in enumerate((ADELE, ALEX)):
         # Each client behind the proxy has its own one token: its metadata call.
         await get(trusting, f"/avatar/{upn}/48", headers={"X-Forwarded-For": f"10.0.0.{n}"})
     assert fake_graph.graph.count(f"{ALEX}/photo") == 1
     fake_graph.graph.reset_requests()
-    naive = await serve(redis=False, **limits)
+    naive = await serve(cache__redis_url="", **limits)
     await get(naive, f"/avatar/{ADELE}/96", headers={"X-Forwarded-For": "10.0.0.1"})
     _, headers, _ = await get(naive, f"/avatar/{ALEX}/96",
                               headers={"X-Forwarded-For": "10.0.0.2"})

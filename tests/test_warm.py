@@ -74,12 +74,8 @@ def tenant(fake_graph: Any, fake_idp: Any) -> Any:
 
 
 @pytest.fixture
-def settings(tenant: Any, fake_idp: Any, redis_url: str) -> Settings:
-    return load_settings(env={}, overrides={
-        "graph.base_url": tenant.base_url, "auth.tenant_id": fake_idp.tenant,
-        "auth.client_id": fake_idp.client_id, "auth.client_secret": fake_idp.client_secret,
-        "auth.authority": fake_idp.authority, "auth.ca_file": str(fake_idp.ca_file),
-        "cache.redis_url": redis_url})
+def settings(tenant: Any, idp_settings: dict[str, Any], redis_url: str) -> Settings:
+    return load_settings(env={}, overrides={**idp_settings, "cache.redis_url": redis_url})
 
 
 def everyone(tenant: Any) -> list[Subject]:
