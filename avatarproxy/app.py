@@ -65,10 +65,9 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
             tiers.append(RedisTier(redisconn.connect(settings.cache),
                                    settings.cache.redis_retry_seconds))
         cache = AvatarCache(settings.cache, tiers)
-        if settings.cache.redis_url and settings.cache.redis_mode == "standalone":
+        if redisconn.enabled(settings.cache):
             # `avatarproxy purge` reaches this replica's memory tier through Redis.
-            app[LISTENER] = PurgeListener(settings.cache.redis_url,
-                                          settings.cache.redis_timeout_seconds, cache)
+            app[LISTENER] = PurgeListener(redisconn.subscriber(settings.cache), cache)
             await app[LISTENER].start()
         app[LIMITER] = RateLimiter(
             settings.security.rate_limit_per_second, settings.security.rate_limit_burst,

@@ -118,13 +118,13 @@ async def _purge(args: argparse.Namespace) -> int:
         subjects = [parse_subject(text) for text in args.subjects]
     except BadRequest as exc:
         raise ConfigError([f"purge: {exc.public}"]) from exc
-    connection = redisconn.connect(settings.cache)
-    cache = AvatarCache(settings.cache, [RedisTier(connection)])
-    client = connection.client
+    cache = AvatarCache(settings.cache, [RedisTier(redisconn.connect(settings.cache))])
+    # Where the replicas listen (in a Cluster, the node they subscribed on).
+    channel = redisconn.subscriber(settings.cache)
     try:
         for subject in subjects:
             deleted = await cache.purge(subject)
-            replicas = await announce(client, subject.key)
+            replicas = await announce(channel.client, subject.key)
             print(f"{subject.key}: {deleted} cached entries deleted, "
                   f"{replicas} running replicas told")
     except (RedisError, OSError) as exc:
@@ -132,6 +132,7 @@ async def _purge(args: argparse.Namespace) -> int:
         return 1
     finally:
         await cache.close()
+        await channel.aclose()
     return 0
 
 

@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import redis.asyncio as aioredis
 from aiohttp import web
 
 from .cache import AvatarCache
 from .errors import BadRequest
 from .inputs import parse_subject
-from .redisconn import REDIS_FAILURES, RedisClient
+from .redisconn import REDIS_FAILURES, RedisClient, RedisConnection
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +33,10 @@ async def announce(client: RedisClient, subject_key: str) -> int:
 class PurgeListener:
     """Subscribes to ``CHANNEL`` for the life of the application."""
 
-    def __init__(self, redis_url: str, connect_timeout: float, cache: AvatarCache) -> None:
-        # No socket_timeout: a subscription is idle most of the time.
-        self._client: aioredis.Redis = aioredis.Redis.from_url(
-            redis_url, socket_connect_timeout=connect_timeout, health_check_interval=30)
+    def __init__(self, connection: RedisConnection, cache: AvatarCache) -> None:
+        # From redisconn.subscriber: the service's TLS and credentials, no read timeout.
+        self._connection = connection
+        self._client = connection.client
         self._cache = cache
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -88,7 +87,7 @@ class PurgeListener:
                     if not self._task.cancelled():
                         self._task.exception()  # retrieved: nothing to report at shutdown
                     break
-        await self._client.aclose()
+        await self._connection.aclose()
 
 
 LISTENER: web.AppKey[PurgeListener] = web.AppKey("purge_listener", PurgeListener)

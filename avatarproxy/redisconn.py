@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
@@ -96,9 +96,28 @@ def check(cache: CacheSettings) -> list[str]:
 
 def connect(cache: CacheSettings) -> RedisConnection:
     """The client for ``cache``'s mode (no I/O yet: connections open on first use)."""
+    return _connect(cache, pubsub=False)
+
+
+def subscriber(cache: CacheSettings) -> RedisConnection:
+    """A client for Pub/Sub (the purge channel), with the same TLS and credentials.
+
+    No read timeout: a subscription is idle most of the time. Sentinel: the
+    current master, found again after a failover. Cluster: the seed node as a
+    plain client, since a PUBLISH reaches the subscribers of every node.
+    """
+    return _connect(cache, pubsub=True)
+
+
+def _connect(cache: CacheSettings, pubsub: bool) -> RedisConnection:
     url = cache.redis_url or "redis://"
     options = _url_options(url, cache)
+    if pubsub:
+        options["socket_timeout"] = None
     tls = options.get("connection_class") is SSLConnection
+    if pubsub and cache.redis_mode != "sentinel":
+        return RedisConnection(Redis.from_pool(ConnectionPool(
+            **options, **_tls_options(cache, tls))))
     if cache.redis_mode == "cluster":
         options.pop("connection_class", None)
         client = RedisCluster(

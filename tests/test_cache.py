@@ -43,25 +43,28 @@ async def tier(request: pytest.FixtureRequest) -> AsyncIterator[CacheTier]:
 
 # -- the contract every tier keeps --------------------------------------------
 
+# Under the service's key prefix: the TLS server's ACL user may touch nothing else.
+P = SETTINGS.key_prefix + "test:"
+
 async def test_missing_key_reads_as_none(tier: CacheTier) -> None:
-    assert await tier.get("nothing-here") is None
+    assert await tier.get(P + "nothing-here") is None
 
 async def test_binary_values_round_trip_exactly(tier: CacheTier) -> None:
     value = bytes(range(256)) * 10
-    await tier.set("k", value, 60)
-    assert await tier.get("k") == value
+    await tier.set(P + "k", value, 60)
+    assert await tier.get(P + "k") == value
 
 async def test_set_overwrites(tier: CacheTier) -> None:
-    await tier.set("k", b"one", 60)
-    await tier.set("k", b"two", 60)
-    assert await tier.get("k") == b"two"
+    await tier.set(P + "k", b"one", 60)
+    await tier.set(P + "k", b"two", 60)
+    assert await tier.get(P + "k") == b"two"
 
 async def test_entries_expire_after_their_ttl(tier: CacheTier) -> None:
-    await tier.set("short", b"x", 1)
-    await tier.set("long", b"y", 60)
+    await tier.set(P + "short", b"x", 1)
+    await tier.set(P + "long", b"y", 60)
     await asyncio.sleep(1.2)
-    assert await tier.get("short") is None
-    assert await tier.get("long") == b"y"
+    assert await tier.get(P + "short") is None
+    assert await tier.get(P + "long") == b"y"
 
 # -- memory tier ---------------------------------------------------------------
 

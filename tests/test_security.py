@@ -5,7 +5,10 @@ on cache misses, takedown with ``avatarproxy purge``, headers, strict options.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
+import json
+import logging
 import socket
 import textwrap
 import time
@@ -18,6 +21,7 @@ from appclient import MakeClient as Serve
 from appclient import client_factory, get
 from loopback import free_port
 from PIL import Image
+from redisservers import Topology
 
 from avatarproxy import redisconn
 from avatarproxy.app import create_app
@@ -312,6 +316,43 @@ async def test_svg_initials_for_blocked_and_limited_clients_keep_their_csp(
         assert "default-src 'none'" in headers["Content-Security-Policy"]
         assert headers["X-Content-Type-Options"] == "nosniff"
         assert body.startswith(b"<svg")
+
+
+def _toml(settings: dict[str, Any]) -> str:
+    """``{"cache.redis_url": ...}`` as TOML (strings, numbers and lists of strings)."""
+    sections: dict[str, list[str]] = {}
+    for dotted, value in settings.items():
+        section, key = dotted.split(".", 1)
+        sections.setdefault(section, []).append(f"{key} = {json.dumps(value)}")
+    return "".join(f"[{name}]\n" + "\n".join(lines) + "\n" for name, lines in sections.items())
+
+
+@pytest.mark.parametrize("topology", ["redis_tls", "redis_sentinel", "redis_cluster"])
+async def test_purge_reaches_every_replica_whatever_the_redis_deployment(
+        topology: str, serve: Serve, fake_graph: Any, tmp_path: Path,
+        request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> None:
+    redis: Topology = request.getfixturevalue(topology)
+    redis.flush()
+    replicas = [await serve(**redis.overrides), await serve(**redis.overrides)]
+    for client in replicas:
+        assert (await get(client, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "photo"
+    listeners = [client.server.app[LISTENER] for client in replicas]
+    async with asyncio.timeout(10):
+        await asyncio.gather(*(listener.subscribed.wait() for listener in listeners))
+    fake_graph.graph.set_photo(ADELE, None)  # the takedown in the directory
+    config = tmp_path / "avatarproxy.toml"
+    config.write_text(_toml(redis.overrides))  # TLS, passwords, Sentinels or Cluster seed
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert await asyncio.to_thread(main, ["purge", "--config", str(config), ADELE]) == 0
+    assert "2 running replicas told" in out.getvalue()
+    async with asyncio.timeout(10):
+        await asyncio.gather(*(listener.handled.wait() for listener in listeners))
+    for client in replicas:  # without the announcement, memory would still hold the photo
+        assert (await get(client, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "initials"
+    # Locks, the rate limiter's script, the index sets and the channel all worked,
+    # on TLS with the least-privilege ACL user the README documents.
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 async def test_purge_reaches_the_memory_tier_of_every_running_replica(
