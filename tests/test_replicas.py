@@ -35,6 +35,12 @@ def _service_env(idp_settings: dict[str, Any], redis_url: str) -> dict[str, str]
         # The herd comes from one address: the misses limiter would answer initials.
         "security.rate_limit_per_second": 0,
         "cache.coalesce_wait_seconds": 30,
+        # Two processes, as the issue states it (server.workers defaults to the CPUs).
+        "server.workers": 1,
+        # 500 connections saturate both loops on 2 cores: a Redis reply can wait
+        # longer than the 0.5 s default in the loop's queue, and a timed-out
+        # lock reads as "no Redis", which rightly fetches without coalescing.
+        "cache.redis_timeout_seconds": 3,
     }
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("AVATARPROXY_", "AZURE_"))}
