@@ -60,7 +60,8 @@ OPTIONS: tuple[Option, ...] = (
            "Longest a request waits for Graph; past it the answer is initials with no-store.",
            minimum=0.05),
     Option("server", "max_inflight", int, 512,
-           "Avatar requests handled at once per process; past it: initials with no-store.",
+           "Avatar requests waiting on Graph, Redis or images at once per process; past it: "
+           "initials with no-store (avatars the process holds are still served).",
            minimum=1),
     Option("server", "max_queued_images", int, 64,
            "Image jobs (decode, resize, encode) queued at once; past it: initials, no-store.",
