@@ -265,12 +265,12 @@ async def test_a_rotated_password_file_is_used_when_redis_drops_the_connection(
     password_file = Path(redis_tls.overrides["cache.redis_password_file"])
     settings = load_settings(env={}, overrides=redis_tls.overrides).cache
     tier = RedisTier(redisconn.connect(settings))
-    await tier.set("rotated", b"before", 60)
+    await tier.set("avatarproxy:rotated", b"before", 60)  # the ACL user's keys
     with redis_tls.servers[0].client() as admin:
         old = _rotate(admin, password_file, "new-secret")
         try:
             admin.client_kill_filter(user="avatarproxy")
-            assert await tier.get("rotated") == b"before"
+            assert await tier.get("avatarproxy:rotated") == b"before"
         finally:
             _rotate(admin, password_file, old)
     await tier.close()
