@@ -192,20 +192,22 @@ class Bench:
         nginx = servers.nginx(self.workdir, docroot, 1, wrap("nginx"))
         bare = servers.bare(self.workdir, docroot / path.lstrip("/"), 1, wrap("bare"))
         service = await self.start("service-callgrind", wrap("service"), workers="1")
-        redis_only = await self.start("service-callgrind-redis", wrap("redis"), workers="1",
-                                      AVATARPROXY_CACHE_MEMORY_MAX_BYTES="0")
         self.procs += [nginx, bare]
         browser = (f"Accept: {BROWSER_ACCEPT}",)
-        for label, name, proc, headers in (
-                ("nginx", "nginx", nginx, ()), ("bare aiohttp", "bare", bare, ()),
-                ("avatarproxy", "service", service, ()),
-                ("avatarproxy (browser Accept)", "service", service, browser),
-                ("avatarproxy (Redis tier only)", "redis", redis_only, ())):
+        runs: list[tuple[str, str, servers.Proc, tuple[str, ...]]] = [
+            ("nginx", "nginx", nginx, ()), ("bare aiohttp", "bare", bare, ()),
+            ("avatarproxy", "service", service, ()),
+            ("avatarproxy (browser Accept)", "service", service, browser)]
+        if self.p is not SMOKE:  # a second Python start under valgrind: ~20 s
+            redis_only = await self.start("service-callgrind-redis", wrap("redis"),
+                                          workers="1", AVATARPROXY_CACHE_MEMORY_MAX_BYTES="0")
+            runs.append(("avatarproxy (Redis tier only)", "redis", redis_only, ()))
+        for label, name, proc, headers in runs:
             # In a thread: a miss while warming needs the fake Graph on this loop.
             rows[label] = await asyncio.to_thread(
                 instructions.per_request, proc, self.workdir, name, path, seconds, headers)
-        for proc in (nginx, bare, service, redis_only):
-            proc.stop()
+        for _, _, proc, _ in runs:
+            proc.stop()  # stopping twice is harmless
         base = rows["nginx"]["instructions_per_request"]
         bare_count = rows["bare aiohttp"]["instructions_per_request"]
         for row in rows.values():

@@ -8,14 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.timeout(420)  # about 2 minutes alone; a loaded machine takes longer
 def test_benchmark_smoke_run_measures_every_section(tmp_path: Path) -> None:
     output = tmp_path / "bench.json"
     result = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke",
                              "--output", str(output)],
-                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+                            capture_output=True, text=True, timeout=400, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "x nginx" in result.stdout  # the table was printed
     data = json.loads(output.read_text())
@@ -26,8 +29,9 @@ def test_benchmark_smoke_run_measures_every_section(tmp_path: Path) -> None:
         assert row["rps"] > 0 and row["errors"] == 0, (name, row)
     assert hits["nginx"]["rps_vs_nginx"] == 1.0
     counted = data["instructions"]  # callgrind: valgrind is installed by tests/run
+    # The smoke run leaves out the Redis-tier row (a second service start under valgrind).
     assert set(counted) == {"nginx", "bare aiohttp", "avatarproxy",
-                            "avatarproxy (browser Accept)", "avatarproxy (Redis tier only)"}
+                            "avatarproxy (browser Accept)"}
     for name, row in counted.items():
         assert row["requests"] > 0 and row["instructions_per_request"] > 0, (name, row)
     assert counted["nginx"]["x_nginx"] == 1.0
