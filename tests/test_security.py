@@ -327,13 +327,18 @@ def _toml(settings: dict[str, Any]) -> str:
     return "".join(f"[{name}]\n" + "\n".join(lines) + "\n" for name, lines in sections.items())
 
 
-@pytest.mark.parametrize("topology", ["redis_tls", "redis_sentinel", "redis_cluster"])
+@pytest.mark.parametrize("topology", ["redis_url", "redis_tls", "redis_sentinel",
+                                      "redis_cluster"])
 async def test_purge_reaches_every_replica_whatever_the_redis_deployment(
         topology: str, serve: Serve, fake_graph: Any, tmp_path: Path,
         request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> None:
-    redis: Topology = request.getfixturevalue(topology)
-    redis.flush()
-    replicas = [await serve(**redis.overrides), await serve(**redis.overrides)]
+    if topology == "redis_url":  # the plain session Redis, already emptied
+        overrides = {"cache.redis_url": request.getfixturevalue("redis_url")}
+    else:
+        redis: Topology = request.getfixturevalue(topology)
+        redis.flush()
+        overrides = redis.overrides
+    replicas = [await serve(**overrides), await serve(**overrides)]
     for client in replicas:
         assert (await get(client, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "photo"
     listeners = [client.server.app[LISTENER] for client in replicas]
@@ -341,7 +346,7 @@ async def test_purge_reaches_every_replica_whatever_the_redis_deployment(
         await asyncio.gather(*(listener.subscribed.wait() for listener in listeners))
     fake_graph.graph.set_photo(ADELE, None)  # the takedown in the directory
     config = tmp_path / "avatarproxy.toml"
-    config.write_text(_toml(redis.overrides))  # TLS, passwords, Sentinels or Cluster seed
+    config.write_text(_toml(overrides))  # TLS, passwords, Sentinels or Cluster seed
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert await asyncio.to_thread(main, ["purge", "--config", str(config), ADELE]) == 0
@@ -353,23 +358,6 @@ async def test_purge_reaches_every_replica_whatever_the_redis_deployment(
     # Locks, the rate limiter's script, the index sets and the channel all worked,
     # on TLS with the least-privilege ACL user the README documents.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
-
-
-async def test_purge_reaches_the_memory_tier_of_every_running_replica(
-        serve: Serve, fake_graph: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    replicas = [await serve(), await serve()]
-    for client in replicas:
-        assert (await get(client, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "photo"
-    listeners = [client.server.app[LISTENER] for client in replicas]
-    async with asyncio.timeout(5):
-        await asyncio.gather(*(listener.subscribed.wait() for listener in listeners))
-    fake_graph.graph.set_photo(ADELE, None)  # the takedown in the directory
-    monkeypatch.setenv("AVATARPROXY_CACHE_REDIS_URL", redis_url)
-    assert await asyncio.to_thread(main, ["purge", ADELE]) == 0
-    async with asyncio.timeout(5):
-        await asyncio.gather(*(listener.handled.wait() for listener in listeners))
-    for client in replicas:  # without the announcement, memory would still hold the photo
-        assert (await get(client, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "initials"
 
 
 async def test_a_silent_redis_costs_the_limiter_one_timeout_not_one_per_miss() -> None:
