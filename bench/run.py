@@ -305,38 +305,52 @@ def _supports(dotted: str) -> bool:
 def print_table(results: dict[str, Any]) -> None:
     print(f"\navatarproxy benchmark, {results['date']}, {results['cpus']} CPUs, "
           f"server.workers = {results['workers']}")
+    if "hits" in results:
+        _print_hits(results["hits"])
+    if "misses" in results:
+        print("\nMiss path: time added over Graph's       p50 ms   p99 ms")
+        for name, row in results["misses"].items():
+            print(f"  {name:<38}{row['added_p50_ms']:>8.2f}{row['added_p99_ms']:>9.2f}")
+    if "cold_herd" in results:
+        herd = results["cold_herd"]
+        print(f"\nCold herd: {herd['requests']} requests, 2 processes -> "
+              f"{herd['graph_photo_downloads']} Graph photo download(s), p99 {herd['p99_ms']} ms")
+    if "graph_economy" in results:
+        eco = results["graph_economy"]
+        print(f"Graph economy: {eco['page_views']} Zipf page views -> {eco['graph_calls']} "
+              f"Graph calls, minimum {eco['minimum']} (ratio {eco['ratio']})")
+    if "memory" in results:
+        mem = results["memory"]
+        print(f"Memory: {mem['distinct_requests']} distinct requests -> peak RSS "
+              f"{mem['peak_rss_mib']} MiB over {mem['processes']} processes "
+              f"(budget {mem['budget_mib']} MiB)")
+
+
+def _print_hits(hits: dict[str, Any]) -> None:
     print("\nHits (wrk -t2 -c64)            req/s   x nginx    p50 ms   p99 ms  x nginx p99"
           "  paced p50/p99 ms  CPU us/req")
-    for name, row in results["hits"].items():
+    for name, row in hits.items():
         paced = (f"{row['paced_p50_ms']:.2f}/{row['paced_p99_ms']:.2f}"
                  if "paced_p50_ms" in row else "-")
         print(f"  {name:<30}{row['rps']:>8.0f}{row['rps_vs_nginx']:>9.2f}x"
               f"{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['p99_vs_nginx']:>11.2f}x"
               f"{paced:>18}{row['server_cpu_us_per_request']:>12.0f}")
-    print("\nMiss path: time added over Graph's       p50 ms   p99 ms")
-    for name, row in results["misses"].items():
-        print(f"  {name:<38}{row['added_p50_ms']:>8.2f}{row['added_p99_ms']:>9.2f}")
-    herd = results["cold_herd"]
-    print(f"\nCold herd: {herd['requests']} requests, 2 processes -> "
-          f"{herd['graph_photo_downloads']} Graph photo download(s), p99 {herd['p99_ms']} ms")
-    eco = results["graph_economy"]
-    print(f"Graph economy: {eco['page_views']} Zipf page views -> {eco['graph_calls']} Graph "
-          f"calls, minimum {eco['minimum']} (ratio {eco['ratio']})")
-    mem = results["memory"]
-    print(f"Memory: {mem['distinct_requests']} distinct requests -> peak RSS "
-          f"{mem['peak_rss_mib']} MiB over {mem['processes']} processes "
-          f"(budget {mem['budget_mib']} MiB)")
 
 
-async def run(profile: Profile, workers: int) -> dict[str, Any]:
+SECTIONS = ("hits", "misses", "herd", "economy", "memory")
+
+
+async def run(profile: Profile, workers: int,
+              only: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="avatarproxy-bench-") as tmp:
         # nginx workers drop root privileges: they must be able to read the docroot.
         Path(tmp).chmod(0o755)
         bench = Bench(profile, Path(tmp), workers)
         await bench.setup()
         try:
-            for section in (bench.hits, bench.misses, bench.herd, bench.economy, bench.memory):
-                await section()
+            for name in SECTIONS:
+                if name in only:
+                    await getattr(bench, name)()
         finally:
             await bench.teardown()
     results = {"date": time.strftime("%Y-%m-%d"), "cpus": os.cpu_count(),
@@ -350,9 +364,12 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="seconds, not minutes")
     parser.add_argument("--workers", type=int, default=2, help="server.workers (default 2)")
+    parser.add_argument("--only", choices=SECTIONS, action="append",
+                        help="run only this section (repeatable); default: all")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
-    results = asyncio.run(run(SMOKE if args.smoke else FULL, args.workers))
+    results = asyncio.run(run(SMOKE if args.smoke else FULL, args.workers,
+                                tuple(args.only or SECTIONS)))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
