@@ -107,7 +107,8 @@ def _graph_session(graph: GraphSettings) -> aiohttp.ClientSession:
     if graph.ca_file:
         ssl_context = ssl.create_default_context(cafile=graph.ca_file)
     connector = aiohttp.TCPConnector(limit=graph.max_concurrency * 2, ssl=ssl_context)
-    # trust_env: HTTPS_PROXY / NO_PROXY are honoured, as for the authority.
+    # No trust_env: GraphClient applies HTTPS_PROXY / NO_PROXY itself (graph.EnvProxy),
+    # as requests does for the authority, without trust_env's per-request threads.
     return aiohttp.ClientSession(
-        connector=connector, trust_env=True,
+        connector=connector,
         timeout=aiohttp.ClientTimeout(total=graph.timeout_seconds))
