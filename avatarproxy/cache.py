@@ -51,8 +51,9 @@ class CacheTier(Protocol):
     name: str
 
     async def get(self, key: str) -> bytes | None: ...
-    async def set(self, key: str, value: bytes, ttl: int) -> None: ...
-    async def remember(self, index: str, key: str, ttl: int) -> None: ...
+    # index: (a set's key, its TTL): the set also lists ``key``, for ``purge``.
+    async def set(self, key: str, value: bytes, ttl: int,
+                  index: tuple[str, int] | None = None) -> None: ...
     async def purge(self, index: str, keys: tuple[str, ...],
                     prefixes: tuple[str, ...]) -> int: ...
     async def close(self) -> None: ...
@@ -78,7 +79,9 @@ class MemoryTier:
         metrics.cache_lookup(self.name, "hit")
         return entry[0]
 
-    async def set(self, key: str, value: bytes, ttl: int) -> None:
+    async def set(self, key: str, value: bytes, ttl: int,
+                  index: tuple[str, int] | None = None) -> None:
+        """``index`` is not kept: ``purge`` finds this process's keys by their prefix."""
         cost = len(value) + len(key) + _ENTRY_OVERHEAD
         if cost > self.max_bytes:
             return
@@ -93,9 +96,6 @@ class MemoryTier:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self.size -= len(entry[0]) + len(key) + _ENTRY_OVERHEAD
-
-    async def remember(self, index: str, key: str, ttl: int) -> None:
-        """Nothing to do: ``purge`` finds this process's keys by their prefix."""
 
     async def purge(self, index: str, keys: tuple[str, ...],
                     prefixes: tuple[str, ...]) -> int:
@@ -155,8 +155,18 @@ class RedisTier:
             metrics.cache_lookup(self.name, "miss" if self.healthy else "error")
         return value if isinstance(value, bytes) else None
 
-    async def set(self, key: str, value: bytes, ttl: int) -> None:
-        await self._call("SET", self._client.set(key, value, ex=ttl))
+    async def set(self, key: str, value: bytes, ttl: int,
+                  index: tuple[str, int] | None = None) -> None:
+        if index is None:
+            await self._call("SET", self._client.set(key, value, ex=ttl))
+            return
+        # One round trip, not three: a miss waits for its writes. Not a
+        # transaction (the index may live in another cluster slot).
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(key, value, ex=ttl)
+        pipe.sadd(index[0], key)
+        pipe.expire(index[0], index[1])
+        await self._call("SET", pipe.execute())
 
     async def set_for(self, key: str, value: bytes, ttl_seconds: float) -> None:
         await self._call("SET", self._client.set(key, value, px=max(1, int(ttl_seconds * 1000))))
@@ -202,10 +212,6 @@ class RedisTier:
             log.warning("redis is back")
             self.healthy = True
         return result
-
-    async def remember(self, index: str, key: str, ttl: int) -> None:
-        await self._call("SADD", self._client.sadd(index, key))
-        await self._call("EXPIRE", self._client.expire(index, ttl))
 
     async def purge(self, index: str, keys: tuple[str, ...],
                     prefixes: tuple[str, ...]) -> int:
@@ -302,10 +308,9 @@ class AvatarCache:
 
     async def put_image(self, key: str, value: bytes, owner: Subject | None = None) -> None:
         """Store an image; ``owner`` makes it one of the keys ``purge`` removes."""
+        index = self._index(owner) if owner is not None else None
         for tier in self.tiers:
-            await tier.set(key, value, self._settings.image_ttl_seconds)
-        if owner is not None:
-            await self._remember(owner, key)
+            await tier.set(key, value, self._settings.image_ttl_seconds, index)
 
     async def get_meta(self, subject: Subject) -> PhotoMeta | None:
         raw = await self._get(self.meta_key(subject), self._settings.stale_ttl_seconds)
@@ -319,13 +324,13 @@ class AvatarCache:
     async def put_meta(self, subject: Subject, meta: PhotoMeta) -> None:
         raw = json.dumps(asdict(meta), separators=(",", ":")).encode("utf-8")
         for tier in self.tiers:
-            await tier.set(self.meta_key(subject), raw, self._settings.stale_ttl_seconds)
-        await self._remember(subject, self.meta_key(subject))
+            await tier.set(self.meta_key(subject), raw, self._settings.stale_ttl_seconds,
+                           self._index(subject))
 
-    async def _remember(self, subject: Subject, key: str) -> None:
-        ttl = max(self._settings.image_ttl_seconds, self._settings.stale_ttl_seconds)
-        for tier in self.tiers:
-            await tier.remember(self.index_key(subject), key, ttl)
+    def _index(self, subject: Subject) -> tuple[str, int]:
+        """The person's set of keys for ``purge``; it outlives every key it lists."""
+        return (self.index_key(subject),
+                max(self._settings.image_ttl_seconds, self._settings.stale_ttl_seconds))
 
     async def purge(self, subject: Subject, *, shared: bool = True) -> int:
         """Forget everything cached about ``subject``; the number of keys deleted.
