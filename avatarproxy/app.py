@@ -83,7 +83,8 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
                                 GraphGate(settings.graph, cache.redis, cache.pause_key))
             # A download lock outlives a normal download, not a dead holder for long.
             coalescer = ReplicaCoalescer(cache.redis, settings.cache.coalesce_wait_seconds,
-                                         lock_seconds=settings.graph.timeout_seconds)
+                                         lock_seconds=settings.graph.timeout_seconds,
+                                         guarded_key=cache.guarded_key)
             app[SERVICE] = AvatarService(graph, cache, initials, settings.cache,
                                          settings.avatar, executor,
                                          limits=LoadLimits(settings.server), coalescer=coalescer)

@@ -171,13 +171,23 @@ class RedisTier:
     async def set_for(self, key: str, value: bytes, ttl_seconds: float) -> None:
         await self._call("SET", self._client.set(key, value, px=max(1, int(ttl_seconds * 1000))))
 
-    async def try_lock(self, key: str, token: str, ttl_seconds: float) -> bool | None:
-        """True: locked by us; False: someone holds it; None: Redis unavailable."""
+    async def try_lock(self, key: str, token: str, ttl_seconds: float,
+                       guarded: str | None = None) -> tuple[bool, bool] | None:
+        """(locked by us, ``guarded`` is stored); None: Redis unavailable or full.
+
+        One round trip: the lock is asked for and the key it guards looked at
+        together (``guarded`` None: assume it may be stored).
+        """
         if not self.available:
             return None
-        result = await self._call("SET NX", self._client.set(
-            key, token, nx=True, px=max(1, int(ttl_seconds * 1000))))
-        return None if not self.healthy else bool(result)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(key, token, nx=True, px=max(1, int(ttl_seconds * 1000)))
+        if guarded is not None:
+            pipe.exists(guarded)
+        replies = await self._call("SET NX", pipe.execute())
+        if replies is None:
+            return None
+        return bool(replies[0]), guarded is None or bool(replies[1])
 
     async def unlock(self, key: str, token: str) -> None:
         await self._call("EVAL", self._client.eval(_RELEASE, 1, key, token))
@@ -280,6 +290,10 @@ class AvatarCache:
     def lock_key(self, image_key: str) -> str:
         """The cross-replica download lock of one image (see ``coalesce``)."""
         return f"{self._prefix}lock:{image_key.removeprefix(self._prefix)}"
+
+    def guarded_key(self, lock_key: str) -> str:
+        """The key whose fetch ``lock_key`` guards: the inverse of ``lock_key``."""
+        return self._prefix + lock_key.removeprefix(f"{self._prefix}lock:")
 
     def pause_key(self, scope: str) -> str:
         """Where a Graph throttling pause is shared (see ``throttle``)."""

@@ -157,10 +157,7 @@ class AvatarService:
         return cached if cached is not None and self._cache.is_fresh(cached) else None
 
     async def _fetch_metadata(self, subject: Subject) -> PhotoMeta:
-        # A flight that ended between our cache miss and now may have stored it.
-        cached = await self._fresh_metadata(subject)
-        if cached is not None:
-            return cached
+        # (The coalescer has looked for a flight that ended since our cache miss.)
         meta = await self._graph.photo_meta(subject)
         if not meta.has_photo:
             # Only initials need the name; photo metadata stays one call.
