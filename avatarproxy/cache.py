@@ -168,6 +168,17 @@ class RedisTier:
         pipe.expire(index[0], index[1])
         await self._call("SET", pipe.execute())
 
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """Values of ``keys`` in one round trip (a pipeline, not MGET: any cluster slots).
+
+        For small shared state (throttling pauses), not cache lookups: no metrics.
+        """
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        values = await self._call("GET", pipe.execute()) or [None] * len(keys)
+        return [v if isinstance(v, bytes) else None for v in values]
+
     async def set_for(self, key: str, value: bytes, ttl_seconds: float) -> None:
         await self._call("SET", self._client.set(key, value, px=max(1, int(ttl_seconds * 1000))))
 
