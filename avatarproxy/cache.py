@@ -139,6 +139,8 @@ class RedisTier:
         self._busy = 0  # commands in flight; close() lets them finish first
         self._idle = asyncio.Event()
         self._idle.set()
+        # guarded key -> (lock key, token): locks released by the write of what they guard.
+        self._release_on_write: dict[str, tuple[str, str]] = {}
 
     @property
     def available(self) -> bool:
@@ -157,15 +159,20 @@ class RedisTier:
 
     async def set(self, key: str, value: bytes, ttl: int,
                   index: tuple[str, int] | None = None) -> None:
-        if index is None:
+        release = self._release_on_write.pop(key, None)
+        if index is None and release is None:
             await self._call("SET", self._client.set(key, value, ex=ttl))
             return
-        # One round trip, not three: a miss waits for its writes. Not a
-        # transaction (the index may live in another cluster slot).
+        # One round trip, not up to four: a miss waits for its writes. Not a
+        # transaction (the index may live in another cluster slot); Redis runs
+        # the commands in order, so the lock goes only once the value is there.
         pipe = self._client.pipeline(transaction=False)
         pipe.set(key, value, ex=ttl)
-        pipe.sadd(index[0], key)
-        pipe.expire(index[0], index[1])
+        if index is not None:
+            pipe.sadd(index[0], key)
+            pipe.expire(index[0], index[1])
+        if release is not None:
+            pipe.eval(_RELEASE, 1, *release)
         await self._call("SET", pipe.execute())
 
     async def get_many(self, keys: list[str]) -> list[bytes | None]:
@@ -200,7 +207,14 @@ class RedisTier:
             return None
         return bool(replies[0]), guarded is None or bool(replies[1])
 
-    async def unlock(self, key: str, token: str) -> None:
+    def release_on_write(self, guarded: str, key: str, token: str) -> None:
+        """Release lock ``key`` in the same round trip as the next ``set`` of ``guarded``."""
+        self._release_on_write[guarded] = (key, token)
+
+    async def unlock(self, key: str, token: str, guarded: str | None = None) -> None:
+        """Release lock ``key``, unless the ``set`` of ``guarded`` already did."""
+        if guarded is not None and self._release_on_write.pop(guarded, None) is None:
+            return
         await self._call("EVAL", self._client.eval(_RELEASE, 1, key, token))
 
     async def exists(self, key: str) -> bool:

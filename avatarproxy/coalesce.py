@@ -2,13 +2,15 @@
 
 Inside a process, ``AvatarService`` already shares one fetch among concurrent
 requests. Across replicas, the first to miss takes a short Redis lock
-(``SET NX PX`` with a random token, asked for in the same round trip as a
-look at the image key) and downloads; the others poll the shared image key
-for a bounded time. If the holder dies, its lock expires and a
+(``SET NX PX`` with a random token) and downloads; the others poll the shared
+image key for a bounded time. If the holder dies, its lock expires and a
 waiter takes it over; if the wait runs out, a waiter fetches for itself:
 an avatar late is worse than a second Graph call. The lock is released with
 a compare-and-delete, so a holder whose lock expired never frees another's.
 Without Redis (or with Redis down) every replica simply fetches.
+
+A miss waits for each round trip to Redis, so the lock is asked for together
+with a look at the image key, and released together with the image's write.
 """
 
 from __future__ import annotations
@@ -50,12 +52,15 @@ class ReplicaCoalescer:
                 return await lookup() or await fetch()  # Redis unavailable: no lock to take
             locked, stored = attempt
             if locked:
+                if guarded is not None:
+                    # Storing what the lock guards releases it, in the same round trip.
+                    self._redis.release_on_write(guarded, lock_key, token)
                 try:
                     # Only if a holder stored it between our miss and our lock: usually
                     # not, and the miss costs one round trip to Redis, not two.
                     return (await lookup() if stored else None) or await fetch()
                 finally:
-                    await self._redis.unlock(lock_key, token)
+                    await self._redis.unlock(lock_key, token, guarded)
             if time.monotonic() >= deadline:
                 return await fetch()  # waited long enough
             found = await self._await_holder(lock_key, lookup, deadline)
