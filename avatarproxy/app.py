@@ -82,7 +82,8 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
                                 GraphGate(settings.graph, cache.redis, cache.pause_key))
             # A download lock outlives a normal download, not a dead holder for long.
             coalescer = ReplicaCoalescer(cache.redis, settings.cache.coalesce_wait_seconds,
-                                         lock_seconds=settings.graph.timeout_seconds)
+                                         lock_seconds=settings.graph.timeout_seconds,
+                                         guarded_key=cache.guarded_key)
             app[SERVICE] = AvatarService(graph, cache, initials, settings.cache,
                                          settings.avatar, executor,
                                          limits=LoadLimits(settings.server), coalescer=coalescer)
@@ -106,7 +107,8 @@ def _graph_session(graph: GraphSettings) -> aiohttp.ClientSession:
     if graph.ca_file:
         ssl_context = ssl.create_default_context(cafile=graph.ca_file)
     connector = aiohttp.TCPConnector(limit=graph.max_concurrency * 2, ssl=ssl_context)
-    # trust_env: HTTPS_PROXY / NO_PROXY are honoured, as for the authority.
+    # No trust_env: GraphClient applies HTTPS_PROXY / NO_PROXY itself (graph.EnvProxy),
+    # as requests does for the authority, without trust_env's per-request threads.
     return aiohttp.ClientSession(
-        connector=connector, trust_env=True,
+        connector=connector,
         timeout=aiohttp.ClientTimeout(total=graph.timeout_seconds))

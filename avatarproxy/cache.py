@@ -51,8 +51,9 @@ class CacheTier(Protocol):
     name: str
 
     async def get(self, key: str) -> bytes | None: ...
-    async def set(self, key: str, value: bytes, ttl: int) -> None: ...
-    async def remember(self, index: str, key: str, ttl: int) -> None: ...
+    # index: (a set's key, its TTL): the set also lists ``key``, for ``purge``.
+    async def set(self, key: str, value: bytes, ttl: int,
+                  index: tuple[str, int] | None = None) -> None: ...
     async def purge(self, index: str, keys: tuple[str, ...],
                     prefixes: tuple[str, ...]) -> int: ...
     async def close(self) -> None: ...
@@ -82,7 +83,9 @@ class MemoryTier:
         metrics.cache_lookup(self.name, "hit")
         return entry[0]
 
-    async def set(self, key: str, value: bytes, ttl: int) -> None:
+    async def set(self, key: str, value: bytes, ttl: int,
+                  index: tuple[str, int] | None = None) -> None:
+        """``index`` is not kept: ``purge`` finds this process's keys by their prefix."""
         cost = len(value) + len(key) + _ENTRY_OVERHEAD
         if cost > self.max_bytes:
             return
@@ -97,9 +100,6 @@ class MemoryTier:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self.size -= len(entry[0]) + len(key) + _ENTRY_OVERHEAD
-
-    async def remember(self, index: str, key: str, ttl: int) -> None:
-        """Nothing to do: ``purge`` finds this process's keys by their prefix."""
 
     async def purge(self, index: str, keys: tuple[str, ...],
                     prefixes: tuple[str, ...]) -> int:
@@ -143,6 +143,8 @@ class RedisTier:
         self._busy = 0  # commands in flight; close() lets them finish first
         self._idle = asyncio.Event()
         self._idle.set()
+        # guarded key -> (lock key, token): locks released by the write of what they guard.
+        self._release_on_write: dict[str, tuple[str, str]] = {}
 
     @property
     def available(self) -> bool:
@@ -159,21 +161,64 @@ class RedisTier:
             metrics.cache_lookup(self.name, "miss" if self.healthy else "error")
         return value if isinstance(value, bytes) else None
 
-    async def set(self, key: str, value: bytes, ttl: int) -> None:
-        await self._call("SET", self._client.set(key, value, ex=ttl))
+    async def set(self, key: str, value: bytes, ttl: int,
+                  index: tuple[str, int] | None = None) -> None:
+        release = self._release_on_write.pop(key, None)
+        if index is None and release is None:
+            await self._call("SET", self._client.set(key, value, ex=ttl))
+            return
+        # One round trip, not up to four: a miss waits for its writes. Not a
+        # transaction (the index may live in another cluster slot); Redis runs
+        # the commands in order, so the lock goes only once the value is there.
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(key, value, ex=ttl)
+        if index is not None:
+            pipe.sadd(index[0], key)
+            pipe.expire(index[0], index[1])
+        if release is not None:
+            pipe.eval(_RELEASE, 1, *release)
+        await self._call("SET", pipe.execute())
+
+    async def get_many(self, keys: list[str]) -> list[bytes | None]:
+        """Values of ``keys`` in one round trip (a pipeline, not MGET: any cluster slots).
+
+        For small shared state (throttling pauses), not cache lookups: no metrics.
+        """
+        pipe = self._client.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        values = await self._call("GET", pipe.execute()) or [None] * len(keys)
+        return [v if isinstance(v, bytes) else None for v in values]
 
     async def set_for(self, key: str, value: bytes, ttl_seconds: float) -> None:
         await self._call("SET", self._client.set(key, value, px=max(1, int(ttl_seconds * 1000))))
 
-    async def try_lock(self, key: str, token: str, ttl_seconds: float) -> bool | None:
-        """True: locked by us; False: someone holds it; None: Redis unavailable."""
+    async def try_lock(self, key: str, token: str, ttl_seconds: float,
+                       guarded: str | None = None) -> tuple[bool, bool] | None:
+        """(locked by us, ``guarded`` is stored); None: Redis unavailable or full.
+
+        One round trip: the lock is asked for and the key it guards looked at
+        together (``guarded`` None: assume it may be stored).
+        """
         if not self.available:
             return None
-        result = await self._call("SET NX", self._client.set(
-            key, token, nx=True, px=max(1, int(ttl_seconds * 1000))))
-        return None if not self.healthy else bool(result)
+        pipe = self._client.pipeline(transaction=False)
+        pipe.set(key, token, nx=True, px=max(1, int(ttl_seconds * 1000)))
+        if guarded is not None:
+            pipe.exists(guarded)
+        replies = await self._call("SET NX", pipe.execute())
+        if replies is None:
+            return None
+        return bool(replies[0]), guarded is None or bool(replies[1])
 
-    async def unlock(self, key: str, token: str) -> None:
+    def release_on_write(self, guarded: str, key: str, token: str) -> None:
+        """Release lock ``key`` in the same round trip as the next ``set`` of ``guarded``."""
+        self._release_on_write[guarded] = (key, token)
+
+    async def unlock(self, key: str, token: str, guarded: str | None = None) -> None:
+        """Release lock ``key``, unless the ``set`` of ``guarded`` already did."""
+        if guarded is not None and self._release_on_write.pop(guarded, None) is None:
+            return
         await self._call("EVAL", self._client.eval(_RELEASE, 1, key, token))
 
     async def exists(self, key: str) -> bool:
@@ -206,10 +251,6 @@ class RedisTier:
             log.warning("redis is back")
             self.healthy = True
         return result
-
-    async def remember(self, index: str, key: str, ttl: int) -> None:
-        await self._call("SADD", self._client.sadd(index, key))
-        await self._call("EXPIRE", self._client.expire(index, ttl))
 
     async def purge(self, index: str, keys: tuple[str, ...],
                     prefixes: tuple[str, ...]) -> int:
@@ -281,6 +322,10 @@ class AvatarCache:
         """The cross-replica download lock of one image (see ``coalesce``)."""
         return f"{self._prefix}lock:{image_key.removeprefix(self._prefix)}"
 
+    def guarded_key(self, lock_key: str) -> str:
+        """The key whose fetch ``lock_key`` guards: the inverse of ``lock_key``."""
+        return self._prefix + lock_key.removeprefix(f"{self._prefix}lock:")
+
     def pause_key(self, scope: str) -> str:
         """Where a Graph throttling pause is shared (see ``throttle``)."""
         return f"{self._prefix}pause:{{{scope}}}"
@@ -317,10 +362,9 @@ class AvatarCache:
 
     async def put_image(self, key: str, value: bytes, owner: Subject | None = None) -> None:
         """Store an image; ``owner`` makes it one of the keys ``purge`` removes."""
+        index = self._index(owner) if owner is not None else None
         for tier in self.tiers:
-            await tier.set(key, value, self._settings.image_ttl_seconds)
-        if owner is not None:
-            await self._remember(owner, key)
+            await tier.set(key, value, self._settings.image_ttl_seconds, index)
 
     async def get_meta(self, subject: Subject) -> PhotoMeta | None:
         return _meta_or_none(
@@ -329,13 +373,13 @@ class AvatarCache:
     async def put_meta(self, subject: Subject, meta: PhotoMeta) -> None:
         raw = json.dumps(asdict(meta), separators=(",", ":")).encode("utf-8")
         for tier in self.tiers:
-            await tier.set(self.meta_key(subject), raw, self._settings.stale_ttl_seconds)
-        await self._remember(subject, self.meta_key(subject))
+            await tier.set(self.meta_key(subject), raw, self._settings.stale_ttl_seconds,
+                           self._index(subject))
 
-    async def _remember(self, subject: Subject, key: str) -> None:
-        ttl = max(self._settings.image_ttl_seconds, self._settings.stale_ttl_seconds)
-        for tier in self.tiers:
-            await tier.remember(self.index_key(subject), key, ttl)
+    def _index(self, subject: Subject) -> tuple[str, int]:
+        """The person's set of keys for ``purge``; it outlives every key it lists."""
+        return (self.index_key(subject),
+                max(self._settings.image_ttl_seconds, self._settings.stale_ttl_seconds))
 
     async def purge(self, subject: Subject, *, shared: bool = True) -> int:
         """Forget everything cached about ``subject``; the number of keys deleted.

@@ -8,6 +8,9 @@ waiter takes it over; if the wait runs out, a waiter fetches for itself:
 an avatar late is worse than a second Graph call. The lock is released with
 a compare-and-delete, so a holder whose lock expired never frees another's.
 Without Redis (or with Redis down) every replica simply fetches.
+
+A miss waits for each round trip to Redis, so the lock is asked for together
+with a look at the image key, and released together with the image's write.
 """
 
 from __future__ import annotations
@@ -25,29 +28,41 @@ T = TypeVar("T")
 
 
 class ReplicaCoalescer:
-    def __init__(self, redis: RedisTier | None, wait_seconds: float, lock_seconds: float) -> None:
+    def __init__(self, redis: RedisTier | None, wait_seconds: float, lock_seconds: float,
+                 guarded_key: Callable[[str], str] | None = None) -> None:
         self._redis = redis
         self._wait = wait_seconds
         # The lock outlives a normal download but not a dead holder for long.
         self._lock_seconds = lock_seconds
+        # The key a lock key guards; without it ``lookup`` runs after every lock.
+        self._guarded_key = guarded_key
 
     async def run(self, lock_key: str, fetch: Callable[[], Awaitable[T]],
                   lookup: Callable[[], Awaitable[T | None]]) -> T:
         """``fetch`` under the lock, or the holder's result found by ``lookup``."""
+        # Another flight may have finished between our miss and now.
         if self._redis is None:
-            return await fetch()
+            return await lookup() or await fetch()
         token = secrets.token_hex(16)
         deadline = time.monotonic() + self._wait
+        guarded = self._guarded_key(lock_key) if self._guarded_key else None
         while True:
-            locked = await self._redis.try_lock(lock_key, token, self._lock_seconds)
-            if locked is None or time.monotonic() >= deadline:
-                return await fetch()  # no Redis, or waited long enough
+            attempt = await self._redis.try_lock(lock_key, token, self._lock_seconds, guarded)
+            if attempt is None:
+                return await lookup() or await fetch()  # Redis unavailable: no lock to take
+            locked, stored = attempt
             if locked:
+                if guarded is not None:
+                    # Storing what the lock guards releases it, in the same round trip.
+                    self._redis.release_on_write(guarded, lock_key, token)
                 try:
-                    # The previous holder may have finished between our miss and our lock.
-                    return await lookup() or await fetch()
+                    # Only if a holder stored it between our miss and our lock: usually
+                    # not, and the miss costs one round trip to Redis, not two.
+                    return (await lookup() if stored else None) or await fetch()
                 finally:
-                    await self._redis.unlock(lock_key, token)
+                    await self._redis.unlock(lock_key, token, guarded)
+            if time.monotonic() >= deadline:
+                return await fetch()  # waited long enough
             found = await self._await_holder(lock_key, lookup, deadline)
             if found is not None:
                 return found

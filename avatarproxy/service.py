@@ -193,10 +193,7 @@ class AvatarService:
         return cached if cached is not None and self._cache.is_fresh(cached) else None
 
     async def _fetch_metadata(self, subject: Subject) -> PhotoMeta:
-        # A flight that ended between our cache miss and now may have stored it.
-        cached = await self._fresh_metadata(subject)
-        if cached is not None:
-            return cached
+        # (The coalescer has looked for a flight that ended since our cache miss.)
         meta = await self._graph.photo_meta(subject)
         if not meta.has_photo:
             # Only initials need the name; photo metadata stays one call.
@@ -237,13 +234,13 @@ class AvatarService:
 
     async def _download(self, subject: Subject, hd_size: int | None, source_key: str) -> bytes:
         raw = await self._graph.photo_bytes(subject, hd_size)
-        if hd_size is not None:
-            width, height = await self._run(imaging.image_dimensions, raw)
-            if is_placeholder(width, height):
-                # "1x1" on /photos/{size}: that size is absent; use the largest.
-                raw = await self._graph.photo_bytes(subject, None)
-        # Decode it through before it is kept for other sizes and replicas.
-        await self._run(imaging.verify_photo, raw)
+        # Decode it through before it is kept for other sizes and replicas
+        # (one trip to the image pool: the dimensions come with it).
+        width, height = await self._run(imaging.verify_photo, raw)
+        if hd_size is not None and is_placeholder(width, height):
+            # "1x1" on /photos/{size}: that size is absent; use the largest.
+            raw = await self._graph.photo_bytes(subject, None)
+            await self._run(imaging.verify_photo, raw)
         await self._cache.put_image(source_key, raw, owner=subject)
         return raw
 

@@ -113,8 +113,8 @@ class GraphGate:
         now = time.time()
         until = max(self._paused.get(scope, 0.0) for scope in scopes)
         if until <= now and self._redis is not None and self._redis.available:
-            for scope in scopes:  # one GET each: the keys live in different cluster slots
-                until = max(until, _float(await self._redis.get(self._key(scope))))
+            for raw in await self._redis.get_many([self._key(scope) for scope in scopes]):
+                until = max(until, _float(raw))
         return max(0.0, until - now)
 
     def _record_failure(self) -> None:
