@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,13 +64,15 @@ async def query(http: aiohttp.ClientSession, prometheus: str, promql: str) -> fl
 
 async def until(http: aiohttp.ClientSession, prometheus: str, promql: str,
                 check: Any) -> float:
-    # Prometheus is another process with no event to await: poll its API.
-    for _ in range(150):
+    # Prometheus is another process with no event to await: poll its API. A
+    # loaded 2-core machine can take tens of seconds to start it and scrape.
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
         value = await query(http, prometheus, promql)
         if value is not None and check(value):
             return value
         await asyncio.sleep(0.2)
-    raise AssertionError(f"{promql} never satisfied the check")
+    raise AssertionError(f"{promql} never satisfied the check in 90 s")
 
 
 async def test_prometheus_scrapes_the_service_and_sees_the_request_counter_grow(
