@@ -136,7 +136,7 @@ OPTIONS: tuple[Option, ...] = (
            "How long a replica waits for another replica's download of the same image.",
            minimum=0),
     Option("cache", "memory_max_bytes", int, 64 * _MiB,
-           "Size of the in-process cache tier in bytes.", minimum=0),
+           "Size of the in-process cache tier in bytes, per worker process.", minimum=0),
     Option("cache", "metadata_ttl_seconds", int, 3600,
            "How long photo metadata (sizes, mediaEtag) is fresh.", minimum=1),
     Option("cache", "negative_ttl_seconds", int, 900,
