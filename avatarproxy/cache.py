@@ -70,17 +70,18 @@ class MemoryTier:
         self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
 
     async def get(self, key: str) -> bytes | None:
-        return self.peek(key)
+        value = self.peek(key)
+        metrics.cache_lookup(self.name, "miss" if value is None else "hit")
+        return value
 
     def peek(self, key: str) -> bytes | None:
-        """``get`` without the coroutine: the hot path of a memory hit never awaits."""
+        """``get`` without the coroutine and uncounted: the hot path of a memory hit
+        never awaits, and counts its lookups only once it has its answer."""
         entry = self._entries.get(key)
         if entry is None or entry[1] < time.monotonic():
             self._drop(key)
-            metrics.cache_lookup(self.name, "miss")
             return None
         self._entries.move_to_end(key)
-        metrics.cache_lookup(self.name, "hit")
         return entry[0]
 
     async def set(self, key: str, value: bytes, ttl: int,
@@ -349,6 +350,13 @@ class AvatarCache:
         """Metadata if this process holds it; never asks Redis."""
         raw = self._memory.peek(self.meta_key(subject)) if self._memory is not None else None
         return _meta_or_none(raw)
+
+    @staticmethod
+    def count_memory_hits(lookups: int) -> None:
+        """Count the peeks of an answer served from memory (a fall-through counts
+        its lookups again, as hits or misses, on the usual path)."""
+        for _ in range(lookups):
+            metrics.cache_lookup("memory", "hit")
 
     async def _get(self, key: str, ttl: int) -> bytes | None:
         for index, tier in enumerate(self.tiers):

@@ -127,12 +127,18 @@ class AvatarService:
             plan = plan_fetch(size, meta)
             body = self._cache.peek_image(
                 self._cache.photo_key(subject, meta.media_etag, plan.target, formats.photo))
-            return None if body is None else self._photo_avatar(body, meta, plan, formats.photo)
+            if body is None:
+                return None
+            self._cache.count_memory_hits(2)
+            return self._photo_avatar(body, meta, plan, formats.photo)
         if not fallback or formats.initials == "svg":
             return None  # a 404, or SVG drawn per request: the usual path
         key = self._initials_key(subject, meta.profile, size, formats.initials)
         body = self._cache.peek_image(key)
-        return None if body is None else self._initials_result(body, key, formats.initials, meta)
+        if body is None:
+            return None
+        self._cache.count_memory_hits(2)
+        return self._initials_result(body, key, formats.initials, meta)
 
     async def _get_avatar(self, subject: Subject, size: int, formats: OutputFormats,
                           fallback: bool, admit: Admit | None) -> Avatar:

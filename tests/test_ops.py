@@ -68,6 +68,33 @@ async def test_metrics_count_requests_cache_graph_and_tokens_without_naming_peop
     assert "adele" not in text and "not-a-user" not in text
 
 
+async def test_a_memory_hit_counts_two_memory_hits_and_nothing_else(
+        make_client: MakeClient) -> None:
+    client = await make_client()
+    async with client.get(f"/avatar/{ADELE}/48") as resp:  # cold: fills the memory tier
+        assert resp.status == 200
+    before = await scrape(client)
+    async with client.get(f"/avatar/{ADELE}/48") as resp:
+        assert resp.status == 200
+    after = await scrape(client)
+    lookups = {key[1]: after[key] - before.get(key, 0.0) for key in after
+               if key[0] == "avatarproxy_cache_lookups_total"
+               and after[key] != before.get(key, 0.0)}
+    # Metadata and image, each found once: no Redis, no double-counted lookups.
+    assert lookups == {frozenset({("tier", "memory"), ("result", "hit")}): 2}
+    async with client.get(f"/avatar/{ADELE}/40") as resp:  # new size, same 48 px source
+        assert resp.status == 200
+    later = await scrape(client)
+    lookups = {key[1]: later[key] - after.get(key, 0.0) for key in later
+               if key[0] == "avatarproxy_cache_lookups_total"
+               and later[key] != after.get(key, 0.0)}
+    # The fast path gives up on the image; the usual path counts each lookup once:
+    # metadata and source found in memory, the 40 px image in neither tier.
+    assert lookups == {frozenset({("tier", "memory"), ("result", "hit")}): 2,
+                       frozenset({("tier", "memory"), ("result", "miss")}): 1,
+                       frozenset({("tier", "redis"), ("result", "miss")}): 1}
+
+
 async def test_graph_throttling_and_errors_are_counted_by_status(
         make_client: MakeClient, fake_graph: Any) -> None:
     client = await make_client()
