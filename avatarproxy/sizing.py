@@ -61,12 +61,8 @@ class FetchPlan:
     target: int
 
 
-def available_hd_sizes(meta: PhotoMeta) -> tuple[int, ...]:
-    """HD sizes Graph can serve: all up to the largest, if the largest is an HD square."""
-    return _hd_sizes_up_to(meta.width, meta.height)
-
-
 def _hd_sizes_up_to(width: int, height: int) -> tuple[int, ...]:
+    """HD sizes Graph can serve: all up to the largest, if the largest is an HD square."""
     if width != height or width not in HD_SIZES:
         return ()
     return tuple(s for s in HD_SIZES if s <= width)
