@@ -84,26 +84,25 @@ def dependency_states() -> dict[str, str]:
 
 # labels() validates and locks on every call; the label sets on the request
 # path are few (bounded, see above), so their children are looked up once.
-_request_children: dict[tuple[str, str, int, str], tuple[Any, Any]] = {}
-_lookup_children: dict[tuple[str, str], Any] = {}
+_children: dict[tuple[Counter | Histogram, tuple[str, ...]], Any] = {}
+
+
+def _child(metric: Counter | Histogram, *labels: str) -> Any:
+    key = (metric, labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
 
 
 def request_done(route: str, method: str, status: int, source: str, seconds: float) -> None:
-    children = _request_children.get((route, method, status, source))
-    if children is None:
-        children = (REQUESTS.labels(route, method, f"{status // 100}xx", source),
-                    REQUEST_SECONDS.labels(route))
-        _request_children[(route, method, status, source)] = children
-    children[0].inc()
-    children[1].observe(seconds)
+    _child(REQUESTS, route, method, f"{status // 100}xx", source).inc()
+    _child(REQUEST_SECONDS, route).observe(seconds)
 
 
 def cache_lookup(tier: str, result: str) -> None:
     """``result``: hit, miss or error."""
-    child = _lookup_children.get((tier, result))
-    if child is None:
-        child = _lookup_children[(tier, result)] = CACHE_LOOKUPS.labels(tier, result)
-    child.inc()
+    _child(CACHE_LOOKUPS, tier, result).inc()
     if tier != "memory":
         _dependency(tier, result != "error")
 
