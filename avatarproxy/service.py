@@ -133,7 +133,8 @@ class AvatarService:
             return self._photo_avatar(body, meta, plan, formats.photo)
         if not fallback or formats.initials == "svg":
             return None  # a 404, or SVG drawn per request: the usual path
-        key = self._initials_key(subject, meta.profile, size, formats.initials)
+        texts, colour = _initials_look(subject, meta.profile)
+        key = self._initials_key(texts, colour, size, formats.initials)
         body = self._cache.peek_image(key)
         if body is None:
             return None
@@ -262,18 +263,16 @@ class AvatarService:
                                            imaging.RENDERER_VERSION)
             body = svg.render(text, title, colour, imaging.text_colour(colour), size)
         else:
-            key = self._initials_key(subject, profile, size, fmt)
+            key = self._initials_key(texts, colour, size, fmt)
             body = await self._cache.get_image(key)
         if body is None:
             body = await self._run(self._initials.render, texts, colour, size, fmt)
             await self._cache.put_image(key, body)
         return self._initials_result(body, key, fmt, meta)
 
-    def _initials_key(self, subject: Subject, profile: Profile | None, size: int,
+    def _initials_key(self, texts: tuple[str, ...], colour: tuple[int, int, int], size: int,
                       fmt: str) -> str:
-        texts, colour = _initials_look(subject, profile)
-        return self._cache.initials_key(texts, colour, size, fmt,
-                                        imaging.RENDERER_VERSION)
+        return self._cache.initials_key(texts, colour, size, fmt, imaging.RENDERER_VERSION)
 
     def _initials_result(self, body: bytes, key: str, fmt: str,
                          meta: PhotoMeta | None) -> Avatar:
