@@ -241,7 +241,7 @@ class Bench:
                                           workers="1", AVATARPROXY_CACHE_MEMORY_MAX_BYTES="0")
             runs.append(("avatarproxy (Redis tier only)", "redis", redis_only, ()))
         for label, name, proc, headers in runs:
-            # In a thread: a miss while warming needs the fake Graph on this loop.
+            # In a thread: it blocks on valgrind and wrk; this loop still runs the fake IdP.
             rows[label] = await asyncio.to_thread(
                 instructions.per_request, proc, self.workdir, name, path, seconds, headers)
         for _, _, proc, _ in runs:
@@ -257,7 +257,7 @@ class Bench:
                    headers: tuple[str, ...]) -> dict[str, Any]:
         pids = proc.pids()
         cpu = servers.cpu_seconds(pids)
-        # In a thread: a miss during the run needs the fake Graph on this loop.
+        # In a thread: wrk blocks; this loop still runs the fake IdP.
         result = await asyncio.to_thread(load.wrk, f"http://127.0.0.1:{proc.port}",
                                          self.p.seconds, headers=(*headers,), script=script)
         used = servers.cpu_seconds(pids) - cpu
