@@ -137,7 +137,7 @@ def _connect(cache: CacheSettings, pubsub: bool) -> RedisConnection:
         if cache.redis_sentinel_password_file:
             sentinel_options["credential_provider"] = _PasswordFile(
                 None, cache.redis_sentinel_password_file)
-        sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]  # typed in newer redis-py
             [address for entry in cache.redis_sentinels if (address := _host_port(entry))],
             sentinel_kwargs=sentinel_options, **options, retry=retry, ssl=tls,
             **_tls_options(cache, tls))
