@@ -280,12 +280,36 @@ class GraphClient:
                                              allow_redirects=False, proxy=proxy,
                                              proxy_auth=proxy_auth) as resp:
                 status = resp.status
-                body = await resp.content.read(limit + 1)
-                return _Reply(resp.status, resp.headers, body[:limit], len(body) > limit)
+                body, oversize = await _read_capped(resp, limit)
+                return _Reply(resp.status, resp.headers, body, oversize)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise GraphUnavailable(f"Graph unreachable: {type(exc).__name__}") from exc
         finally:
             metrics.graph_request(operation, status, metrics.since(start))
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes, bool]:
+    """The whole body, or its first ``limit`` bytes and True once it goes past them.
+
+    ``content.read(n)`` returns whatever has arrived so far: a photo in TCP
+    segments would be cut after the first. So read to the end, counting the
+    (decompressed) bytes; a body that ends early raises ``ClientPayloadError``.
+    Past the cap the connection is dropped rather than drained.
+    """
+    declared = resp.content_length
+    if declared is not None and declared > limit and "Content-Encoding" not in resp.headers:
+        resp.close()
+        return b"", True
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_any():
+        total += len(chunk)
+        if total > limit:
+            resp.close()
+            chunks.append(chunk[: limit - (total - len(chunk))])
+            return b"".join(chunks), True
+        chunks.append(chunk)
+    return b"".join(chunks), False
 
 
 def meta_from_json(data: Mapping[str, Any]) -> PhotoMeta:
@@ -314,8 +338,8 @@ def _check(operation: str, reply: _Reply) -> _Reply:
     status = reply.status
     if 200 <= status < 300 and reply.oversize:
         if operation == "photo":
-            raise InvalidImage(f"photo over {len(reply.body)} bytes")
-        raise GraphUnavailable(f"{operation}: Graph answer over {len(reply.body)} bytes")
+            raise InvalidImage("photo over the size cap")
+        raise GraphUnavailable(f"{operation}: Graph answer over the size cap")
     if 200 <= status < 300:
         return reply
     # Graph answers 400 for a key it cannot parse as a user: nobody to show.
