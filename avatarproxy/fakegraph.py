@@ -116,6 +116,27 @@ class RecordedRequest:
         return self.raw_path
 
 
+# Answers tenants really get (FACTS.md, "Graph's answers as tenants see them"):
+# ``inject(status, error=...)`` sends one of these as the error body.
+REAL_ERRORS: dict[str, tuple[int, str, str]] = {
+    # A user without an Exchange Online mailbox (microsoft-graph-docs #8877, #5668).
+    "no-mailbox": (400, "AuthenticationError", "Error authenticating with resource"),
+    # A mailbox hosted on-premises (msgraph-sdk-dotnet #688).
+    "on-premises": (404, "MailboxNotHostedInExchangeOnline",
+                    "Mailbox is hosted by an on-premise or non-Exchange server, which is "
+                    "not supported."),
+    "item-not-found": (404, "ErrorItemNotFound", "The specified object was not found in "
+                       "the store., The process failed to get the correct properties."),
+    "image-not-found": (404, "ImageNotFound", "Exception of type 'Microsoft.Fast.Profile."
+                        "Core.Exception.ImageNotFoundException' was thrown."),
+    "resource-not-found": (404, "Request_ResourceNotFound", "Resource does not exist or one "
+                           "of its queried reference-property objects are not present."),
+}
+# What a gateway in front of Graph sends when Graph is down: HTML, not JSON.
+GATEWAY_HTML = (b"<html><head><title>503 Service Unavailable</title></head><body>"
+                b"<h1>Service Unavailable</h1></body></html>")
+
+
 @dataclass(slots=True)
 class _Injection:
     status: int
@@ -124,6 +145,8 @@ class _Injection:
     path_contains: str | None
     fault: str = ""  # one of FAULTS, status unused
     delay: float = 0.0
+    error: tuple[str, str] | None = None  # (code, message) of the JSON error body
+    html: bytes | None = None  # an HTML body instead of Graph's JSON
 
 
 # What ``FakeGraph.fault`` can do to a request, instead of (or before) answering it.
@@ -158,6 +181,7 @@ class FakeGraph:
         # one of them answer 403 (see ``_required_permissions``).
         self.denied: set[str] = set()
         self.page_size = 100  # users per page of the /users listing
+        self.gzip_json = True  # JSON answers gzip-compressed when the client accepts it
         for person in people:
             self.add(person)
 
@@ -201,10 +225,18 @@ class FakeGraph:
     def reset_requests(self) -> None:
         self.requests.clear()
 
-    def inject(self, status: int, times: int = 1, headers: Mapping[str, str] | None = None,
-               path_contains: str | None = None) -> None:
-        """Fail the next ``times`` requests (whose raw path contains ``path_contains``)."""
-        self._injections.append(_Injection(status, times, dict(headers or {}), path_contains))
+    def inject(self, status: int = 0, times: int = 1, headers: Mapping[str, str] | None = None,
+               path_contains: str | None = None, *, error: str | None = None,
+               html: bytes | None = None) -> None:
+        """Fail the next ``times`` requests (whose raw path contains ``path_contains``):
+        with ``status`` and its usual JSON error, one of the ``REAL_ERRORS`` by name
+        (its status unless ``status`` is given), or an ``html`` body (a gateway's)."""
+        code_message = None
+        if error is not None:
+            real_status, *pair = REAL_ERRORS[error]
+            status, code_message = status or real_status, (pair[0], pair[1])
+        self._injections.append(_Injection(status, times, dict(headers or {}), path_contains,
+                                           error=code_message, html=html))
 
     def fault(self, kind: str, times: int = 1, path_contains: str | None = None,
               delay: float = 0.0) -> None:
@@ -217,9 +249,18 @@ class FakeGraph:
         self._injections.append(_Injection(200, times, {}, path_contains, kind, delay))
 
     def app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._gzip_json])
         app.router.add_route("*", "/{tail:.*}", self._handle)
         return app
+
+    @web.middleware
+    async def _gzip_json(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Graph compresses JSON for clients that accept gzip (``gzip_json``)."""
+        response: web.StreamResponse = await handler(request)
+        if (self.gzip_json and "gzip" in request.headers.get("Accept-Encoding", "")
+                and response.content_type == "application/json"):
+            response.enable_compression(web.ContentCoding.gzip)
+        return response
 
     async def _handle(self, request: web.Request) -> web.Response:
         authorization = request.headers.get("Authorization")
@@ -233,8 +274,7 @@ class FakeGraph:
         if injected is not None and injected.fault:
             return await self._faulty(request, injected)
         if injected is not None:
-            return _error(injected.status, *_DEFAULT_ERRORS.get(
-                injected.status, ("UnknownError", "Injected failure.")), headers=injected.headers)
+            return _injected_answer(injected)
         if not self._authorized(authorization):
             return _error(401, "InvalidAuthenticationToken",
                           "Access token is empty." if not authorization
@@ -456,8 +496,7 @@ class FakeGraph:
                                              at=time.monotonic()))
         injected = self._take_injection(raw_path)
         if injected is not None:
-            reply = _error(injected.status, *_DEFAULT_ERRORS.get(
-                injected.status, ("UnknownError", "Injected failure.")), headers=injected.headers)
+            reply = _injected_answer(injected)
         elif item.get("method", "GET") != "GET":
             reply = _error(405, "Request_BadRequest", "Only GET in this fake's batches.")
         else:
@@ -610,6 +649,15 @@ def _error(status: int, code: str, message: str,
     body = {"error": {"code": code, "message": message,
                       "innerError": {"request-id": request_id, "client-request-id": request_id}}}
     return _json(body, status, {"request-id": request_id, **(headers or {})})
+
+
+def _injected_answer(injected: _Injection) -> web.Response:
+    if injected.html is not None:
+        return web.Response(status=injected.status, body=injected.html,
+                            content_type="text/html", headers=injected.headers)
+    code, message = injected.error or _DEFAULT_ERRORS.get(
+        injected.status, ("UnknownError", "Injected failure."))
+    return _error(injected.status, code, message, headers=injected.headers)
 
 
 def _etag(object_id: str, generation: int) -> str:
