@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from aiohttp import web
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from .cache import AvatarCache
 from .errors import BadRequest
@@ -22,7 +25,10 @@ from .redisconn import REDIS_FAILURES, RedisClient, RedisConnection
 log = logging.getLogger(__name__)
 
 CHANNEL = "avatarproxy:purge"  # a Pub/Sub channel: not a key, no prefix or slot
-_RETRY_SECONDS = 5.0
+
+
+class SilentSubscription(RedisConnectionError):
+    """The subscription did not answer a PING: a dead connection nobody closed."""
 
 
 async def announce(client: RedisClient, subject_key: str) -> int:
@@ -33,8 +39,12 @@ async def announce(client: RedisClient, subject_key: str) -> int:
 class PurgeListener:
     """Subscribes to ``CHANNEL`` for the life of the application."""
 
-    def __init__(self, connection: RedisConnection, cache: AvatarCache) -> None:
-        # From redisconn.subscriber: the service's TLS and credentials, no read timeout.
+    def __init__(self, connection: RedisConnection, cache: AvatarCache, *,
+                 ping_seconds: float = 30.0, retry_seconds: float = 5.0) -> None:
+        # From redisconn.subscriber: the service's TLS and credentials, no read timeout:
+        # so the subscription is PINGed when idle, and dropped when the PONG is late.
+        self.ping_seconds = ping_seconds
+        self.retry_seconds = retry_seconds
         self._connection = connection
         self._client = connection.client
         self._cache = cache
@@ -52,18 +62,35 @@ class PurgeListener:
             try:
                 async with self._client.pubsub() as pubsub:
                     await pubsub.subscribe(CHANNEL)
-                    async for message in pubsub.listen():
-                        if message.get("type") == "subscribe":  # Redis confirmed it
-                            self.subscribed.set()
-                        elif message.get("type") == "message":
-                            await self._forget(message["data"])
+                    await self._listen(pubsub)
             except REDIS_FAILURES as exc:
                 self.subscribed.clear()
                 if self._closing:
                     return
-                log.warning("purge channel unavailable, retrying in %.0f s: %s",
-                            _RETRY_SECONDS, type(exc).__name__)
-                await asyncio.sleep(_RETRY_SECONDS)
+                log.warning("purge channel unavailable, subscribing again in %.1f s: %s",
+                            self.retry_seconds, type(exc).__name__)
+                await asyncio.sleep(self.retry_seconds)
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        """Handle announcements; PING after ``ping_seconds`` of silence, and give the
+        connection up if the PONG has not come ``ping_seconds`` later (a NAT or a
+        load balancer can drop an idle flow without telling either end)."""
+        pinged_at: float | None = None
+        while True:
+            message = await pubsub.get_message(timeout=self.ping_seconds)
+            now = time.monotonic()
+            kind = message.get("type") if message else None
+            if kind == "subscribe":  # Redis confirmed it
+                self.subscribed.set()
+            elif kind == "message":
+                await self._forget(message["data"])
+            elif kind == "pong":
+                pinged_at = None
+            if pinged_at is not None and now - pinged_at >= self.ping_seconds:
+                raise SilentSubscription(f"no PONG in {self.ping_seconds:.0f} s")
+            if message is None and pinged_at is None:
+                await pubsub.ping()
+                pinged_at = now
 
     async def _forget(self, data: bytes | str) -> None:
         text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data

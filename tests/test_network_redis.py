@@ -1,0 +1,163 @@
+"""Redis over a network: the service's Redis traffic passes through a fault
+proxy (tests/faultproxy.py) with latency, segments, resets and stalls. Rows of
+the README's failure table that involve Redis, and the purge subscription."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from appclient import Client, MakeClient, get
+from faultproxy import FaultProxy, Faults
+from photos import realistic_portrait
+from yarl import URL
+
+from avatarproxy.cli import main
+from avatarproxy.purge import LISTENER, PurgeListener
+from avatarproxy.web import SERVICE
+
+ADELE = "adele.vance@contoso.com"  # 648x648 photo
+ALEX = "alex.wilber@contoso.com"
+MEGAN = "megan.bowen@contoso.com"
+JPEG = {"Accept": "image/jpeg"}
+APP_SCOPE = "Application/ApplicationAndTenant/app-id/tenant-id"
+
+
+@pytest.fixture
+async def redis_proxy(redis_url: str) -> AsyncIterator[FaultProxy]:
+    proxy = await FaultProxy.start(URL(redis_url).port or 0)
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
+
+
+@pytest.fixture
+def via_proxy(make_client: MakeClient, redis_proxy: FaultProxy) -> MakeClient:
+    """``make_client`` whose Redis traffic goes through ``redis_proxy``."""
+    url = f"redis://127.0.0.1:{redis_proxy.port}/0"
+
+    async def make(**overrides: Any) -> Client:
+        return await make_client(cache__redis_url=url, **overrides)
+
+    return make
+
+
+def photo_downloads(fake_graph: Any) -> int:
+    return fake_graph.graph.count("/$value")
+
+
+async def test_large_images_cross_replicas_over_a_slow_segmented_link(
+        via_proxy: MakeClient, redis_proxy: FaultProxy, fake_graph: Any) -> None:
+    fake_graph.graph.set_photo(ADELE, realistic_portrait(648, 648, "#0b5394", "#6fa8dc",
+                                                         "#f6d7b0"))
+    redis_proxy.faults = Faults(segment=1400, pause=0.0005, latency=0.005)
+    one, two = (await via_proxy(cache__redis_timeout_seconds=3.0),
+                await via_proxy(cache__redis_timeout_seconds=3.0))
+    _, headers, first = await get(one, f"/avatar/{ADELE}/600", headers=JPEG)
+    assert headers["X-Avatar-Source"] == "photo"
+    # The other replica's memory is empty: the ~150 KB image comes whole from Redis.
+    _, headers, second = await get(two, f"/avatar/{ADELE}/600", headers=JPEG)
+    assert (headers["X-Avatar-Source"], second) == ("photo", first)
+    assert photo_downloads(fake_graph) == 1
+    assert two.app[SERVICE].health()["redis"] == "ok"
+
+
+async def test_two_replicas_missing_together_download_once_through_a_laggy_redis(
+        via_proxy: MakeClient, redis_proxy: FaultProxy, fake_graph: Any) -> None:
+    redis_proxy.faults = Faults(latency=0.01)
+    replicas = [await via_proxy(cache__redis_timeout_seconds=3.0) for _ in range(2)]
+    answers = await asyncio.gather(*(get(c, f"/avatar/{ALEX}/96", headers=JPEG)
+                                     for c in replicas))
+    assert [a[1]["X-Avatar-Source"] for a in answers] == ["photo", "photo"]
+    assert answers[0][2] == answers[1][2]
+    assert photo_downloads(fake_graph) == 1  # the lock held across the lag
+
+
+async def test_a_throttle_pause_reaches_the_other_replica_through_a_laggy_redis(
+        via_proxy: MakeClient, redis_proxy: FaultProxy, fake_graph: Any) -> None:
+    redis_proxy.faults = Faults(latency=0.01)
+    one, two = (await via_proxy(cache__redis_timeout_seconds=3.0),
+                await via_proxy(cache__redis_timeout_seconds=3.0))
+    fake_graph.graph.inject(429, headers={"Retry-After": "30", "x-ms-throttle-scope": APP_SCOPE})
+    _, headers, _ = await get(one, f"/avatar/{ADELE}/48")
+    assert headers["X-Avatar-Source"] == "initials"
+    calls = fake_graph.graph.count()
+    _, headers, _ = await get(two, f"/avatar/{MEGAN}/48")
+    assert headers["X-Avatar-Source"] == "initials"
+    assert fake_graph.graph.count() == calls  # paused through Redis: Graph left alone
+
+
+@pytest.mark.parametrize("fault", [Faults(stall=True), Faults(reset_after=100)],
+                         ids=["stalled", "reset"])
+async def test_a_failing_redis_costs_at_most_its_timeout_and_photos_still_come(
+        via_proxy: MakeClient, redis_proxy: FaultProxy, fault: Faults) -> None:
+    redis_proxy.faults = fault
+    client = await via_proxy(cache__redis_timeout_seconds=0.3, cache__redis_retry_seconds=30)
+    started = time.monotonic()
+    status, headers, _ = await get(client, f"/avatar/{ADELE}/48", headers=JPEG)
+    assert (status, headers["X-Avatar-Source"]) == (200, "photo")  # from Graph
+    assert headers["Cache-Control"].startswith("public, max-age=3600")
+    assert time.monotonic() - started < 2.5  # not the 3 s deadline's initials
+    assert client.app[SERVICE].health()["redis"] == "down"
+    accepted = redis_proxy.accepted
+    # Skipped after the failure: the next miss does not wait on Redis again.
+    status, headers, _ = await get(client, f"/avatar/{ALEX}/48", headers=JPEG)
+    assert (status, headers["X-Avatar-Source"]) == (200, "photo")
+    assert redis_proxy.accepted == accepted
+
+
+# -- the purge subscription --------------------------------------------------------
+
+async def _purge_and_wait(listener: PurgeListener, client: Client, fake_graph: Any,
+                          config: Path, upn: str) -> None:
+    """Show ``upn``'s photo, take it down in the directory, run `avatarproxy purge`,
+    and check this replica stopped serving it at once (its memory would keep it)."""
+    async with asyncio.timeout(10):
+        await listener.subscribed.wait()
+    assert (await get(client, f"/avatar/{upn}/48"))[1]["X-Avatar-Source"] == "photo"
+    fake_graph.graph.set_photo(upn, None)
+    listener.handled.clear()
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert await asyncio.to_thread(main, ["purge", "--config", str(config), upn]) == 0
+    assert "1 running replicas told" in out.getvalue()
+    async with asyncio.timeout(10):
+        await listener.handled.wait()
+    assert (await get(client, f"/avatar/{upn}/48"))[1]["X-Avatar-Source"] == "initials"
+
+
+async def _until_unsubscribed(listener: PurgeListener) -> None:
+    for _ in range(500):  # 10 s
+        if not listener.subscribed.is_set():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the subscriber never noticed")
+
+
+async def test_the_purge_subscription_survives_a_reset_and_a_silently_dead_link(
+        via_proxy: MakeClient, redis_proxy: FaultProxy, redis_url: str, fake_graph: Any,
+        tmp_path: Path) -> None:
+    config = tmp_path / "avatarproxy.toml"
+    config.write_text(f'[cache]\nredis_url = "{redis_url}"\n')  # purge talks to Redis directly
+    client = await via_proxy()
+    listener = client.app[LISTENER]
+    listener.ping_seconds, listener.retry_seconds = 0.3, 0.1
+    await _purge_and_wait(listener, client, fake_graph, config, ADELE)
+    subscriptions = redis_proxy.accepted
+    # A reset: the subscriber sees it at once and subscribes again.
+    redis_proxy.cut()
+    await _until_unsubscribed(listener)
+    await _purge_and_wait(listener, client, fake_graph, config, ALEX)
+    assert redis_proxy.accepted > subscriptions
+    subscriptions = redis_proxy.accepted
+    # A link that silently drops everything: only the unanswered PING shows it.
+    redis_proxy.silence()
+    await _until_unsubscribed(listener)  # 0.3 s of silence, a PING, 0.3 s without PONG
+    await _purge_and_wait(listener, client, fake_graph, config, MEGAN)
+    assert redis_proxy.accepted > subscriptions
