@@ -174,6 +174,7 @@ class GraphClient:
         self._max_wait = settings.retry_max_wait_seconds
         self._pacer = pacer
         self._proxy = EnvProxy(URL(self._base))
+        self.in_flight = 0  # requests holding one of the max_concurrency slots
 
     @property
     def base_url(self) -> str:
@@ -264,11 +265,17 @@ class GraphClient:
     async def _authorized_send(self, operation: str, url: URL, limit: int,
                                payload: Any = None) -> _Reply:
         async with self._slots:
-            reply = await self._send(operation, url, await self._tokens.token(), limit, payload)
-            if reply.status == 401:
-                # An expired or revoked token: refresh once, then give up.
-                reply = await self._send(operation, url, await self._tokens.token(refresh=True),
-                                         limit, payload)
+            self.in_flight += 1
+            try:
+                reply = await self._send(operation, url, await self._tokens.token(), limit,
+                                         payload)
+                if reply.status == 401:
+                    # An expired or revoked token: refresh once, then give up.
+                    reply = await self._send(operation, url,
+                                             await self._tokens.token(refresh=True),
+                                             limit, payload)
+            finally:
+                self.in_flight -= 1
         return reply
 
     async def _send(self, operation: str, url: URL, token: str, limit: int,

@@ -104,6 +104,15 @@ class AvatarService:
                      str(exc) or "deadline passed")
             return self._overload_initials(subject, size)
 
+    @property
+    def graph(self) -> GraphClient:
+        return self._graph
+
+    @property
+    def fetches_in_flight(self) -> int:
+        """Shared fetches still running, including those whose callers have gone."""
+        return len(self._inflight)
+
     def health(self) -> dict[str, str]:
         """Degradations worth showing in a readiness probe; nothing here fails it."""
         redis = self._cache.redis

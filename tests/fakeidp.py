@@ -154,7 +154,8 @@ class FakeIdP:
         tenant = request.match_info["tenant"]
         if tenant.lower() != self.tenant.lower():
             return _aad_error(400, "invalid_tenant", f"AADSTS90002: Tenant '{tenant}' not found.")
-        root = f"{self.base_url}/{self.tenant}"
+        # Absolute URLs under the name the client used (a proxy in front keeps them).
+        root = f"https://{request.host}/{self.tenant}"
         return web.json_response({
             "issuer": f"{root}/v2.0",
             "authorization_endpoint": f"{root}/oauth2/v2.0/authorize",

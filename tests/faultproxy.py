@@ -47,6 +47,7 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._silenced: set[asyncio.StreamWriter] = set()
 
     @classmethod
     async def start(cls, target_port: int, faults: Faults = NONE) -> FaultProxy:
@@ -72,12 +73,19 @@ class FaultProxy:
         for writer in list(self._writers):
             _reset(writer)
 
+    def silence(self) -> None:
+        """Drop every byte of the connections open now, both ways, and tell nobody:
+        what a NAT or a load balancer does to a flow it has forgotten."""
+        self._silenced.update(self._writers)
+
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        self.cut()
+        self.cut()  # every handler sees its connections end and returns
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5)
         for task in list(self._tasks):
-            task.cancel()
+            task.cancel()  # a handler stuck anyway; _accept swallows this
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
@@ -102,7 +110,7 @@ class FaultProxy:
                 return
             self._writers.add(up_writer)
             _no_delay(up_writer)
-            to_server = asyncio.create_task(_pump(reader, up_writer, faults.latency))
+            to_server = asyncio.create_task(self._to_server(reader, up_writer, faults.latency))
             try:
                 outcome = await self._to_client(up_reader, writer, faults)
             except OSError:
@@ -114,11 +122,15 @@ class FaultProxy:
                 _reset(up_writer)
             _close(up_writer)
             self._writers.discard(up_writer)
-        except OSError:
+            self._silenced.discard(up_writer)
+        except (OSError, asyncio.CancelledError):
+            # Cancelled only by close(): asyncio's server logs a handler that
+            # ends cancelled as an error, so end it normally.
             pass
         finally:
             _close(writer)
             self._writers.discard(writer)
+            self._silenced.discard(writer)
             self._tasks.discard(task)
 
     async def _to_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -132,6 +144,8 @@ class FaultProxy:
                 return "eof"
             if faults.latency:
                 await asyncio.sleep(faults.latency)
+            if writer in self._silenced:
+                continue
             data, end = budget.take(data)
             step = faults.segment or len(data) or 1
             for start in range(0, len(data), step):
@@ -146,19 +160,20 @@ class FaultProxy:
                 return end
 
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                latency: float) -> None:
-    """Copy the client's bytes to the server; a half-close is passed on."""
-    try:
-        while data := await reader.read(65536):
-            if latency:
-                await asyncio.sleep(latency)
-            writer.write(data)
-            await writer.drain()
-        if writer.can_write_eof() and not writer.is_closing():
-            writer.write_eof()
-    except OSError:
-        _reset(writer)
+    async def _to_server(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         latency: float) -> None:
+        """Copy the client's bytes to the server; a half-close is passed on."""
+        try:
+            while data := await reader.read(65536):
+                if latency:
+                    await asyncio.sleep(latency)
+                if writer not in self._silenced:
+                    writer.write(data)
+                    await writer.drain()
+            if writer.can_write_eof() and not writer.is_closing():
+                writer.write_eof()
+        except OSError:
+            _reset(writer)
 
 
 class _Budget:
