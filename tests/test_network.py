@@ -228,3 +228,56 @@ def _jpeg(image: Image.Image) -> bytes:
     image.save(buffer, "JPEG", quality=90)
     return buffer.getvalue()
 
+
+
+# -- each Graph row of the README's failure table, over an internet-like link -------
+
+async def test_each_graph_failure_row_holds_over_a_segmented_link(
+        via_proxy: MakeClient, graph_proxy: FaultProxy, fake_graph: Any,
+        fake_idp: Any) -> None:
+    graph_proxy.faults = Faults(segment=700, pause=0.001, latency=0.002)
+    graph = fake_graph.graph
+    client = await via_proxy(graph__max_retries=0)
+
+    async def avatar(upn: str) -> tuple[str, str]:
+        status, headers, _ = await get(client, f"/avatar/{upn}/48", headers=JPEG)
+        assert status == 200  # never a 5xx
+        return headers["X-Avatar-Source"], headers["Cache-Control"]
+
+    transient = ("initials", "public, max-age=60")
+    graph.inject(403, path_contains=ADELE)  # permission missing
+    assert await avatar(ADELE) == transient
+    graph.inject(401, path_contains=ALEX)  # expired token: refreshed once, retried
+    assert (await avatar(ALEX))[0] == "photo"
+    assert len(fake_idp.token_requests) == 2
+    graph.inject(429, headers={"Retry-After": "30"}, path_contains="megan")  # throttled
+    assert await avatar("megan.bowen@contoso.com") == transient
+    graph.inject(503, html=b"<html>busy</html>", path_contains="lynne")  # Graph down
+    assert await avatar("lynne.robbins@contoso.com") == transient
+    graph.fault("corrupt", path_contains="brien")  # bad photo bytes
+    assert await avatar("o'brien@contoso.com") == transient
+    # Not one of them was remembered as "no photo".
+    for upn in (ADELE, "megan.bowen@contoso.com", "lynne.robbins@contoso.com"):
+        graph.reset_requests()
+        assert (await avatar(upn))[0] in ("photo", "initials")
+    assert (await avatar(ADELE))[0] == "photo"
+    assert (await avatar("o'brien@contoso.com"))[0] == "photo"
+
+
+@pytest.mark.parametrize("fault", [Faults(reset_after=300), Faults(stall=True)],
+                         ids=["reset", "stalled"])
+async def test_an_identity_provider_lost_after_start_up_gives_uncached_initials(
+        make_client: MakeClient, fake_idp: Any, fake_graph: Any, fault: Faults) -> None:
+    proxy = await FaultProxy.start(fake_idp.port)
+    try:
+        authority = f"https://127.0.0.1:{proxy.port}/{fake_idp.tenant}"
+        client = await make_client(auth__authority=authority,
+                                   server__request_deadline_seconds=1.0)
+        proxy.faults = fault  # after msal's discovery, before the first token
+        proxy.cut()
+        status, headers, _ = await get(client, f"/avatar/{ADELE}/48")
+        assert (status, headers["X-Avatar-Source"]) == (200, "initials")
+        assert headers["Cache-Control"] in ("public, max-age=60", "no-store")
+        assert not fake_graph.graph.count("/$value")
+    finally:
+        await proxy.close()  # a stalled token request ends with the connection
