@@ -22,7 +22,9 @@ from loopback import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"
-KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/workload-identity"]
+KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/workload-identity",
+                  # worked examples of adapting to a cluster (README, "Deploying")
+                  "overlays/example-azure-cache-for-redis", "overlays/example-azure-managed-redis"]
 K8S_VERSION = "1.30.0"
 CRDS = {"ServiceMonitor": "servicemonitor", "PrometheusRule": "prometheusrule"}
 

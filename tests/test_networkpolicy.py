@@ -52,6 +52,8 @@ SITES = {
     "base": Site(),
     "overlays/dev": Site(),
     "overlays/workload-identity": Site(),
+    "overlays/example-azure-cache-for-redis": Site(redis_ip=MANAGED_REDIS_IP, redis_port=6380),
+    "overlays/example-azure-managed-redis": Site(redis_ip=MANAGED_REDIS_IP, redis_port=10000),
 }
 
 
