@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parent.parent
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"
 KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/workload-identity",
                   # worked examples of adapting to a cluster (README, "Deploying")
-                  "overlays/example-azure-cache-for-redis", "overlays/example-azure-managed-redis"]
+                  "overlays/example-azure-cache-for-redis", "overlays/example-azure-managed-redis",
+                  "overlays/example-cluster-names"]
 K8S_VERSION = "1.30.0"
 CRDS = {"ServiceMonitor": "servicemonitor", "PrometheusRule": "prometheusrule"}
 

@@ -54,6 +54,9 @@ SITES = {
     "overlays/workload-identity": Site(),
     "overlays/example-azure-cache-for-redis": Site(redis_ip=MANAGED_REDIS_IP, redis_port=6380),
     "overlays/example-azure-managed-redis": Site(redis_ip=MANAGED_REDIS_IP, redis_port=10000),
+    "overlays/example-cluster-names": Site(
+        ingress_namespace="app-routing-system", monitoring_namespace="observability",
+        prometheus_labels={"app.kubernetes.io/name": "prometheus", "prometheus": "platform"}),
 }
 
 
