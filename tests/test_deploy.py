@@ -22,7 +22,10 @@ from loopback import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"
-KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/workload-identity"]
+KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/workload-identity",
+                  # worked examples of adapting to a cluster (README, "Deploying")
+                  "overlays/example-azure-cache-for-redis", "overlays/example-azure-managed-redis",
+                  "overlays/example-cluster-names"]
 K8S_VERSION = "1.30.0"
 CRDS = {"ServiceMonitor": "servicemonitor", "PrometheusRule": "prometheusrule"}
 
@@ -116,19 +119,24 @@ def test_the_wheel_installs_into_a_clean_venv_and_serves(tmp_path: Path) -> None
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
                     "--wheel-dir", str(wheels), str(ROOT)], check=True, timeout=300)
+    # No PYTHONPATH in the clean venv: a checkout on it would shadow the wheel,
+    # and pip would take it for avatarproxy already installed.
+    env = {k: v for k, v in os.environ.items()
+           if k != "PYTHONPATH" and not k.startswith("AVATARPROXY_")}
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check",
-                    "--no-deps", *map(str, wheels.glob("*.whl"))], check=True, timeout=300)
+                    "--no-deps", *map(str, wheels.glob("*.whl"))], check=True, timeout=300,
+                   env=env)
     site = next((venv / "lib").glob("python3*/site-packages"))
     (site / "zz-deps.pth").write_text(next(p for p in sys.path if p.endswith("site-packages")))
     where = subprocess.run([str(venv / "bin" / "python"), "-c",
                             "import avatarproxy; print(avatarproxy.__file__)"],
-                           check=True, capture_output=True, text=True, cwd=tmp_path).stdout
+                           check=True, capture_output=True, text=True, cwd=tmp_path,
+                           env=env).stdout
     assert where.startswith(str(site)), where
     assert (site / "avatarproxy" / "fonts" / "DejaVuSans-Bold.ttf").is_file()
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AVATARPROXY_")}
     env["AVATARPROXY_SERVER_DRAIN_SECONDS"] = "0"
     process = subprocess.Popen([str(venv / "bin" / "avatarproxy"), "demo", "--port", str(port)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,

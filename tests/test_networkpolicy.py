@@ -1,0 +1,361 @@
+"""The rendered manifests as a cluster that enforces NetworkPolicy reads them
+(issue 20): for the base and every overlay, our pods among the peers a cluster
+has (cluster DNS, the ingress controller, Prometheus, Redis in or outside the
+cluster, other namespaces' pods, the internet), through tests/netpolicy.py.
+What must pass passes, nothing else does; and the names that wire objects
+together (selectors, ports, mounted files) point at something that exists.
+Schema validation (test_deploy) checks shape; this checks meaning. What only a
+real cluster shows is listed in the README ("Deploying")."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from netpolicy import (
+    ContainerPort,
+    Endpoint,
+    External,
+    Network,
+    Pod,
+    in_block,
+    selects,
+    workload_pod,
+)
+from test_deploy import KUSTOMIZATIONS, render
+
+from avatarproxy.config import Settings, load_settings
+
+SERVER_SELECTOR = {"app.kubernetes.io/name": "avatarproxy",
+                   "app.kubernetes.io/component": "server"}
+MANAGED_REDIS_IP = "10.20.1.4"  # a managed Redis, through a private endpoint
+
+
+@dataclass(frozen=True)
+class Site:
+    """What a kustomization assumes about the cluster it is applied to."""
+
+    ingress_namespace: str = "ingress-nginx"
+    monitoring_namespace: str = "monitoring"
+    prometheus_labels: Mapping[str, str] = field(
+        default_factory=lambda: {"app.kubernetes.io/name": "prometheus"})
+    redis_ip: str | None = None  # None: pods labelled component=redis in our namespace
+    redis_port: int = 6379
+
+
+SITES = {
+    "base": Site(),
+    "overlays/dev": Site(),
+    "overlays/workload-identity": Site(),
+    "overlays/example-azure-cache-for-redis": Site(redis_ip=MANAGED_REDIS_IP, redis_port=6380),
+    "overlays/example-azure-managed-redis": Site(redis_ip=MANAGED_REDIS_IP, redis_port=10000),
+    "overlays/example-cluster-names": Site(
+        ingress_namespace="app-routing-system", monitoring_namespace="observability",
+        prometheus_labels={"app.kubernetes.io/name": "prometheus", "prometheus": "platform"}),
+}
+
+
+@functools.cache
+def rendered(kustomization: str) -> list[dict[str, Any]]:
+    return render(kustomization)
+
+
+def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name)
+
+
+def config(objects: list[dict[str, Any]], tmp_path: Path) -> Settings:
+    """The config.toml the Deployment mounts, as the service would load it."""
+    volumes = find(objects, "Deployment", "avatarproxy")["spec"]["template"]["spec"]["volumes"]
+    name = next(v["configMap"]["name"] for v in volumes if v["name"] == "config")
+    path = tmp_path / "config.toml"
+    path.write_text(find(objects, "ConfigMap", name)["data"]["config.toml"])
+    return load_settings(path, env={})
+
+
+def target_port(service: dict[str, Any], port_name: str, pod: Pod) -> int:
+    """The container port of ``pod`` a Service port (by name) forwards to."""
+    port = next(p for p in service["spec"]["ports"] if p.get("name") == port_name)
+    target = port.get("targetPort", port["port"])
+    if isinstance(target, int):
+        assert any(c.port == target for c in pod.ports), f"{pod} has no port {target}"
+        return target
+    found = [c.port for c in pod.ports if c.name == target]
+    assert found, f"{pod} has no port named {target!r}"
+    return found[0]
+
+
+@dataclass(repr=False)
+class World:
+    """Our pods among the peers of a cluster, and where each is expected."""
+
+    objects: list[dict[str, Any]]
+    site: Site
+    network: Network
+    server: Pod
+    dns: Pod
+    ingress: Pod
+    prometheus: Pod
+    redis: Endpoint
+    serving_port: int  # what the Service (and so the ingress) forwards to
+    metrics_port: int  # what the ServiceMonitor scrapes
+    endpoints: list[Endpoint]
+
+
+def world(kustomization: str) -> World:
+    objects = rendered(kustomization)
+    site = SITES[kustomization]
+    ip = iter(f"10.244.0.{n}" for n in range(10, 250))
+    workloads = [workload_pod(o, next(ip)) for o in objects if o["kind"] == "Deployment"]
+    server = next(p for p in workloads if p.name == "avatarproxy")
+    ours = server.namespace
+    redis_pods = [p for p in workloads if p.labels.get("app.kubernetes.io/component") == "redis"]
+    # Without one rendered (only overlays/dev has it), one where base's rule
+    # expects it; for the managed Redis overlays it must be shut out.
+    stand_ins = [] if redis_pods else [Pod("redis", ours, {"app.kubernetes.io/component": "redis"},
+                                           next(ip), (ContainerPort(6379, name="redis"),))]
+
+    def pod(name: str, namespace: str, labels: Mapping[str, str],
+            *ports: ContainerPort) -> Pod:
+        return Pod(name, namespace, labels, next(ip), ports)
+
+    dns = pod("coredns", "kube-system", {"k8s-app": "kube-dns"}, ContainerPort(53, "UDP", "dns"),
+              ContainerPort(53, "TCP", "dns-tcp"), ContainerPort(9153, "TCP", "metrics"))
+    ingress = pod("ingress-controller", site.ingress_namespace,
+                  {"app.kubernetes.io/component": "controller"})
+    prometheus = pod("prometheus", site.monitoring_namespace, site.prometheus_labels)
+    # Where the base expects them, when the site has them elsewhere: an
+    # overlay that names other peers replaces the base's, it does not add.
+    default = Site()
+    usual = [pod("ingress-controller", default.ingress_namespace,
+                 {"app.kubernetes.io/component": "controller"}),
+             pod("prometheus", default.monitoring_namespace, default.prometheus_labels)]
+    others = [
+        *(p for p in usual if p not in (ingress, prometheus)),
+        pod("grafana", site.monitoring_namespace, {"app.kubernetes.io/name": "grafana"}),
+        pod("neighbour", ours, {"app.kubernetes.io/name": "neighbour"}),
+        # Carries every label our peers name, in a namespace none of them names.
+        pod("intruder", "tenant-b", {"k8s-app": "kube-dns", "app.kubernetes.io/component": "redis",
+                                     **site.prometheus_labels},
+            ContainerPort(53, "UDP"), ContainerPort(6379), ContainerPort(8080)),
+    ]
+    # Documentation addresses stand for the public ones of Graph and Entra ID.
+    externals = [External("graph.microsoft.com", "198.51.100.10"),
+                 External("login.microsoftonline.com", "198.51.100.20"),
+                 External("internet host", "203.0.113.7"),
+                 External("public resolver", "8.8.8.8"),
+                 External("instance metadata", "169.254.169.254"),
+                 External("managed redis", MANAGED_REDIS_IP),
+                 External("host next to the managed redis", "10.20.1.5")]
+    redis: Endpoint = ([*redis_pods, *stand_ins][0] if site.redis_ip is None
+                       else next(e for e in externals if e.ip == site.redis_ip))
+    pods = [*workloads, *stand_ins, dns, ingress, prometheus, *others]
+    namespaces = {p.namespace: {"kubernetes.io/metadata.name": p.namespace} for p in pods}
+    network = Network(namespaces, [o for o in objects if o["kind"] == "NetworkPolicy"], pods)
+    service = find(objects, "Service", "avatarproxy")
+    monitor = find(objects, "ServiceMonitor", "avatarproxy")
+    return World(objects, site, network, server, dns, ingress, prometheus, redis,
+                 serving_port=target_port(service, service["spec"]["ports"][0]["name"], server),
+                 metrics_port=target_port(service, monitor["spec"]["endpoints"][0]["port"],
+                                          server),
+                 endpoints=[*pods, *externals])
+
+
+def show(connections: set[tuple[Any, ...]]) -> str:
+    return ", ".join(sorted(" ".join(map(str, c)) for c in connections))
+
+
+def test_every_kustomization_is_described() -> None:
+    assert set(SITES) == set(KUSTOMIZATIONS)
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_the_pods_resolve_names_with_cluster_dns_only(kustomization: str) -> None:
+    w = world(kustomization)
+    assert w.network.allows(w.server, w.dns, 53, "UDP"), "no DNS: Graph, Entra ID, Redis unknown"
+    assert w.network.allows(w.server, w.dns, 53, "TCP"), "no DNS over TCP: large answers fail"
+    for other in w.endpoints:
+        if other != w.dns:
+            assert not w.network.allows(w.server, other, 53, "UDP"), other
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_the_pods_reach_graph_and_entra_id_over_https_only(kustomization: str) -> None:
+    w = world(kustomization)
+    for host in ("graph.microsoft.com", "login.microsoftonline.com"):
+        external = next(e for e in w.endpoints if isinstance(e, External) and e.name == host)
+        assert w.network.allows(w.server, external, 443), host
+        assert not w.network.allows(w.server, external, 80), host
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_the_pods_reach_their_redis_and_no_other(kustomization: str) -> None:
+    w = world(kustomization)
+    port = w.site.redis_port
+    assert w.network.allows(w.server, w.redis, port), f"{w.redis}:{port} blocked: no shared cache"
+    for other in w.endpoints:
+        for candidate in {6379, 6380, 10000}:
+            if (other, candidate) != (w.redis, port):
+                assert not w.network.allows(w.server, other, candidate), (other, candidate)
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_the_ingress_controller_and_prometheus_get_in_and_nobody_else(kustomization: str) -> None:
+    w = world(kustomization)
+    assert w.network.allows(w.ingress, w.server, w.serving_port), "the ingress gets 503s"
+    assert w.network.allows(w.prometheus, w.server, w.metrics_port), "no scrape, alerts blind"
+    expected = {(w.ingress, w.serving_port), (w.prometheus, w.metrics_port)}
+    let_in = {(source, port) for source in w.endpoints if source != w.server
+              for port in {w.serving_port, w.metrics_port, 80, 443, 9090}
+              if w.network.allows(source, w.server, port)}
+    assert let_in == expected, show(let_in ^ expected)
+
+
+# Ports a compromised or misconfigured pod might try: SSH, HTTP, SMTP,
+# Postgres, Redis variants, our own, CoreDNS metrics.
+PROBED = [(p, "TCP") for p in (22, 25, 53, 80, 443, 5432, 6379, 6380, 8080, 9153, 10000)] + [
+    (53, "UDP"), (123, "UDP")]
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_nothing_else_leaves_the_pods(kustomization: str) -> None:
+    w = world(kustomization)
+    expected = {(w.dns, 53, "UDP"), (w.dns, 53, "TCP"), (w.redis, w.site.redis_port, "TCP")}
+    expected |= {(e, 443, "TCP") for e in w.endpoints if e != w.server}  # HTTPS: any host
+    let_out = {(e, port, protocol) for e in w.endpoints if e != w.server
+               for port, protocol in PROBED if w.network.allows(w.server, e, port, protocol)}
+    assert let_out - expected == set(), "let out: " + show(let_out - expected)
+    assert expected - let_out == set(), "blocked: " + show(expected - let_out)
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_every_policy_selects_our_pods_and_every_peer_something(kustomization: str) -> None:
+    # A peer that selects nothing is how issue 20 looked: kustomize had added
+    # our label to the DNS and Prometheus peers.
+    w = world(kustomization)
+    for policy in w.network.policies:
+        name = policy["metadata"]["name"]
+        assert w.network.applies(policy, w.server), f"{name} does not select our pods"
+        spec = policy["spec"]
+        for rule in [*(spec.get("ingress") or []), *(spec.get("egress") or [])]:
+            for peer in rule.get("from") or rule.get("to") or []:
+                if "ipBlock" in peer:
+                    assert any(in_block(e.ip, peer["ipBlock"]) for e in w.endpoints
+                               if isinstance(e, External)), (name, peer)
+                else:
+                    assert w.network.peer_selects(policy, peer), (name, peer)
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_selectors_and_ports_name_what_exists(kustomization: str) -> None:
+    objects = rendered(kustomization)
+    for deployment in (o for o in objects if o["kind"] == "Deployment"):
+        assert selects(deployment["spec"]["selector"],
+                       deployment["spec"]["template"]["metadata"]["labels"]), deployment
+    server = find(objects, "Deployment", "avatarproxy")
+    # spec.selector is immutable: a different one would fail `kubectl apply`.
+    assert server["spec"]["selector"] == {"matchLabels": SERVER_SELECTOR}
+    pod = workload_pod(server, "10.244.0.1")
+    container = server["spec"]["template"]["spec"]["containers"][0]
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        port = container[probe]["httpGet"]["port"]
+        assert any(port in (c.name, c.port) for c in pod.ports), (probe, port)
+    workloads = [workload_pod(o, "10.244.0.2") for o in objects if o["kind"] == "Deployment"]
+    for service in (o for o in objects if o["kind"] == "Service"):
+        backends = [p for p in workloads if p.namespace == service["metadata"]["namespace"]
+                    and selects({"matchLabels": service["spec"]["selector"]}, p.labels)]
+        assert backends, f"Service {service['metadata']['name']} selects no pods"
+        for port in service["spec"]["ports"]:
+            target_port(service, port["name"], backends[0])
+    monitor = find(objects, "ServiceMonitor", "avatarproxy")
+    scraped = [s for s in objects if s["kind"] == "Service"
+               and selects(monitor["spec"]["selector"], s["metadata"].get("labels") or {})]
+    assert [s["metadata"]["name"] for s in scraped] == ["avatarproxy"]
+    service_ports = {p["name"] for p in scraped[0]["spec"]["ports"]}
+    assert {e["port"] for e in monitor["spec"]["endpoints"]} <= service_ports
+    budget = find(objects, "PodDisruptionBudget", "avatarproxy")
+    assert selects(budget["spec"]["selector"], pod.labels)
+    target = find(objects, "HorizontalPodAutoscaler", "avatarproxy")["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "avatarproxy")
+
+
+def mounted_files(deployment: dict[str, Any]) -> set[str]:
+    """The paths of files Secret and ConfigMap volumes put into the container."""
+    spec = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    files: set[str] = set()
+    for mount in spec["containers"][0]["volumeMounts"]:
+        source = volumes[mount["name"]].get("secret") or volumes[mount["name"]].get("configMap")
+        for item in (source or {}).get("items") or []:
+            files.add(str(PurePosixPath(mount["mountPath"]) / item["path"]))
+    return files
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_the_config_listens_and_dials_where_the_manifests_lead(kustomization: str,
+                                                               tmp_path: Path) -> None:
+    w = world(kustomization)
+    settings = config(w.objects, tmp_path)
+    assert settings.server.port == w.serving_port, "the Service forwards to a closed port"
+    url = urlsplit(settings.cache.redis_url)
+    services = {s["metadata"]["name"]: s for s in w.objects if s["kind"] == "Service"}
+    if url.hostname in services and isinstance(w.redis, Pod):  # in-cluster, by its Service
+        port = next(p for p in services[url.hostname]["spec"]["ports"] if p["port"] == url.port)
+        dialled = target_port(services[url.hostname], port["name"], w.redis)
+    else:
+        dialled = url.port or 6379
+    assert dialled == w.site.redis_port, f"{settings.cache.redis_url}: not the port let out"
+    if w.site.redis_ip is not None:
+        assert url.scheme == "rediss", "Azure's caches take TLS only"
+    server = find(w.objects, "Deployment", "avatarproxy")
+    files = mounted_files(server)
+    for path in (settings.auth.client_secret_file, settings.cache.redis_password_file):
+        assert not path or path in files, f"{path} is not mounted"
+
+
+def test_the_evaluator_reads_policies_as_kubernetes_does() -> None:
+    # The tests above are only as good as tests/netpolicy.py. Cases the
+    # manifests do not exercise yet but a patch may (the commented endPort
+    # lines, except, named ports, matchExpressions), after the examples of
+    # the Kubernetes documentation.
+    db = Pod("db", "app", {"role": "db"}, "10.244.1.1", (ContainerPort(6379, name="redis"),))
+    frontend = Pod("frontend", "app", {"role": "frontend"}, "10.244.1.2")
+    frontend_elsewhere = Pod("frontend", "other", {"role": "frontend"}, "10.244.1.3")
+    anything_in_project = Pod("job", "project", {}, "10.244.1.4")
+    policy = {
+        "metadata": {"name": "db", "namespace": "app"},
+        "spec": {"podSelector": {"matchExpressions": [{"key": "role", "operator": "In",
+                                                        "values": ["db"]}]},
+                 "ingress": [{"from": [{"ipBlock": {"cidr": "172.17.0.0/16",
+                                                    "except": ["172.17.1.0/24"]}},
+                                       {"namespaceSelector": {"matchLabels": {"team": "x"}}},
+                                       {"podSelector": {"matchLabels": {"role": "frontend"}}}],
+                              "ports": [{"port": "redis"}]}],
+                 "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/24"}}],
+                             "ports": [{"port": 32000, "endPort": 32768}]}]}}
+    namespaces = {"app": {}, "other": {}, "project": {"team": "x"}}
+    net = Network(namespaces, [policy], [db, frontend, frontend_elsewhere, anything_in_project])
+    assert net.allows(External("in block", "172.17.0.5"), db, 6379)
+    assert not net.allows(External("excepted", "172.17.1.5"), db, 6379)
+    assert net.allows(frontend, db, 6379) and not net.allows(frontend, db, 6380)
+    assert not net.allows(frontend_elsewhere, db, 6379)  # podSelector alone: own namespace
+    assert net.allows(anything_in_project, db, 6379)  # namespaceSelector alone: all its pods
+    assert not net.allows(frontend, db, 6379, "UDP")
+    assert net.allows(db, External("peer", "10.0.0.9"), 32768)
+    assert not net.allows(db, External("peer", "10.0.0.9"), 32769)
+    assert not net.allows(db, frontend, 443)  # Egress: implied by the egress rules
+    assert net.allows(frontend, External("anywhere", "203.0.113.1"), 80)  # frontend: no policy
+    # One peer with both selectors is AND; two peers are OR.
+    both = {"namespaceSelector": {"matchLabels": {"team": "x"}},
+            "podSelector": {"matchExpressions": [{"key": "role", "operator": "Exists"}]}}
+    and_policy = {"metadata": {"name": "and", "namespace": "app"},
+                  "spec": {"podSelector": {}, "policyTypes": ["Ingress"],
+                           "ingress": [{"from": [both]}]}}
+    net = Network(namespaces, [and_policy], [frontend, anything_in_project])
+    assert not net.allows(anything_in_project, frontend, 80)  # no role label
+    assert net.peer_selects(and_policy, both) == []
