@@ -67,7 +67,8 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
         cache = AvatarCache(settings.cache, tiers)
         if redisconn.enabled(settings.cache):
             # `avatarproxy purge` reaches this replica's memory tier through Redis.
-            app[LISTENER] = PurgeListener(redisconn.subscriber(settings.cache), cache)
+            app[LISTENER] = PurgeListener(redisconn.subscriber(settings.cache), cache,
+                                          ping_seconds=settings.cache.purge_ping_seconds)
             await app[LISTENER].start()
         app[LIMITER] = RateLimiter(
             settings.security.rate_limit_per_second, settings.security.rate_limit_burst,

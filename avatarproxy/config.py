@@ -132,6 +132,10 @@ OPTIONS: tuple[Option, ...] = (
            "Prefix of every Redis key, so deployments can share one Redis."),
     Option("cache", "redis_retry_seconds", float, 1.0,
            "After a Redis failure, how long to skip Redis before trying it again.", minimum=0.01),
+    Option("cache", "purge_ping_seconds", float, 30.0,
+           "Purge subscription: PING it after this long without traffic, and subscribe again "
+           "if no PONG comes within as long again (a NAT may drop idle flows silently).",
+           minimum=0.1),
     Option("cache", "coalesce_wait_seconds", float, 2.0,
            "How long a replica waits for another replica's download of the same image.",
            minimum=0),
@@ -247,6 +251,7 @@ class CacheSettings:
     redis_sentinel_password_file: str
     key_prefix: str
     redis_retry_seconds: float
+    purge_ping_seconds: float
     coalesce_wait_seconds: float
     memory_max_bytes: int
     metadata_ttl_seconds: int

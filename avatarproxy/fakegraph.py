@@ -233,8 +233,9 @@ class FakeGraph:
         (its status unless ``status`` is given), or an ``html`` body (a gateway's)."""
         code_message = None
         if error is not None:
-            real_status, *pair = REAL_ERRORS[error]
-            status, code_message = status or real_status, (pair[0], pair[1])
+            real_status, code, message = REAL_ERRORS[error]
+            status, code_message = status or real_status, (code, message)
+        status = status or 503  # an html body alone: a gateway's outage page
         self._injections.append(_Injection(status, times, dict(headers or {}), path_contains,
                                            error=code_message, html=html))
 

@@ -12,6 +12,7 @@ import datetime
 import email.utils
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 MAX_PHOTO_BYTES = 16 * 1024 * 1024  # Graph photos are at most a few MB
 MAX_JSON_BYTES = 256 * 1024
+# Longest pause a Retry-After may impose (it is shared by every replica through Redis).
+MAX_RETRY_AFTER = 300.0
 _PROFILE_FIELDS = "id,displayName,givenName,surname"
 # What a 403 on each operation means the app registration is missing.
 PERMISSIONS = {"metadata": "ProfilePhoto.Read.All", "photo": "ProfilePhoto.Read.All",
@@ -302,23 +305,23 @@ async def _read_capped(resp: aiohttp.ClientResponse, limit: int) -> tuple[bytes,
 
     ``content.read(n)`` returns whatever has arrived so far: a photo in TCP
     segments would be cut after the first. So read to the end, counting the
-    (decompressed) bytes; a body that ends early raises ``ClientPayloadError``.
+    (decompressed) bytes; a body that ends before its ``Content-Length`` or
+    its last chunk raises ``ClientPayloadError`` (an HTTP/1.0 body delimited by
+    the connection's close cannot tell: image verification catches those).
     Past the cap the connection is dropped rather than drained.
     """
     declared = resp.content_length
     if declared is not None and declared > limit and "Content-Encoding" not in resp.headers:
         resp.close()
         return b"", True
-    chunks: list[bytes] = []
-    total = 0
+    body = bytearray()
     async for chunk in resp.content.iter_any():
-        total += len(chunk)
-        if total > limit:
+        if len(body) + len(chunk) > limit:
+            body += chunk[: limit - len(body)]
             resp.close()
-            chunks.append(chunk[: limit - (total - len(chunk))])
-            return b"".join(chunks), True
-        chunks.append(chunk)
-    return b"".join(chunks), False
+            return bytes(body), True
+        body += chunk
+    return bytes(body), False
 
 
 def meta_from_json(data: Mapping[str, Any]) -> PhotoMeta:
@@ -346,7 +349,7 @@ def check_reply(operation: str, status: int, headers: Mapping[str, str], body: b
 def _check(operation: str, reply: _Reply) -> _Reply:
     status = reply.status
     if 200 <= status < 300 and reply.oversize:
-        if operation == "photo":
+        if operation in ("photo", "team photo"):
             raise InvalidImage("photo over the size cap")
         raise GraphUnavailable(f"{operation}: Graph answer over the size cap")
     if 200 <= status < 300:
@@ -359,7 +362,7 @@ def _check(operation: str, reply: _Reply) -> _Reply:
                                     PERMISSIONS[operation])
     if status == 401:
         raise AuthError(f"{operation}: Graph rejected a fresh token: {_error_code(reply)}")
-    retry_after = _retry_after(reply.headers.get("Retry-After"))
+    retry_after = _retry_after(reply.headers.get("Retry-After"), reply.headers.get("Date"))
     raise GraphUnavailable(f"{operation}: Graph {status} {_error_code(reply)}", retry_after,
                            reply.headers.get("x-ms-throttle-scope"))
 
@@ -372,21 +375,41 @@ def _error_code(reply: _Reply) -> str:
         return ""
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds to wait: Graph sends a number (``2.128``); HTTP also allows a date."""
+def _retry_after(value: str | None, date: str | None = None) -> float | None:
+    """Seconds to wait, at most ``MAX_RETRY_AFTER``; None when there is nothing usable.
+
+    Graph sends a number (``2.128``); HTTP also allows a date, read against the
+    answer's own ``Date`` so our clock's skew does not matter. Zero, a date in the
+    past or garbage is None: plain backoff, and the failure counts for the breaker.
+    A pause is shared by every replica, so an absurd value must not stop Graph calls
+    for long: it is capped.
+    """
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        seconds = float(value)
     except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        seconds = _seconds_until(value, date)
+    if not math.isfinite(seconds) or seconds <= 0:
         return None
+    return min(seconds, MAX_RETRY_AFTER)
+
+
+def _seconds_until(value: str, date: str | None) -> float:
+    """``value`` (an HTTP date) minus ``date`` (the answer's, else now); NaN if unreadable."""
+    try:
+        when = _timestamp(value)
+        now = _timestamp(date) if date else time.time()
+    except (TypeError, ValueError, OverflowError, IndexError):
+        return math.nan
+    return when - now
+
+
+def _timestamp(http_date: str) -> float:
+    when = email.utils.parsedate_to_datetime(http_date)
     if when.tzinfo is None:  # "-0000" or no zone: HTTP dates are in GMT
         when = when.replace(tzinfo=datetime.UTC)
-    return max(0.0, when.timestamp() - time.time())
+    return when.timestamp()
 
 
 def _json(reply: _Reply) -> dict[str, Any]:

@@ -29,6 +29,7 @@ class Faults:
     bandwidth: int = 0  # bytes per second to the client (0: no cap)
     reset_after: int = -1  # bytes to the client, then a TCP reset (RST) both ways
     close_after: int = -1  # bytes to the client, then a clean close (FIN) both ways
+    # (set one of reset_after and close_after; with both, the larger count and a reset)
     stall: bool = False  # accept, read and discard, never connect upstream or answer
 
 
@@ -63,10 +64,6 @@ class FaultProxy:
     def set(self, **changes: object) -> None:
         """Change some faults for the connections accepted from now on."""
         self.faults = replace(self.faults, **changes)  # type: ignore[arg-type]
-
-    @property
-    def open_connections(self) -> int:
-        return sum(not w.is_closing() for w in self._writers)
 
     def cut(self) -> None:
         """Reset every open connection, both sides."""
@@ -117,6 +114,8 @@ class FaultProxy:
                 outcome = "reset"
             to_server.cancel()
             await asyncio.gather(to_server, return_exceptions=True)
+            if outcome == "silent":  # the client must not learn the server has gone
+                await _drain_until_closed(reader)
             if outcome == "reset":
                 _reset(writer)
                 _reset(up_writer)
@@ -141,7 +140,7 @@ class FaultProxy:
         while True:
             data = await reader.read(65536)
             if not data:
-                return "eof"
+                return "silent" if writer in self._silenced else "eof"
             if faults.latency:
                 await asyncio.sleep(faults.latency)
             if writer in self._silenced:
@@ -170,7 +169,8 @@ class FaultProxy:
                 if writer not in self._silenced:
                     writer.write(data)
                     await writer.drain()
-            if writer.can_write_eof() and not writer.is_closing():
+            if writer not in self._silenced and writer.can_write_eof() \
+                    and not writer.is_closing():
                 writer.write_eof()
         except OSError:
             _reset(writer)
@@ -191,6 +191,13 @@ class _Budget:
             self.left -= len(data)
             return data, ""
         return data[: self.left], self.end
+
+
+async def _drain_until_closed(reader: asyncio.StreamReader) -> None:
+    """Swallow what the client still sends until it gives up (or ``cut``/``close``)."""
+    with contextlib.suppress(OSError):
+        while await reader.read(65536):
+            pass
 
 
 def _no_delay(writer: asyncio.StreamWriter) -> None:
