@@ -21,7 +21,7 @@ import struct
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode
@@ -66,6 +66,37 @@ def available_sizes(photo: Image.Image | None) -> list[tuple[int, int]]:
     return [(width, height)]
 
 
+@dataclass(frozen=True, eq=False)
+class RawPhoto:
+    """A photo served as exact bytes, as Graph stored them (lies included),
+    instead of the fake's own JPEG of ``FakePerson.photo``.
+
+    ``bodies`` holds one body per available size (``(648, 648)``: ``/photos/
+    648x648/$value``; the largest is also ``/photo/$value``). ``chunked`` sends
+    them with ``Transfer-Encoding: chunked`` in several chunks and no
+    ``Content-Length``, as a streaming front end does.
+    """
+
+    bodies: Mapping[tuple[int, int], bytes]
+    content_type: str = "image/jpeg"
+    chunked: bool = False
+
+    def response(self, width: int, height: int) -> web.Response:
+        body = self.bodies[(width, height)]
+        if not self.chunked:
+            return web.Response(body=body, content_type=self.content_type)
+        # A body of unknown length: aiohttp sends each piece as its own chunk.
+        return web.Response(body=_pieces(body), content_type=self.content_type)
+
+
+_CHUNK_BYTES = 4096
+
+
+async def _pieces(body: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(body), _CHUNK_BYTES):
+        yield body[start:start + _CHUNK_BYTES]
+
+
 @dataclass(eq=False)
 class FakePerson:
     """One directory user. ``photo`` is the master image, any dimensions.
@@ -74,7 +105,8 @@ class FakePerson:
     its side is available. Anything else is an Entra-only photo: only its
     own dimensions exist. ``placeholder`` (no photo) makes the metadata call
     answer the documented ``1x1`` JSON instead of 404. ``capital_x`` spells
-    ids ``240X240``: Graph sends both spellings.
+    ids ``240X240``: Graph sends both spellings. ``raw`` (instead of ``photo``)
+    serves exact bytes at the sizes it lists.
     """
 
     upn: str
@@ -89,9 +121,10 @@ class FakePerson:
     mail: str | None = None
     proxy_addresses: tuple[str, ...] = ()  # "SMTP:primary@x", "smtp:alias@x"
     account_enabled: bool = True
+    raw: RawPhoto | None = None
 
     def __post_init__(self) -> None:
-        if self.photo is not None and not self.media_etag:
+        if (self.photo is not None or self.raw is not None) and not self.media_etag:
             self.media_etag = _etag(self.object_id, 0)
 
     def size_id(self, width: int, height: int) -> str:
@@ -99,6 +132,8 @@ class FakePerson:
 
     def sizes(self) -> list[tuple[int, int]]:
         """Available sizes, smallest first; empty without a photo."""
+        if self.raw is not None:
+            return sorted(self.raw.bodies, key=lambda size: size[0] * size[1])
         return available_sizes(self.photo)
 
 
@@ -212,6 +247,15 @@ class FakeGraph:
         person.photo = image
         person.media_etag = _etag(person.object_id, self._generation) if image else ""
         self._jpegs = {k: v for k, v in self._jpegs.items() if k[0] != person.object_id}
+        person.raw = None
+        return person.media_etag
+
+    def set_raw_photo(self, upn_or_id: str, raw: RawPhoto) -> str:
+        """Serve exact bytes as the person's photo; returns the new mediaEtag."""
+        self.set_photo(upn_or_id, None)
+        person = self.person(upn_or_id)
+        person.raw = raw
+        person.media_etag = _etag(person.object_id, self._generation)
         return person.media_etag
 
     def count(self, match: str | Callable[[RecordedRequest], bool] | None = None) -> int:
@@ -403,6 +447,8 @@ class FakeGraph:
         return _json(_meta(root, person, 1, 1, content_type="image/gif"))
 
     def _jpeg_response(self, person: _PhotoOwner, width: int, height: int) -> web.Response:
+        if isinstance(person, FakePerson) and person.raw is not None:
+            return person.raw.response(width, height)
         key = (person.object_id, person.media_etag, width, height)
         body = self._jpegs.get(key)
         if body is None:
