@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fontTools.ttLib import TTFont, TTLibError  # type: ignore[import-untyped]
-from PIL import Image, ImageCms, ImageDraw, ImageFont, ImageOps, features
+from PIL import Image, ImageCms, ImageDraw, ImageFont, ImageMath, ImageOps, features
 from PIL.JpegImagePlugin import JpegImageFile
 
 from . import metrics
@@ -141,9 +141,24 @@ def _open(data: bytes) -> Iterator[Image.Image]:
 
 def _resizable(im: Image.Image) -> Image.Image:
     """RGB, RGBA, L or CMYK: modes that resample well and keep any ICC meaning."""
+    if im.mode.startswith("I;16"):
+        im = _eight_bit_grey(im)
     if im.has_transparency_data:
         return im if im.mode == "RGBA" else im.convert("RGBA")
     return im if im.mode in ("RGB", "L", "CMYK") else im.convert("RGB")
+
+
+def _eight_bit_grey(im: Image.Image) -> Image.Image:
+    """A 16-bit grey PNG as L (LA if it has a transparent grey level), scaled:
+    Pillow's own conversion clips every level above 255, so the photo turned white."""
+    wide = im.convert("I")
+    grey = wide.point(lambda v: v / 257).convert("L")
+    transparent = grey.info.pop("transparency", None)
+    if not isinstance(transparent, int):
+        return grey
+    opaque: Image.Image = ImageMath.lambda_eval(
+        lambda a: (a["wide"] != transparent) * 255, wide=wide)
+    return Image.merge("LA", (grey, opaque.convert("L")))
 
 
 def _square(im: Image.Image, size: int) -> Image.Image:

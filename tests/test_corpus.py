@@ -219,6 +219,7 @@ def _photo_cases() -> dict[str, tuple[Callable[[Image.Image], bytes], str,
         "grayscale-jpeg": (lambda im: encode(im.convert("L"), quality=90), "image/jpeg", grey),
         "webp": (lambda im: encode(im, "WEBP", quality=80), "image/webp", same),
         "png-16-bit-rgb": (png_16bit, "image/png", same),
+        "png-16-bit-grey": (lambda im: png_16bit(im.convert("L")), "image/png", grey),
         "png-16-bit-rgba": (lambda im: png_16bit(im.convert("RGBA")), "image/png", same),
         # Bodies that lie about themselves.
         "png-sent-as-jpeg": (lambda im: encode(im, "PNG"), "image/jpeg", same),

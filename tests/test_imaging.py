@@ -175,6 +175,18 @@ def test_palette_gif_source_is_resampled_in_colour() -> None:
     assert len(out.getcolors(maxcolors=50 * 50) or []) > 64  # filtered, not nearest-neighbour
 
 
+@pytest.mark.parametrize("transparent", [False, True])
+def test_16_bit_grey_png_keeps_its_grey_levels(transparent: bool) -> None:
+    im = Image.new("I;16", (64, 64), 100 * 257)  # mid-dark grey at 16 bits a sample
+    im.paste(200 * 257, (0, 0, 64, 16))
+    params = {"transparency": 200 * 257} if transparent else {}
+    out = decode(render_photo(encode(im, "PNG", **params), 32, "png")).convert("RGBA")
+    assert near(out.getpixel((16, 24)), (100, 100, 100, 255), tolerance=2)
+    top = out.getpixel((16, 2))
+    assert isinstance(top, tuple)
+    assert top[3] == 0 if transparent else near(top, (200, 200, 200, 255), tolerance=2)
+
+
 def red_blue_swapped_profile() -> bytes:
     """sRGB with its red and blue primaries exchanged: a wide-gamut stand-in."""
     icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
