@@ -18,7 +18,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from fontTools.ttLib import TTFont, TTLibError  # type: ignore[import-untyped]
-from PIL import Image, ImageCms, ImageDraw, ImageFont, ImageMath, ImageOps, features
+from PIL import (
+    Image,
+    ImageCms,
+    ImageDraw,
+    ImageFont,
+    ImageMath,
+    ImageOps,
+    UnidentifiedImageError,
+    features,
+)
 from PIL.JpegImagePlugin import JpegImageFile
 
 from . import metrics
@@ -133,10 +142,37 @@ def _load(im: Image.Image, size: int, max_pixels: int) -> None:
 def _open(data: bytes) -> Iterator[Image.Image]:
     try:
         im = Image.open(io.BytesIO(data), formats=_SOURCE_FORMATS)
+    except UnidentifiedImageError as exc:
+        # Pillow's message names only a BytesIO: say what arrived instead.
+        raise InvalidImage(f"{_identify(data)} is not a photo format we decode "
+                           f"(only {', '.join(_SOURCE_FORMATS)})") from exc
     except _DECODE_ERRORS as exc:
         raise InvalidImage(f"not an image: {exc}") from exc
     with im:
         yield im
+
+
+# ISO media brands (the ``ftyp`` box) of formats phones save that we do not decode.
+_ISO_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"heim": "HEIC", b"heis": "HEIC",
+               b"hevc": "HEIC", b"avif": "AVIF", b"avis": "AVIF", b"mif1": "HEIF",
+               b"msf1": "HEIF"}
+
+
+def _identify(data: bytes) -> str:
+    """A name for bytes Pillow would not open, for the log; no decoder is asked."""
+    if data[4:8] == b"ftyp":
+        size = int.from_bytes(data[:4], "big")
+        brands = [data[8:12]] + [data[i:i + 4] for i in range(16, min(size, 64), 4)]
+        names = {_ISO_BRANDS[b] for b in brands if b in _ISO_BRANDS}
+        # "mif1" (any HEIF) is listed next to the brand that says what is inside.
+        return next((n for n in ("HEIC", "AVIF", "HEIF") if n in names), "ISO media")
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if data[:5] == b"%PDF-" or data[:4] == b"%!PS":
+        return "PDF or PostScript"
+    if data.lstrip()[:1] == b"<":
+        return "markup (HTML, XML or SVG)"
+    return "unrecognised data" if data else "an empty body"
 
 
 def _resizable(im: Image.Image) -> Image.Image:

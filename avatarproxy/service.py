@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from . import imaging, metrics, svg
+from . import imaging, logs, metrics, svg
 from .cache import AvatarCache
 from .coalesce import ReplicaCoalescer
 from .config import AvatarSettings, CacheSettings
@@ -47,6 +47,8 @@ Admit = Callable[[], Awaitable[bool]]
 
 # Initials served because Graph could not answer are re-asked soon.
 TRANSIENT_MAX_AGE = 60
+# Refused photo versions remembered so each is logged once (then forgotten all at once).
+_REFUSED_MEMORY = 4096
 
 
 def _unknown_user(subject: Subject, meta: PhotoMeta | None) -> bool:
@@ -83,6 +85,7 @@ class AvatarService:
         self._coalescer = coalescer or ReplicaCoalescer(None, 0, 0)
         self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._missing_permissions: set[str] = set()
+        self._refused: set[str] = set()  # photo versions already logged as refused
 
     async def get_avatar(self, subject: Subject, size: int, *,
                          formats: OutputFormats | None = None, fallback: bool = True,
@@ -166,7 +169,10 @@ class AvatarService:
             except GraphNotFound:
                 # Deleted between metadata and bytes: the metadata is refreshed later.
                 meta = replace(meta, has_photo=False)
-            except (GraphError, InvalidImage) as exc:
+            except InvalidImage as exc:
+                self._note_refused(subject, meta, exc)
+                meta = None
+            except GraphError as exc:
                 self._note_failure(subject, "photo", exc)
                 meta = None
         # 3. No photo: initials, unless the page draws its own placeholder.
@@ -303,6 +309,23 @@ class AvatarService:
         exc = None if done.cancelled() else done.exception()
         if isinstance(exc, GraphError):
             self._note_failure(subject, "metadata refresh", exc)
+
+    def _note_refused(self, subject: Subject, meta: PhotoMeta, exc: InvalidImage) -> None:
+        """Bytes Graph holds that we will not show (HEIC, corrupt, a bomb...).
+
+        Counted every time, logged once per photo version and process: the
+        same bytes come back on every miss until the person uploads anew.
+        """
+        metrics.initials_fallback(type(exc).__name__)
+        version = f"{subject.cache_id}\x1f{meta.media_etag}"
+        if version in self._refused:
+            return
+        if len(self._refused) >= _REFUSED_MEMORY:
+            self._refused.clear()
+        self._refused.add(version)
+        log.warning("photo of %s (mediaEtag %s) refused, serving initials or the 404 "
+                    "fallback: %s",
+                    logs.subject_ref(subject.key), meta.media_etag, exc)
 
     def _note_failure(self, subject: Subject, step: str, exc: Exception) -> None:
         metrics.initials_fallback(type(exc).__name__)  # a handful of our own error types

@@ -5,6 +5,7 @@ in sRGB, at exactly the requested size; or as initials with a log line saying wh
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import uuid
@@ -25,6 +26,7 @@ from photos import (
     display_p3_profile,
     encode,
     hd_bodies,
+    heic_like,
     large_original,
     mark_corner,
     p3_look,
@@ -293,6 +295,28 @@ async def initials_with_reason(client: Client, upn: str, caplog: pytest.LogCaptu
     assert headers["Cache-Control"] == "public, max-age=60"  # not cached as "no photo"
     assert decode(body).size == (size, size)
     return [r.getMessage() for r in caplog.records if r.name.startswith("avatarproxy")]
+
+
+async def test_heic_is_refused_with_initials_logged_once_per_photo_version(
+        make_client: MakeClient, fake_graph: Any, person: Callable[..., str],
+        caplog: pytest.LogCaptureFixture) -> None:
+    upn = person("heic", {(ENTRA_SIDE, ENTRA_SIDE): heic_like()}, "image/heic")
+    client = await make_client(cache__metadata_ttl_seconds=1)
+    for size in (96, 48, 96):  # each asks Graph again: nothing about it is cached
+        lines = await initials_with_reason(client, upn, caplog, size)
+    refusals = [line for line in lines if "refused" in line]
+    assert len(refusals) == 1, lines
+    assert "HEIC is not a photo format we decode" in refusals[0]
+    # The person uploads another HEIC: a new version, worth one more line.
+    fake_graph.graph.set_raw_photo(upn, RawPhoto({(ENTRA_SIDE, ENTRA_SIDE): heic_like()},
+                                                 "image/heic"))
+    await asyncio.sleep(1.1)  # the metadata goes stale; the next request refreshes it
+    for _ in range(50):
+        lines = await initials_with_reason(client, upn, caplog)
+        if len([line for line in lines if "refused" in line]) > 1:
+            break
+        await asyncio.sleep(0.02)
+    assert len([line for line in lines if "refused" in line]) == 2, lines
 
 
 async def test_truncated_scan_is_refused_with_initials_and_the_reason(

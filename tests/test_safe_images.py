@@ -40,3 +40,15 @@ def test_postscript_is_never_handed_to_ghostscript() -> None:
 
 def test_pillow_bomb_limit_is_set_explicitly_above_our_own() -> None:
     assert Image.MAX_IMAGE_PIXELS == 2 * MAX_SOURCE_PIXELS
+
+
+@pytest.mark.parametrize(("data", "named"), [
+    (b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(200), "HEIC"),
+    (b"\x00\x00\x00\x18ftypmif1\x00\x00\x00\x00mif1heic" + bytes(200), "HEIC"),
+    (_encoded("AVIF"), "AVIF"),
+    (_encoded("TIFF"), "TIFF"),
+    (b"<html><body>Sign in</body></html>", "markup"),
+])
+def test_a_refused_format_is_named_in_the_reason(data: bytes, named: str) -> None:
+    with pytest.raises(InvalidImage, match=f"^{named}.* is not a photo format we decode"):
+        render_photo(data, 48, "png")
