@@ -8,8 +8,9 @@ or a rotation) with fine grain over the whole frame, which is what makes a
 photograph heavy to encode and to send. Then it is stored the way a camera
 or an editor would store it: rotated with an EXIF orientation, as CMYK,
 grayscale, progressive, Display P3, 16-bit, with alpha, WebP, HEIC; or as a
-body that lies about itself. ``expected`` says what the service should make
-of each, in sRGB.
+body that lies about itself. The helpers at the end read an answer back:
+mean colour per cell of a grid (whose photo, which way up, which colours)
+and which corner the mark ended up in.
 """
 
 from __future__ import annotations
@@ -191,10 +192,6 @@ def _convert(rgb: Sequence[int], source: Matrix, target: Matrix) -> RGB:
 def srgb_to_p3(rgb: Sequence[int]) -> RGB:
     """The Display P3 encoding of an sRGB colour (plain matrix maths, no ICC)."""
     return _convert(rgb, _rgb_to_xyz(_SRGB_PRIMARIES), _rgb_to_xyz(_P3_PRIMARIES))
-
-
-def p3_to_srgb(rgb: Sequence[int]) -> RGB:
-    return _convert(rgb, _rgb_to_xyz(_P3_PRIMARIES), _rgb_to_xyz(_SRGB_PRIMARIES))
 
 
 def p3_image_to_srgb(image: Image.Image) -> Image.Image:
