@@ -42,7 +42,10 @@ from .redisconn import REDIS_FAILURES, RedisConnection
 log = logging.getLogger(__name__)
 
 # Bump when the key layout or stored value format changes: old entries are
-# then never read (they expire by their TTL).
+# then never read (they expire by their TTL). Not for a change of rendering:
+# image keys carry imaging.RENDERER_VERSION, and a bump here would also drop
+# every person's metadata and downloaded photo, so each would be fetched from
+# Graph again at deploy.
 SCHEMA_VERSION = "v2"
 _ENTRY_OVERHEAD = 128  # rough bytes of bookkeeping per memory-tier entry
 
@@ -299,8 +302,13 @@ class AvatarCache:
         self._prefix = f"{settings.key_prefix}{SCHEMA_VERSION}:"
         self._memory = next((t for t in tiers if isinstance(t, MemoryTier)), None)
 
-    def photo_key(self, subject: Subject, media_etag: str, size: int, fmt: str) -> str:
-        return f"{self._prefix}img:{{{subject.cache_id}}}:{_digest(media_etag)}:{size}:{fmt}"
+    def photo_key(self, subject: Subject, media_etag: str, size: int, fmt: str,
+                  renderer: str) -> str:
+        """A rendered photo. ``renderer`` (``imaging.RENDERER_VERSION``) is in it, so a
+        deploy that changes the output renders anew, from the kept source (whose key
+        has no renderer: the bytes Graph sent do not change with our code)."""
+        return (f"{self._prefix}img:{{{subject.cache_id}}}:{_digest(media_etag, renderer)}:"
+                f"{size}:{fmt}")
 
     def initials_key(self, texts: Sequence[str], colour: tuple[int, int, int], size: int, fmt: str,
                      renderer: str) -> str:

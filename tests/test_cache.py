@@ -108,7 +108,8 @@ async def test_every_redis_key_gets_a_ttl(tiered: tuple[AvatarCache, MemoryTier]
     cache, _ = tiered
     subject = Subject("adele.vance@contoso.com")
     await cache.put_meta(subject, PhotoMeta(has_photo=False, fetched_at=time.time()))
-    await cache.put_image(cache.photo_key(subject, '"E1"', 48, "jpeg"), b"jpeg", owner=subject)
+    await cache.put_image(cache.photo_key(subject, '"E1"', 48, "jpeg", "1"), b"jpeg",
+                          owner=subject)
     client = aioredis.Redis.from_url(redis_url)
     keys = await client.keys("*")
     assert len(keys) == 3  # metadata, image, and the person's index for purge
@@ -151,11 +152,12 @@ def test_freshness_uses_the_positive_and_negative_ttls() -> None:
     assert not cache.is_fresh(nophoto)
     assert cache.is_fresh(replace(nophoto, fetched_at=now - SETTINGS.negative_ttl_seconds + 5))
 
-def test_photo_keys_change_with_the_media_etag_and_ignore_case_of_upn() -> None:
+def test_photo_keys_change_with_the_media_etag_and_renderer_and_ignore_case_of_upn() -> None:
     cache = AvatarCache(SETTINGS, [])
-    a = cache.photo_key(Subject("a@contoso.com"), '"E1"', 48, "jpeg")
-    assert a != cache.photo_key(Subject("a@contoso.com"), '"E2"', 48, "jpeg")
-    assert a != cache.photo_key(Subject("a@contoso.com"), '"E1"', 64, "jpeg")
-    assert a != cache.photo_key(Subject("a@contoso.com"), '"E1"', 48, "webp")
-    assert a == cache.photo_key(Subject("A@Contoso.com".lower()), '"E1"', 48, "jpeg")
+    a = cache.photo_key(Subject("a@contoso.com"), '"E1"', 48, "jpeg", "1")
+    assert a != cache.photo_key(Subject("a@contoso.com"), '"E2"', 48, "jpeg", "1")
+    assert a != cache.photo_key(Subject("a@contoso.com"), '"E1"', 64, "jpeg", "1")
+    assert a != cache.photo_key(Subject("a@contoso.com"), '"E1"', 48, "webp", "1")
+    assert a != cache.photo_key(Subject("a@contoso.com"), '"E1"', 48, "jpeg", "2")
+    assert a == cache.photo_key(Subject("A@Contoso.com".lower()), '"E1"', 48, "jpeg", "1")
     assert a.startswith("avatarproxy:v2:")
