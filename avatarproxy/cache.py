@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -366,13 +366,14 @@ class AvatarCache:
         for _ in range(lookups):
             metrics.cache_lookup("memory", "hit")
 
-    async def _get(self, key: str, ttl: int) -> bytes | None:
+    async def _get(self, key: str, ttl: int | Callable[[bytes], int]) -> bytes | None:
+        """The value from the fastest tier holding it; ``ttl`` (or ``ttl(value)``) is
+        how long the faster tiers we missed in keep it."""
         for index, tier in enumerate(self.tiers):
             value = await tier.get(key)
             if value is not None:
-                # Promote to the faster tiers we missed in.
                 for faster in self.tiers[:index]:
-                    await faster.set(key, value, ttl)
+                    await faster.set(key, value, ttl(value) if callable(ttl) else ttl)
                 return value
         return None
 
@@ -419,14 +420,18 @@ class AvatarCache:
 
     async def get_alias(self, subject: Subject) -> str | None:
         """The object id an address resolved to; "" when it resolved to nobody."""
-        raw = await self._get(self.alias_key(subject), self._settings.metadata_ttl_seconds)
+        # "Nobody" is promoted for its own (shorter) TTL, as it is written.
+        raw = await self._get(self.alias_key(subject), self._alias_ttl)
         return raw.decode("ascii", "replace") if raw is not None else None
 
     async def put_alias(self, subject: Subject, object_id: str) -> None:
-        ttl = (self._settings.metadata_ttl_seconds if object_id
-               else self._settings.negative_ttl_seconds)
+        raw = object_id.encode("ascii")
         for tier in self.tiers:
-            await tier.set(self.alias_key(subject), object_id.encode("ascii"), ttl)
+            await tier.set(self.alias_key(subject), raw, self._alias_ttl(raw))
+
+    def _alias_ttl(self, raw: bytes) -> int:
+        return (self._settings.metadata_ttl_seconds if raw
+                else self._settings.negative_ttl_seconds)
 
     async def close(self) -> None:
         for tier in self.tiers:
