@@ -384,11 +384,29 @@ class AvatarCache:
             await tier.set(key, value, self._settings.image_ttl_seconds, index)
 
     async def get_meta(self, subject: Subject) -> PhotoMeta | None:
-        return _meta_or_none(
-            await self._get(self.meta_key(subject), self._settings.stale_ttl_seconds))
+        """The freshest metadata the tiers hold.
+
+        A stale copy does not end the lookup: another replica may have
+        refreshed Redis already, and asking Redis costs one round trip where
+        Graph would cost a call per process. Stale everywhere: the newest
+        stale copy, which the caller serves while it refreshes.
+        """
+        key = self.meta_key(subject)
+        best: PhotoMeta | None = None
+        behind: list[CacheTier] = []  # faster tiers that had nothing, or an older copy
+        for tier in self.tiers:
+            meta = _meta_or_none(await tier.get(key))
+            if meta is not None and (best is None or meta.fetched_at > best.fetched_at):
+                best = meta
+            if best is not None and self.is_fresh(best):
+                for faster in behind:
+                    await faster.set(key, _encode_meta(best), self._settings.stale_ttl_seconds)
+                return best
+            behind.append(tier)
+        return best
 
     async def put_meta(self, subject: Subject, meta: PhotoMeta) -> None:
-        raw = json.dumps(asdict(meta), separators=(",", ":")).encode("utf-8")
+        raw = _encode_meta(meta)
         for tier in self.tiers:
             await tier.set(self.meta_key(subject), raw, self._settings.stale_ttl_seconds,
                            self._index(subject))
@@ -436,6 +454,10 @@ class AvatarCache:
     async def close(self) -> None:
         for tier in self.tiers:
             await tier.close()
+
+
+def _encode_meta(meta: PhotoMeta) -> bytes:
+    return json.dumps(asdict(meta), separators=(",", ":")).encode("utf-8")
 
 
 def _meta_or_none(raw: bytes | None) -> PhotoMeta | None:

@@ -21,6 +21,8 @@ from avatarproxy.errors import Overloaded
 from avatarproxy.fakegraph import portrait
 from avatarproxy.limits import LoadLimits
 from avatarproxy.models import Subject
+from avatarproxy.throttle import GraphGate
+from avatarproxy.web import SERVICE
 
 ADELE = "adele.vance@contoso.com"
 ALEX = "alex.wilber@contoso.com"
@@ -169,6 +171,31 @@ async def test_stale_metadata_is_served_at_once_and_refreshed_once_in_background
         await asyncio.sleep(0.02)
     assert headers["ETag"] != first["ETag"] and body != old_body
     assert fake_graph.graph.count(lambda r: r.raw_path == meta_calls) == 2
+
+
+async def test_stale_metadata_is_refreshed_once_per_ttl_by_the_fleet_not_once_per_process(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    ttl = 2
+    one = await make_client(cache__metadata_ttl_seconds=ttl)
+    two = await make_client(cache__metadata_ttl_seconds=ttl)  # another process
+    _, old, _ = await get(one, f"/avatar/{ADELE}/48")
+    assert (await get(two, f"/avatar/{ADELE}/48"))[1]["ETag"] == old["ETag"]  # from Redis
+    meta_calls = f"/v1.0/users/{ADELE}/photo"
+    assert fake_graph.graph.count(lambda r: r.raw_path == meta_calls) == 1
+    fake_graph.graph.set_photo(ADELE, portrait(648, 648, "#000000", "#ff0000", "#00ff00"))
+    await asyncio.sleep(ttl + 0.1)  # both processes' memory copies go stale
+    await get(one, f"/avatar/{ADELE}/48")  # stale, and refreshed behind it
+    await wait_for(lambda: fake_graph.graph.count(lambda r: r.raw_path == meta_calls) == 2
+                   and one.app[SERVICE].fetches_in_flight == 0)
+    _, new, _ = await get(one, f"/avatar/{ADELE}/48")
+    assert new["ETag"] != old["ETag"]
+    # The other process finds the refresh in Redis behind its stale memory copy:
+    # the new photo at once, and no metadata call of its own.
+    _, headers, _ = await get(two, f"/avatar/{ADELE}/48")
+    await wait_for(lambda: two.app[SERVICE].fetches_in_flight == 0)
+    assert headers["ETag"] == new["ETag"]
+    assert fake_graph.graph.count(lambda r: r.raw_path == meta_calls) == 2
+    assert downloads(fake_graph) == 2  # the old photo, then the new one, once each
 
 
 async def test_slow_graph_gets_initials_that_are_not_stored_within_the_deadline(
