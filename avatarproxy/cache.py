@@ -124,6 +124,13 @@ _RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
             "return redis.call('del', KEYS[1]) else return 0 end")
 
 
+# Replicas throttled at about the same time each share their pause: a shorter
+# one arriving second must not cut short the longer one already stored.
+_KEEP_LATER = ("local stored = tonumber(redis.call('get', KEYS[1]) or '') "
+               "if stored and stored >= tonumber(ARGV[1]) then return 0 end "
+               "redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2]) return 1")
+
+
 class RedisTier:
     """Redis with short timeouts; errors are logged and read as misses.
 
@@ -194,8 +201,10 @@ class RedisTier:
         values = await self._call("GET", pipe.execute()) or [None] * len(keys)
         return [v if isinstance(v, bytes) else None for v in values]
 
-    async def set_for(self, key: str, value: bytes, ttl_seconds: float) -> None:
-        await self._call("SET", self._client.set(key, value, px=max(1, int(ttl_seconds * 1000))))
+    async def keep_later(self, key: str, until: float, ttl_seconds: float) -> None:
+        """Store the time ``until`` at ``key`` unless it holds a later one (atomic)."""
+        await self._call("EVAL", self._client.eval(
+            _KEEP_LATER, 1, key, repr(until), max(1, int(ttl_seconds * 1000))))
 
     async def try_lock(self, key: str, token: str, ttl_seconds: float,
                        guarded: str | None = None) -> tuple[bool, bool] | None:

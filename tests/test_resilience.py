@@ -15,9 +15,10 @@ import redis.asyncio as aioredis
 from appclient import MakeClient, get
 from PIL import Image
 
-from avatarproxy.cache import AvatarCache
+from avatarproxy import redisconn
+from avatarproxy.cache import AvatarCache, RedisTier
 from avatarproxy.config import load_settings
-from avatarproxy.errors import Overloaded
+from avatarproxy.errors import GraphUnavailable, Overloaded
 from avatarproxy.fakegraph import portrait
 from avatarproxy.limits import LoadLimits
 from avatarproxy.models import Subject
@@ -99,6 +100,25 @@ async def test_one_persons_throttle_without_scope_pauses_only_that_person(
     assert fake_graph.graph.count() == 1
     _, headers, _ = await get(client, f"/avatar/{ALEX}/48")
     assert headers["X-Avatar-Source"] == "photo"
+
+
+async def test_a_shorter_throttle_pause_from_another_replica_keeps_the_longer_one(
+        redis_url: str) -> None:
+    settings = load_settings(env={}, overrides={"cache.redis_url": redis_url})
+    redis = RedisTier(redisconn.connect(settings.cache))
+    one, two, three = (GraphGate(settings.graph, redis, KEYS.pause_key) for _ in range(3))
+    try:
+        # Two replicas' calls were in flight together; Graph throttles both, the
+        # second answer with a shorter Retry-After than the first.
+        for gate, seconds in ((one, 30.0), (two, 1.0)):
+            await gate.failed(ADELE, GraphUnavailable("429", retry_after=seconds,
+                                                      throttle_scope=APP_SCOPE), attempt=0)
+        # A third replica, which saw neither answer, holds off for the longer pause.
+        with pytest.raises(GraphUnavailable) as paused:
+            await three.admit(MEGAN)
+        assert paused.value.retry_after is not None and paused.value.retry_after > 25
+    finally:
+        await redis.close()
 
 
 async def test_circuit_breaker_stops_calling_a_failing_graph_then_probes_it(
