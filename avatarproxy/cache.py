@@ -122,6 +122,9 @@ class MemoryTier:
 # by another replica must not be released by the late first holder.
 _RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
             "return redis.call('del', KEYS[1]) else return 0 end")
+# Extend a lock only if we still hold it (SET, not PEXPIRE: the ACL allows SET).
+_EXTEND = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+           "redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2]) return 1 else return 0 end")
 
 
 # Replicas throttled at about the same time each share their pause: a shorter
@@ -223,6 +226,11 @@ class RedisTier:
         if replies is None:
             return None
         return bool(replies[0]), guarded is None or bool(replies[1])
+
+    async def extend_lock(self, key: str, token: str, ttl_seconds: float) -> bool:
+        """Give our lock ``key`` ``ttl_seconds`` more; False if it is no longer ours."""
+        return bool(await self._call("EVAL", self._client.eval(
+            _EXTEND, 1, key, token, max(1, int(ttl_seconds * 1000)))))
 
     def release_on_write(self, guarded: str, key: str, token: str) -> None:
         """Release lock ``key`` in the same round trip as the next ``set`` of ``guarded``."""

@@ -285,6 +285,23 @@ async def test_a_dead_holders_lock_expires_and_the_waiter_fetches_itself(
     assert downloads(fake_graph) == 1
 
 
+async def test_a_holder_slower_than_its_lock_time_keeps_the_lock_so_one_download_serves_all(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    # The lock's time is graph.timeout_seconds; this download takes longer: its first
+    # attempt times out, and the retry is slow too.
+    settings = {"graph__timeout_seconds": 1.5, "cache__coalesce_wait_seconds": 30,
+                "server__request_deadline_seconds": 30}
+    one, two = await make_client(**settings), await make_client(**settings)
+    fake_graph.graph.fault("slow", path_contains="$value", delay=2.5)
+    fake_graph.graph.fault("slow", path_contains="$value", delay=1.0)
+    first = asyncio.ensure_future(get(one, f"/avatar/{ADELE}/48"))
+    await wait_for(lambda: downloads(fake_graph) == 1)  # one holds the lock and downloads
+    status, headers, body = await get(two, f"/avatar/{ADELE}/48")
+    assert (status, headers["X-Avatar-Source"]) == (200, "photo")
+    assert (await first)[2] == body
+    assert downloads(fake_graph) == 2  # one's timed-out attempt and its retry; none by two
+
+
 async def test_while_throttled_a_stale_cached_photo_is_served_and_graph_left_alone(
         make_client: MakeClient, fake_graph: Any) -> None:
     client = await make_client(cache__metadata_ttl_seconds=1)
