@@ -37,7 +37,7 @@ from redis.exceptions import OutOfMemoryError
 from . import metrics
 from .config import CacheSettings
 from .models import PhotoMeta, Profile, Subject
-from .redisconn import REDIS_FAILURES, RedisConnection
+from .redisconn import REDIS_FAILURES, RedisConnection, command
 
 log = logging.getLogger(__name__)
 
@@ -245,24 +245,24 @@ class RedisTier:
     async def exists(self, key: str) -> bool:
         return bool(await self._call("EXISTS", self._client.exists(key)))
 
-    async def _call(self, command: str, pending: Awaitable[Any]) -> Any:
+    async def _call(self, name: str, pending: Awaitable[Any]) -> Any:
         if not self.available:
             _discard(pending)
             return None
         self._busy += 1
         self._idle.clear()
         try:
-            result = await pending
+            result = await command(pending)
         except OutOfMemoryError as exc:
             # maxmemory reached with a no-eviction policy: the value is simply not cached.
             self.writes_refused_for_memory += 1
             metrics.cache_write_refused()
-            self._log_error(command, exc)
+            self._log_error(name, exc)
             return None
         except REDIS_FAILURES as exc:
             self.healthy = False
             self._skip_until = time.monotonic() + self._retry_after
-            self._log_error(command, exc)
+            self._log_error(name, exc)
             return None
         finally:
             self._busy -= 1
@@ -276,10 +276,10 @@ class RedisTier:
     async def purge(self, index: str, keys: tuple[str, ...],
                     prefixes: tuple[str, ...]) -> int:
         """Delete ``keys`` and those listed in ``index``; errors propagate (an operator asked)."""
-        members = await self._client.smembers(index)
+        members = await command(self._client.smembers(index))
         listed = {m.decode() if isinstance(m, bytes) else str(m) for m in members}
-        deleted = int(await self._client.delete(*sorted(listed | set(keys))))
-        await self._client.delete(index)
+        deleted = int(await command(self._client.delete(*sorted(listed | set(keys)))))
+        await command(self._client.delete(index))
         return deleted
 
     def _log_error(self, command: str, exc: BaseException) -> None:

@@ -4,6 +4,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -93,6 +94,26 @@ async def test_unreachable_redis_reads_as_a_miss_quickly() -> None:
     assert await tier.get("k") is None
     assert time.monotonic() - started < 2
     await tier.close()
+
+
+async def test_a_type_error_of_ours_under_a_redis_command_is_raised_not_taken_for_redis_down(
+        redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-py calls our password-file reader when it connects; a bug there is a bug,
+    not a failing Redis that the service would quietly run without."""
+    password = tmp_path / "password"
+    password.write_text("secret\n")
+    tier = redis_tier(redis_url, **{"cache.redis_password_file": str(password)})
+
+    def broken(self: object) -> tuple[str]:
+        raise TypeError("a bug of ours")
+
+    monkeypatch.setattr(redisconn._PasswordFile, "get_credentials", broken)
+    try:
+        with pytest.raises(TypeError, match="a bug of ours"):
+            await tier.get(P + "k")
+        assert tier.healthy
+    finally:
+        await tier.close()
 
 # -- the two tiers together ----------------------------------------------------------
 
