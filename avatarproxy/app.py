@@ -81,7 +81,8 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
                 settings.auth, scope_for(settings.graph.base_url))
             graph = GraphClient(settings.graph, provider, session,
                                 GraphGate(settings.graph, cache.redis, cache.pause_key))
-            # A download lock outlives a normal download, not a dead holder for long.
+            # A holder renews its download lock while it works; this is how long
+            # one that died keeps the other replicas waiting.
             coalescer = ReplicaCoalescer(cache.redis, settings.cache.coalesce_wait_seconds,
                                          lock_seconds=settings.graph.timeout_seconds,
                                          guarded_key=cache.guarded_key)

@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -37,12 +37,15 @@ from redis.exceptions import OutOfMemoryError
 from . import metrics
 from .config import CacheSettings
 from .models import PhotoMeta, Profile, Subject
-from .redisconn import REDIS_FAILURES, RedisConnection
+from .redisconn import REDIS_FAILURES, RedisConnection, command
 
 log = logging.getLogger(__name__)
 
 # Bump when the key layout or stored value format changes: old entries are
-# then never read (they expire by their TTL).
+# then never read (they expire by their TTL). Not for a change of rendering:
+# image keys carry imaging.RENDERER_VERSION, and a bump here would also drop
+# every person's metadata and downloaded photo, so each would be fetched from
+# Graph again at deploy.
 SCHEMA_VERSION = "v2"
 _ENTRY_OVERHEAD = 128  # rough bytes of bookkeeping per memory-tier entry
 
@@ -119,6 +122,16 @@ class MemoryTier:
 # by another replica must not be released by the late first holder.
 _RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
             "return redis.call('del', KEYS[1]) else return 0 end")
+# Extend a lock only if we still hold it (SET, not PEXPIRE: the ACL allows SET).
+_EXTEND = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+           "redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2]) return 1 else return 0 end")
+
+
+# Replicas throttled at about the same time each share their pause: a shorter
+# one arriving second must not cut short the longer one already stored.
+_KEEP_LATER = ("local stored = tonumber(redis.call('get', KEYS[1]) or '') "
+               "if stored and stored >= tonumber(ARGV[1]) then return 0 end "
+               "redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2]) return 1")
 
 
 class RedisTier:
@@ -191,8 +204,10 @@ class RedisTier:
         values = await self._call("GET", pipe.execute()) or [None] * len(keys)
         return [v if isinstance(v, bytes) else None for v in values]
 
-    async def set_for(self, key: str, value: bytes, ttl_seconds: float) -> None:
-        await self._call("SET", self._client.set(key, value, px=max(1, int(ttl_seconds * 1000))))
+    async def keep_later(self, key: str, until: float, ttl_seconds: float) -> None:
+        """Store the time ``until`` at ``key`` unless it holds a later one (atomic)."""
+        await self._call("EVAL", self._client.eval(
+            _KEEP_LATER, 1, key, repr(until), max(1, int(ttl_seconds * 1000))))
 
     async def try_lock(self, key: str, token: str, ttl_seconds: float,
                        guarded: str | None = None) -> tuple[bool, bool] | None:
@@ -212,6 +227,11 @@ class RedisTier:
             return None
         return bool(replies[0]), guarded is None or bool(replies[1])
 
+    async def extend_lock(self, key: str, token: str, ttl_seconds: float) -> bool:
+        """Give our lock ``key`` ``ttl_seconds`` more; False if it is no longer ours."""
+        return bool(await self._call("EVAL", self._client.eval(
+            _EXTEND, 1, key, token, max(1, int(ttl_seconds * 1000)))))
+
     def release_on_write(self, guarded: str, key: str, token: str) -> None:
         """Release lock ``key`` in the same round trip as the next ``set`` of ``guarded``."""
         self._release_on_write[guarded] = (key, token)
@@ -225,24 +245,24 @@ class RedisTier:
     async def exists(self, key: str) -> bool:
         return bool(await self._call("EXISTS", self._client.exists(key)))
 
-    async def _call(self, command: str, pending: Awaitable[Any]) -> Any:
+    async def _call(self, name: str, pending: Awaitable[Any]) -> Any:
         if not self.available:
             _discard(pending)
             return None
         self._busy += 1
         self._idle.clear()
         try:
-            result = await pending
+            result = await command(pending)
         except OutOfMemoryError as exc:
             # maxmemory reached with a no-eviction policy: the value is simply not cached.
             self.writes_refused_for_memory += 1
             metrics.cache_write_refused()
-            self._log_error(command, exc)
+            self._log_error(name, exc)
             return None
         except REDIS_FAILURES as exc:
             self.healthy = False
             self._skip_until = time.monotonic() + self._retry_after
-            self._log_error(command, exc)
+            self._log_error(name, exc)
             return None
         finally:
             self._busy -= 1
@@ -256,10 +276,10 @@ class RedisTier:
     async def purge(self, index: str, keys: tuple[str, ...],
                     prefixes: tuple[str, ...]) -> int:
         """Delete ``keys`` and those listed in ``index``; errors propagate (an operator asked)."""
-        members = await self._client.smembers(index)
+        members = await command(self._client.smembers(index))
         listed = {m.decode() if isinstance(m, bytes) else str(m) for m in members}
-        deleted = int(await self._client.delete(*sorted(listed | set(keys))))
-        await self._client.delete(index)
+        deleted = int(await command(self._client.delete(*sorted(listed | set(keys)))))
+        await command(self._client.delete(index))
         return deleted
 
     def _log_error(self, command: str, exc: BaseException) -> None:
@@ -299,8 +319,13 @@ class AvatarCache:
         self._prefix = f"{settings.key_prefix}{SCHEMA_VERSION}:"
         self._memory = next((t for t in tiers if isinstance(t, MemoryTier)), None)
 
-    def photo_key(self, subject: Subject, media_etag: str, size: int, fmt: str) -> str:
-        return f"{self._prefix}img:{{{subject.cache_id}}}:{_digest(media_etag)}:{size}:{fmt}"
+    def photo_key(self, subject: Subject, media_etag: str, size: int, fmt: str,
+                  renderer: str) -> str:
+        """A rendered photo. ``renderer`` (``imaging.RENDERER_VERSION``) is in it, so a
+        deploy that changes the output renders anew, from the kept source (whose key
+        has no renderer: the bytes Graph sent do not change with our code)."""
+        return (f"{self._prefix}img:{{{subject.cache_id}}}:{_digest(media_etag, renderer)}:"
+                f"{size}:{fmt}")
 
     def initials_key(self, texts: Sequence[str], colour: tuple[int, int, int], size: int, fmt: str,
                      renderer: str) -> str:
@@ -358,13 +383,14 @@ class AvatarCache:
         for _ in range(lookups):
             metrics.cache_lookup("memory", "hit")
 
-    async def _get(self, key: str, ttl: int) -> bytes | None:
+    async def _get(self, key: str, ttl: int | Callable[[bytes], int]) -> bytes | None:
+        """The value from the fastest tier holding it; ``ttl`` (or ``ttl(value)``) is
+        how long the faster tiers we missed in keep it."""
         for index, tier in enumerate(self.tiers):
             value = await tier.get(key)
             if value is not None:
-                # Promote to the faster tiers we missed in.
                 for faster in self.tiers[:index]:
-                    await faster.set(key, value, ttl)
+                    await faster.set(key, value, ttl(value) if callable(ttl) else ttl)
                 return value
         return None
 
@@ -375,11 +401,29 @@ class AvatarCache:
             await tier.set(key, value, self._settings.image_ttl_seconds, index)
 
     async def get_meta(self, subject: Subject) -> PhotoMeta | None:
-        return _meta_or_none(
-            await self._get(self.meta_key(subject), self._settings.stale_ttl_seconds))
+        """The freshest metadata the tiers hold.
+
+        A stale copy does not end the lookup: another replica may have
+        refreshed Redis already, and asking Redis costs one round trip where
+        Graph would cost a call per process. Stale everywhere: the newest
+        stale copy, which the caller serves while it refreshes.
+        """
+        key = self.meta_key(subject)
+        best: PhotoMeta | None = None
+        behind: list[CacheTier] = []  # faster tiers that had nothing, or an older copy
+        for tier in self.tiers:
+            meta = _meta_or_none(await tier.get(key))
+            if meta is not None and (best is None or meta.fetched_at > best.fetched_at):
+                best = meta
+            if best is not None and self.is_fresh(best):
+                for faster in behind:
+                    await faster.set(key, _encode_meta(best), self._settings.stale_ttl_seconds)
+                return best
+            behind.append(tier)
+        return best
 
     async def put_meta(self, subject: Subject, meta: PhotoMeta) -> None:
-        raw = json.dumps(asdict(meta), separators=(",", ":")).encode("utf-8")
+        raw = _encode_meta(meta)
         for tier in self.tiers:
             await tier.set(self.meta_key(subject), raw, self._settings.stale_ttl_seconds,
                            self._index(subject))
@@ -411,18 +455,26 @@ class AvatarCache:
 
     async def get_alias(self, subject: Subject) -> str | None:
         """The object id an address resolved to; "" when it resolved to nobody."""
-        raw = await self._get(self.alias_key(subject), self._settings.metadata_ttl_seconds)
+        # "Nobody" is promoted for its own (shorter) TTL, as it is written.
+        raw = await self._get(self.alias_key(subject), self._alias_ttl)
         return raw.decode("ascii", "replace") if raw is not None else None
 
     async def put_alias(self, subject: Subject, object_id: str) -> None:
-        ttl = (self._settings.metadata_ttl_seconds if object_id
-               else self._settings.negative_ttl_seconds)
+        raw = object_id.encode("ascii")
         for tier in self.tiers:
-            await tier.set(self.alias_key(subject), object_id.encode("ascii"), ttl)
+            await tier.set(self.alias_key(subject), raw, self._alias_ttl(raw))
+
+    def _alias_ttl(self, raw: bytes) -> int:
+        return (self._settings.metadata_ttl_seconds if raw
+                else self._settings.negative_ttl_seconds)
 
     async def close(self) -> None:
         for tier in self.tiers:
             await tier.close()
+
+
+def _encode_meta(meta: PhotoMeta) -> bytes:
+    return json.dumps(asdict(meta), separators=(",", ":")).encode("utf-8")
 
 
 def _meta_or_none(raw: bytes | None) -> PhotoMeta | None:

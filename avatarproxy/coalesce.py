@@ -9,6 +9,10 @@ an avatar late is worse than a second Graph call. The lock is released with
 a compare-and-delete, so a holder whose lock expired never frees another's.
 Without Redis (or with Redis down) every replica simply fetches.
 
+A fetch can outlast any fixed lock time (a Graph timeout, retries, their
+backoff, a slow token), so the holder renews its lock while it works: the lock
+time only bounds how long a holder that died keeps the others waiting.
+
 A miss waits for each round trip to Redis, so the lock is asked for together
 with a look at the image key, and released together with the image's write.
 """
@@ -32,7 +36,7 @@ class ReplicaCoalescer:
                  guarded_key: Callable[[str], str] | None = None) -> None:
         self._redis = redis
         self._wait = wait_seconds
-        # The lock outlives a normal download but not a dead holder for long.
+        # How long a dead holder blocks the others; a live one renews its lock.
         self._lock_seconds = lock_seconds
         # The key a lock key guards; without it ``lookup`` runs after every lock.
         self._guarded_key = guarded_key
@@ -55,17 +59,28 @@ class ReplicaCoalescer:
                 if guarded is not None:
                     # Storing what the lock guards releases it, in the same round trip.
                     self._redis.release_on_write(guarded, lock_key, token)
+                renewal = asyncio.create_task(self._renew(lock_key, token))
                 try:
                     # Only if a holder stored it between our miss and our lock: usually
                     # not, and the miss costs one round trip to Redis, not two.
                     return (await lookup() if stored else None) or await fetch()
                 finally:
+                    renewal.cancel()
                     await self._redis.unlock(lock_key, token, guarded)
             if time.monotonic() >= deadline:
                 return await fetch()  # waited long enough
             found = await self._await_holder(lock_key, lookup, deadline)
             if found is not None:
                 return found
+
+    async def _renew(self, lock_key: str, token: str) -> None:
+        """Keep our lock while the fetch runs (cancelled when it ends); most fetches
+        end before the first renewal. Lost (expired, Redis failing): stop trying."""
+        assert self._redis is not None
+        while True:
+            await asyncio.sleep(self._lock_seconds / 3)
+            if not await self._redis.extend_lock(lock_key, token, self._lock_seconds):
+                return
 
     async def _await_holder(self, lock_key: str, lookup: Callable[[], Awaitable[T | None]],
                             deadline: float) -> T | None:

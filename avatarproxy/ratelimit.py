@@ -12,7 +12,7 @@ import logging
 import time
 from collections import OrderedDict
 
-from .redisconn import REDIS_FAILURES, RedisConnection
+from .redisconn import REDIS_FAILURES, RedisConnection, command
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +85,15 @@ class RateLimiter:
         if self._local is None:
             return True
         if self._redis is not None and time.monotonic() >= self._redis_retry_at:
+            pending = self._take(keys=[self._prefix + client],
+                                 args=[repr(self._rate), str(self._burst)])
             try:
-                taken = await self._take(keys=[self._prefix + client],
-                                         args=[repr(self._rate), str(self._burst)])
-                return bool(taken)
+                taken = await command(pending)
             except REDIS_FAILURES as exc:
                 self._redis_retry_at = time.monotonic() + REDIS_RETRY_SECONDS
                 self._log_error(exc)
+            else:
+                return bool(taken)
         return self._local.take(client)
 
     def _log_error(self, exc: BaseException) -> None:

@@ -10,12 +10,14 @@ another node when one fails.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
 from redis.asyncio.retry import Retry
@@ -24,21 +26,70 @@ from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.credentials import CredentialProvider
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.typing import EncodableT
 
 from .config import CacheSettings
 
+T = TypeVar("T")
+_PACKAGE = __name__.rpartition(".")[0] + "."
+
 RedisClient = Redis | RedisCluster
 
-# What a failing Redis raises at the service's call sites. Besides
-# RedisError/OSError/timeouts, redis-py's async clients raise AttributeError
-# or TypeError when a connection is torn down under a command during a
-# failover (seen with a Cluster master killed under load: "'NoneType' object
-# has no attribute 'writelines'"; redis-py issues #3546 and #3835). Redis is a
-# cache here, so each of these reads as "Redis unavailable", never a 500.
-REDIS_FAILURES: tuple[type[Exception], ...] = (
-    RedisError, OSError, TimeoutError, AttributeError, TypeError)
+# What a failing Redis raises at the service's call sites, once redis-py's
+# own awaits have gone through ``command``. Redis is a cache here, so each of
+# these reads as "Redis unavailable", never a 500.
+REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, OSError, TimeoutError)
 _HEALTH_CHECK_SECONDS = 30  # PING a connection idle this long before reusing it
 MAX_CONNECTIONS = 64  # per process, standalone mode
+
+
+class TornConnection(RedisConnectionError):
+    """redis-py raised AttributeError or TypeError: a connection torn down under a command."""
+
+
+async def command(pending: Awaitable[T]) -> T:
+    """Await one redis-py call: the one place its torn-connection errors are caught.
+
+    redis-py's async clients raise AttributeError or TypeError when a
+    connection is torn down under a command ("'NoneType' object has no
+    attribute 'writelines'" with a Cluster master killed under load; redis-py
+    #3546, #3835, #4287); they become TornConnection, a RedisError. The same
+    types raised by our own code (even in a callback redis-py made, such as the
+    password file) are bugs and go on as they are.
+    """
+    try:
+        return await pending
+    except (AttributeError, TypeError) as exc:
+        if _raised_by_us(exc):
+            raise
+        raise TornConnection(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _raised_by_us(exc: BaseException) -> bool:
+    """Whether a frame of this package lies between ``command`` and the raise."""
+    frame = exc.__traceback__.tb_next if exc.__traceback__ else None  # past command()
+    while frame is not None:
+        if frame.tb_frame.f_globals.get("__name__", "").startswith(_PACKAGE):
+            return True
+        frame = frame.tb_next
+    return False
+
+
+class _GuardedPubSub(PubSub):
+    """A subscription whose redis-py awaits go through ``command`` too."""
+
+    async def execute_command(self, *args: EncodableT) -> Any:
+        return await command(super().execute_command(*args))
+
+    # redis-py's signature, timeout included
+    async def parse_response(self, block: bool = True, timeout: float = 0) -> Any:  # noqa: ASYNC109
+        return await command(super().parse_response(block, timeout))
+
+
+class _Subscriber(Redis):
+    def pubsub(self, **kwargs: Any) -> PubSub:
+        return _GuardedPubSub(self.connection_pool, event_dispatcher=self._event_dispatcher,
+                              **kwargs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +167,7 @@ def _connect(cache: CacheSettings, pubsub: bool) -> RedisConnection:
         options["socket_timeout"] = None
     tls = options.get("connection_class") is SSLConnection
     if pubsub and cache.redis_mode != "sentinel":
-        return RedisConnection(Redis.from_pool(ConnectionPool(
+        return RedisConnection(_Subscriber.from_pool(ConnectionPool(
             **options, **_tls_options(cache, tls))))
     if cache.redis_mode == "cluster":
         options.pop("connection_class", None)
@@ -141,7 +192,8 @@ def _connect(cache: CacheSettings, pubsub: bool) -> RedisConnection:
             [address for entry in cache.redis_sentinels if (address := _host_port(entry))],
             sentinel_kwargs=sentinel_options, **options, retry=retry, ssl=tls,
             **_tls_options(cache, tls))
-        master: Redis = sentinel.master_for(cache.redis_sentinel_master)
+        master: Redis = sentinel.master_for(cache.redis_sentinel_master,
+                                            redis_class=_Subscriber if pubsub else Redis)
         return RedisConnection(master, tuple(sentinel.sentinels))
     options.update(_tls_options(cache, tls))
     # A bounded pool that waits (briefly) for a free connection: a burst of

@@ -137,8 +137,7 @@ class AvatarService:
             return None
         if meta.has_photo:
             plan = plan_fetch(size, meta)
-            body = self._cache.peek_image(
-                self._cache.photo_key(subject, meta.media_etag, plan.target, formats.photo))
+            body = self._cache.peek_image(self._photo_key(subject, meta, plan, formats.photo))
             if body is None:
                 return None
             self._cache.count_memory_hits(2)
@@ -226,7 +225,7 @@ class AvatarService:
     async def _photo(self, subject: Subject, meta: PhotoMeta, size: int, fmt: str,
                      admit: Admit | None) -> Avatar:
         plan = plan_fetch(size, meta)
-        key = self._cache.photo_key(subject, meta.media_etag, plan.target, fmt)
+        key = self._photo_key(subject, meta, plan, fmt)
         body = await self._cache.get_image(key)
         if body is None:
             if not await _admitted(admit):
@@ -234,6 +233,10 @@ class AvatarService:
             body = await self._single_flight(
                 key, lambda: self._render_photo(subject, meta, plan, key, fmt))
         return self._photo_avatar(body, meta, plan, fmt)
+
+    def _photo_key(self, subject: Subject, meta: PhotoMeta, plan: FetchPlan, fmt: str) -> str:
+        return self._cache.photo_key(subject, meta.media_etag, plan.target, fmt,
+                                     imaging.RENDERER_VERSION)
 
     def _photo_avatar(self, body: bytes, meta: PhotoMeta, plan: FetchPlan, fmt: str) -> Avatar:
         etag = _etag("photo", meta.media_etag, str(plan.target), fmt, imaging.RENDERER_VERSION)

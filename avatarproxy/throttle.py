@@ -107,7 +107,8 @@ class GraphGate:
             self._paused = {s: u for s, u in self._paused.items() if u > now}
         log.warning("Graph throttled %s: pausing its calls for %.3g s", scope, seconds)
         if self._redis is not None and seconds > 0:
-            await self._redis.set_for(self._key(scope), repr(until).encode(), seconds)
+            # Another replica may have stored a longer pause: the later end stays.
+            await self._redis.keep_later(self._key(scope), until, seconds)
 
     async def _pause_left(self, scopes: list[str]) -> float:
         now = time.time()

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
-from . import redisconn
+from . import imaging, redisconn
 from .app import _graph_session
 from .auth import MsalTokenProvider, TokenProvider, scope_for
 from .cache import AvatarCache, RedisTier
@@ -231,7 +231,8 @@ class Warmer:
         return True
 
     def _key(self, subject: Subject, meta: PhotoMeta, size: int, fmt: str) -> str:
-        return self.cache.photo_key(subject, meta.media_etag, plan_fetch(size, meta).target, fmt)
+        return self.cache.photo_key(subject, meta.media_etag, plan_fetch(size, meta).target, fmt,
+                                    imaging.RENDERER_VERSION)
 
     def _variants(self) -> list[tuple[int, str]]:
         """(size, format) pairs to cache: by default ``avatar.default_format`` and the

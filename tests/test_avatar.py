@@ -13,6 +13,7 @@ from aiohttp import ClientSession, web
 from appclient import MakeClient, get
 from PIL import Image
 
+from avatarproxy import imaging
 from avatarproxy.app import create_app
 from avatarproxy.config import load_settings
 from avatarproxy.errors import ConfigError
@@ -374,3 +375,27 @@ async def test_every_size_derived_from_one_hd_photo_costs_one_download(
     paths = graph_paths(fake_graph)
     assert paths.count(f"/v1.0/users/{ALEX}/photos/48x48/$value") == 1
     assert paths.count(f"/v1.0/users/{ALEX}/photo") == 1
+
+
+async def test_a_new_renderer_version_serves_new_bytes_rendered_without_a_new_download(
+        make_client: MakeClient, fake_graph: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    _, before, old = await get(await make_client(), f"/avatar/{ADELE}/48")
+    fake_graph.graph.reset_requests()
+    # A deploy whose renderer draws differently (here: coarser JPEG) and says so.
+    render, rendered = imaging.render_photo, []
+
+    def coarser(data: bytes, size: int, fmt: str) -> bytes:
+        out = io.BytesIO()
+        Image.open(io.BytesIO(render(data, size, fmt))).save(out, "JPEG", quality=20)
+        rendered.append(out.getvalue())
+        return rendered[-1]
+
+    monkeypatch.setattr(imaging, "render_photo", coarser)
+    monkeypatch.setattr(imaging, "RENDERER_VERSION", "next")
+    status, after, new = await get(await make_client(), f"/avatar/{ADELE}/48")  # a new process
+    assert (status, after["X-Avatar-Source"]) == (200, "photo")
+    assert after["ETag"] != before["ETag"]
+    assert new != old and rendered == [new]  # the new renderer's bytes, not the cached ones
+    assert decode(new).size == (48, 48)
+    # From the photo kept as downloaded and the cached metadata: Graph is not asked.
+    assert fake_graph.graph.requests == []

@@ -4,6 +4,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -94,6 +95,26 @@ async def test_unreachable_redis_reads_as_a_miss_quickly() -> None:
     assert time.monotonic() - started < 2
     await tier.close()
 
+
+async def test_a_type_error_of_ours_under_a_redis_command_is_raised_not_taken_for_redis_down(
+        redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-py calls our password-file reader when it connects; a bug there is a bug,
+    not a failing Redis that the service would quietly run without."""
+    password = tmp_path / "password"
+    password.write_text("secret\n")
+    tier = redis_tier(redis_url, **{"cache.redis_password_file": str(password)})
+
+    def broken(self: object) -> tuple[str]:
+        raise TypeError("a bug of ours")
+
+    monkeypatch.setattr(redisconn._PasswordFile, "get_credentials", broken)
+    try:
+        with pytest.raises(TypeError, match="a bug of ours"):
+            await tier.get(P + "k")
+        assert tier.healthy
+    finally:
+        await tier.close()
+
 # -- the two tiers together ----------------------------------------------------------
 
 @pytest.fixture
@@ -108,7 +129,8 @@ async def test_every_redis_key_gets_a_ttl(tiered: tuple[AvatarCache, MemoryTier]
     cache, _ = tiered
     subject = Subject("adele.vance@contoso.com")
     await cache.put_meta(subject, PhotoMeta(has_photo=False, fetched_at=time.time()))
-    await cache.put_image(cache.photo_key(subject, '"E1"', 48, "jpeg"), b"jpeg", owner=subject)
+    await cache.put_image(cache.photo_key(subject, '"E1"', 48, "jpeg", "1"), b"jpeg",
+                          owner=subject)
     client = aioredis.Redis.from_url(redis_url)
     keys = await client.keys("*")
     assert len(keys) == 3  # metadata, image, and the person's index for purge
@@ -151,11 +173,12 @@ def test_freshness_uses_the_positive_and_negative_ttls() -> None:
     assert not cache.is_fresh(nophoto)
     assert cache.is_fresh(replace(nophoto, fetched_at=now - SETTINGS.negative_ttl_seconds + 5))
 
-def test_photo_keys_change_with_the_media_etag_and_ignore_case_of_upn() -> None:
+def test_photo_keys_change_with_the_media_etag_and_renderer_and_ignore_case_of_upn() -> None:
     cache = AvatarCache(SETTINGS, [])
-    a = cache.photo_key(Subject("a@contoso.com"), '"E1"', 48, "jpeg")
-    assert a != cache.photo_key(Subject("a@contoso.com"), '"E2"', 48, "jpeg")
-    assert a != cache.photo_key(Subject("a@contoso.com"), '"E1"', 64, "jpeg")
-    assert a != cache.photo_key(Subject("a@contoso.com"), '"E1"', 48, "webp")
-    assert a == cache.photo_key(Subject("A@Contoso.com".lower()), '"E1"', 48, "jpeg")
+    a = cache.photo_key(Subject("a@contoso.com"), '"E1"', 48, "jpeg", "1")
+    assert a != cache.photo_key(Subject("a@contoso.com"), '"E2"', 48, "jpeg", "1")
+    assert a != cache.photo_key(Subject("a@contoso.com"), '"E1"', 64, "jpeg", "1")
+    assert a != cache.photo_key(Subject("a@contoso.com"), '"E1"', 48, "webp", "1")
+    assert a != cache.photo_key(Subject("a@contoso.com"), '"E1"', 48, "jpeg", "2")
+    assert a == cache.photo_key(Subject("A@Contoso.com".lower()), '"E1"', 48, "jpeg", "1")
     assert a.startswith("avatarproxy:v2:")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -59,3 +61,21 @@ async def test_a_upn_is_never_looked_up_by_mail(
     assert (await fetch(client, "pradeep.gupta@contoso.onmicrosoft.com"))[0] == "photo"
     assert (await fetch(client, "diego.siciliani@contoso.com"))[0] == "initials"  # no photo
     assert fake_graph.graph.count("$filter=") == 0
+
+
+async def test_an_address_nobody_had_is_asked_again_after_the_negative_ttl_on_every_replica(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    address = "newcomer@contoso.com"
+    one = await make_client(cache__negative_ttl_seconds=1)
+    assert (await fetch(one, address))[0] == "initials"  # nobody has it yet
+    two = await make_client(cache__negative_ttl_seconds=1)  # "nobody" comes from Redis
+    assert (await fetch(two, address))[0] == "initials"
+    assert fake_graph.graph.count("$filter=") == 1
+    fake_graph.graph.add(FakePerson(
+        "n.comer@contoso.onmicrosoft.com", "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d", "New Comer",
+        photo=portrait(240, 240, "#123", "#456", "#789"), mail=address))
+    # The metadata TTL is an hour; "nobody" must be forgotten after its own TTL.
+    deadline = time.monotonic() + 10
+    while (await fetch(two, address))[0] != "photo":
+        assert time.monotonic() < deadline, "the replica kept 'nobody' past the negative TTL"
+        await asyncio.sleep(0.1)

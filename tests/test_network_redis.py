@@ -15,6 +15,8 @@ import pytest
 from appclient import Client, MakeClient, get
 from faultproxy import FaultProxy, Faults
 from photos import realistic_portrait
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ConnectionError as RedisConnectionError
 from yarl import URL
 
 from avatarproxy.cli import main
@@ -172,3 +174,57 @@ async def test_a_healthy_idle_subscription_answers_its_pings_and_stays(
     await asyncio.sleep(3)  # several PINGs, each answered
     assert listener.subscribed.is_set()
     assert redis_proxy.accepted == connections  # never dropped and subscribed again
+
+
+# -- redis-py's own errors for a torn connection ----------------------------------
+
+class TornConnections:
+    """redis-py as it behaves in the versions and failovers of #3546, #3835 and #4287:
+    a connection torn down under a command raises TypeError or AttributeError from
+    inside redis-py, not ConnectionError. Counts the errors it raised."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.raised = 0
+        read, send = AbstractConnection.read_response, AbstractConnection.send_packed_command
+
+        async def read_response(conn: AbstractConnection, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await read(conn, *args, **kwargs)
+            except RedisConnectionError:
+                self.raised += 1
+                raise AttributeError("'NoneType' object has no attribute 'feed'") from None
+
+        async def send_packed_command(conn: AbstractConnection, *args: Any,
+                                      **kwargs: Any) -> None:
+            try:
+                await send(conn, *args, **kwargs)
+            except RedisConnectionError:
+                self.raised += 1
+                raise TypeError("'NoneType' object is not callable") from None
+
+        monkeypatch.setattr(AbstractConnection, "read_response", read_response)
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", send_packed_command)
+
+
+async def test_redis_py_torn_connection_errors_read_as_redis_unavailable(
+        via_proxy: MakeClient, redis_proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = await via_proxy(cache__redis_retry_seconds=30)
+    listener = client.app[LISTENER]
+    listener.retry_seconds = 0.1
+    async with asyncio.timeout(10):
+        await listener.subscribed.wait()
+    torn = TornConnections(monkeypatch)
+    # Every connection is reset under whatever command it carries.
+    redis_proxy.faults = Faults(reset_after=0)
+    redis_proxy.cut()
+    status, headers, _ = await get(client, f"/avatar/{ADELE}/48", headers=JPEG)
+    assert (status, headers["X-Avatar-Source"]) == (200, "photo")  # from Graph, no 500
+    assert client.app[SERVICE].health()["redis"] == "down"
+    # The purge subscription took it for Redis failing too, and keeps trying.
+    await _until_unsubscribed(listener)
+    assert torn.raised > 0
+    accepted = redis_proxy.accepted
+    redis_proxy.faults = Faults()
+    async with asyncio.timeout(10):
+        await listener.subscribed.wait()
+    assert redis_proxy.accepted > accepted

@@ -198,8 +198,8 @@ def test_every_key_of_one_person_shares_a_cluster_slot() -> None:
     for person in PEOPLE:
         subject = Subject(person)
         slots = {key_slot(key.encode()) for key in (
-            KEYS.meta_key(subject), KEYS.photo_key(subject, '"E1"', 48, "jpeg"),
-            KEYS.photo_key(subject, '"E2"', 432, "webp"))}
+            KEYS.meta_key(subject), KEYS.photo_key(subject, '"E1"', 48, "jpeg", "1"),
+            KEYS.photo_key(subject, '"E2"', 432, "webp", "1"))}
         assert len(slots) == 1, person
     spread = {key_slot(KEYS.meta_key(Subject(p)).encode()) for p in PEOPLE}
     assert len(spread) > 1  # people are spread over the cluster
@@ -211,9 +211,10 @@ async def test_two_deployments_with_their_own_prefix_share_one_redis(redis_url: 
         for prefix in ("intranet:", "extranet:")]
     intranet, extranet = (AvatarCache(s, [RedisTier(redisconn.connect(s))]) for s in settings)
     subject = Subject(PEOPLE[0])
-    await intranet.put_image(intranet.photo_key(subject, '"E"', 48, "jpeg"), b"intranet")
-    assert await extranet.get_image(extranet.photo_key(subject, '"E"', 48, "jpeg")) is None
-    assert await intranet.get_image(intranet.photo_key(subject, '"E"', 48, "jpeg")) == b"intranet"
+    await intranet.put_image(intranet.photo_key(subject, '"E"', 48, "jpeg", "1"), b"intranet")
+    assert await extranet.get_image(extranet.photo_key(subject, '"E"', 48, "jpeg", "1")) is None
+    assert await intranet.get_image(
+        intranet.photo_key(subject, '"E"', 48, "jpeg", "1")) == b"intranet"
     with redis.Redis.from_url(redis_url) as direct:
         assert [k.decode() for k in direct.keys("*")] == [
             f"intranet:v2:img:{{{PEOPLE[0]}}}:{_digest_of(intranet, subject)}:48:jpeg"]
@@ -222,7 +223,7 @@ async def test_two_deployments_with_their_own_prefix_share_one_redis(redis_url: 
 
 
 def _digest_of(cache: AvatarCache, subject: Subject) -> str:
-    return cache.photo_key(subject, '"E"', 48, "jpeg").split(":")[-3]
+    return cache.photo_key(subject, '"E"', 48, "jpeg", "1").split(":")[-3]
 
 
 # -- full memory, TLS trust --------------------------------------------------------------

@@ -15,12 +15,15 @@ import redis.asyncio as aioredis
 from appclient import MakeClient, get
 from PIL import Image
 
-from avatarproxy.cache import AvatarCache
+from avatarproxy import redisconn
+from avatarproxy.cache import AvatarCache, RedisTier
 from avatarproxy.config import load_settings
-from avatarproxy.errors import Overloaded
+from avatarproxy.errors import GraphUnavailable, Overloaded
 from avatarproxy.fakegraph import portrait
 from avatarproxy.limits import LoadLimits
 from avatarproxy.models import Subject
+from avatarproxy.throttle import GraphGate
+from avatarproxy.web import SERVICE
 
 ADELE = "adele.vance@contoso.com"
 ALEX = "alex.wilber@contoso.com"
@@ -99,6 +102,25 @@ async def test_one_persons_throttle_without_scope_pauses_only_that_person(
     assert headers["X-Avatar-Source"] == "photo"
 
 
+async def test_a_shorter_throttle_pause_from_another_replica_keeps_the_longer_one(
+        redis_url: str) -> None:
+    settings = load_settings(env={}, overrides={"cache.redis_url": redis_url})
+    redis = RedisTier(redisconn.connect(settings.cache))
+    one, two, three = (GraphGate(settings.graph, redis, KEYS.pause_key) for _ in range(3))
+    try:
+        # Two replicas' calls were in flight together; Graph throttles both, the
+        # second answer with a shorter Retry-After than the first.
+        for gate, seconds in ((one, 30.0), (two, 1.0)):
+            await gate.failed(ADELE, GraphUnavailable("429", retry_after=seconds,
+                                                      throttle_scope=APP_SCOPE), attempt=0)
+        # A third replica, which saw neither answer, holds off for the longer pause.
+        with pytest.raises(GraphUnavailable) as paused:
+            await three.admit(MEGAN)
+        assert paused.value.retry_after is not None and paused.value.retry_after > 25
+    finally:
+        await redis.close()
+
+
 async def test_circuit_breaker_stops_calling_a_failing_graph_then_probes_it(
         make_client: MakeClient, fake_graph: Any) -> None:
     client = await make_client(graph__breaker_threshold=2, graph__breaker_cooldown_seconds=0.4,
@@ -171,6 +193,31 @@ async def test_stale_metadata_is_served_at_once_and_refreshed_once_in_background
     assert fake_graph.graph.count(lambda r: r.raw_path == meta_calls) == 2
 
 
+async def test_stale_metadata_is_refreshed_once_per_ttl_by_the_fleet_not_once_per_process(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    ttl = 2
+    one = await make_client(cache__metadata_ttl_seconds=ttl)
+    two = await make_client(cache__metadata_ttl_seconds=ttl)  # another process
+    _, old, _ = await get(one, f"/avatar/{ADELE}/48")
+    assert (await get(two, f"/avatar/{ADELE}/48"))[1]["ETag"] == old["ETag"]  # from Redis
+    meta_calls = f"/v1.0/users/{ADELE}/photo"
+    assert fake_graph.graph.count(lambda r: r.raw_path == meta_calls) == 1
+    fake_graph.graph.set_photo(ADELE, portrait(648, 648, "#000000", "#ff0000", "#00ff00"))
+    await asyncio.sleep(ttl + 0.1)  # both processes' memory copies go stale
+    await get(one, f"/avatar/{ADELE}/48")  # stale, and refreshed behind it
+    await wait_for(lambda: fake_graph.graph.count(lambda r: r.raw_path == meta_calls) == 2
+                   and one.app[SERVICE].fetches_in_flight == 0)
+    _, new, _ = await get(one, f"/avatar/{ADELE}/48")
+    assert new["ETag"] != old["ETag"]
+    # The other process finds the refresh in Redis behind its stale memory copy:
+    # the new photo at once, and no metadata call of its own.
+    _, headers, _ = await get(two, f"/avatar/{ADELE}/48")
+    await wait_for(lambda: two.app[SERVICE].fetches_in_flight == 0)
+    assert headers["ETag"] == new["ETag"]
+    assert fake_graph.graph.count(lambda r: r.raw_path == meta_calls) == 2
+    assert downloads(fake_graph) == 2  # the old photo, then the new one, once each
+
+
 async def test_slow_graph_gets_initials_that_are_not_stored_within_the_deadline(
         make_client: MakeClient, fake_graph: Any) -> None:
     client = await make_client(server__request_deadline_seconds=0.3)
@@ -236,6 +283,23 @@ async def test_a_dead_holders_lock_expires_and_the_waiter_fetches_itself(
     assert time.monotonic() - began >= 0.25  # it waited for the holder's result first
     assert (status, headers["X-Avatar-Source"]) == (200, "photo")
     assert downloads(fake_graph) == 1
+
+
+async def test_a_holder_slower_than_its_lock_time_keeps_the_lock_so_one_download_serves_all(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    # The lock's time is graph.timeout_seconds; this download takes longer: its first
+    # attempt times out, and the retry is slow too.
+    settings = {"graph__timeout_seconds": 1.5, "cache__coalesce_wait_seconds": 30,
+                "server__request_deadline_seconds": 30}
+    one, two = await make_client(**settings), await make_client(**settings)
+    fake_graph.graph.fault("slow", path_contains="$value", delay=2.5)
+    fake_graph.graph.fault("slow", path_contains="$value", delay=1.0)
+    first = asyncio.ensure_future(get(one, f"/avatar/{ADELE}/48"))
+    await wait_for(lambda: downloads(fake_graph) == 1)  # one holds the lock and downloads
+    status, headers, body = await get(two, f"/avatar/{ADELE}/48")
+    assert (status, headers["X-Avatar-Source"]) == (200, "photo")
+    assert (await first)[2] == body
+    assert downloads(fake_graph) == 2  # one's timed-out attempt and its retry; none by two
 
 
 async def test_while_throttled_a_stale_cached_photo_is_served_and_graph_left_alone(
