@@ -54,7 +54,7 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
     app[MAX_SIZE] = settings.avatar.max_size
     app[DEFAULT_FORMAT] = settings.avatar.default_format
     app[SERVER] = settings.server
-    app[POLICY] = Policy.from_settings(settings.security)
+    app[POLICY] = policy = Policy.from_settings(settings.security)
     app[CLIENTS] = ClientAddress(settings.server.trusted_proxies)
     app.on_response_prepare.append(security_headers)
 
@@ -88,9 +88,15 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
                                          guarded_key=cache.guarded_key)
             app[SERVICE] = AvatarService(graph, cache, initials, settings.cache,
                                          settings.avatar, executor,
-                                         limits=LoadLimits(settings.server), coalescer=coalescer)
+                                         limits=LoadLimits(settings.server), policy=policy,
+                                         coalescer=coalescer)
+            # Know every name of the blocked people before serving, as a rule;
+            # a Graph outage must not hold start-up for long (addresses wait).
+            await policy.blocked.start(graph, every=settings.cache.metadata_ttl_seconds,
+                                       wait=settings.graph.timeout_seconds)
             yield
         finally:
+            await policy.blocked.close()
             await session.close()
             await cache.close()
             await app[LIMITER].close()

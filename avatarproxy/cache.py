@@ -36,7 +36,7 @@ from redis.exceptions import OutOfMemoryError
 
 from . import metrics
 from .config import CacheSettings
-from .models import PhotoMeta, Profile, Subject
+from .models import NOBODY, Identity, PhotoMeta, Profile, Subject
 from .redisconn import REDIS_FAILURES, RedisConnection, command
 
 log = logging.getLogger(__name__)
@@ -451,16 +451,25 @@ class AvatarCache:
         return time.time() - meta.fetched_at < ttl
 
     def alias_key(self, subject: Subject) -> str:
-        return f"{self._prefix}alias:{{{subject.cache_id}}}"
+        # "person:", not the "alias:" that held an object id alone: replicas of
+        # either version never read the other's values.
+        return f"{self._prefix}person:{{{subject.cache_id}}}"
 
-    async def get_alias(self, subject: Subject) -> str | None:
-        """The object id an address resolved to; "" when it resolved to nobody."""
+    async def get_alias(self, subject: Subject) -> Identity | None:
+        """Whom an address resolved to (``NOBODY`` included); None if not cached."""
         # "Nobody" is promoted for its own (shorter) TTL, as it is written.
         raw = await self._get(self.alias_key(subject), self._alias_ttl)
-        return raw.decode("ascii", "replace") if raw is not None else None
+        if not raw:
+            return None if raw is None else NOBODY
+        try:
+            data = json.loads(raw)
+            return Identity(str(data["id"]), str(data["upn"]))
+        except (ValueError, TypeError, KeyError):
+            return None
 
-    async def put_alias(self, subject: Subject, object_id: str) -> None:
-        raw = object_id.encode("ascii")
+    async def put_alias(self, subject: Subject, person: Identity) -> None:
+        raw = json.dumps({"id": person.object_id, "upn": person.upn}).encode(
+            "utf-8") if person.object_id else b""
         for tier in self.tiers:
             await tier.set(self.alias_key(subject), raw, self._alias_ttl(raw))
 

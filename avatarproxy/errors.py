@@ -37,6 +37,17 @@ class RateLimited(AvatarProxyError):
     public = "rate limited"
 
 
+class Blocked(AvatarProxyError):
+    """``security.blocked`` names the person a request reached (by any of their names),
+    or cannot be checked now (``transient``): initials, never the photo."""
+
+    public = "not found"
+
+    def __init__(self, transient: bool = False) -> None:
+        super().__init__("blocked person" if not transient else "blocked list unresolved")
+        self.transient = transient
+
+
 class ConfigError(AvatarProxyError):
     """Configuration is invalid; carries every problem found, one per line."""
 

@@ -656,6 +656,7 @@ def _user_json(root: str, person: FakePerson, select: list[str]) -> web.Response
     values: dict[str, Any] = {"id": person.object_id, "displayName": person.display_name,
                               "givenName": person.given_name, "surname": person.surname,
                               "userPrincipalName": person.upn, "mail": person.mail,
+                              "proxyAddresses": list(person.proxy_addresses),
                               "accountEnabled": person.account_enabled}
     fields = list(_USER_FIELDS)
     if select:

@@ -37,7 +37,7 @@ from .errors import (
     GraphUnavailable,
     InvalidImage,
 )
-from .models import PhotoMeta, Profile, Subject
+from .models import NOBODY, Identity, PhotoMeta, Profile, Subject
 from .sizing import is_placeholder, parse_size_id
 from .throttle import GraphGate
 
@@ -114,7 +114,8 @@ def mail_lookup_query(address: str) -> str:
     """
     literal = address.replace("'", "''")
     expression = f"mail eq '{literal}' or proxyAddresses/any(a:a eq 'smtp:{literal}')"
-    return "$select=id&$filter=" + quote(expression, safe="")
+    # The UPN too: the domain and guest rules apply to the person found.
+    return "$select=id,userPrincipalName&$filter=" + quote(expression, safe="")
 
 
 def graph_url(base_url: str, path: str, query: str = "") -> URL:
@@ -215,14 +216,12 @@ class GraphClient:
                                 MAX_PHOTO_BYTES)
         return reply.body
 
-    async def find_user_by_mail(self, address: str) -> str | None:
-        """The object id of the one user with this mail or proxy address, else None."""
+    async def find_user_by_mail(self, address: str) -> Identity:
+        """The one user with this mail or proxy address (id and UPN), else ``NOBODY``."""
         data = await self.get_json("lookup", Subject(address), "/users",
                                    mail_lookup_query(address))
-        found = [v.get("id") for v in data.get("value", []) if isinstance(v, dict)]
-        if len(found) != 1 or not isinstance(found[0], str) or not _GUID.fullmatch(found[0]):
-            return None
-        return found[0].lower()
+        found = [identity_from_json(v) for v in data.get("value", []) if isinstance(v, dict)]
+        return found[0] if len(found) == 1 else NOBODY
 
     async def get_json(self, operation: str, subject: Subject, path: str,
                        query: str = "") -> dict[str, Any]:
@@ -336,6 +335,20 @@ def meta_from_json(data: Mapping[str, Any]) -> PhotoMeta:
                      fetched_at=time.time())
 
 
+def identity_from_json(data: Mapping[str, Any]) -> Identity:
+    """A user's id, UPN and (when selected) mail and ``smtp:`` aliases; ``NOBODY`` if
+    the id is not a GUID or the UPN is missing."""
+    object_id, upn = _str(data.get("id")), _str(data.get("userPrincipalName"))
+    if object_id is None or upn is None or not _GUID.fullmatch(object_id):
+        return NOBODY
+    aliases = data.get("proxyAddresses")
+    addresses = [_str(data.get("mail")) or "", *(
+        a[5:] for a in (aliases if isinstance(aliases, list) else [])
+        if isinstance(a, str) and a[:5].lower() == "smtp:")]  # not x500:, sip:...
+    return Identity(object_id.lower(), upn.lower(),
+                    tuple(dict.fromkeys(a.lower() for a in addresses if a)))
+
+
 def profile_from_json(data: Mapping[str, Any]) -> Profile:
     return Profile(object_id=_str(data.get("id")), display_name=_str(data.get("displayName")),
                    given_name=_str(data.get("givenName")), surname=_str(data.get("surname")))
@@ -430,5 +443,5 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-__all__ = ["GraphClient", "GraphError", "graph_url", "group_path", "mail_lookup_query",
-           "subject_path", "team_path", "user_path"]
+__all__ = ["GraphClient", "GraphError", "graph_url", "group_path", "identity_from_json",
+           "mail_lookup_query", "subject_path", "team_path", "user_path"]

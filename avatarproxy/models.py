@@ -48,6 +48,27 @@ class Subject:
 
 
 @dataclass(frozen=True, slots=True)
+class Identity:
+    """A directory user by the names a page may use for them, all in lower case.
+
+    ``addresses`` are ``mail`` and the ``smtp:`` aliases of ``proxyAddresses``
+    (empty when the answer did not include them). ``NOBODY`` stands for "no
+    user has this name", which is cached like an answer.
+    """
+
+    object_id: str
+    upn: str
+    addresses: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(name for name in (self.object_id, self.upn, *self.addresses) if name)
+
+
+NOBODY = Identity("", "")
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     """The few directory fields initials need."""
 

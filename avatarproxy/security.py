@@ -1,7 +1,10 @@
 """Who may be shown, and to whom: signed URLs, allowed domains, guests, blocked people.
 
-Pure decisions over ``SecuritySettings``; ``web`` asks them before the cache or
-Graph is touched. Signatures are HMAC-SHA256 over the request path as the page
+Decisions over ``SecuritySettings``; ``web`` asks them before the cache or
+Graph is touched, and the service asks again of the person an e-mail address
+resolves to (``check_person``): policy holds for the person, whatever name the
+page used. Who the blocked people are is kept current by ``BlockedPeople``.
+Signatures are HMAC-SHA256 over the request path as the page
 wrote it, percent-decoded (``/avatar/adele.vance@contoso.com/48``), in URL-safe
 base64 without padding. The query string is not signed: pages add cache busters.
 """
@@ -17,9 +20,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
+from .blocking import BlockedPeople
 from .config import SecuritySettings
-from .errors import ConfigError, Forbidden, NotFound
-from .models import Subject
+from .errors import Blocked, ConfigError, Forbidden, NotFound
+from .models import Identity, Subject
 
 # 32 bytes of SHA-256 in URL-safe base64 without "=" padding.
 _SIG = re.compile(r"^[A-Za-z0-9_-]{43}=?$")
@@ -51,7 +55,7 @@ class Policy:
     signing_keys: tuple[bytes, ...]
     allowed_domains: frozenset[str]
     allow_guests: bool
-    blocked: frozenset[str]
+    blocked: BlockedPeople
 
     @classmethod
     def from_settings(cls, settings: SecuritySettings) -> Policy:
@@ -60,7 +64,7 @@ class Policy:
             allowed_domains=frozenset(d.strip().lower().lstrip("@")
                                       for d in settings.allowed_domains if d.strip()),
             allow_guests=settings.allow_guests,
-            blocked=frozenset(b.strip().lower() for b in settings.blocked if b.strip()),
+            blocked=BlockedPeople(settings.blocked),
         )
 
     def check_signature(self, path: str, sig: str | None) -> None:
@@ -91,7 +95,29 @@ class Policy:
             raise NotFound()
 
     def is_blocked(self, subject: Subject) -> bool:
+        """Named, by this key, in ``security.blocked`` or among the names it resolved to."""
         return subject.key in self.blocked
+
+    def refuses(self, subject: Subject) -> bool:
+        """Whether serving would be refused: another domain, a guest, or blocked."""
+        try:
+            self.check_subject(subject)
+        except NotFound:
+            return True
+        return self.is_blocked(subject)
+
+    def check_person(self, person: Identity) -> None:
+        """For the person an address resolved to: ``NotFound`` if their UPN's domain
+        or guest status is refused, ``Blocked`` if any of their names is blocked."""
+        self.check_subject(Subject(person.upn))
+        if any(name in self.blocked for name in person.names):
+            raise Blocked()
+
+    def check_address_lookup(self) -> None:
+        """``Blocked`` (transient) while the blocked list is not resolved: the person
+        an address leads to could be on it under another name."""
+        if not self.blocked.resolved:
+            raise Blocked(transient=True)
 
 
 class ClientAddress:

@@ -38,6 +38,7 @@ from .graph import GraphClient
 from .limits import LoadLimits
 from .models import Avatar, PhotoMeta, Profile, Subject
 from .negotiation import OutputFormats
+from .security import Policy
 from .sizing import FetchPlan, background_for, initials_candidates, is_placeholder, plan_fetch
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def _etag(*parts: str) -> str:
 class AvatarService:
     def __init__(self, graph: GraphClient, cache: AvatarCache, initials: imaging.InitialsRenderer,
                  cache_settings: CacheSettings, avatar_settings: AvatarSettings,
-                 executor: ThreadPoolExecutor, *, limits: LoadLimits,
+                 executor: ThreadPoolExecutor, *, limits: LoadLimits, policy: Policy,
                  coalescer: ReplicaCoalescer | None = None) -> None:
         self._graph = graph
         self._cache = cache
@@ -82,6 +83,7 @@ class AvatarService:
         self._avatar = avatar_settings
         self._executor = executor
         self._limits = limits
+        self._policy = policy
         self._coalescer = coalescer or ReplicaCoalescer(None, 0, 0)
         self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._missing_permissions: set[str] = set()
@@ -362,18 +364,26 @@ class AvatarService:
             future.exception()  # mark retrieved: every waiter may have gone
 
     async def _resolve_address(self, subject: Subject) -> Subject | None:
-        """The user whose mail or proxy address ``subject`` is; the mapping is cached."""
-        object_id = await self._cache.get_alias(subject)
-        if object_id is None:
+        """The user whose mail or proxy address ``subject`` is; the mapping is cached.
+
+        Policy holds for the person found, whatever name the page used: their
+        UPN's domain, guest status and every name of theirs are checked here
+        (``NotFound``, ``Blocked``), before their photo is looked at.
+        """
+        self._policy.check_address_lookup()
+        person = await self._cache.get_alias(subject)
+        if person is None:
             try:
-                object_id = await self._single_flight(
-                    "alias:" + subject.key,
-                    lambda: self._graph.find_user_by_mail(subject.key)) or ""
+                person = await self._single_flight(
+                    "alias:" + subject.key, lambda: self._graph.find_user_by_mail(subject.key))
             except GraphError as exc:
                 self._note_failure(subject, "address lookup", exc)
                 return None
-            await self._cache.put_alias(subject, object_id)
-        return Subject(object_id) if object_id else None
+            await self._cache.put_alias(subject, person)
+        if not person.object_id:
+            return None
+        self._policy.check_person(person)
+        return Subject(person.object_id)
 
     async def drain(self) -> None:
         """Wait for shared fetches still running (their callers may have gone)."""

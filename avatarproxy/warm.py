@@ -31,6 +31,7 @@ from .imaging import InitialsRenderer
 from .limits import LoadLimits
 from .models import PhotoMeta, Subject
 from .negotiation import OutputFormats, choose
+from .security import Policy
 from .service import AvatarService
 from .sizing import plan_fetch
 from .throttle import GraphGate
@@ -294,7 +295,8 @@ async def open_warmer(settings: Settings, sizes: Sequence[int], pacer: RateLimit
         limits = LoadLimits(replace(settings.server, request_deadline_seconds=max(
             60.0, settings.server.request_deadline_seconds)))
         service = AvatarService(graph, cache, InitialsRenderer(settings.avatar.extra_fonts),
-                                settings.cache, settings.avatar, executor, limits=limits)
+                                settings.cache, settings.avatar, executor, limits=limits,
+                                policy=Policy.from_settings(settings.security))
         try:
             yield Warmer(service, cache, graph, pacer, tuple(sizes), tuple(formats),
                          settings.avatar.default_format)

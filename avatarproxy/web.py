@@ -16,13 +16,13 @@ from multidict import CIMultiDict
 from . import metrics
 from .conditional import none_match
 from .config import ServerSettings
-from .errors import AvatarProxyError, BadRequest, Forbidden, NotFound, RateLimited
+from .errors import AvatarProxyError, BadRequest, Blocked, Forbidden, NotFound, RateLimited
 from .inputs import known_params, parse_fallback, parse_object_id, parse_size, parse_subject
 from .models import Avatar, Subject
 from .negotiation import OutputFormats, choose, parse_format
 from .ratelimit import RateLimiter
 from .security import ClientAddress, Policy
-from .service import Admit, AvatarService
+from .service import TRANSIENT_MAX_AGE, Admit, AvatarService
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +90,9 @@ async def _serve(request: web.Request, parse: Callable[[], Subject]) -> web.Stre
                      request.headers.get("Accept", ""), size, request.app[DEFAULT_FORMAT])
     policy.check_subject(subject)
     service = request.app[SERVICE]
-    if policy.is_blocked(subject):
-        if not fallback:
-            raise NotFound()
-        return _respond(request, await service.initials_only(subject, size, formats), formats)
     try:
+        if policy.is_blocked(subject):
+            raise Blocked()
         result = await service.get_avatar(subject, size, formats=formats, fallback=fallback,
                                           admit=_admit(request))
     except RateLimited:
@@ -102,6 +100,13 @@ async def _serve(request: web.Request, parse: Callable[[], Subject]) -> web.Stre
         metrics.initials_fallback("rate_limited")
         limited = await service.initials_only(subject, size, formats)
         return _respond(request, limited, formats, cache_control="no-store")
+    except Blocked as exc:
+        # Never the photo: the name the page used, drawn as initials (or a 404).
+        if not fallback:
+            raise NotFound() from None
+        initials = await service.initials_only(subject, size, formats)
+        return _respond(request, initials, formats, cache_control=(
+            f"public, max-age={TRANSIENT_MAX_AGE}" if exc.transient else ""))
     return _respond(request, result, formats)
 
 

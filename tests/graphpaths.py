@@ -24,7 +24,8 @@ ALLOWED_QUERY = re.compile(r"^\$select=[A-Za-z]+(?:,[A-Za-z]+)*$")
 # address is an OData literal (a quote inside doubled), all percent-encoded.
 _LITERAL = r"(?:[A-Za-z0-9_.~-]|%27%27|%(?!27)[0-9A-F]{2})*"
 MAIL_LOOKUP = re.compile(
-    rf"^\$select=id&\$filter=mail%20eq%20%27(?P<lit>{_LITERAL})%27%20or%20proxyAddresses"
+    rf"^\$select=id,userPrincipalName&\$filter=mail%20eq%20%27(?P<lit>{_LITERAL})%27%20or%20"
+    r"proxyAddresses"
     r"%2Fany%28a%3Aa%20eq%20%27smtp%3A(?P=lit)%27%29$")
 
 

@@ -142,7 +142,8 @@ def test_no_address_escapes_its_mail_lookup_literal(address: str) -> None:
 
     query = mail_lookup_query(address)
     parsed = parse_qs(query, keep_blank_values=True)
-    assert set(parsed) == {"$select", "$filter"} and parsed["$select"] == ["id"]
+    assert set(parsed) == {"$select", "$filter"}
+    assert parsed["$select"] == ["id,userPrincipalName"]
     (expression,) = parsed["$filter"]
     literal = address.replace("'", "''")
     assert expression == f"mail eq '{literal}' or proxyAddresses/any(a:a eq 'smtp:{literal}')"

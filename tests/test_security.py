@@ -154,7 +154,10 @@ async def test_blocked_people_get_initials_and_their_photo_is_never_fetched(
         assert headers["Cache-Control"] == "public, max-age=300"
         assert Image.open(io.BytesIO(body)).size == (48, 48)
         assert (await get(client, f"/avatar/{subject}/48?fallback=404"))[0] == 404
-    assert fake_graph.graph.requests == []
+    # Only who she is was asked (at start-up), never her photo.
+    assert fake_graph.graph.requests
+    assert all("$select=id,userPrincipalName,mail,proxyAddresses" in r.path
+               for r in fake_graph.graph.requests)
     # Others are unaffected.
     assert (await get(client, f"/avatar/{ALEX}/48"))[1]["X-Avatar-Source"] == "photo"
 
