@@ -25,7 +25,15 @@ from .auth import MsalTokenProvider, TokenProvider, scope_for
 from .cache import AvatarCache, RedisTier
 from .config import Settings
 from .directory import BATCH_LIMIT, batch_get, list_users
-from .errors import ConfigError, GraphError, GraphNotFound, GraphPermissionDenied, GraphUnavailable
+from .errors import (
+    Blocked,
+    ConfigError,
+    GraphError,
+    GraphNotFound,
+    GraphPermissionDenied,
+    GraphUnavailable,
+    NotFound,
+)
 from .graph import GraphClient, meta_from_json, profile_from_json, subject_path
 from .imaging import InitialsRenderer
 from .limits import LoadLimits
@@ -93,11 +101,12 @@ class WarmStats:
     photos: int = 0  # photos fetched and cached at every size
     initials: int = 0  # no photo: initials cached
     failed: int = 0
+    refused: int = 0  # the security policy refuses them: nothing fetched or cached
     failures: list[str] = field(default_factory=list)
 
     @property
     def done(self) -> int:
-        return self.cached + self.photos + self.initials + self.failed
+        return self.cached + self.photos + self.initials + self.failed + self.refused
 
 
 @dataclass(frozen=True)
@@ -106,6 +115,7 @@ class Warmer:
     cache: AvatarCache
     graph: GraphClient
     pacer: RateLimiter
+    policy: Policy
     sizes: tuple[int, ...]
     formats: tuple[str, ...]  # photo formats; empty: the default and a browser's choice
     default_format: str
@@ -115,6 +125,11 @@ class Warmer:
         chunk: list[Subject] = []
         async for subject in subjects:
             stats.seen += 1
+            # The policy the service serves by: other domains, guests, blocked people.
+            if self.policy.refuses(subject):
+                stats.refused += 1
+                progress(stats)
+                continue
             chunk.append(subject)
             if len(chunk) == BATCH_LIMIT:
                 await self._chunk(chunk, stats, progress)
@@ -217,9 +232,14 @@ class Warmer:
             profile = None if isinstance(answer, GraphError) else profile_from_json(answer)
             meta = PhotoMeta(has_photo=False, profile=profile, fetched_at=time.time())
             await self.cache.put_meta(subject, meta)
-            for size in self.sizes:
-                await self.service.get_avatar(subject, size)
-            stats.initials += 1
+            try:
+                for size in self.sizes:
+                    # Perhaps an e-mail address: the service looks up whose it is.
+                    await self.service.get_avatar(subject, size)
+            except (Blocked, NotFound):  # the person it leads to is refused
+                stats.refused += 1
+            else:
+                stats.initials += 1
             progress(stats)
         return retry
 
@@ -294,11 +314,16 @@ async def open_warmer(settings: Settings, sizes: Sequence[int], pacer: RateLimit
         # No browser waits here: a photo may take as long as Graph needs.
         limits = LoadLimits(replace(settings.server, request_deadline_seconds=max(
             60.0, settings.server.request_deadline_seconds)))
+        policy = Policy.from_settings(settings.security)
+        # Every name of the blocked people first; without them nothing is warmed.
+        if not await policy.blocked.resolve(graph):
+            raise GraphUnavailable("security.blocked could not be resolved: not warming, "
+                                   "so that no blocked person's photo is fetched")
         service = AvatarService(graph, cache, InitialsRenderer(settings.avatar.extra_fonts),
                                 settings.cache, settings.avatar, executor, limits=limits,
-                                policy=Policy.from_settings(settings.security))
+                                policy=policy)
         try:
-            yield Warmer(service, cache, graph, pacer, tuple(sizes), tuple(formats),
+            yield Warmer(service, cache, graph, pacer, policy, tuple(sizes), tuple(formats),
                          settings.avatar.default_format)
         finally:
             await service.drain()  # an interrupted run's last fetches still land in Redis
@@ -310,7 +335,8 @@ async def open_warmer(settings: Settings, sizes: Sequence[int], pacer: RateLimit
 
 def summary(stats: WarmStats, pacer: RateLimiter, seconds: float) -> str:
     return (f"warm: {stats.seen} people: {stats.photos} photos cached, {stats.initials} "
-            f"initials, {stats.cached} already cached, {stats.failed} failed; "
+            f"initials, {stats.cached} already cached, {stats.failed} failed, "
+            f"{stats.refused} refused by the security policy; "
             f"{pacer.requests} Graph requests, {pacer.throttles} throttled, {seconds:.1f} s")
 
 

@@ -8,12 +8,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from aiohttp.test_utils import TestClient
 
 from avatarproxy.app import create_app
 from avatarproxy.config import Settings, load_settings
+from avatarproxy.errors import GraphUnavailable
 from avatarproxy.fakegraph import FakePerson, portrait
 from avatarproxy.models import Subject
 from avatarproxy.warm import (
@@ -204,3 +206,41 @@ async def test_cli_prints_a_summary_and_exits_zero(
     assert "warm: 3 people: 3 photos cached, 0 initials, 0 already cached, 0 failed" \
         in out.decode()
     assert "[" in err.decode() and "3/3" in err.decode()  # the progress bar
+
+
+async def test_warm_applies_the_serving_policy_to_domains_guests_and_blocked_people(
+        tenant: Any, idp_settings: dict[str, Any], redis_url: str) -> None:
+    adele = tenant.graph.person("adele.vance@contoso.com")
+    guest = tenant.find(lambda p: "#EXT#" in p.upn)
+    pradeep = tenant.graph.add(FakePerson(
+        "pradeep.gupta@contoso.com", "6d5c4b3a-2918-4776-8554-433221100fed", "Pradeep Gupta",
+        photo=portrait(96, 96, "#222", "#999", "#c96"),
+        proxy_addresses=("SMTP:pradeep.gupta@contoso.com", "smtp:pradeep@contoso.com")))
+    kim = tenant.graph.add(FakePerson(
+        "kim.akers@fabrikam.com", "2c3d4e5f-6a7b-4c8d-9e0f-1a2b3c4d5e6f", "Kim Akers",
+        photo=portrait(96, 96, "#531", "#975", "#db9")))
+    settings = load_settings(env={}, overrides={
+        **idp_settings, "cache.redis_url": redis_url,
+        "security.allowed_domains": ["contoso.com", "contoso.onmicrosoft.com"],
+        "security.allow_guests": False,
+        # Adele by object id, Pradeep by UPN: each is warmed below by another name.
+        "security.blocked": [adele.object_id, "pradeep.gupta@contoso.com"]})
+    names = ["adele.vance@contoso.com", guest.upn, "pradeep@contoso.com",
+             "kim.akers@fabrikam.com", "alex.wilber@contoso.com"]
+    stats, _ = await warm(settings, [Subject(n.lower()) for n in names])
+    for person in (adele, guest, pradeep, kim):  # never fetched, so never cached
+        assert not tenant.graph.count(lambda r, p=person: "/photo" in r.path and (
+            p.object_id in r.path or quote(p.upn, safe="@") in r.path)), person.upn
+    assert (stats.refused, stats.photos, stats.failed) == (4, 1, 0)
+    assert tenant.graph.count("alex.wilber") >= 1
+
+
+async def test_warm_fetches_nothing_while_the_blocked_list_cannot_be_resolved(
+        tenant: Any, idp_settings: dict[str, Any], redis_url: str) -> None:
+    tenant.graph.inject(503, times=10**6, path_contains="mail,proxyAddresses")
+    settings = load_settings(env={}, overrides={
+        **idp_settings, "cache.redis_url": redis_url, "graph.retry_max_wait_seconds": 0.01,
+        "security.blocked": ["87d349ed-44d7-43e1-9a83-5f2406dee5bd"]})
+    with pytest.raises(GraphUnavailable, match=r"security\.blocked"):
+        await warm(settings, everyone(tenant))
+    assert not tenant.graph.count("/photo")
