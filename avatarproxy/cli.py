@@ -209,6 +209,7 @@ def _warm(args: argparse.Namespace) -> int:
                  if f not in ("jpeg", "png", "webp", "avif")]
     if problems:
         raise ConfigError(problems)
+    logs.adopt(settings.logging)  # log_upn; warm's lines stay plain text on stderr
     stats = WarmStats()
     subjects = _read_users(args.users, stats) if args.users else None
     total = len(subjects) + stats.failed if subjects is not None else None

@@ -56,10 +56,15 @@ class TextFormatter(logging.Formatter):
         return f"{text} [{request_id}]" if request_id else text
 
 
-def configure(settings: LoggingSettings) -> None:
-    """Replace the root handlers with one stdout handler in the chosen format."""
+def adopt(settings: LoggingSettings) -> None:
+    """What log lines say (``log_upn``, access sampling), leaving handlers alone."""
     global _settings
     _settings = settings
+
+
+def configure(settings: LoggingSettings) -> None:
+    """Replace the root handlers with one stdout handler in the chosen format."""
+    adopt(settings)
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter() if settings.format == "json" else TextFormatter())
     root = logging.getLogger()
@@ -70,7 +75,11 @@ def configure(settings: LoggingSettings) -> None:
 
 
 def subject_ref(key: str) -> str:
-    """What logs call a person: a short hash unless ``logging.log_upn`` is set."""
+    """What logs call a person: a short hash unless ``logging.log_upn`` is set.
+
+    The one place that decides: every log line naming a person (a UPN, an
+    address, a throttled mailbox) goes through here.
+    """
     if _settings.log_upn:
         return key
     return "sha256:" + hashlib.sha256(key.lower().encode("utf-8")).hexdigest()[:12]

@@ -105,7 +105,7 @@ class AvatarService:
             # Whatever was fetching goes on (shielded) and fills the cache.
             self._limits.rejected += 1
             metrics.initials_fallback("overloaded" if isinstance(exc, Overloaded) else "deadline")
-            log.info("answering %s with uncached initials: %s", subject.key,
+            log.info("answering %s with uncached initials: %s", logs.subject_ref(subject.key),
                      str(exc) or "deadline passed")
             return self._overload_initials(subject, size)
 

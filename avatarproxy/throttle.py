@@ -20,6 +20,7 @@ import random
 import time
 from collections.abc import Callable
 
+from . import logs
 from .cache import RedisTier
 from .config import GraphSettings
 from .errors import GraphUnavailable
@@ -105,7 +106,8 @@ class GraphGate:
         if len(self._paused) > _MAX_REMEMBERED:  # a scan of many people stays bounded
             now = time.time()
             self._paused = {s: u for s, u in self._paused.items() if u > now}
-        log.warning("Graph throttled %s: pausing its calls for %.3g s", scope, seconds)
+        log.warning("Graph throttled %s: pausing its calls for %.3g s", _scope_ref(scope),
+                    seconds)
         if self._redis is not None and seconds > 0:
             # Another replica may have stored a longer pause: the later end stays.
             await self._redis.keep_later(self._key(scope), until, seconds)
@@ -140,6 +142,12 @@ class GraphGate:
             return self._probe_until - now  # one probe at a time; the others fail fast
         self._probe_until = now + self._cooldown
         return 0.0
+
+
+def _scope_ref(scope: str) -> str:
+    """A scope as log lines name it: a mailbox is a person (``logging.log_upn``)."""
+    kind, _, mailbox = scope.partition(":")
+    return f"{kind}:{logs.subject_ref(mailbox)}" if kind == "mailbox" else scope
 
 
 def _float(raw: bytes | None) -> float:

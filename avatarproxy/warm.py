@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 
-from . import imaging, redisconn
+from . import imaging, logs, redisconn
 from .app import _graph_session
 from .auth import MsalTokenProvider, TokenProvider, scope_for
 from .cache import AvatarCache, RedisTier
@@ -270,7 +270,7 @@ class Warmer:
               progress: Callable[[WarmStats], None]) -> None:
         stats.failed += 1
         stats.failures.append(f"{subject.key}: {reason}")
-        log.warning("warm: %s: %s", subject.key, reason)
+        log.warning("warm: %s: %s", logs.subject_ref(subject.key), reason)
         progress(stats)
 
 

@@ -56,7 +56,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         for kind, status in _STATUS:
             if isinstance(exc, kind):
                 return _plain(status, exc.public)
-        log.error("unhandled %s on %s: %s", type(exc).__name__, request.path, exc)
+        # The route, not the path: the path names a person (logging.log_upn).
+        route = request.match_info.route.resource
+        log.error("unhandled %s on %s: %s", type(exc).__name__,
+                  route.canonical if route is not None else "unmatched", exc)
         return _plain(500, "internal error")
     except web.HTTPException as exc:
         # aiohttp's own 404/405: keep the status, drop its HTML-ish body.

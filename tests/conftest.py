@@ -3,6 +3,7 @@ clients to the service wired to them."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,10 +14,28 @@ import redis
 from aiohttp import web
 from appclient import MakeClient, client_factory
 from fakeidp import FakeIdP, start_fake_idp
+from logwatch import Lines
 from redisservers import Topology, start_cluster, start_sentinel, start_server, start_tls
 from tlsutil import make_server_tls
 
 from avatarproxy.fakegraph import FakeGraph, FakePerson, demo_people, start_fake_graph
+
+
+@pytest.fixture(autouse=True)
+def _no_person_in_logs() -> Iterator[Lines]:
+    """Every log line any test produces with ``logging.log_upn`` off (the default)
+    names nobody: no UPN or address (at the levels each test logs at)."""
+    lines = Lines()
+    root = logging.getLogger()
+    root.addHandler(lines)
+    try:
+        yield lines
+    finally:
+        root.removeHandler(lines)
+    named = lines.naming_people()
+    if named:
+        pytest.fail("log lines name a person while logging.log_upn is off:\n"
+                    + "\n".join(named[:10]), pytrace=False)
 
 
 @pytest.fixture(scope="session")
