@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import aiohttp
 from aiohttp import web
 
-from . import ops, redisconn
+from . import logs, ops, redisconn
 from .auth import MsalTokenProvider, TokenProvider, scope_for
 from .cache import AvatarCache, CacheTier, MemoryTier, RedisTier
 from .coalesce import ReplicaCoalescer
@@ -50,6 +50,7 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
     problems = redisconn.check(settings.cache)
     if problems:
         raise ConfigError(problems)
+    logs.guard_library_lines()
     app = web.Application(middlewares=[ops.observe, error_middleware])
     app[MAX_SIZE] = settings.avatar.max_size
     app[DEFAULT_FORMAT] = settings.avatar.default_format

@@ -19,6 +19,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 from .config import LoggingSettings
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
@@ -56,6 +58,26 @@ class TextFormatter(logging.Formatter):
         return f"{text} [{request_id}]" if request_id else text
 
 
+class _UnparseableRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse with the raw request line, which may
+    name a person; unless ``log_upn``, the line keeps what was wrong, not the data."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError) and not _settings.log_upn:
+            record.msg = f"{record.msg}: {type(exc).__name__} {exc.code} (request withheld)"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_UNPARSEABLE = _UnparseableRequests()
+
+
+def guard_library_lines() -> None:
+    """Hold the web server's own log lines to ``logging.log_upn`` too (idempotent)."""
+    logging.getLogger("aiohttp.server").addFilter(_UNPARSEABLE)
+
+
 def adopt(settings: LoggingSettings) -> None:
     """What log lines say (``log_upn``, access sampling), leaving handlers alone."""
     global _settings
@@ -72,6 +94,7 @@ def configure(settings: LoggingSettings) -> None:
     root.setLevel(settings.level.upper())
     # aiohttp's own access log is replaced by ours (sampled, no raw paths).
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    guard_library_lines()
 
 
 def subject_ref(key: str) -> str:

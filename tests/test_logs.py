@@ -4,6 +4,7 @@ the blocked list and warm. (conftest holds every test's lines to the same.)"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from dataclasses import replace
@@ -71,6 +72,22 @@ async def test_no_line_names_a_person_while_log_upn_is_off(
     access = [record for record, _, _ in lines.lines if record.name == "avatarproxy.access"]
     assert len(access) == len(SHOWN)
     assert all(getattr(record, "subject", "").startswith("sha256:") for record in access)
+    assert lines.naming_people() == []
+
+
+async def test_a_request_aiohttp_cannot_parse_is_logged_without_its_path(
+        make_client: MakeClient, lines: Lines) -> None:
+    client = await make_client()
+    assert client.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    try:  # a raw non-ASCII byte in the path: aiohttp answers 400 and logs an error
+        writer.write(b"GET /avatar/adele.vance@contoso.com/\xd9\xa4 HTTP/1.1\r\n"
+                     b"Host: x\r\nConnection: close\r\n\r\n")
+        assert (await reader.read()).split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+    finally:
+        writer.close()
+    errors = [text for record, text, _ in lines.lines if record.name == "aiohttp.server"]
+    assert errors and all("InvalidURLError 400" in text for text in errors)
     assert lines.naming_people() == []
 
 
