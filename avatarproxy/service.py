@@ -182,12 +182,16 @@ class AvatarService:
         return await self._initials_avatar(subject, meta, size, formats.initials)
 
     async def initials_only(self, subject: Subject, size: int,
-                            formats: OutputFormats | None = None) -> Avatar:
-        """Initials without asking Graph: for blocked people and rate-limited clients."""
+                            formats: OutputFormats | None = None, *,
+                            transient: bool = False) -> Avatar:
+        """Initials without asking Graph: for blocked people and rate-limited clients.
+        ``transient``: an answer for now only (the short max-age of "Graph could not
+        be asked")."""
         initials_format = formats.initials if formats else "png"
         meta = await self._cache.get_meta(subject)
-        return await self._initials_avatar(subject, meta or PhotoMeta(has_photo=False), size,
-                                           initials_format)
+        return await self._initials_avatar(
+            subject, None if transient else meta or PhotoMeta(has_photo=False), size,
+            initials_format)
 
     async def _metadata(self, subject: Subject, admit: Admit | None) -> PhotoMeta | None:
         cached = await self._cache.get_meta(subject)

@@ -22,7 +22,7 @@ from .models import Avatar, Subject
 from .negotiation import OutputFormats, choose, parse_format
 from .ratelimit import RateLimiter
 from .security import ClientAddress, Policy
-from .service import TRANSIENT_MAX_AGE, Admit, AvatarService
+from .service import Admit, AvatarService
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,8 @@ async def _serve(request: web.Request, parse: Callable[[], Subject]) -> web.Stre
         # Never the photo: the name the page used, drawn as initials (or a 404).
         if not fallback:
             raise NotFound() from None
-        initials = await service.initials_only(subject, size, formats)
-        return _respond(request, initials, formats, cache_control=(
-            f"public, max-age={TRANSIENT_MAX_AGE}" if exc.transient else ""))
+        return _respond(request, await service.initials_only(
+            subject, size, formats, transient=exc.transient), formats)
     return _respond(request, result, formats)
 
 
