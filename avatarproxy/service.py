@@ -83,6 +83,8 @@ class AvatarService:
         self._coalescer = coalescer or ReplicaCoalescer(None, 0, 0)
         self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._missing_permissions: set[str] = set()
+        # At most ~4 MB even if every entry were 1024 px (~15 KB); most are far smaller.
+        self._stand_ins = functools.lru_cache(maxsize=256)(initials.twin().render_quick)
 
     async def get_avatar(self, subject: Subject, size: int, *,
                          formats: OutputFormats | None = None, fallback: bool = True,
@@ -92,17 +94,24 @@ class AvatarService:
         hot = self._memory_hit(subject, size, formats, fallback)
         if hot is not None:
             return hot
+        return await self._bounded(subject, size,
+                                   lambda: self._get_avatar(subject, size, formats, fallback,
+                                                            admit))
+
+    async def _bounded(self, subject: Subject, size: int,
+                       answer: Callable[[], Awaitable[Avatar]]) -> Avatar:
+        """``answer()`` within the load caps and the deadline, else ``stand_in``."""
         try:
             with self._limits.request():
                 async with asyncio.timeout(self._limits.deadline):
-                    return await self._get_avatar(subject, size, formats, fallback, admit)
+                    return await answer()
         except (Overloaded, TimeoutError) as exc:
             # Whatever was fetching goes on (shielded) and fills the cache.
             self._limits.rejected += 1
             metrics.initials_fallback("overloaded" if isinstance(exc, Overloaded) else "deadline")
             log.info("answering %s with uncached initials: %s", subject.key,
                      str(exc) or "deadline passed")
-            return self._overload_initials(subject, size)
+            return self.stand_in(subject, size)
 
     @property
     def graph(self) -> GraphClient:
@@ -291,11 +300,16 @@ class AvatarService:
         return Avatar(body, imaging.CONTENT_TYPES[fmt], _etag("initials", key), "initials",
                       max_age)
 
-    def _overload_initials(self, subject: Subject, size: int) -> Avatar:
-        """Initials from the UPN alone, drawn here: no Graph, Redis or queue to wait on."""
-        texts = initials_candidates(None, subject)
-        colour = background_for(subject.key)
-        body = self._initials.render(texts, colour, size, "png")
+    def stand_in(self, subject: Subject, size: int) -> Avatar:
+        """Initials from the UPN alone at exactly ``size``, not to be stored: the
+        answer when this process is past a cap or cannot answer properly now.
+
+        Drawn here, on the event loop, with faces of its own: no Graph, Redis,
+        image pool or pool lock to wait on (the pool is busy exactly when this
+        is needed). A burst repeats the same few, so recent ones are kept.
+        """
+        texts, colour = _initials_look(subject, None)
+        body = self._stand_ins(texts, colour, size)
         return Avatar(body, imaging.CONTENT_TYPES["png"], _etag("busy", subject.key, str(size)),
                       "initials", 0, no_store=True)
 
