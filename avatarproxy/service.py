@@ -185,11 +185,19 @@ class AvatarService:
 
     async def initials_only(self, subject: Subject, size: int,
                             formats: OutputFormats | None = None) -> Avatar:
-        """Initials without asking Graph: for blocked people and rate-limited clients."""
+        """Initials without asking Graph: for blocked people and rate-limited clients.
+
+        They wait on Redis and the image pool like any miss, so the same caps
+        and deadline apply, with the same answer past them.
+        """
         initials_format = formats.initials if formats else "png"
-        meta = await self._cache.get_meta(subject)
-        return await self._initials_avatar(subject, meta or PhotoMeta(has_photo=False), size,
-                                           initials_format)
+
+        async def answer() -> Avatar:
+            meta = await self._cache.get_meta(subject)
+            return await self._initials_avatar(subject, meta or PhotoMeta(has_photo=False),
+                                               size, initials_format)
+
+        return await self._bounded(subject, size, answer)
 
     async def _metadata(self, subject: Subject, admit: Admit | None) -> PhotoMeta | None:
         cached = await self._cache.get_meta(subject)

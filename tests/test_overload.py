@@ -13,10 +13,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from appclient import Client, MakeClient, get
 from PIL import Image, ImageChops
 
-from avatarproxy.errors import BadRequest, Forbidden, NotFound
+from avatarproxy import errors
+from avatarproxy.errors import AvatarProxyError, BadRequest, Forbidden, NotFound
 from avatarproxy.imaging import InitialsRenderer
 from avatarproxy.service import AvatarService
 from avatarproxy.web import SERVICE
@@ -102,6 +104,61 @@ async def test_overload_answers_never_wait_on_a_saturated_image_pool(
     # Once the pool is free, the same people get their real avatars again.
     status, headers, _ = await get(client, f"/avatar/{ADELE}/48")
     assert (status, headers["X-Avatar-Source"]) == (200, "photo")
+
+
+async def test_blocked_and_rate_limited_people_get_initials_not_a_500_when_the_pool_is_full(
+        make_client: MakeClient) -> None:
+    client = await make_client(server__max_queued_images=1, security__blocked=[MEGAN],
+                               security__rate_limit_per_second=0.001,
+                               security__rate_limit_burst=1)
+    async with busy_pool(service(client)):
+        # Blocked: initials without Graph. Adele: her metadata takes the one miss
+        # allowed, her photo would be a second: rate-limited, initials instead.
+        for path in (f"/avatar/{MEGAN}/77", f"/avatar/{ADELE}/77"):
+            status, headers, body = await get(client, path)
+            assert (status, headers["X-Avatar-Source"], headers["Cache-Control"]) == (
+                200, "initials", "no-store"), path
+            assert png_side(body) == (77, 77)
+
+
+def every_error_type() -> list[type[AvatarProxyError]]:
+    found, todo = [], [AvatarProxyError]
+    while todo:
+        kind = todo.pop()
+        found.append(kind)
+        todo.extend(kind.__subclasses__())
+    return found
+
+
+def an_instance(kind: type[AvatarProxyError]) -> AvatarProxyError:
+    if issubclass(kind, errors.GraphPermissionDenied):
+        return kind("denied", "ProfilePhoto.Read.All")
+    if issubclass(kind, errors.ConfigError):
+        return kind(["a problem"])
+    return kind("a failure")
+
+
+@pytest.mark.parametrize("kind", every_error_type(), ids=lambda kind: kind.__name__)
+@pytest.mark.parametrize("step", ["get_avatar", "initials_only"])
+async def test_every_error_the_service_raises_reaches_the_browser_as_a_status_or_initials(
+        make_client: MakeClient, monkeypatch: pytest.MonkeyPatch, kind: type[AvatarProxyError],
+        step: str) -> None:
+    client = await make_client(security__blocked=[MEGAN])  # initials_only serves Megan
+
+    async def fail(*args: Any, **kwargs: Any) -> Any:
+        raise an_instance(kind)
+
+    monkeypatch.setattr(service(client), step, fail)
+    who = ADELE if step == "get_avatar" else MEGAN
+    status, headers, body = await get(client, f"/avatar/{who}/64")
+    expected = next((s for k, s in CLIENT_MISTAKES.items() if issubclass(kind, k)), None)
+    if expected is not None:
+        assert (status, headers["Content-Type"]) == (expected, "text/plain; charset=utf-8")
+        assert headers["Cache-Control"] == "no-store"
+    else:  # a dependency, a load cap, a limit: a picture for this moment
+        assert (status, headers["X-Avatar-Source"], headers["Cache-Control"]) == (
+            200, "initials", "no-store")
+        assert png_side(body) == (64, 64)
 
 
 def test_quick_initials_look_exactly_like_the_usual_ones() -> None:
