@@ -371,9 +371,25 @@ class AvatarService:
             await self._cache.put_alias(subject, object_id)
         return Subject(object_id) if object_id else None
 
-    async def drain(self) -> None:
-        """Wait for shared fetches still running (their callers may have gone)."""
-        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+    async def drain(self, within: float | None = None) -> int:
+        """Wait for shared fetches still running (their callers may have gone),
+        background refreshes included, up to ``within`` seconds; then cancel
+        the rest. Returns how many were cancelled."""
+        loop = asyncio.get_running_loop()
+        deadline = None if within is None else loop.time() + within
+        while self._inflight:  # one fetch may start another (a photo, its source)
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                break
+            await asyncio.wait(list(self._inflight.values()), timeout=left)
+        cut = 0
+        while self._inflight:  # a cancelled fetch leaves its shielded inner one
+            pending = list(self._inflight.values())
+            cut += len(pending)
+            for future in pending:
+                future.cancel()
+            await asyncio.wait(pending)
+        return cut
 
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
         """Blocking Pillow work goes to the bounded image thread pool, if it has room."""
