@@ -208,7 +208,6 @@ class MsalTokenProvider:
         or while the pause after a failure lasts.
         """
         now = time.monotonic()
-        rejected = self._token if refresh else None
         if refresh:
             self._renew_at = self._valid_until = 0.0  # never hand it out again
         elif now < self._renew_at:
@@ -217,23 +216,18 @@ class MsalTokenProvider:
             # Time to renew, but this one still works: renew in the background
             # and keep using it, whatever the identity provider does meanwhile.
             if self._acquiring is None and now >= self._retry_at:
-                self._acquisition(force=False)
+                self._acquisition()
             return self._token
         if self._acquiring is None and now < self._retry_at:
             raise AuthError(f"no token: {self._last_error} (next attempt in "
                             f"{self._retry_at - now:.1f} s)")
         # shield: a caller giving up (its deadline) must not cancel the others' request.
-        token = await asyncio.shield(self._acquisition(force=refresh))
-        if token == rejected:
-            # The shared request began before Graph's refusal and msal answered
-            # from its cache: ask again, past the cache.
-            token = await asyncio.shield(self._acquisition(force=True))
-        return token
+        return await asyncio.shield(self._acquisition())
 
-    def _acquisition(self, force: bool) -> asyncio.Task[str]:
+    def _acquisition(self) -> asyncio.Task[str]:
         """The running request to the identity provider, started if there is none."""
         if self._acquiring is None:
-            self._acquiring = asyncio.ensure_future(self._acquire(force))
+            self._acquiring = asyncio.ensure_future(self._acquire())
             self._acquiring.add_done_callback(self._acquired)
         return self._acquiring
 
@@ -242,10 +236,10 @@ class MsalTokenProvider:
         if not task.cancelled():
             task.exception()  # retrieved: a background renewal has no waiter
 
-    async def _acquire(self, force: bool) -> str:
+    async def _acquire(self) -> str:
         started = time.monotonic()
         try:
-            result = await asyncio.to_thread(self._request, force)
+            result = await asyncio.to_thread(self._request)
         except AuthError as exc:
             metrics.token_acquired(False)
             self._failures += 1
@@ -266,10 +260,11 @@ class MsalTokenProvider:
         self._valid_until = started + lifetime - min(_VALIDITY_MARGIN, lifetime / 4)
         return self._token
 
-    def _request(self, force: bool) -> Mapping[str, Any]:
+    def _request(self) -> Mapping[str, Any]:
         self._reload_if_rotated()
-        if force:
-            self._app.remove_tokens_for_client()
+        # We ask only when our copy is due or refused; msal's cache holds the
+        # same token (and would hand it back until five minutes before expiry).
+        self._app.remove_tokens_for_client()
         try:
             result: Mapping[str, Any] = self._app.acquire_token_for_client(scopes=[self._scope])
         # msal raises MsalServiceError for a 5xx from the token endpoint.
