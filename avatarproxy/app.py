@@ -7,8 +7,10 @@ closed on clean-up.
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
+import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -42,6 +44,25 @@ from .web import (
     security_headers,
 )
 
+log = logging.getLogger(__name__)
+
+
+class _Grace:
+    """``server.grace_seconds``, from when the server stops listening (aiohttp's
+    on_shutdown, just before it waits for in-flight requests): the requests and
+    the Graph fetches they leave running (background refreshes, a download
+    others waited for) share it, so shutdown stays within the pod's budget."""
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+        self._ends: float | None = None
+
+    async def begin(self, app: web.Application) -> None:
+        self._ends = time.monotonic() + self._seconds
+
+    def left(self) -> float:
+        return self._seconds if self._ends is None else max(0.0, self._ends - time.monotonic())
+
 
 def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.Application:
     """The aiohttp application. ``tokens`` replaces msal (the demo uses a fixed token)."""
@@ -58,6 +79,8 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
     app[POLICY] = policy = Policy.from_settings(settings.security)
     app[CLIENTS] = ClientAddress(settings.server.trusted_proxies)
     app.on_response_prepare.append(security_headers)
+    grace = _Grace(settings.server.grace_seconds)
+    app.on_shutdown.append(grace.begin)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         session = _graph_session(settings.graph)
@@ -97,6 +120,12 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
                                        wait=settings.graph.timeout_seconds)
             yield
         finally:
+            if SERVICE in app:
+                # Before the sessions close: let fetches finish and land in the cache.
+                cut = await app[SERVICE].drain(grace.left())
+                if cut:
+                    log.warning("shutdown: cancelled %d Graph fetches still running at the "
+                                "end of server.grace_seconds", cut)
             await policy.blocked.close()
             await session.close()
             await cache.close()

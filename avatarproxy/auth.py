@@ -3,14 +3,22 @@
 msal is blocking (requests): building the application performs OpenID
 discovery and acquiring a token performs HTTP, so both run in a thread. The
 token is kept here as well, so the hot path never hops to a thread.
+
+The identity provider is a dependency like Graph: every request to it has a
+timeout, one acquisition runs at a time (callers share it), a failure is
+followed by a growing pause instead of a retry per caller, and a token is
+renewed early, in the background, so a slow or failing renewal costs nothing
+while the current token is still valid.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -26,8 +34,14 @@ from .errors import AuthError
 
 log = logging.getLogger(__name__)
 
-# msal treats tokens with under five minutes left as expired; so do we.
+# msal treats tokens with under five minutes left as expired: renew from there.
 _EXPIRY_MARGIN = 300.0
+# Stop using a token a little before the identity provider's expiry: the
+# request carrying it still has to reach Graph.
+_VALIDITY_MARGIN = 60.0
+# Each request to the authority (discovery, token). msal ignores its own
+# `timeout` when given an http_client, as it always is here: the session has it.
+TOKEN_TIMEOUT_SECONDS = 10.0
 _MICROSOFT_AUTHORITY_HOSTS = frozenset({
     "login.microsoftonline.com", "login.microsoft.com", "login.windows.net",
     "sts.windows.net", "login.microsoftonline.us", "login.partner.microsoftonline.cn",
@@ -49,17 +63,49 @@ class StaticTokenProvider:
         return self._value
 
 
-class _PinnedCASession(requests.Session):
-    """A session that trusts exactly ``verify``.
+@dataclass(frozen=True)
+class Backoff:
+    """Pauses after failed token requests: ``first`` seconds, doubling up to ``cap``.
 
-    requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's
-    ``verify``; proxies from the environment are still honoured.
+    Each pause is drawn between half and all of that, so replicas that failed
+    together (the identity provider went down for all of them) do not come
+    back in step.
     """
+
+    first: float = 1.0
+    cap: float = 60.0
+
+    def pause(self, failures: int) -> float:
+        ceiling = min(self.cap, self.first * 2 ** min(failures - 1, 30))
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 (jitter, not a secret)
+
+
+class _AuthoritySession(requests.Session):
+    """msal's HTTP session: a timeout on every request, and with ``ca_file`` that CA only.
+
+    requests has no session-wide timeout and msal passes none. requests also
+    lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override a session's ``verify``,
+    so a pinned CA is put back after the environment is merged; proxies from
+    the environment are still honoured.
+    """
+
+    def __init__(self, timeout: float, ca_file: str = "") -> None:
+        super().__init__()
+        self.timeout = timeout
+        self._pinned = bool(ca_file)
+        if ca_file:
+            self.verify = ca_file
+
+    def request(self, *args: Any, **kwargs: Any) -> requests.Response:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self.timeout
+        return super().request(*args, **kwargs)
 
     def merge_environment_settings(self, url: Any, proxies: Any, stream: Any, verify: Any,
                                    cert: Any) -> Any:
         settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
-        settings["verify"] = self.verify
+        if self._pinned:
+            settings["verify"] = self.verify
         return settings
 
 
@@ -111,31 +157,41 @@ def _note_expiry(pem: str) -> None:
 class MsalTokenProvider:
     """Client-credentials tokens from Entra ID (or any OpenID provider msal accepts)."""
 
-    def __init__(self, app: Any, scope: str, auth: AuthSettings | None = None) -> None:
+    def __init__(self, app: Any, scope: str, auth: AuthSettings | None = None, *,
+                 request_timeout: float = TOKEN_TIMEOUT_SECONDS,
+                 backoff: Backoff = Backoff()) -> None:
         self._app = app
         self._scope = scope
         self._auth = auth
+        self._timeout = request_timeout
+        self._backoff = backoff
         self._mounted = _mounted_credential(auth) if auth else ""
         self._token = ""
-        self._expires_at = 0.0
-        self._lock = asyncio.Lock()
+        # Monotonic times: renew from _renew_at; hand the token out until _valid_until.
+        self._renew_at = 0.0
+        self._valid_until = 0.0
+        self._acquiring: asyncio.Task[str] | None = None
+        self._failures = 0
+        self._retry_at = 0.0  # no request to the identity provider before this
+        self._last_error = ""
 
     @classmethod
-    async def create(cls, auth: AuthSettings, scope: str) -> MsalTokenProvider:
-        return cls(await asyncio.to_thread(cls._build_app, auth), scope, auth)
+    async def create(cls, auth: AuthSettings, scope: str, *,
+                     request_timeout: float = TOKEN_TIMEOUT_SECONDS,
+                     backoff: Backoff = Backoff()) -> MsalTokenProvider:
+        # OpenID discovery happens here: with the session's timeout, a stalled
+        # authority fails start-up with AuthError instead of hanging it.
+        app = await asyncio.to_thread(cls._build_app, auth, request_timeout)
+        return cls(app, scope, auth, request_timeout=request_timeout, backoff=backoff)
 
     @staticmethod
-    def _build_app(auth: AuthSettings) -> Any:
+    def _build_app(auth: AuthSettings, request_timeout: float = TOKEN_TIMEOUT_SECONDS) -> Any:
         authority = default_authority(auth)
-        http_client = None
-        if auth.ca_file:
-            http_client = _PinnedCASession()
-            http_client.verify = auth.ca_file
         try:
             credential = _credential(auth)
             return msal.ConfidentialClientApplication(
                 auth.client_id, client_credential=credential, authority=authority,
-                http_client=http_client,
+                http_client=_AuthoritySession(request_timeout, auth.ca_file),
                 # Off Microsoft's hosts, msal would otherwise ask
                 # login.microsoftonline.com to validate the authority.
                 instance_discovery=urlsplit(authority).hostname in _MICROSOFT_AUTHORITY_HOSTS,
@@ -145,28 +201,70 @@ class MsalTokenProvider:
                             f"{_safe(exc)}") from exc
 
     async def token(self, *, refresh: bool = False) -> str:
-        if not refresh and time.monotonic() < self._expires_at:
-            return self._token
-        stale = self._token
-        async with self._lock:
-            # Someone else may have refreshed while we waited.
-            if self._token != stale and time.monotonic() < self._expires_at:
-                return self._token
-            try:
-                result = await asyncio.to_thread(self._acquire, refresh)
-            except AuthError:
-                metrics.token_acquired(False)
-                raise
-            metrics.token_acquired(True)
-            self._token = str(result["access_token"])
-            lifetime = float(result.get("expires_in", 3600))
-            self._expires_at = time.monotonic() + max(lifetime - _EXPIRY_MARGIN, lifetime / 2)
-            return self._token
+        """The current token; ``refresh``: Graph refused it, get another.
 
-    def _acquire(self, refresh: bool) -> Mapping[str, Any]:
-        self._reload_if_rotated()
+        Callers never queue behind a slow identity provider while a valid
+        token exists, and never start a request of their own while one runs
+        or while the pause after a failure lasts.
+        """
+        now = time.monotonic()
         if refresh:
-            self._app.remove_tokens_for_client()
+            self._renew_at = self._valid_until = 0.0  # never hand it out again
+        elif now < self._renew_at:
+            return self._token
+        elif now < self._valid_until:
+            # Time to renew, but this one still works: renew in the background
+            # and keep using it, whatever the identity provider does meanwhile.
+            if self._acquiring is None and now >= self._retry_at:
+                self._acquisition()
+            return self._token
+        if self._acquiring is None and now < self._retry_at:
+            raise AuthError(f"no token: {self._last_error} (next attempt in "
+                            f"{self._retry_at - now:.1f} s)")
+        # shield: a caller giving up (its deadline) must not cancel the others' request.
+        return await asyncio.shield(self._acquisition())
+
+    def _acquisition(self) -> asyncio.Task[str]:
+        """The running request to the identity provider, started if there is none."""
+        if self._acquiring is None:
+            self._acquiring = asyncio.ensure_future(self._acquire())
+            self._acquiring.add_done_callback(self._acquired)
+        return self._acquiring
+
+    def _acquired(self, task: asyncio.Task[str]) -> None:
+        self._acquiring = None
+        if not task.cancelled():
+            task.exception()  # retrieved: a background renewal has no waiter
+
+    async def _acquire(self) -> str:
+        started = time.monotonic()
+        try:
+            result = await asyncio.to_thread(self._request)
+        except AuthError as exc:
+            metrics.token_acquired(False)
+            self._failures += 1
+            pause = self._backoff.pause(self._failures)
+            self._retry_at = time.monotonic() + pause
+            self._last_error = str(exc)
+            left = self._valid_until - time.monotonic()
+            log.warning("%s; %s; next attempt in %.1f s", exc,
+                        f"keeping the current token ({left:.1f} s left)" if left > 0
+                        else "no token meanwhile", pause)
+            raise
+        metrics.token_acquired(True)
+        self._failures, self._retry_at = 0, 0.0
+        self._token = str(result["access_token"])
+        # From when we asked: the lifetime started no later than that.
+        lifetime = float(result.get("expires_in", 3600))
+        self._renew_at = started + max(lifetime - _EXPIRY_MARGIN, lifetime / 2)
+        self._valid_until = started + lifetime - min(_VALIDITY_MARGIN, lifetime / 4)
+        return self._token
+
+    def _request(self) -> Mapping[str, Any]:
+        self._reload_if_rotated()
+        # We ask only when our copy is due or refused; msal's cache holds the
+        # same token (and would hand it back until five minutes before expiry).
+        self._app.remove_tokens_for_client()
         try:
             result: Mapping[str, Any] = self._app.acquire_token_for_client(scopes=[self._scope])
         # msal raises MsalServiceError for a 5xx from the token endpoint.
@@ -188,7 +286,7 @@ class MsalTokenProvider:
             return
         if current != self._mounted:
             log.info("credential file changed: rebuilding the msal application")
-            self._app = self._build_app(self._auth)
+            self._app = self._build_app(self._auth, self._timeout)
             self._mounted = current
 
 

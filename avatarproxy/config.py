@@ -49,7 +49,8 @@ OPTIONS: tuple[Option, ...] = (
            "After SIGTERM: seconds to keep accepting while unready, so endpoints drop the pod.",
            minimum=0),
     Option("server", "grace_seconds", float, 20.0,
-           "After draining: seconds in-flight requests get to finish.", minimum=0.1),
+           "After draining: seconds in-flight requests and the Graph fetches still running "
+           "get to finish.", minimum=0.1),
     Option("server", "cors_origins", list, [],
            "Origins allowed to read avatars from scripts (canvas, fetch), e.g. "
            "https://intranet.contoso.com; \"*\" for any; empty: CORS off."),

@@ -8,6 +8,8 @@ the bundled font.
 
 from __future__ import annotations
 
+import copy
+import functools
 import io
 import struct
 import threading
@@ -312,6 +314,39 @@ class InitialsRenderer:
         metrics.imaging("initials", metrics.since(start))
         return body
 
+    def twin(self) -> InitialsRenderer:
+        """The same fonts with FreeType faces (and a lock) of its own.
+
+        For the event loop's overload answers: they must never wait for the
+        lock the image pool's threads hold while they draw.
+        """
+        twin = copy.copy(self)
+        twin._fonts = {}
+        twin._lock = threading.Lock()
+        return twin
+
+    def render_quick(self, candidates: Sequence[str], background: tuple[int, int, int],
+                     size: int) -> bytes:
+        """What ``render`` draws, as PNG, several times cheaper (for overload answers).
+
+        The text is drawn as a coverage mask whose 256 levels index a palette
+        ramp from the background to the text colour: one byte a pixel instead
+        of three, no PNG row filters, fast zlib. It looks the same as
+        ``render`` (within a level of rounding); the bytes differ.
+        """
+        start = time.perf_counter()
+        mask = Image.new("L", (size, size), 0)
+        text = self.first_covered(candidates)
+        index = self._font_index(text)
+        if text and index is not None:
+            with self._lock:
+                _draw_centred(mask, text, self._fitted_font(index, text, size), 255)
+        im = Image.frombytes("P", mask.size, mask.tobytes())
+        im.putpalette(_ramp(background, text_colour(background)))
+        body = _encode(im, "PNG", {"compress_level": 1})
+        metrics.imaging("initials", metrics.since(start))
+        return body
+
     def first_covered(self, candidates: Sequence[str]) -> str:
         """The candidate ``render`` would draw ("" if none)."""
         return next((t for t in candidates if t.strip() and self.covers(t)), "")
@@ -356,7 +391,7 @@ def _ignorable(char: str) -> bool:
 
 
 def _draw_centred(im: Image.Image, text: str, font: ImageFont.FreeTypeFont,
-                  colour: tuple[int, int, int]) -> None:
+                  colour: tuple[int, int, int] | int) -> None:
     """Centre the ink itself: Pillow's text boxes include side bearings and
     advance widths, which leave letters like "AB" visibly off-centre."""
     left, top, right, bottom = font.getbbox(text, anchor="ls")
@@ -368,6 +403,13 @@ def _draw_centred(im: Image.Image, text: str, font: ImageFont.FreeTypeFont,
         return
     glyphs = mask.crop(ink)
     im.paste(colour, ((im.width - glyphs.width) // 2, (im.height - glyphs.height) // 2), glyphs)
+
+
+@functools.lru_cache(maxsize=64)  # a palette of background colours, two text colours
+def _ramp(background: tuple[int, int, int], ink: tuple[int, int, int]) -> tuple[int, ...]:
+    """256 RGB entries from ``background`` (0) to ``ink`` (255): coverage as colour."""
+    return tuple(round(b + (i - b) * level / 255)
+                 for level in range(256) for b, i in zip(background, ink, strict=True))
 
 
 def text_colour(background: tuple[int, int, int]) -> tuple[int, int, int]:

@@ -8,8 +8,9 @@ stopped and the exit status is non-zero, so Kubernetes restarts the pod.
 
 On SIGTERM (or SIGINT) a worker turns unready, keeps accepting for
 ``server.drain_seconds`` (endpoints take a few seconds to drop a pod), stops
-listening, gives in-flight requests ``server.grace_seconds``, closes Redis
-and Graph sessions, and exits 0.
+listening, gives in-flight requests and the Graph fetches still running
+(``AvatarService.drain``, called by the app's clean-up) ``server.grace_seconds``
+together, cuts what is left, closes Redis and Graph sessions, and exits 0.
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ async def serve_until_stopped(make_app: AppFactory, server: ServerSettings, *,
         log.info("stopping: unready, draining for %gs", server.drain_seconds)
         await asyncio.sleep(server.drain_seconds)
     finally:
-        # Stops listening, waits up to grace_seconds for in-flight requests,
-        # then runs clean-up (Redis, Graph session, executor).
+        # Stops listening, waits up to grace_seconds for in-flight requests
+        # (then cancels them), then runs clean-up: the rest of the grace for
+        # Graph fetches still running, then Redis, Graph session, executor.
         await runner.cleanup()
         for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)

@@ -88,6 +88,8 @@ class AvatarService:
         self._inflight: dict[str, asyncio.Future[Any]] = {}
         self._missing_permissions: set[str] = set()
         self._refused: set[str] = set()  # photo versions already logged as refused
+        # At most ~4 MB even if every entry were 1024 px (~15 KB); most are far smaller.
+        self._stand_ins = functools.lru_cache(maxsize=256)(initials.twin().render_quick)
 
     async def get_avatar(self, subject: Subject, size: int, *,
                          formats: OutputFormats | None = None, fallback: bool = True,
@@ -97,17 +99,24 @@ class AvatarService:
         hot = self._memory_hit(subject, size, formats, fallback)
         if hot is not None:
             return hot
+        return await self._bounded(subject, size,
+                                   lambda: self._get_avatar(subject, size, formats, fallback,
+                                                            admit))
+
+    async def _bounded(self, subject: Subject, size: int,
+                       answer: Callable[[], Awaitable[Avatar]]) -> Avatar:
+        """``answer()`` within the load caps and the deadline, else ``stand_in``."""
         try:
             with self._limits.request():
                 async with asyncio.timeout(self._limits.deadline):
-                    return await self._get_avatar(subject, size, formats, fallback, admit)
+                    return await answer()
         except (Overloaded, TimeoutError) as exc:
             # Whatever was fetching goes on (shielded) and fills the cache.
             self._limits.rejected += 1
             metrics.initials_fallback("overloaded" if isinstance(exc, Overloaded) else "deadline")
             log.info("answering %s with uncached initials: %s", logs.subject_ref(subject.key),
                      str(exc) or "deadline passed")
-            return self._overload_initials(subject, size)
+            return self.stand_in(subject, size)
 
     @property
     def graph(self) -> GraphClient:
@@ -186,12 +195,20 @@ class AvatarService:
                             transient: bool = False) -> Avatar:
         """Initials without asking Graph: for blocked people and rate-limited clients.
         ``transient``: an answer for now only (the short max-age of "Graph could not
-        be asked")."""
+        be asked").
+
+        They wait on Redis and the image pool like any miss, so the same caps
+        and deadline apply, with the same answer past them.
+        """
         initials_format = formats.initials if formats else "png"
-        meta = await self._cache.get_meta(subject)
-        return await self._initials_avatar(
-            subject, None if transient else meta or PhotoMeta(has_photo=False), size,
-            initials_format)
+
+        async def answer() -> Avatar:
+            meta = await self._cache.get_meta(subject)
+            return await self._initials_avatar(
+                subject, None if transient else meta or PhotoMeta(has_photo=False), size,
+                initials_format)
+
+        return await self._bounded(subject, size, answer)
 
     async def _metadata(self, subject: Subject, admit: Admit | None) -> PhotoMeta | None:
         cached = await self._cache.get_meta(subject)
@@ -306,11 +323,16 @@ class AvatarService:
         return Avatar(body, imaging.CONTENT_TYPES[fmt], _etag("initials", key), "initials",
                       max_age)
 
-    def _overload_initials(self, subject: Subject, size: int) -> Avatar:
-        """Initials from the UPN alone, drawn here: no Graph, Redis or queue to wait on."""
-        texts = initials_candidates(None, subject)
-        colour = background_for(subject.key)
-        body = self._initials.render(texts, colour, size, "png")
+    def stand_in(self, subject: Subject, size: int) -> Avatar:
+        """Initials from the UPN alone at exactly ``size``, not to be stored: the
+        answer when this process is past a cap or cannot answer properly now.
+
+        Drawn here, on the event loop, with faces of its own: no Graph, Redis,
+        image pool or pool lock to wait on (the pool is busy exactly when this
+        is needed). A burst repeats the same few, so recent ones are kept.
+        """
+        texts, colour = _initials_look(subject, None)
+        body = self._stand_ins(texts, colour, size)
         return Avatar(body, imaging.CONTENT_TYPES["png"], _etag("busy", subject.key, str(size)),
                       "initials", 0, no_store=True)
 
@@ -389,9 +411,25 @@ class AvatarService:
         self._policy.check_person(person)
         return Subject(person.object_id)
 
-    async def drain(self) -> None:
-        """Wait for shared fetches still running (their callers may have gone)."""
-        await asyncio.gather(*self._inflight.values(), return_exceptions=True)
+    async def drain(self, within: float | None = None) -> int:
+        """Wait for shared fetches still running (their callers may have gone),
+        background refreshes included, up to ``within`` seconds; then cancel
+        the rest. Returns how many were cancelled."""
+        loop = asyncio.get_running_loop()
+        deadline = None if within is None else loop.time() + within
+        while self._inflight:  # one fetch may start another (a photo, its source)
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                break
+            await asyncio.wait(list(self._inflight.values()), timeout=left)
+        cut = 0
+        while self._inflight:  # a cancelled fetch leaves its shielded inner one
+            pending = list(self._inflight.values())
+            cut += len(pending)
+            for future in pending:
+                future.cancel()
+            await asyncio.wait(pending)
+        return cut
 
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
         """Blocking Pillow work goes to the bounded image thread pool, if it has room."""

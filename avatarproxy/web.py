@@ -1,7 +1,10 @@
 """HTTP: parse the request, call the service, write headers.
 
-Errors become responses in exactly one place (``error_middleware``): short
-``text/plain``, ``Cache-Control: no-store``, never a stack trace.
+Errors become responses in one place: a client's mistake gets its status
+from ``_STATUS`` (``error_middleware``: short ``text/plain``, ``Cache-Control:
+no-store``, never a stack trace); anything else the service raises for an
+avatar (a dependency, a load cap) gets initials, ``no-store`` (``_serve``):
+avatars are decoration, never a 5xx.
 """
 
 from __future__ import annotations
@@ -37,9 +40,14 @@ LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
 # An SVG opened directly is a document: no scripts, no external loads, no forms.
 SVG_POLICY = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 
-# The one error-to-status table.
+# The one error-to-status table: the client's mistakes. Every other error
+# reaching an avatar route is answered with stand-in initials (``_serve``).
 _STATUS: tuple[tuple[type[AvatarProxyError], int], ...] = (
     (BadRequest, 400), (Forbidden, 403), (NotFound, 404))
+
+
+def _status(exc: AvatarProxyError) -> int | None:
+    return next((status for kind, status in _STATUS if isinstance(exc, kind)), None)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -53,9 +61,9 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except AvatarProxyError as exc:
-        for kind, status in _STATUS:
-            if isinstance(exc, kind):
-                return _plain(status, exc.public)
+        status = _status(exc)
+        if status is not None:
+            return _plain(status, exc.public)
         # The route, not the path: the path names a person (logging.log_upn).
         route = request.match_info.route.resource
         log.error("unhandled %s on %s: %s", type(exc).__name__,
@@ -93,6 +101,20 @@ async def _serve(request: web.Request, parse: Callable[[], Subject]) -> web.Stre
                      request.headers.get("Accept", ""), size, request.app[DEFAULT_FORMAT])
     policy.check_subject(subject)
     service = request.app[SERVICE]
+    try:
+        return await _answer(request, service, subject, size, formats, fallback)
+    except AvatarProxyError as exc:
+        if _status(exc) is not None:
+            raise  # the client's mistake (or ?fallback=404): error_middleware answers
+        # The service answers its own failures; should one escape, still a picture.
+        log.warning("answering with stand-in initials: %s: %s", type(exc).__name__, exc)
+        metrics.initials_fallback(type(exc).__name__)
+        return _respond(request, service.stand_in(subject, size), formats)
+
+
+async def _answer(request: web.Request, service: AvatarService, subject: Subject, size: int,
+                  formats: OutputFormats, fallback: bool) -> web.Response:
+    policy = request.app[POLICY]
     try:
         if policy.is_blocked(subject):
             raise Blocked()

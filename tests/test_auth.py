@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import certifi
 import pytest
+from appclient import client_factory, get
+from faultproxy import NONE, FaultProxy, Faults
 from tlsutil import make_client_certificate
 
-from avatarproxy.auth import MsalTokenProvider, scope_for
+from avatarproxy.auth import Backoff, MsalTokenProvider, scope_for
 from avatarproxy.config import AuthSettings, load_settings
 from avatarproxy.errors import AuthError
 
 SCOPE = "https://graph.microsoft.com/.default"
+STALL = Faults(stall=True)
 
 
 def auth_settings(idp: Any, **changes: Any) -> AuthSettings:
@@ -23,6 +28,48 @@ def auth_settings(idp: Any, **changes: Any) -> AuthSettings:
                    client_secret=idp.client_secret, authority=idp.authority,
                    ca_file=str(idp.ca_file))
     return replace(base, **changes)
+
+
+@pytest.fixture
+async def idp_proxy(fake_idp: Any) -> AsyncIterator[FaultProxy]:
+    """A fault proxy in front of the fake IdP (no faults until a test sets them)."""
+    proxy = await FaultProxy.start(fake_idp.port)
+    try:
+        yield proxy
+    finally:
+        await proxy.close()  # a stalled request ends with its connection
+
+
+def via(proxy: FaultProxy, idp: Any) -> AuthSettings:
+    # The fake IdP names its endpoints by the host asked: the token endpoint
+    # found by discovery through the proxy stays on the proxy.
+    return auth_settings(idp, authority=f"https://127.0.0.1:{proxy.port}/{idp.tenant}")
+
+
+def stall(proxy: FaultProxy) -> None:
+    proxy.faults = STALL
+    proxy.cut()  # msal's pooled keep-alive connection too
+
+
+async def until(condition: Callable[[], bool], within: float = 20.0) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+async def eventually(provider: MsalTokenProvider, ok: Callable[[str], bool],
+                     within: float = 20.0) -> str:
+    """The first token ``ok`` accepts, asking every 20 ms (failures included)."""
+    async with asyncio.timeout(within):
+        while True:
+            try:
+                token = await provider.token()
+                if ok(token):
+                    return token
+            except AuthError:
+                pass
+            await asyncio.sleep(0.02)
 
 
 async def test_secret_token_is_acquired_once_and_reused(fake_idp: Any) -> None:
@@ -49,8 +96,8 @@ async def test_short_lived_tokens_are_renewed_before_they_expire(fake_idp: Any) 
     provider = await MsalTokenProvider.create(auth_settings(fake_idp), SCOPE)
     first = await provider.token()
     assert await provider.token() == first
-    await asyncio.sleep(1.2)  # half the lifetime: we renew early
-    assert await provider.token() != first
+    await asyncio.sleep(1.05)  # half the lifetime: we renew early (in the background)
+    assert await eventually(provider, lambda token: token != first) in fake_idp.issued
     assert len(fake_idp.token_requests) == 2
 
 
@@ -129,3 +176,88 @@ async def test_untrusted_authority_certificate_is_refused(fake_idp: Any) -> None
 ])
 def test_scope_is_the_graph_root_default(base: str, scope: str) -> None:
     assert scope_for(base) == scope
+
+
+# -- an identity provider that stalls, then recovers ------------------------------
+
+async def test_a_stalled_authority_fails_start_up_instead_of_hanging_it(
+        fake_idp: Any, idp_proxy: FaultProxy) -> None:
+    idp_proxy.faults = STALL  # OpenID discovery, at start-up, gets no answer
+    began = time.monotonic()
+    async with asyncio.timeout(60):  # the default timeout, with room for a loaded machine
+        with pytest.raises(AuthError, match="cannot set up msal") as info:
+            await MsalTokenProvider.create(via(idp_proxy, fake_idp), SCOPE)
+    assert "Timeout" in str(info.value)
+    assert time.monotonic() - began >= 5  # the default timeout, not an immediate failure
+    assert fake_idp.discovery_requests == 0
+
+
+async def test_a_stalled_token_request_times_out_once_for_all_callers_then_recovers(
+        fake_idp: Any, idp_proxy: FaultProxy) -> None:
+    provider = await MsalTokenProvider.create(via(idp_proxy, fake_idp), SCOPE, request_timeout=1.0,
+                                              backoff=Backoff(first=0.5, cap=2.0))
+    stall(idp_proxy)  # after discovery, before the first token
+    before = idp_proxy.accepted
+    async with asyncio.timeout(30):  # without a timeout, forever
+        results = await asyncio.gather(*(provider.token() for _ in range(20)),
+                                       return_exceptions=True)
+    assert all(isinstance(r, AuthError) for r in results), results
+    assert idp_proxy.accepted == before + 1  # twenty callers, one request
+    # Right after a failure: an immediate answer, and the identity provider left alone.
+    for _ in range(20):
+        with pytest.raises(AuthError, match="next attempt in"):
+            await provider.token()
+    assert idp_proxy.accepted == before + 1
+    idp_proxy.faults = NONE
+    token = await eventually(provider, lambda token: True)  # asks 50 times a second
+    assert token in fake_idp.issued
+    assert idp_proxy.accepted - before <= 3  # after a pause, not once per caller
+    assert len(fake_idp.token_requests) == 1
+
+
+async def test_a_failing_early_renewal_keeps_the_valid_token_in_use(
+        fake_idp: Any, idp_proxy: FaultProxy, caplog: pytest.LogCaptureFixture) -> None:
+    fake_idp.expires_in = 10  # renewal due after 5 s; usable for 7.5 s
+    provider = await MsalTokenProvider.create(via(idp_proxy, fake_idp), SCOPE, request_timeout=0.5,
+                                              backoff=Backoff(first=0.5, cap=2.0))
+    first = await provider.token()
+    stall(idp_proxy)
+    await asyncio.sleep(5.1)  # renewal is due
+    async with asyncio.timeout(2):  # no caller waits for the stalled renewal
+        assert await asyncio.gather(*(provider.token() for _ in range(20))) == [first] * 20
+    await until(lambda: "keeping the current token" in caplog.text)  # it timed out
+    assert await provider.token() == first  # not discarded: still valid
+    idp_proxy.faults = NONE
+    renewed = await eventually(provider, lambda token: token != first)
+    assert renewed in fake_idp.issued and len(fake_idp.token_requests) == 2
+
+
+async def test_while_the_identity_provider_stalls_cached_avatars_are_served(
+        aiohttp_client: Any, idp_settings: dict[str, Any], redis_url: str, fake_idp: Any,
+        fake_graph: Any, idp_proxy: FaultProxy) -> None:
+    provider = await MsalTokenProvider.create(via(idp_proxy, fake_idp), SCOPE, request_timeout=0.5,
+                                              backoff=Backoff(first=0.5, cap=2.0))
+    make = client_factory(aiohttp_client, {**idp_settings, "cache.redis_url": redis_url},
+                          tokens=provider)
+    client = await make()
+    adele, others = "adele.vance@contoso.com", [
+        p.upn for p in fake_graph.graph.people if p.upn.startswith(("alex", "megan", "lynne"))]
+    _, headers, photo = await get(client, f"/avatar/{adele}/48")
+    assert headers["X-Avatar-Source"] == "photo"
+    stall(idp_proxy)
+    fake_idp.revoke_all()  # Graph refuses the token now: a new one is needed
+    before = idp_proxy.accepted
+    answers = await asyncio.gather(*(get(client, f"/avatar/{upn}/48") for upn in others * 4))
+    for status, headers, _ in answers:
+        assert (status, headers["X-Avatar-Source"]) == (200, "initials")
+        assert headers["Cache-Control"] == "public, max-age=60"  # the timeout beat the deadline
+    assert idp_proxy.accepted - before <= 2  # twelve requests, not twelve token requests
+    began = time.monotonic()
+    status, headers, body = await get(client, f"/avatar/{adele}/48")
+    assert (status, headers["X-Avatar-Source"], body) == (200, "photo", photo)
+    assert time.monotonic() - began < 2
+    idp_proxy.faults = NONE
+    deadline = time.monotonic() + 20
+    while (await get(client, f"/avatar/{others[0]}/48"))[1]["X-Avatar-Source"] != "photo":
+        assert time.monotonic() < deadline, "no photo after the identity provider recovered"
+        await asyncio.sleep(0.1)

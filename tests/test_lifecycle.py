@@ -1,4 +1,4 @@
-"""A real ``avatarproxy serve`` with two workers, stopped with a real SIGTERM."""
+"""A real ``avatarproxy serve`` (one worker or two), stopped with a real SIGTERM."""
 
 from __future__ import annotations
 
@@ -7,15 +7,25 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import redis.asyncio as aioredis
 from loopback import free_port
 
+from avatarproxy.cache import AvatarCache
+from avatarproxy.config import load_settings
+from avatarproxy.fakegraph import portrait
+from avatarproxy.models import Subject
+
 ADELE = "adele.vance@contoso.com"
+ALEX = "alex.wilber@contoso.com"
+LYNNE = "lynne.robbins@contoso.com"
+KEYS = AvatarCache(load_settings(env={}).cache, [])  # key names only
 
 
 @dataclass
@@ -120,3 +130,73 @@ async def test_two_workers_share_the_port_and_drain_in_flight_requests_on_sigter
         assert await asyncio.wait_for(server.process.wait(), timeout=30) == 0
     messages = [str(line.get("message")) for line in server.output]
     assert messages.count("stopped") == 2, messages
+
+
+async def _arrived(graph: Any, *who: str) -> None:
+    """Until Graph has seen a request for each of ``who``."""
+    async with asyncio.timeout(20), graph.arrived:
+        await graph.arrived.wait_for(lambda: all(graph.count(upn) for upn in who))
+
+
+async def test_in_flight_requests_finish_inside_the_grace_period_and_are_cut_after_it(
+        fake_graph: Any, fake_idp: Any) -> None:
+    graph = fake_graph.graph
+    graph.accept_token = fake_idp.issued.__contains__
+    drain, grace = 0.5, 2.0
+    async with serve(fake_graph, fake_idp, workers=1, server_drain_seconds=str(drain),
+                     server_grace_seconds=str(grace), server_request_deadline_seconds="60",
+                     graph_timeout_seconds="60") as server, aiohttp.ClientSession() as http:
+        # Graph answers Adele after 1.5 s (inside the grace period), Alex after 6 s.
+        graph.fault("slow", path_contains=ADELE, delay=1.5)
+        graph.fault("slow", path_contains=ALEX, delay=6)
+        quick = asyncio.ensure_future(http.get(f"{server.base}/avatar/{ADELE}/48"))
+        slow = asyncio.ensure_future(http.get(f"{server.base}/avatar/{ALEX}/48"))
+        await _arrived(graph, ADELE, ALEX)
+        server.process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        response = await quick
+        assert (response.status, response.headers["X-Avatar-Source"]) == (200, "photo")
+        response.release()
+        try:
+            cut = await slow
+        except aiohttp.ClientError:
+            pass  # the connection closed with no answer: cut
+        else:
+            raise AssertionError(f"answered {cut.status} after the grace period")
+        waited = time.monotonic() - sent
+        assert drain + grace - 0.3 <= waited < 5.5, waited  # at the end of grace, not at 6 s
+        assert await asyncio.wait_for(server.process.wait(), timeout=20) == 0
+
+
+async def test_background_refreshes_finish_inside_the_grace_period_and_stop_after_it(
+        fake_graph: Any, fake_idp: Any, redis_url: str) -> None:
+    graph = fake_graph.graph
+    graph.accept_token = fake_idp.issued.__contains__
+    async with serve(fake_graph, fake_idp, workers=1, server_drain_seconds="0.2",
+                     server_grace_seconds="2", cache_redis_url=redis_url,
+                     cache_metadata_ttl_seconds="1") as server, aiohttp.ClientSession() as http:
+        for upn in (ALEX, LYNNE):
+            async with http.get(f"{server.base}/avatar/{upn}/48") as resp:
+                assert resp.headers["X-Avatar-Source"] == "photo"
+        await asyncio.sleep(1.1)  # both metadata entries go stale
+        new_etag = graph.set_photo(ALEX, portrait(240, 240, "#222222", "#dddddd", "#aa3333"))
+        # The refreshes: Alex's takes 1 s (inside the grace period), Lynne's 6 s.
+        graph.fault("slow", path_contains=f"{ALEX}/photo", delay=1.0)
+        graph.fault("slow", path_contains=f"{LYNNE}/photo", delay=6)
+        graph.reset_requests()
+        for upn in (ALEX, LYNNE):  # stale: served at once, refreshed in the background
+            async with http.get(f"{server.base}/avatar/{upn}/48") as resp:
+                assert resp.headers["X-Avatar-Source"] == "photo"
+        await _arrived(graph, ALEX, LYNNE)
+        server.process.send_signal(signal.SIGTERM)
+        sent = time.monotonic()
+        assert await asyncio.wait_for(server.process.wait(), timeout=20) == 0
+        assert time.monotonic() - sent < 5.5  # Lynne's refresh was not waited for
+    store = aioredis.Redis.from_url(redis_url)
+    try:
+        raw = await store.get(KEYS.meta_key(Subject(ALEX)))
+    finally:
+        await store.aclose()
+    assert raw is not None and json.loads(raw)["media_etag"] == new_etag  # it landed
+    messages = " ".join(str(line.get("message")) for line in server.output)
+    assert "cancelled 1 Graph fetches" in messages, messages
