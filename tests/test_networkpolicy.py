@@ -359,3 +359,67 @@ def test_the_evaluator_reads_policies_as_kubernetes_does() -> None:
     net = Network(namespaces, [and_policy], [frontend, anything_in_project])
     assert not net.allows(anything_in_project, frontend, 80)  # no role label
     assert net.peer_selects(and_policy, both) == []
+
+
+def one_policy(spec: Mapping[str, Any], *pods: Pod) -> Network:
+    policy = {"metadata": {"name": "p", "namespace": "app"}, "spec": {"podSelector": {}, **spec}}
+    return Network({"app": {}}, [policy], list(pods))
+
+
+def test_the_evaluator_infers_policy_types_as_the_api_server_defaults_them() -> None:
+    # Without policyTypes: Ingress, and Egress only for a non-empty egress
+    # list; `egress: []` leaves the way out open.
+    app, peer = Pod("app", "app", {}, "10.244.1.1"), Pod("peer", "app", {}, "10.244.1.2")
+    out = External("anywhere", "203.0.113.1")
+    for spec in ({}, {"egress": []}):
+        net = one_policy(spec, app, peer)
+        assert net.allows(app, out, 443) and not net.allows(peer, app, 80), spec
+    net = one_policy({"egress": [{"ports": [{"port": 53, "protocol": "UDP"}]}]}, app, peer)
+    assert net.allows(app, out, 53, "UDP") and not net.allows(app, out, 443)
+    assert not net.allows(peer, app, 53, "UDP")  # Ingress still implied
+    net = one_policy({"policyTypes": ["Egress"]}, app)
+    assert not net.allows(app, out, 443) and net.allows(out, app, 80)
+
+
+def test_the_evaluator_matches_a_pod_without_an_address_to_no_ip_block() -> None:
+    pending, app = Pod("pending", "app", {"role": "x"}, ""), Pod("app", "app", {}, "10.244.1.1")
+    net = one_policy({"ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]}, app, pending)
+    assert not net.allows(pending, app, 80)
+    assert net.allows(External("anywhere", "203.0.113.1"), app, 80)
+
+
+def test_the_evaluator_reads_ports_and_selectors_as_kubernetes_does() -> None:
+    client = Pod("client", "app", {"tier": "web"}, "10.244.1.1")
+    # A numeric port: the rule's protocol against the connection's; what the
+    # destination declares (here 53 over TCP only) plays no part.
+    dns = Pod("dns", "app", {}, "10.244.1.2", (ContainerPort(53, "TCP", "dns-tcp"),))
+    net = one_policy({"ingress": [{"ports": [{"port": 53, "protocol": "UDP"}]}]}, dns)
+    assert net.allows(client, dns, 53, "UDP") and not net.allows(client, dns, 53, "TCP")
+    # A named port: the destination's port of that name and protocol.
+    net = one_policy({"ingress": [{"ports": [{"port": "dns-tcp", "protocol": "UDP"}]}]}, dns)
+    assert not net.allows(client, dns, 53, "UDP") and not net.allows(client, dns, 53, "TCP")
+    # An empty ports list, like none: every port of every protocol.
+    net = one_policy({"ingress": [{"from": [{"podSelector": {}}], "ports": []}]}, dns, client)
+    for port, protocol in ((1, "TCP"), (65535, "TCP"), (123, "UDP"), (9899, "SCTP")):
+        assert net.allows(client, dns, port, protocol), (port, protocol)
+    # NotIn holds for a pod without the key; In and Exists do not.
+    unlabelled = Pod("job", "app", {}, "10.244.1.3")
+    not_db = {"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["db"]}]}
+    assert selects(not_db, unlabelled.labels) and selects(not_db, client.labels)
+    assert not selects(not_db, {"tier": "db"})
+    net = one_policy({"ingress": [{"from": [{"podSelector": not_db}]}]}, dns, unlabelled)
+    assert net.allows(unlabelled, dns, 80) and not net.allows(Pod("db", "app", {"tier": "db"},
+                                                                    "10.244.1.4"), dns, 80)
+
+
+def test_the_probed_ports_find_any_port_a_rule_opens() -> None:
+    # The tests above probe Network.probe_ports(), not a fixed list: a rule
+    # opening the API server's port (or a range) shows up at its start.
+    app = Pod("app", "app", {}, "10.244.1.1")
+    out = External("api server", "10.0.0.1")
+    for ports, opened in (([{"port": 6443}], {(6443, "TCP")}),
+                          ([{"port": 15000, "endPort": 15999}], {(15000, "TCP"), (15999, "TCP")}),
+                          ([{"port": 443, "protocol": "UDP"}], {(443, "UDP")}),
+                          ([{"protocol": "SCTP"}], {(1, "SCTP")})):
+        net = one_policy({"egress": [{"ports": ports}]}, app)
+        assert {p for p in net.probe_ports() if net.allows(app, out, *p)} == opened, ports
