@@ -257,13 +257,19 @@ def test_nothing_else_leaves_the_pods(kustomization: str) -> None:
     assert expected - let_out == set(), "blocked: " + show(expected - let_out)
 
 
-@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+SHIPS_REDIS = ["overlays/dev"]
+
+
+def test_only_the_dev_overlay_ships_a_redis() -> None:
+    assert [k for k in KUSTOMIZATIONS if world(k).shipped_redis is not None] == SHIPS_REDIS
+
+
+@pytest.mark.parametrize("kustomization", SHIPS_REDIS)
 def test_only_our_pods_reach_the_redis_we_ship(kustomization: str) -> None:
     # Without a password (overlays/dev), whoever reaches it can poison the
     # cache or publish fake purges.
     w = world(kustomization)
-    if w.shipped_redis is None:
-        pytest.skip("ships no Redis")
+    assert w.shipped_redis is not None
     let_in = {(source, port, protocol) for source in w.endpoints if source != w.shipped_redis
               for port, protocol in w.network.probe_ports()
               if w.network.allows(source, w.shipped_redis, port, protocol)}
