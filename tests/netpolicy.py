@@ -10,14 +10,16 @@ lxml compiled, ghapi a GitHub client). In the test extra those pins would
 downgrade the PyYAML the rest of the suite uses and tie the project's test
 environment to them, and its answers come only as CLI text to parse or
 through internal classes. The rules below are the documented semantics in
-about a hundred lines; every connection test_networkpolicy.py probes was
-cross-checked against the analyzer (2.1.0) once, with no disagreement.
+about a hundred lines; every connection test_networkpolicy.py probed with
+its first, fixed list of ports was cross-checked against the analyzer (2.1.0)
+once, with no disagreement (later additions were not).
 
 Semantics (https://kubernetes.io/docs/concepts/services-networking/network-policies/):
 - A policy applies to the pods of its namespace its podSelector selects, in
-  the directions of policyTypes (default: Ingress, plus Egress when it has
-  egress rules). A pod no policy selects for a direction is open in it; a
-  selected pod gets only what some rule of those policies allows.
+  the directions of policyTypes (default: Ingress, plus Egress when its egress
+  list is non-empty: `egress: []` alone isolates nothing outbound). A pod no
+  policy selects for a direction is open in it; a selected pod gets only what
+  some rule of those policies allows.
 - A rule allows a connection when one of its peers matches (no peers: any)
   and one of its ports does (no ports: any). A connection needs the source's
   egress and the destination's ingress.
@@ -26,7 +28,10 @@ Semantics (https://kubernetes.io/docs/concepts/services-networking/network-polic
 - ipBlock matches by address, pods included: whether it matches pod IPs is up
   to the network plugin, and reading it broadly means a denial proven here
   holds on every plugin (no allowance here relies on an ipBlock matching a pod).
-- A named port matches the destination pod's container port of that name.
+  A pod without an address (not yet scheduled) matches no ipBlock.
+- A numeric port matches by number and the rule's protocol, whatever the
+  destination declares; a named port matches the destination pod's container
+  port of that name and protocol.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 Labels = Mapping[str, str]
+PROTOCOLS = ("TCP", "UDP", "SCTP")  # all NetworkPolicy knows
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,8 @@ def selects(selector: Mapping[str, Any], labels: Labels) -> bool:
 
 
 def in_block(ip: str, block: Mapping[str, Any]) -> bool:
+    if not ip:
+        return False  # a pod not given an address yet: no block holds it
     address = ipaddress.ip_address(ip)
     if address not in ipaddress.ip_network(block["cidr"]):
         return False
@@ -119,6 +127,26 @@ class Network:
         ingress = not isinstance(dst, Pod) or self._admits(dst, "Ingress", src, dst, port,
                                                              protocol)
         return egress and ingress
+
+    def probe_ports(self) -> set[tuple[int, str]]:
+        """Ports at which to ask ``allows`` to learn everything it allows.
+
+        Each port entry of a rule opens one range (a port, port to endPort, a
+        named port's number on the destination, or all ports from 1), so what
+        the source's egress and the destination's ingress both open is a union
+        of ranges, each starting at one of these: no port in between can be
+        open while all of these are closed. Ends are added to show ranges.
+        """
+        protocols = set(PROTOCOLS)
+        numbers = {1} | {c.port for pod in self.pods for c in pod.ports}
+        for policy in self.policies:
+            spec = policy["spec"]
+            for rule in [*(spec.get("ingress") or []), *(spec.get("egress") or [])]:
+                for entry in rule.get("ports") or []:
+                    protocols.add(entry.get("protocol", "TCP"))
+                    if isinstance(entry.get("port"), int):
+                        numbers |= {entry["port"], entry.get("endPort", entry["port"])}
+        return {(n, protocol) for n in numbers for protocol in protocols}
 
     def peer_selects(self, policy: Mapping[str, Any], peer: Mapping[str, Any]) -> list[Pod]:
         """The described pods one ``from``/``to`` peer of ``policy`` matches."""
@@ -161,7 +189,8 @@ class Network:
 
 def policy_types(policy: Mapping[str, Any]) -> list[str]:
     spec = policy["spec"]
-    return spec.get("policyTypes") or ["Ingress", *(["Egress"] if "egress" in spec else [])]
+    # The API server's defaulting: Egress only for a non-empty egress list.
+    return spec.get("policyTypes") or ["Ingress", *(["Egress"] if spec.get("egress") else [])]
 
 
 def port_matches(rule: Mapping[str, Any], dst: Endpoint, port: int, protocol: str) -> bool:

@@ -25,7 +25,7 @@ KUSTOMIZE = ROOT / "deploy" / "kubernetes"
 KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/workload-identity",
                   # worked examples of adapting to a cluster (README, "Deploying")
                   "overlays/example-azure-cache-for-redis", "overlays/example-azure-managed-redis",
-                  "overlays/example-cluster-names"]
+                  "overlays/example-cluster-names", "overlays/example-gke-cloud-dns"]
 K8S_VERSION = "1.30.0"
 CRDS = {"ServiceMonitor": "servicemonitor", "PrometheusRule": "prometheusrule"}
 

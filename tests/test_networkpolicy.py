@@ -10,7 +10,7 @@ real cluster shows is listed in the README ("Deploying")."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -34,6 +34,8 @@ from avatarproxy.config import Settings, load_settings
 SERVER_SELECTOR = {"app.kubernetes.io/name": "avatarproxy",
                    "app.kubernetes.io/component": "server"}
 MANAGED_REDIS_IP = "10.20.1.4"  # a managed Redis, through a private endpoint
+NODE_LOCAL_DNS = "169.254.20.10"  # NodeLocal DNSCache, on each node
+METADATA = "169.254.169.254"  # instance metadata; GKE's Cloud DNS answers there on 53
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,9 @@ class Site:
         default_factory=lambda: {"app.kubernetes.io/name": "prometheus"})
     redis_ip: str | None = None  # None: pods labelled component=redis in our namespace
     redis_port: int = 6379
+    resolvers: tuple[str, ...] = (NODE_LOCAL_DNS,)  # asked on 53 besides the kube-dns pods
+    # Labels of a Prometheus that must not scrape, where only some may.
+    rival_prometheus_labels: Mapping[str, str] | None = None
 
 
 SITES = {
@@ -56,7 +61,9 @@ SITES = {
     "overlays/example-azure-managed-redis": Site(redis_ip=MANAGED_REDIS_IP, redis_port=10000),
     "overlays/example-cluster-names": Site(
         ingress_namespace="app-routing-system", monitoring_namespace="observability",
-        prometheus_labels={"app.kubernetes.io/name": "prometheus", "prometheus": "platform"}),
+        prometheus_labels={"app.kubernetes.io/name": "prometheus", "prometheus": "platform"},
+        rival_prometheus_labels={"app.kubernetes.io/name": "prometheus", "prometheus": "tenants"}),
+    "overlays/example-gke-cloud-dns": Site(resolvers=(NODE_LOCAL_DNS, METADATA)),
 }
 
 
@@ -102,6 +109,8 @@ class World:
     ingress: Pod
     prometheus: Pod
     redis: Endpoint
+    shipped_redis: Pod | None  # the one a kustomization renders (overlays/dev)
+    resolvers: list[Endpoint]  # the kube-dns pods and the site's resolver addresses
     serving_port: int  # what the Service (and so the ingress) forwards to
     metrics_port: int  # what the ServiceMonitor scrapes
     endpoints: list[Endpoint]
@@ -113,12 +122,40 @@ def world(kustomization: str) -> World:
     ip = iter(f"10.244.0.{n}" for n in range(10, 250))
     workloads = [workload_pod(o, next(ip)) for o in objects if o["kind"] == "Deployment"]
     server = next(p for p in workloads if p.name == "avatarproxy")
-    ours = server.namespace
-    redis_pods = [p for p in workloads if p.labels.get("app.kubernetes.io/component") == "redis"]
-    # Without one rendered (only overlays/dev has it), one where base's rule
-    # expects it; for the managed Redis overlays it must be shut out.
-    stand_ins = [] if redis_pods else [Pod("redis", ours, {"app.kubernetes.io/component": "redis"},
-                                           next(ip), (ContainerPort(6379, name="redis"),))]
+    shipped_redis = next((p for p in workloads
+                          if p.labels.get("app.kubernetes.io/component") == "redis"), None)
+    # Without one rendered, one where base's rule expects it; for the managed
+    # Redis overlays it must be shut out.
+    stand_ins = [] if shipped_redis else [
+        Pod("redis", server.namespace, {"app.kubernetes.io/component": "redis"}, next(ip),
+            (ContainerPort(6379, name="redis"),))]
+    dns, ingress, prometheus, *others = cluster_pods(site, server.namespace, ip)
+    # Documentation addresses stand for the public ones of Graph and Entra ID.
+    externals = [External("graph.microsoft.com", "198.51.100.10"),
+                 External("login.microsoftonline.com", "198.51.100.20"),
+                 External("internet host", "203.0.113.7"),
+                 External("public resolver", "8.8.8.8"),
+                 External("NodeLocal DNSCache", NODE_LOCAL_DNS),
+                 External("instance metadata", METADATA),
+                 External("managed redis", MANAGED_REDIS_IP),
+                 External("host next to the managed redis", "10.20.1.5")]
+    redis: Endpoint = (shipped_redis or stand_ins[0] if site.redis_ip is None
+                       else next(e for e in externals if e.ip == site.redis_ip))
+    pods = [*workloads, *stand_ins, dns, ingress, prometheus, *others]
+    namespaces = {p.namespace: {"kubernetes.io/metadata.name": p.namespace} for p in pods}
+    network = Network(namespaces, [o for o in objects if o["kind"] == "NetworkPolicy"], pods)
+    service = find(objects, "Service", "avatarproxy")
+    monitor = find(objects, "ServiceMonitor", "avatarproxy")
+    return World(objects, site, network, server, dns, ingress, prometheus, redis, shipped_redis,
+                 resolvers=[dns, *(e for e in externals if e.ip in site.resolvers)],
+                 serving_port=target_port(service, service["spec"]["ports"][0]["name"], server),
+                 metrics_port=target_port(service, monitor["spec"]["endpoints"][0]["port"],
+                                          server),
+                 endpoints=[*pods, *externals])
+
+
+def cluster_pods(site: Site, ours: str, ip: Iterator[str]) -> list[Pod]:
+    """Cluster DNS, the ingress controller, Prometheus, then pods to shut out."""
 
     def pod(name: str, namespace: str, labels: Mapping[str, str],
             *ports: ContainerPort) -> Pod:
@@ -135,35 +172,22 @@ def world(kustomization: str) -> World:
     usual = [pod("ingress-controller", default.ingress_namespace,
                  {"app.kubernetes.io/component": "controller"}),
              pod("prometheus", default.monitoring_namespace, default.prometheus_labels)]
-    others = [
+    rival = site.rival_prometheus_labels
+    return [
+        dns, ingress, prometheus,
         *(p for p in usual if p not in (ingress, prometheus)),
+        *([pod("prometheus-rival", site.monitoring_namespace, rival)] if rival else []),
         pod("grafana", site.monitoring_namespace, {"app.kubernetes.io/name": "grafana"}),
         pod("neighbour", ours, {"app.kubernetes.io/name": "neighbour"}),
-        # Carries every label our peers name, in a namespace none of them names.
+        # Beside DNS, without its label: a DNS peer of kube-system alone lets it in.
+        pod("metrics-server", "kube-system", {"k8s-app": "metrics-server"},
+            ContainerPort(10250, name="https")),
+        # Carry every label our peers name, in a namespace none of them names.
         pod("intruder", "tenant-b", {"k8s-app": "kube-dns", "app.kubernetes.io/component": "redis",
                                      **site.prometheus_labels},
             ContainerPort(53, "UDP"), ContainerPort(6379), ContainerPort(8080)),
+        pod("impostor", "tenant-b", SERVER_SELECTOR, ContainerPort(8080, name="http")),
     ]
-    # Documentation addresses stand for the public ones of Graph and Entra ID.
-    externals = [External("graph.microsoft.com", "198.51.100.10"),
-                 External("login.microsoftonline.com", "198.51.100.20"),
-                 External("internet host", "203.0.113.7"),
-                 External("public resolver", "8.8.8.8"),
-                 External("instance metadata", "169.254.169.254"),
-                 External("managed redis", MANAGED_REDIS_IP),
-                 External("host next to the managed redis", "10.20.1.5")]
-    redis: Endpoint = ([*redis_pods, *stand_ins][0] if site.redis_ip is None
-                       else next(e for e in externals if e.ip == site.redis_ip))
-    pods = [*workloads, *stand_ins, dns, ingress, prometheus, *others]
-    namespaces = {p.namespace: {"kubernetes.io/metadata.name": p.namespace} for p in pods}
-    network = Network(namespaces, [o for o in objects if o["kind"] == "NetworkPolicy"], pods)
-    service = find(objects, "Service", "avatarproxy")
-    monitor = find(objects, "ServiceMonitor", "avatarproxy")
-    return World(objects, site, network, server, dns, ingress, prometheus, redis,
-                 serving_port=target_port(service, service["spec"]["ports"][0]["name"], server),
-                 metrics_port=target_port(service, monitor["spec"]["endpoints"][0]["port"],
-                                          server),
-                 endpoints=[*pods, *externals])
 
 
 def show(connections: set[tuple[Any, ...]]) -> str:
@@ -177,11 +201,13 @@ def test_every_kustomization_is_described() -> None:
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_the_pods_resolve_names_with_cluster_dns_only(kustomization: str) -> None:
     w = world(kustomization)
-    assert w.network.allows(w.server, w.dns, 53, "UDP"), "no DNS: Graph, Entra ID, Redis unknown"
-    assert w.network.allows(w.server, w.dns, 53, "TCP"), "no DNS over TCP: large answers fail"
+    for resolver in w.resolvers:
+        assert w.network.allows(w.server, resolver, 53, "UDP"), f"no DNS at {resolver}"
+        assert w.network.allows(w.server, resolver, 53, "TCP"), f"no DNS over TCP at {resolver}"
     for other in w.endpoints:
-        if other != w.dns:
-            assert not w.network.allows(w.server, other, 53, "UDP"), other
+        for protocol in ("UDP", "TCP"):
+            if other not in w.resolvers:
+                assert not w.network.allows(w.server, other, 53, protocol), (other, protocol)
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
@@ -209,28 +235,45 @@ def test_the_ingress_controller_and_prometheus_get_in_and_nobody_else(kustomizat
     w = world(kustomization)
     assert w.network.allows(w.ingress, w.server, w.serving_port), "the ingress gets 503s"
     assert w.network.allows(w.prometheus, w.server, w.metrics_port), "no scrape, alerts blind"
-    expected = {(w.ingress, w.serving_port), (w.prometheus, w.metrics_port)}
-    let_in = {(source, port) for source in w.endpoints if source != w.server
-              for port in {w.serving_port, w.metrics_port, 80, 443, 9090}
-              if w.network.allows(source, w.server, port)}
+    expected = {(w.ingress, w.serving_port, "TCP"), (w.prometheus, w.metrics_port, "TCP")}
+    let_in = {(source, port, protocol) for source in w.endpoints if source != w.server
+              for port, protocol in w.network.probe_ports()
+              if w.network.allows(source, w.server, port, protocol)}
     assert let_in == expected, show(let_in ^ expected)
-
-
-# Ports a compromised or misconfigured pod might try: SSH, HTTP, SMTP,
-# Postgres, Redis variants, our own, CoreDNS metrics.
-PROBED = [(p, "TCP") for p in (22, 25, 53, 80, 443, 5432, 6379, 6380, 8080, 9153, 10000)] + [
-    (53, "UDP"), (123, "UDP")]
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_nothing_else_leaves_the_pods(kustomization: str) -> None:
+    # On every port a rule opens, every protocol: not a list of likely ones.
     w = world(kustomization)
-    expected = {(w.dns, 53, "UDP"), (w.dns, 53, "TCP"), (w.redis, w.site.redis_port, "TCP")}
-    expected |= {(e, 443, "TCP") for e in w.endpoints if e != w.server}  # HTTPS: any host
+    expected = {(r, 53, protocol) for r in w.resolvers for protocol in ("UDP", "TCP")}
+    expected |= {(w.redis, w.site.redis_port, "TCP")}
+    # HTTPS to any host but the Redis we ship (it takes 6379 only).
+    expected |= {(e, 443, "TCP") for e in w.endpoints if e not in (w.server, w.shipped_redis)}
     let_out = {(e, port, protocol) for e in w.endpoints if e != w.server
-               for port, protocol in PROBED if w.network.allows(w.server, e, port, protocol)}
+               for port, protocol in w.network.probe_ports()
+               if w.network.allows(w.server, e, port, protocol)}
     assert let_out - expected == set(), "let out: " + show(let_out - expected)
     assert expected - let_out == set(), "blocked: " + show(expected - let_out)
+
+
+SHIPS_REDIS = ["overlays/dev"]
+
+
+def test_only_the_dev_overlay_ships_a_redis() -> None:
+    assert [k for k in KUSTOMIZATIONS if world(k).shipped_redis is not None] == SHIPS_REDIS
+
+
+@pytest.mark.parametrize("kustomization", SHIPS_REDIS)
+def test_only_our_pods_reach_the_redis_we_ship(kustomization: str) -> None:
+    # Without a password (overlays/dev), whoever reaches it can poison the
+    # cache or publish fake purges.
+    w = world(kustomization)
+    assert w.shipped_redis is not None
+    let_in = {(source, port, protocol) for source in w.endpoints if source != w.shipped_redis
+              for port, protocol in w.network.probe_ports()
+              if w.network.allows(source, w.shipped_redis, port, protocol)}
+    assert let_in == {(w.server, 6379, "TCP")}, show(let_in)
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
@@ -240,7 +283,8 @@ def test_every_policy_selects_our_pods_and_every_peer_something(kustomization: s
     w = world(kustomization)
     for policy in w.network.policies:
         name = policy["metadata"]["name"]
-        assert w.network.applies(policy, w.server), f"{name} does not select our pods"
+        ours = [w.server, *([w.shipped_redis] if w.shipped_redis else [])]
+        assert any(w.network.applies(policy, p) for p in ours), f"{name} selects none of ours"
         spec = policy["spec"]
         for rule in [*(spec.get("ingress") or []), *(spec.get("egress") or [])]:
             for peer in rule.get("from") or rule.get("to") or []:
@@ -359,3 +403,67 @@ def test_the_evaluator_reads_policies_as_kubernetes_does() -> None:
     net = Network(namespaces, [and_policy], [frontend, anything_in_project])
     assert not net.allows(anything_in_project, frontend, 80)  # no role label
     assert net.peer_selects(and_policy, both) == []
+
+
+def one_policy(spec: Mapping[str, Any], *pods: Pod) -> Network:
+    policy = {"metadata": {"name": "p", "namespace": "app"}, "spec": {"podSelector": {}, **spec}}
+    return Network({"app": {}}, [policy], list(pods))
+
+
+def test_the_evaluator_infers_policy_types_as_the_api_server_defaults_them() -> None:
+    # Without policyTypes: Ingress, and Egress only for a non-empty egress
+    # list; `egress: []` leaves the way out open.
+    app, peer = Pod("app", "app", {}, "10.244.1.1"), Pod("peer", "app", {}, "10.244.1.2")
+    out = External("anywhere", "203.0.113.1")
+    for spec in ({}, {"egress": []}):
+        net = one_policy(spec, app, peer)
+        assert net.allows(app, out, 443) and not net.allows(peer, app, 80), spec
+    net = one_policy({"egress": [{"ports": [{"port": 53, "protocol": "UDP"}]}]}, app, peer)
+    assert net.allows(app, out, 53, "UDP") and not net.allows(app, out, 443)
+    assert not net.allows(peer, app, 53, "UDP")  # Ingress still implied
+    net = one_policy({"policyTypes": ["Egress"]}, app)
+    assert not net.allows(app, out, 443) and net.allows(out, app, 80)
+
+
+def test_the_evaluator_matches_a_pod_without_an_address_to_no_ip_block() -> None:
+    pending, app = Pod("pending", "app", {"role": "x"}, ""), Pod("app", "app", {}, "10.244.1.1")
+    net = one_policy({"ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]}, app, pending)
+    assert not net.allows(pending, app, 80)
+    assert net.allows(External("anywhere", "203.0.113.1"), app, 80)
+
+
+def test_the_evaluator_reads_ports_and_selectors_as_kubernetes_does() -> None:
+    client = Pod("client", "app", {"tier": "web"}, "10.244.1.1")
+    # A numeric port: the rule's protocol against the connection's; what the
+    # destination declares (here 53 over TCP only) plays no part.
+    dns = Pod("dns", "app", {}, "10.244.1.2", (ContainerPort(53, "TCP", "dns-tcp"),))
+    net = one_policy({"ingress": [{"ports": [{"port": 53, "protocol": "UDP"}]}]}, dns)
+    assert net.allows(client, dns, 53, "UDP") and not net.allows(client, dns, 53, "TCP")
+    # A named port: the destination's port of that name and protocol.
+    net = one_policy({"ingress": [{"ports": [{"port": "dns-tcp", "protocol": "UDP"}]}]}, dns)
+    assert not net.allows(client, dns, 53, "UDP") and not net.allows(client, dns, 53, "TCP")
+    # An empty ports list, like none: every port of every protocol.
+    net = one_policy({"ingress": [{"from": [{"podSelector": {}}], "ports": []}]}, dns, client)
+    for port, protocol in ((1, "TCP"), (65535, "TCP"), (123, "UDP"), (9899, "SCTP")):
+        assert net.allows(client, dns, port, protocol), (port, protocol)
+    # NotIn holds for a pod without the key; In and Exists do not.
+    unlabelled = Pod("job", "app", {}, "10.244.1.3")
+    not_db = {"matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["db"]}]}
+    assert selects(not_db, unlabelled.labels) and selects(not_db, client.labels)
+    assert not selects(not_db, {"tier": "db"})
+    net = one_policy({"ingress": [{"from": [{"podSelector": not_db}]}]}, dns, unlabelled)
+    assert net.allows(unlabelled, dns, 80) and not net.allows(Pod("db", "app", {"tier": "db"},
+                                                                    "10.244.1.4"), dns, 80)
+
+
+def test_the_probed_ports_find_any_port_a_rule_opens() -> None:
+    # The tests above probe Network.probe_ports(), not a fixed list: a rule
+    # opening the API server's port (or a range) shows up at its start.
+    app = Pod("app", "app", {}, "10.244.1.1")
+    out = External("api server", "10.0.0.1")
+    for ports, opened in (([{"port": 6443}], {(6443, "TCP")}),
+                          ([{"port": 15000, "endPort": 15999}], {(15000, "TCP"), (15999, "TCP")}),
+                          ([{"port": 443, "protocol": "UDP"}], {(443, "UDP")}),
+                          ([{"protocol": "SCTP"}], {(1, "SCTP")})):
+        net = one_policy({"egress": [{"ports": ports}]}, app)
+        assert {p for p in net.probe_ports() if net.allows(app, out, *p)} == opened, ports
