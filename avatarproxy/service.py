@@ -38,7 +38,14 @@ from .graph import GraphClient
 from .limits import LoadLimits
 from .models import Avatar, PhotoMeta, Profile, Subject
 from .negotiation import OutputFormats
-from .sizing import FetchPlan, background_for, initials_candidates, is_placeholder, plan_fetch
+from .sizing import (
+    FetchPlan,
+    background_for,
+    initials_candidates,
+    is_placeholder,
+    plan_fetch,
+    xml_text,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -267,7 +274,7 @@ class AvatarService:
         body: bytes | None
         if fmt == "svg":  # cheap string work: rendered on every request, not cached
             text = self._initials.first_covered(texts)
-            title = (profile.display_name if profile else None) or text
+            title = xml_text((profile.display_name if profile else None) or "") or text
             key = self._cache.initials_key([text, title], colour, size, fmt,
                                            imaging.RENDERER_VERSION)
             body = svg.render(text, title, colour, imaging.text_colour(colour), size)

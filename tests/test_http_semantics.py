@@ -19,6 +19,7 @@ from PIL import Image
 from avatarproxy import imaging
 from avatarproxy.auth import StaticTokenProvider
 from avatarproxy.fakegraph import FakePerson
+from avatarproxy.sizing import background_for
 
 ADELE = "adele.vance@contoso.com"  # 648x648 photo
 DIEGO = "diego.siciliani@contoso.com"  # no photo
@@ -171,6 +172,27 @@ async def test_svg_never_turns_a_display_name_into_markup(
     assert all(not key.startswith("on") for el in root.iter() for key in el.attrib)
     assert root.findtext(f"{SVG}title") == name.replace("\u0000", "")
     assert b"<script" not in body and b"onload" not in body
+
+
+async def test_characters_xml_forbids_are_dropped_from_svg_and_raster_initials(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    # Graph's JSON can carry a lone surrogate escape; U+FFFE and U+FFFF are noncharacters.
+    fake_graph.graph.add(FakePerson(
+        upn="ada@contoso.com", object_id="0a0a0a0a-0a0a-4a0a-8a0a-0a0a0a0a0a0a",
+        display_name="\ud800Ada \ufffeLove\uffffla\udfffce", given_name="\udc00",
+        surname="Lovelace"))
+    client = await make_client()
+    status, headers, body = await get(client, "/avatar/ada@contoso.com/64?format=svg")
+    assert (status, headers["X-Avatar-Source"]) == (200, "initials")
+    root = ET.fromstring(body)  # a browser would refuse &#xd800; or &#xfffe;
+    assert root.findtext(f"{SVG}title") == "Ada Lovelace"
+    assert root.findtext(f"{SVG}text") == "AL"
+    status, headers, body = await get(client, "/avatar/ada@contoso.com/64", accept=OLD)
+    assert (status, headers["X-Avatar-Source"]) == (200, "initials")
+    assert decode(body).format == "PNG"
+    # The letters of "Ada Lovelace", not the surname's alone after an empty given name.
+    colour = background_for("0a0a0a0a-0a0a-4a0a-8a0a-0a0a0a0a0a0a")
+    assert body == imaging.InitialsRenderer().render(["AL"], colour, 64, "png")
 
 
 async def test_a_new_renderer_version_changes_every_etag(
