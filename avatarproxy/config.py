@@ -159,6 +159,10 @@ OPTIONS: tuple[Option, ...] = (
            choices=("jpeg", "png", "webp", "avif")),
     Option("avatar", "extra_fonts", list, [],
            "Font files for initials in scripts the bundled font lacks (CJK, Thai...)."),
+    Option("avatar", "svg_title", bool, False,
+           "Write the display name into the <title> of SVG initials (read by screen readers); "
+           "false: the initials. Anyone who can reach the service (unsigned URLs) can then "
+           "turn addresses into names."),
     Option("logging", "format", str, "json", "json (one object per line) or text (for humans).",
            choices=("json", "text")),
     Option("logging", "level", str, "info", "Lowest level logged.",
@@ -263,6 +267,7 @@ class AvatarSettings:
     max_size: int
     default_format: str
     extra_fonts: tuple[str, ...]
+    svg_title: bool
 
 
 @dataclass(frozen=True, slots=True)

@@ -274,7 +274,10 @@ class AvatarService:
         body: bytes | None
         if fmt == "svg":  # cheap string work: rendered on every request, not cached
             text = self._initials.first_covered(texts)
-            title = xml_text((profile.display_name if profile else None) or "") or text
+            # The name only if the operator asked: unsigned, anyone could turn
+            # addresses into names (avatar.svg_title).
+            name = profile.display_name if profile and self._avatar.svg_title else None
+            title = xml_text(name or "") or text
             key = self._cache.initials_key([text, title], colour, size, fmt,
                                            imaging.RENDERER_VERSION)
             body = svg.render(text, title, colour, imaging.text_colour(colour), size)

@@ -139,7 +139,7 @@ async def test_unknown_query_parameters_are_ignored(make_client: MakeClient) -> 
 
 async def test_svg_initials_are_vector_and_script_free(
         make_client: MakeClient, fake_graph: Any) -> None:
-    client = await make_client()
+    client = await make_client(avatar__svg_title=True)
     status, headers, body = await get(client, f"/avatar/{DIEGO}/120?format=svg", accept=CHROME)
     assert status == 200
     assert headers["Content-Type"] == "image/svg+xml"
@@ -163,7 +163,7 @@ async def test_svg_never_turns_a_display_name_into_markup(
     fake_graph.graph.add(FakePerson(upn="eve@contoso.com",
                                     object_id="0e0e0e0e-0e0e-4e0e-8e0e-0e0e0e0e0e0e",
                                     display_name=name))
-    client = await make_client()
+    client = await make_client(avatar__svg_title=True)
     status, headers, body = await get(client, "/avatar/eve@contoso.com/64?format=svg")
     assert status == 200 and headers["X-Avatar-Source"] == "initials"
     root = ET.fromstring(body)  # well-formed
@@ -174,6 +174,19 @@ async def test_svg_never_turns_a_display_name_into_markup(
     assert b"<script" not in body and b"onload" not in body
 
 
+async def test_svg_initials_name_nobody_unless_the_operator_asks(
+        make_client: MakeClient) -> None:
+    # Unsigned URLs would otherwise turn any address into its owner's name.
+    client = await make_client()
+    _, _, body = await get(client, f"/avatar/{DIEGO}/120?format=svg", accept=CHROME)
+    root = ET.fromstring(body)
+    assert [root.findtext(f"{SVG}title"), root.findtext(f"{SVG}text")] == ["DS", "DS"]
+    assert not any("Diego" in (el.text or "") for el in root.iter())
+    client = await make_client(avatar__svg_title=True)
+    _, _, body = await get(client, f"/avatar/{DIEGO}/120?format=svg", accept=CHROME)
+    assert ET.fromstring(body).findtext(f"{SVG}title") == "Diego Siciliani"
+
+
 async def test_characters_xml_forbids_are_dropped_from_svg_and_raster_initials(
         make_client: MakeClient, fake_graph: Any) -> None:
     # Graph's JSON can carry a lone surrogate escape; U+FFFE and U+FFFF are noncharacters.
@@ -181,7 +194,7 @@ async def test_characters_xml_forbids_are_dropped_from_svg_and_raster_initials(
         upn="ada@contoso.com", object_id="0a0a0a0a-0a0a-4a0a-8a0a-0a0a0a0a0a0a",
         display_name="\ud800Ada \ufffeLove\uffffla\udfffce", given_name="\udc00",
         surname="Lovelace"))
-    client = await make_client()
+    client = await make_client(avatar__svg_title=True)
     status, headers, body = await get(client, "/avatar/ada@contoso.com/64?format=svg")
     assert (status, headers["X-Avatar-Source"]) == (200, "initials")
     root = ET.fromstring(body)  # a browser would refuse &#xd800; or &#xfffe;
