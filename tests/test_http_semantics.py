@@ -238,3 +238,25 @@ async def test_cors_allows_only_the_listed_origins(make_client: MakeClient) -> N
     assert headers["Cross-Origin-Resource-Policy"] == "same-site"
     _, headers, _ = await get(client, f"/avatar/{ADELE}/48", Origin="https://evil.example")
     assert "Access-Control-Allow-Origin" not in headers
+
+
+async def test_cors_preflight_is_answered_for_the_listed_origins(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    # A script's fetch with If-None-Match asks first; signed URLs or not, no Graph call.
+    client = await make_client(server__cors_origins=["https://intranet.contoso.com"],
+                               security__url_signing_keys=["k" * 32])
+    fake_graph.graph.reset_requests()
+    asks = {"Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "if-none-match"}
+    for path in (f"/avatar/{ADELE}/48", "/avatar/group/8a3b9d3e-0000-4000-8000-000000000001/48"):
+        async with client.options(path, headers={
+                "Origin": "https://intranet.contoso.com", **asks}) as resp:
+            assert resp.status == 204
+            assert resp.headers["Access-Control-Allow-Origin"] == "https://intranet.contoso.com"
+            assert "GET" in resp.headers["Access-Control-Allow-Methods"]
+            assert "if-none-match" in resp.headers["Access-Control-Allow-Headers"].lower()
+            assert "Origin" in resp.headers.getall("Vary")
+        async with client.options(path, headers={"Origin": "https://evil.example", **asks}) as resp:
+            assert resp.status == 204
+            assert not any(h.startswith("Access-Control-") for h in resp.headers)
+    assert fake_graph.graph.requests == []
