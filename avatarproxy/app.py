@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .graph import GraphClient
 from .imaging import InitialsRenderer
 from .limits import LoadLimits
-from .purge import LISTENER, PurgeListener
+from .purge import LISTENER, PurgeListener, channel
 from .ratelimit import RateLimiter
 from .security import ClientAddress, Policy
 from .service import AvatarService
@@ -67,7 +67,8 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
         cache = AvatarCache(settings.cache, tiers)
         if redisconn.enabled(settings.cache):
             # `avatarproxy purge` reaches this replica's memory tier through Redis.
-            app[LISTENER] = PurgeListener(redisconn.subscriber(settings.cache), cache)
+            app[LISTENER] = PurgeListener(redisconn.subscriber(settings.cache), cache,
+                                          channel(settings.cache.key_prefix))
             await app[LISTENER].start()
         app[LIMITER] = RateLimiter(
             settings.security.rate_limit_per_second, settings.security.rate_limit_burst,

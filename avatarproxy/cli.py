@@ -124,7 +124,7 @@ async def _purge(args: argparse.Namespace) -> int:
     try:
         for subject in subjects:
             deleted = await cache.purge(subject)
-            replicas = await announce(channel.client, subject.key)
+            replicas = await announce(channel.client, settings.cache.key_prefix, subject.key)
             print(f"{subject.key}: {deleted} cached entries deleted, "
                   f"{replicas} running replicas told")
     except (RedisError, OSError) as exc:

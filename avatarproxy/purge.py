@@ -5,6 +5,12 @@ serving a copy until its metadata would have gone stale.
 
 A replica that is disconnected when the announcement is sent misses it; its
 copy then lives until ``cache.metadata_ttl_seconds`` (the README says so).
+
+The channel is named like the keys, ``<cache.key_prefix>purge``, so
+deployments sharing one Redis (each its own prefix) do not empty each other's
+memory tiers. It used to be ``avatarproxy:purge`` whatever the prefix: for
+one release ``announce`` publishes there too, so replicas not yet upgraded in
+a rolling upgrade still hear it (remove ``LEGACY_CHANNEL`` in the next).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import time
 from aiohttp import web
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError
 
 from .cache import AvatarCache
 from .errors import BadRequest
@@ -24,22 +31,36 @@ from .redisconn import REDIS_FAILURES, RedisClient, RedisConnection
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "avatarproxy:purge"  # a Pub/Sub channel: not a key, no prefix or slot
+# The channel of every deployment before the prefix: published on for one more
+# release (a Pub/Sub channel is not a key: no slot, any node hears it).
+LEGACY_CHANNEL = "avatarproxy:purge"
+
+
+def channel(key_prefix: str) -> str:
+    """The deployment's purge channel: ``avatarproxy:purge`` with the default prefix."""
+    return f"{key_prefix}purge"
 
 
 class SilentSubscription(RedisConnectionError):
     """The subscription did not answer a PING: a dead connection nobody closed."""
 
 
-async def announce(client: RedisClient, subject_key: str) -> int:
+async def announce(client: RedisClient, key_prefix: str, subject_key: str) -> int:
     """Tell running replicas; the number that heard it."""
-    return int(await client.publish(CHANNEL, subject_key))
+    heard = int(await client.publish(channel(key_prefix), subject_key))
+    if channel(key_prefix) != LEGACY_CHANNEL:
+        try:
+            heard += int(await client.publish(LEGACY_CHANNEL, subject_key))
+        except NoPermissionError:
+            # An ACL that grants only the new channel: nobody old is left to tell.
+            log.debug("no permission to publish on %s; skipped", LEGACY_CHANNEL)
+    return heard
 
 
 class PurgeListener:
-    """Subscribes to ``CHANNEL`` for the life of the application."""
+    """Subscribes to ``channel`` for the life of the application."""
 
-    def __init__(self, connection: RedisConnection, cache: AvatarCache, *,
+    def __init__(self, connection: RedisConnection, cache: AvatarCache, channel: str, *,
                  ping_seconds: float = 30.0, retry_seconds: float = 5.0) -> None:
         # From redisconn.subscriber: the service's TLS and credentials, no read timeout:
         # so the subscription is PINGed when idle, and dropped when the PONG is late.
@@ -48,6 +69,7 @@ class PurgeListener:
         self._connection = connection
         self._client = connection.client
         self._cache = cache
+        self._channel = channel
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         # For readiness checks and tests: subscribed now; handled an announcement.
@@ -61,7 +83,7 @@ class PurgeListener:
         while not self._closing:
             try:
                 async with self._client.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                    await pubsub.subscribe(self._channel)
                     await self._listen(pubsub)
             except REDIS_FAILURES as exc:
                 self.subscribed.clear()
