@@ -11,6 +11,7 @@ import os
 import ssl
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import aiohttp
 from aiohttp import web
@@ -41,6 +42,19 @@ from .web import (
     error_middleware,
     security_headers,
 )
+
+
+def startup_problems(settings: Settings) -> list[str]:
+    """What ``create_app`` would stop on, all at once: ``serve`` reports these before
+    any worker starts, like the problems ``load_settings`` finds."""
+    problems = redisconn.check(settings.cache)
+    for build in (partial(ClientAddress, settings.server.trusted_proxies),
+                  partial(InitialsRenderer, settings.avatar.extra_fonts)):
+        try:
+            build()
+        except ConfigError as exc:
+            problems += exc.problems
+    return problems
 
 
 def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.Application:

@@ -72,8 +72,8 @@ def check(cache: CacheSettings) -> list[str]:
         # The URL may hold a password: name only its scheme.
         problems.append(f"cache.redis_url: must start with redis://, rediss:// or unix://, "
                         f"got {scheme or 'no scheme'}")
-    if cache.redis_mode == "cluster":
-        if not cache.redis_url or scheme == "unix":
+    if cache.redis_mode == "cluster":  # an empty URL is config.py's to report
+        if scheme == "unix":
             problems.append("cache.redis_url: cluster mode needs redis:// or rediss://host:port "
                             "of any one node")
         elif urlsplit(cache.redis_url).path.strip("/") not in ("", "0"):
