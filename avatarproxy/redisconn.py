@@ -23,7 +23,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.credentials import CredentialProvider
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from .config import CacheSettings
 
@@ -34,9 +34,11 @@ RedisClient = Redis | RedisCluster
 # or TypeError when a connection is torn down under a command during a
 # failover (seen with a Cluster master killed under load: "'NoneType' object
 # has no attribute 'writelines'"; redis-py issues #3546 and #3835). Redis is a
-# cache here, so each of these reads as "Redis unavailable", never a 500.
+# cache here, so each of these reads as "Redis unavailable", never a 500. The
+# Cluster client raises RedisClusterException (not a RedisError) when no node
+# it knows answers.
 REDIS_FAILURES: tuple[type[Exception], ...] = (
-    RedisError, OSError, TimeoutError, AttributeError, TypeError)
+    RedisError, RedisClusterException, OSError, TimeoutError, AttributeError, TypeError)
 _HEALTH_CHECK_SECONDS = 30  # PING a connection idle this long before reusing it
 MAX_CONNECTIONS = 64  # per process, standalone mode
 

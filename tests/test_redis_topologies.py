@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 from appclient import Client, MakeClient, client_factory
-from loopback import wait_for
+from loopback import free_port, wait_for
 from redis.crc import key_slot
 from redisservers import Server, Topology, sentinel_master_port
 
@@ -190,6 +190,15 @@ def _replica_of(server: Server, master: Server) -> bool:
     with server.client() as client:
         info = client.info("replication")
     return bool(info.get("role") == "slave" and info.get("master_port") == master.port)
+
+
+async def test_a_cluster_no_node_of_which_answers_reads_as_a_miss(
+        make_client: MakeClient) -> None:
+    # redis-py raises RedisClusterException there, which is no RedisError: it was a 500.
+    client = await make_client(**{"cache.redis_mode": "cluster",
+                                  "cache.redis_url": f"redis://127.0.0.1:{free_port()}"})
+    async with client.get(f"/avatar/{PEOPLE[0]}/48") as resp:
+        assert (resp.status, resp.headers["X-Avatar-Source"]) == (200, "photo")
 
 
 # -- key layout --------------------------------------------------------------------------
