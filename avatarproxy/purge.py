@@ -20,6 +20,7 @@ import logging
 import time
 
 from aiohttp import web
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError
@@ -47,14 +48,30 @@ class SilentSubscription(RedisConnectionError):
 
 async def announce(client: RedisClient, key_prefix: str, subject_key: str) -> int:
     """Tell running replicas; the number that heard it."""
-    heard = int(await client.publish(channel(key_prefix), subject_key))
-    if channel(key_prefix) != LEGACY_CHANNEL:
+    channels = [channel(key_prefix)]
+    heard = int(await client.publish(channels[0], subject_key))
+    if channels[0] != LEGACY_CHANNEL:
         try:
             heard += int(await client.publish(LEGACY_CHANNEL, subject_key))
+            channels.append(LEGACY_CHANNEL)
         except NoPermissionError:
             # An ACL that grants only the new channel: nobody old is left to tell.
             log.debug("no permission to publish on %s; skipped", LEGACY_CHANNEL)
+    if isinstance(client, RedisCluster):
+        # A PUBLISH reaches every node but counts the subscribers of its own only.
+        heard = await _cluster_subscribers(client, channels)
     return heard
+
+
+async def _cluster_subscribers(client: RedisCluster, channels: list[str]) -> int:
+    total = 0
+    for node in client.get_nodes():
+        try:
+            replies = await client.pubsub_numsub(*channels, target_nodes=node)
+        except REDIS_FAILURES:
+            continue  # a node that is down has nobody listening
+        total += sum(int(count) for _, count in replies)
+    return total
 
 
 class PurgeListener:
@@ -67,13 +84,14 @@ class PurgeListener:
         self.ping_seconds = ping_seconds
         self.retry_seconds = retry_seconds
         self._connection = connection
-        self._client = connection.client
         self._cache = cache
         self._channel = channel
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        # For readiness checks and tests: subscribed now; handled an announcement.
+        # For readiness checks and tests: subscribed now (through ``address``);
+        # handled an announcement.
         self.subscribed = asyncio.Event()
+        self.address = ""
         self.handled = asyncio.Event()
 
     async def start(self) -> None:
@@ -81,17 +99,25 @@ class PurgeListener:
 
     async def _run(self) -> None:
         while not self._closing:
-            try:
-                async with self._client.pubsub() as pubsub:
-                    await pubsub.subscribe(self._channel)
-                    await self._listen(pubsub)
-            except REDIS_FAILURES as exc:
-                self.subscribed.clear()
-                if self._closing:
-                    return
-                log.warning("purge channel unavailable, subscribing again in %.1f s: %s",
-                            self.retry_seconds, type(exc).__name__)
-                await asyncio.sleep(self.retry_seconds)
+            # Each client the channel can be heard through in turn (in a Cluster,
+            # every node: the next at once when one stops), then a pause.
+            for client in await self._connection.pubsub_clients():
+                try:
+                    await self._subscribe(client)
+                except REDIS_FAILURES as exc:
+                    self.subscribed.clear()
+                    if self._closing:
+                        return
+                    log.warning("purge channel unavailable on %s: %s", _address(client),
+                                type(exc).__name__)
+            await asyncio.sleep(self.retry_seconds)
+
+    async def _subscribe(self, client: Redis) -> None:
+        """Listen through ``client`` until its connection fails."""
+        async with client.pubsub() as pubsub:
+            await pubsub.subscribe(self._channel)
+            self.address = _address(client)
+            await self._listen(pubsub)
 
     async def _listen(self, pubsub: PubSub) -> None:
         """Handle announcements; PING after ``ping_seconds`` of silence, and give the
@@ -137,6 +163,16 @@ class PurgeListener:
                         self._task.exception()  # retrieved: nothing to report at shutdown
                     break
         await self._connection.aclose()
+
+
+def _address(client: Redis) -> str:
+    """host:port (or the socket) a client talks to, for logs; no credentials."""
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return str(kwargs["path"])
+    if "host" not in kwargs:
+        return "the Sentinels' master"
+    return f"{kwargs['host']}:{kwargs.get('port', 6379)}"
 
 
 LISTENER: web.AppKey[PurgeListener] = web.AppKey("purge_listener", PurgeListener)
