@@ -88,10 +88,8 @@ class PurgeListener:
         self._channel = channel
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        # For readiness checks and tests: subscribed now (through ``address``);
-        # handled an announcement.
+        # For readiness checks and tests: subscribed now; handled an announcement.
         self.subscribed = asyncio.Event()
-        self.address = ""
         self.handled = asyncio.Event()
 
     async def start(self) -> None:
@@ -116,7 +114,6 @@ class PurgeListener:
         """Listen through ``client`` until its connection fails."""
         async with client.pubsub() as pubsub:
             await pubsub.subscribe(self._channel)
-            self.address = _address(client)
             await self._listen(pubsub)
 
     async def _listen(self, pubsub: PubSub) -> None:
