@@ -449,7 +449,7 @@ def _cross_field(values: Mapping[tuple[str, str], Any],
         # Without this, an empty URL would quietly mean no Redis at all.
         problems.append("cache.redis_url: cluster mode needs redis:// or rediss://host:port of "
                         "any one node")
-    if values[("cache", "redis_sentinels")] and mode != "sentinel":
+    if values[("cache", "redis_sentinels")] and mode not in ("sentinel", None):
         problems.append(f"cache.redis_sentinels: used only when cache.redis_mode is sentinel, "
                         f"which is {mode!r} ({origins[('cache', 'redis_mode')]})")
     return problems
