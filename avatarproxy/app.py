@@ -13,6 +13,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 
 import aiohttp
 from aiohttp import web
@@ -26,7 +27,7 @@ from .errors import ConfigError
 from .graph import GraphClient
 from .imaging import InitialsRenderer
 from .limits import LoadLimits
-from .purge import LISTENER, PurgeListener
+from .purge import LISTENER, PurgeListener, channel
 from .ratelimit import RateLimiter
 from .security import ClientAddress, Policy
 from .service import AvatarService
@@ -64,6 +65,19 @@ class _Grace:
         return self._seconds if self._ends is None else max(0.0, self._ends - time.monotonic())
 
 
+def startup_problems(settings: Settings) -> list[str]:
+    """What ``create_app`` would stop on, all at once: ``serve`` reports these before
+    any worker starts, like the problems ``load_settings`` finds."""
+    problems = redisconn.check(settings.cache)
+    for build in (partial(ClientAddress, settings.server.trusted_proxies),
+                  partial(InitialsRenderer, settings.avatar.extra_fonts)):
+        try:
+            build()
+        except ConfigError as exc:
+            problems += exc.problems
+    return problems
+
+
 def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.Application:
     """The aiohttp application. ``tokens`` replaces msal (the demo uses a fixed token)."""
     # Load fonts now: a bad avatar.extra_fonts stops start-up, not a request.
@@ -92,6 +106,7 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
         if redisconn.enabled(settings.cache):
             # `avatarproxy purge` reaches this replica's memory tier through Redis.
             app[LISTENER] = PurgeListener(redisconn.subscriber(settings.cache), cache,
+                                          channel(settings.cache.key_prefix),
                                           ping_seconds=settings.cache.purge_ping_seconds)
             await app[LISTENER].start()
         app[LIMITER] = RateLimiter(

@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .app import create_app
+    from .app import create_app, startup_problems
 
     overrides: dict[str, Any] = {}
     if args.host is not None:
@@ -83,7 +83,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port is not None:
         overrides["server.port"] = args.port
     settings = load_settings(args.config, overrides=overrides)
-    problems = check_credentials(settings.auth)
+    # Here, not in a worker: several workers would each die with a traceback.
+    problems = check_credentials(settings.auth) + startup_problems(settings)
     if problems:
         raise ConfigError(problems)
     logs.configure(settings.logging)
@@ -124,7 +125,7 @@ async def _purge(args: argparse.Namespace) -> int:
     try:
         for subject in subjects:
             deleted = await cache.purge(subject)
-            replicas = await announce(channel.client, subject.key)
+            replicas = await announce(channel.client, settings.cache.key_prefix, subject.key)
             print(f"{subject.key}: {deleted} cached entries deleted, "
                   f"{replicas} running replicas told")
     except (RedisError, OSError) as exc:

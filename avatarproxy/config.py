@@ -164,6 +164,10 @@ OPTIONS: tuple[Option, ...] = (
            choices=("jpeg", "png", "webp", "avif")),
     Option("avatar", "extra_fonts", list, [],
            "Font files for initials in scripts the bundled font lacks (CJK, Thai...)."),
+    Option("avatar", "svg_title", bool, False,
+           "Write the display name into the <title> of SVG initials (read by screen readers); "
+           "false: the initials. Anyone who can reach the service (unsigned URLs) can then "
+           "turn addresses into names."),
     Option("logging", "format", str, "json", "json (one object per line) or text (for humans).",
            choices=("json", "text")),
     Option("logging", "level", str, "info", "Lowest level logged.",
@@ -269,6 +273,7 @@ class AvatarSettings:
     max_size: int
     default_format: str
     extra_fonts: tuple[str, ...]
+    svg_title: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +332,8 @@ for _cls in _SECTIONS.values():
 
 
 def _convert(option: Option, raw: Any, origin: str, problems: list[str]) -> Any:
-    """Coerce a TOML value or an environment string; append a problem if it won't."""
+    """Coerce a TOML value or an environment string; None and a problem if it won't
+    or is out of bounds."""
     name = f"{option.section}.{option.key}"
     shown = "'***'" if option.secret else repr(raw)
     try:
@@ -339,9 +345,11 @@ def _convert(option: Option, raw: Any, origin: str, problems: list[str]) -> Any:
         return None
     if option.minimum is not None and value < option.minimum:
         problems.append(f"{name}: must be at least {option.minimum:g}, got {value!r} ({origin})")
+        return None
     if option.choices and value not in option.choices:
         problems.append(f"{name}: must be one of {', '.join(option.choices)}, "
                         f"got {value!r} ({origin})")
+        return None
     return value
 
 
@@ -417,6 +425,7 @@ def load_settings(
 
     values = {name: _convert(_BY_NAME[name], value, origin, problems)
               for name, (value, origin) in raw.items()}
+    problems += _cross_field(values, {name: origin for name, (_, origin) in raw.items()})
     authority_host = env.get("AZURE_AUTHORITY_HOST", "").strip().rstrip("/")
     if authority_host and not values[("auth", "authority")] and values[("auth", "tenant_id")]:
         values[("auth", "authority")] = f"{authority_host}/{values[('auth', 'tenant_id')]}"
@@ -428,6 +437,28 @@ def load_settings(
         for section, cls in _SECTIONS.items()
     }
     return Settings(**sections)
+
+
+def _cross_field(values: Mapping[tuple[str, str], Any],
+                 origins: Mapping[tuple[str, str], str]) -> list[str]:
+    """Problems between options each valid on its own (an invalid one is None: skipped)."""
+    problems: list[str] = []
+    stale = values[("cache", "stale_ttl_seconds")]
+    for key in ("metadata_ttl_seconds", "negative_ttl_seconds"):
+        # Metadata is kept for stale_ttl: shorter, it is gone while still fresh.
+        fresh = values[("cache", key)]
+        if stale is not None and fresh is not None and stale < fresh:
+            problems.append(f"cache.stale_ttl_seconds: must be at least cache.{key} ({fresh}), "
+                            f"got {stale} ({origins[('cache', 'stale_ttl_seconds')]})")
+    mode = values[("cache", "redis_mode")]
+    if mode == "cluster" and values[("cache", "redis_url")] == "":
+        # Without this, an empty URL would quietly mean no Redis at all.
+        problems.append("cache.redis_url: cluster mode needs redis:// or rediss://host:port of "
+                        "any one node")
+    if values[("cache", "redis_sentinels")] and mode not in ("sentinel", None):
+        problems.append(f"cache.redis_sentinels: used only when cache.redis_mode is sentinel, "
+                        f"which is {mode!r} ({origins[('cache', 'redis_mode')]})")
+    return problems
 
 
 def _apply_cloud(values: dict[tuple[str, str], Any]) -> None:

@@ -5,6 +5,12 @@ serving a copy until its metadata would have gone stale.
 
 A replica that is disconnected when the announcement is sent misses it; its
 copy then lives until ``cache.metadata_ttl_seconds`` (the README says so).
+
+The channel is named like the keys, ``<cache.key_prefix>purge``, so
+deployments sharing one Redis (each its own prefix) do not empty each other's
+memory tiers. It used to be ``avatarproxy:purge`` whatever the prefix: for
+one release ``announce`` publishes there too, so replicas not yet upgraded in
+a rolling upgrade still hear it (remove ``LEGACY_CHANNEL`` in the next).
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import logging
 import time
 
 from aiohttp import web
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoPermissionError
 
 from .cache import AvatarCache
 from .errors import BadRequest
@@ -24,30 +32,60 @@ from .redisconn import REDIS_FAILURES, RedisClient, RedisConnection
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "avatarproxy:purge"  # a Pub/Sub channel: not a key, no prefix or slot
+# The channel of every deployment before the prefix: published on for one more
+# release (a Pub/Sub channel is not a key: no slot, any node hears it).
+LEGACY_CHANNEL = "avatarproxy:purge"
+
+
+def channel(key_prefix: str) -> str:
+    """The deployment's purge channel: ``avatarproxy:purge`` with the default prefix."""
+    return f"{key_prefix}purge"
 
 
 class SilentSubscription(RedisConnectionError):
     """The subscription did not answer a PING: a dead connection nobody closed."""
 
 
-async def announce(client: RedisClient, subject_key: str) -> int:
+async def announce(client: RedisClient, key_prefix: str, subject_key: str) -> int:
     """Tell running replicas; the number that heard it."""
-    return int(await client.publish(CHANNEL, subject_key))
+    channels = [channel(key_prefix)]
+    heard = int(await client.publish(channels[0], subject_key))
+    if channels[0] != LEGACY_CHANNEL:
+        try:
+            heard += int(await client.publish(LEGACY_CHANNEL, subject_key))
+            channels.append(LEGACY_CHANNEL)
+        except NoPermissionError:
+            # An ACL that grants only the new channel: nobody old is left to tell.
+            log.debug("no permission to publish on %s; skipped", LEGACY_CHANNEL)
+    if isinstance(client, RedisCluster):
+        # A PUBLISH reaches every node but counts the subscribers of its own only.
+        heard = await _cluster_subscribers(client, channels)
+    return heard
+
+
+async def _cluster_subscribers(client: RedisCluster, channels: list[str]) -> int:
+    total = 0
+    for node in client.get_nodes():
+        try:
+            replies = await client.pubsub_numsub(*channels, target_nodes=node)
+        except REDIS_FAILURES:
+            continue  # a node that is down has nobody listening
+        total += sum(int(count) for _, count in replies)
+    return total
 
 
 class PurgeListener:
-    """Subscribes to ``CHANNEL`` for the life of the application."""
+    """Subscribes to ``channel`` for the life of the application."""
 
-    def __init__(self, connection: RedisConnection, cache: AvatarCache, *,
+    def __init__(self, connection: RedisConnection, cache: AvatarCache, channel: str, *,
                  ping_seconds: float = 30.0, retry_seconds: float = 5.0) -> None:
         # From redisconn.subscriber: the service's TLS and credentials, no read timeout:
         # so the subscription is PINGed when idle, and dropped when the PONG is late.
         self.ping_seconds = ping_seconds
         self.retry_seconds = retry_seconds
         self._connection = connection
-        self._client = connection.client
         self._cache = cache
+        self._channel = channel
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         # For readiness checks and tests: subscribed now; handled an announcement.
@@ -59,17 +97,24 @@ class PurgeListener:
 
     async def _run(self) -> None:
         while not self._closing:
-            try:
-                async with self._client.pubsub() as pubsub:
-                    await pubsub.subscribe(CHANNEL)
-                    await self._listen(pubsub)
-            except REDIS_FAILURES as exc:
-                self.subscribed.clear()
-                if self._closing:
-                    return
-                log.warning("purge channel unavailable, subscribing again in %.1f s: %s",
-                            self.retry_seconds, type(exc).__name__)
-                await asyncio.sleep(self.retry_seconds)
+            # Each client the channel can be heard through in turn (in a Cluster,
+            # every node: the next at once when one stops), then a pause.
+            for client in await self._connection.pubsub_clients():
+                try:
+                    await self._subscribe(client)
+                except REDIS_FAILURES as exc:
+                    self.subscribed.clear()
+                    if self._closing:
+                        return
+                    log.warning("purge channel unavailable on %s: %s", _address(client),
+                                type(exc).__name__)
+            await asyncio.sleep(self.retry_seconds)
+
+    async def _subscribe(self, client: Redis) -> None:
+        """Listen through ``client`` until its connection fails."""
+        async with client.pubsub() as pubsub:
+            await pubsub.subscribe(self._channel)
+            await self._listen(pubsub)
 
     async def _listen(self, pubsub: PubSub) -> None:
         """Handle announcements; PING after ``ping_seconds`` of silence, and give the
@@ -115,6 +160,16 @@ class PurgeListener:
                         self._task.exception()  # retrieved: nothing to report at shutdown
                     break
         await self._connection.aclose()
+
+
+def _address(client: Redis) -> str:
+    """host:port (or the socket) a client talks to, for logs; no credentials."""
+    kwargs = client.connection_pool.connection_kwargs
+    if "path" in kwargs:
+        return str(kwargs["path"])
+    if "host" not in kwargs:
+        return "the Sentinels' master"
+    return f"{kwargs['host']}:{kwargs.get('port', 6379)}"
 
 
 LISTENER: web.AppKey[PurgeListener] = web.AppKey("purge_listener", PurgeListener)

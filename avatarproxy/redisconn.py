@@ -10,8 +10,9 @@ another node when one fails.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -25,7 +26,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.credentials import CredentialProvider
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.typing import EncodableT
 
 from .config import CacheSettings
@@ -37,8 +38,10 @@ RedisClient = Redis | RedisCluster
 
 # What a failing Redis raises at the service's call sites, once redis-py's
 # own awaits have gone through ``command``. Redis is a cache here, so each of
-# these reads as "Redis unavailable", never a 500.
-REDIS_FAILURES: tuple[type[Exception], ...] = (RedisError, OSError, TimeoutError)
+# these reads as "Redis unavailable", never a 500. The Cluster client raises
+# RedisClusterException (not a RedisError) when no node it knows answers.
+REDIS_FAILURES: tuple[type[Exception], ...] = (
+    RedisError, RedisClusterException, OSError, TimeoutError)
 _HEALTH_CHECK_SECONDS = 30  # PING a connection idle this long before reusing it
 MAX_CONNECTIONS = 64  # per process, standalone mode
 
@@ -100,13 +103,42 @@ class RedisConnection:
     # Kept apart from Sentinel.sentinels: redis-py reorders that list during
     # concurrent master discoveries and can lose an entry, leaving it unclosed.
     sentinel_clients: tuple[Redis, ...] = ()
+    # Cluster Pub/Sub (see ``subscriber``): a plain client to one node, by host and
+    # port, and the node of cache.redis_url.
+    node_client: Callable[[str, int], Redis] | None = None
+    seed: tuple[str, int] = ("", 0)
+    _node_clients: dict[tuple[str, int], Redis] = field(default_factory=dict)
+
+    async def pubsub_clients(self) -> list[Redis]:
+        """Clients a subscription can go through, best first.
+
+        One server or Sentinel: the one client. Cluster: one per node of a
+        freshly read slot map (replicas too: a PUBLISH reaches every node's
+        subscribers), the node of ``cache.redis_url`` first; so a subscriber
+        whose node stopped or failed over moves to one that still answers.
+        """
+        if isinstance(self.client, Redis):
+            return [self.client]
+        # Re-read the map from any node it knows (the seed may be the one that
+        # stopped); if none answers, try them all anyway: one may be back.
+        with contextlib.suppress(*REDIS_FAILURES):
+            await self.client.nodes_manager.initialize()
+        known = [(node.host, int(node.port)) for node in self.client.get_nodes()]
+        return [self._node(*address) for address in dict.fromkeys([self.seed, *known])]
+
+    def _node(self, host: str, port: int) -> Redis:
+        client = self._node_clients.get((host, port))
+        if client is None:
+            assert self.node_client is not None  # set by subscriber() in cluster mode
+            client = self._node_clients[(host, port)] = self.node_client(host, port)
+        return client
 
     async def aclose(self) -> None:
         try:
             await self.client.aclose()
         finally:
-            for sentinel in self.sentinel_clients:
-                await sentinel.aclose()
+            for client in (*self.sentinel_clients, *self._node_clients.values()):
+                await client.aclose()
 
 
 def enabled(cache: CacheSettings) -> bool:
@@ -123,8 +155,8 @@ def check(cache: CacheSettings) -> list[str]:
         # The URL may hold a password: name only its scheme.
         problems.append(f"cache.redis_url: must start with redis://, rediss:// or unix://, "
                         f"got {scheme or 'no scheme'}")
-    if cache.redis_mode == "cluster":
-        if not cache.redis_url or scheme == "unix":
+    if cache.redis_mode == "cluster":  # an empty URL is config.py's to report
+        if scheme == "unix":
             problems.append("cache.redis_url: cluster mode needs redis:// or rediss://host:port "
                             "of any one node")
         elif urlsplit(cache.redis_url).path.strip("/") not in ("", "0"):
@@ -151,13 +183,25 @@ def connect(cache: CacheSettings) -> RedisConnection:
 
 
 def subscriber(cache: CacheSettings) -> RedisConnection:
-    """A client for Pub/Sub (the purge channel), with the same TLS and credentials.
+    """Clients for Pub/Sub (the purge channel), with the same TLS and credentials.
 
     No read timeout: a subscription is idle most of the time. Sentinel: the
-    current master, found again after a failover. Cluster: the seed node as a
-    plain client, since a PUBLISH reaches the subscribers of every node.
+    current master, found again after a failover. Cluster: plain clients to
+    single nodes (``RedisConnection.pubsub_clients``), any of which will do
+    since a PUBLISH reaches the subscribers of every node; the cluster client
+    beside them only reads the slot map, and publishes.
     """
-    return _connect(cache, pubsub=True)
+    if cache.redis_mode != "cluster":
+        return _connect(cache, pubsub=True)
+    options = _url_options(cache.redis_url, cache)
+    options["socket_timeout"] = None
+    options.update(_tls_options(cache, options.get("connection_class") is SSLConnection))
+
+    def node_client(host: str, port: int) -> Redis:
+        return Redis.from_pool(ConnectionPool(**{**options, "host": host, "port": port}))
+
+    return RedisConnection(_connect(cache, pubsub=False).client, node_client=node_client,
+                           seed=(options["host"], options["port"]))
 
 
 def _connect(cache: CacheSettings, pubsub: bool) -> RedisConnection:

@@ -39,7 +39,14 @@ from .limits import LoadLimits
 from .models import Avatar, PhotoMeta, Profile, Subject
 from .negotiation import OutputFormats
 from .security import Policy
-from .sizing import FetchPlan, background_for, initials_candidates, is_placeholder, plan_fetch
+from .sizing import (
+    FetchPlan,
+    background_for,
+    initials_candidates,
+    is_placeholder,
+    plan_fetch,
+    xml_text,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -299,7 +306,10 @@ class AvatarService:
         body: bytes | None
         if fmt == "svg":  # cheap string work: rendered on every request, not cached
             text = self._initials.first_covered(texts)
-            title = (profile.display_name if profile else None) or text
+            # The name only if the operator asked: unsigned, anyone could turn
+            # addresses into names (avatar.svg_title).
+            name = profile.display_name if profile and self._avatar.svg_title else None
+            title = xml_text(name or "") or text
             key = self._cache.initials_key([text, title], colour, size, fmt,
                                            imaging.RENDERER_VERSION)
             body = svg.render(text, title, colour, imaging.text_colour(colour), size)

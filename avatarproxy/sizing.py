@@ -85,6 +85,18 @@ def _plan(requested: int, width: int, height: int) -> FetchPlan:
     return FetchPlan(hd_size=sizes[-1], target=sizes[-1])
 
 
+# What XML 1.0 forbids even as a character reference: C0 controls but tab, LF
+# and CR, surrogates, U+FFFE and U+FFFF. Graph's JSON can carry them (a lone
+# "\ud800" escape decodes to a lone surrogate); a browser refuses an SVG holding
+# one, and no font draws them.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_text(text: str) -> str:
+    """``text`` without the characters XML forbids."""
+    return _NOT_XML.sub("", text)
+
+
 _PARENTHESISED = re.compile(r"[(\[].*?[)\]]")
 _WORD_SPLIT = re.compile(r"[\s,]+")
 _LOCAL_SPLIT = re.compile(r"[._\-'!^~#]+")
@@ -113,11 +125,12 @@ def initials_candidates(profile: Profile | None, subject: Subject) -> list[str]:
     """
     candidates: list[str] = []
     if profile is not None:
-        if profile.given_name and profile.surname:
-            candidates.append(_initials_of([profile.given_name, profile.surname]))
+        given, surname = xml_text(profile.given_name or ""), xml_text(profile.surname or "")
+        if given and surname:
+            candidates.append(_initials_of([given, surname]))
         if profile.display_name:
             # "Ada Lovelace (Contractor)" -> "AL", not "A(".
-            name = _PARENTHESISED.sub(" ", profile.display_name)
+            name = _PARENTHESISED.sub(" ", xml_text(profile.display_name))
             candidates.append(_initials_of(_WORD_SPLIT.split(name.strip())))
     candidates.append(_initials_of(_LOCAL_SPLIT.split(subject.local_part)))
     unique: list[str] = []

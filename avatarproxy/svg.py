@@ -8,15 +8,16 @@ Content-Security-Policy that forbids scripts in the document.
 
 from __future__ import annotations
 
+from .sizing import xml_text
+
 # The bundled font first, then what the viewer has: an SVG in <img> cannot
 # load web fonts, so the glyphs come from the viewing machine.
 _FONT = "'DejaVu Sans', 'Segoe UI', Arial, sans-serif"
 
 
 def _reference(text: str) -> str:
-    # XML 1.0 forbids most C0 controls even as references; drop them.
-    return "".join(f"&#x{ord(c):x};" for c in text
-                   if ord(c) >= 0x20 or c in "\t\n\r")
+    # What XML forbids even as a reference is dropped: the browser would refuse the SVG.
+    return "".join(f"&#x{ord(c):x};" for c in xml_text(text))
 
 
 def render(initials: str, title: str, background: tuple[int, int, int],

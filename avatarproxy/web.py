@@ -37,6 +37,9 @@ POLICY: web.AppKey[Policy] = web.AppKey("policy", Policy)
 CLIENTS: web.AppKey[ClientAddress] = web.AppKey("clients", ClientAddress)
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
 
+# Request headers a script may send beyond the CORS-safelisted ones.
+_PREFLIGHT_HEADERS = "Accept, If-None-Match, X-Request-Id"
+
 # An SVG opened directly is a document: no scripts, no external loads, no forms.
 SVG_POLICY = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 
@@ -161,15 +164,34 @@ def _image_headers(result: Avatar, server: ServerSettings,
     headers = CIMultiDict(_avatar_headers(
         result.content_type, result.etag, result.source, result.max_age,
         result.stale_while_revalidate, result.no_store, server.cross_origin_resource_policy))
+    headers.extend(_cors_headers(server, origin))
+    if "Access-Control-Allow-Origin" in headers:
+        headers["Access-Control-Expose-Headers"] = "ETag, X-Avatar-Source"
+    return headers
+
+
+def _cors_headers(server: ServerSettings, origin: str | None) -> CIMultiDict[str]:
+    """``Access-Control-Allow-Origin`` for a listed origin (and ``Vary: Origin``)."""
+    headers: CIMultiDict[str] = CIMultiDict()
     if server.cors_origins:
         headers.add("Vary", "Origin")
         if "*" in server.cors_origins:
             headers["Access-Control-Allow-Origin"] = "*"
         elif origin in server.cors_origins:
             headers["Access-Control-Allow-Origin"] = origin
-        if "Access-Control-Allow-Origin" in headers:
-            headers["Access-Control-Expose-Headers"] = "ETag, X-Avatar-Source"
     return headers
+
+
+async def preflight(request: web.Request) -> web.Response:
+    """CORS preflight: a script's fetch with a header such as ``If-None-Match``
+    asks first. No signature, cache or Graph: the answer depends on the origin only."""
+    headers = _cors_headers(request.app[SERVER], request.headers.get("Origin"))
+    if "Access-Control-Allow-Origin" in headers:
+        headers["Access-Control-Allow-Methods"] = "GET, HEAD"
+        headers["Access-Control-Allow-Headers"] = _PREFLIGHT_HEADERS
+        headers["Access-Control-Max-Age"] = "7200"  # Chromium's cap; Firefox allows more
+    headers["Allow"] = "GET, HEAD, OPTIONS"
+    return web.Response(status=204, headers=headers)
 
 
 @functools.lru_cache(maxsize=4096)  # the same hot avatars, request after request
@@ -211,3 +233,6 @@ def add_routes(app: web.Application) -> None:
     # Three segments: never confused with the two-segment user route.
     app.router.add_get("/avatar/group/{id}/{size}", group_avatar)
     app.router.add_get("/avatar/team/{id}/{size}", team_avatar)
+    for path in ("/avatar/{subject}/{size}", "/avatar/group/{id}/{size}",
+                 "/avatar/team/{id}/{size}"):
+        app.router.add_route("OPTIONS", path, preflight)

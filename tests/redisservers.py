@@ -136,21 +136,31 @@ def _wait_until_each(servers: list[Server], ready: Callable[[redis.Redis], bool]
 
 # -- the three deployments ----------------------------------------------------------
 
-# What the README's "Redis in production" section tells operators to grant.
-SERVICE_ACL = ("resetchannels", "~avatarproxy:*", "&avatarproxy:purge", "-@all",
-               "+get", "+set", "+exists", "+expire", "+sadd", "+smembers", "+del",
-               "+eval", "+evalsha", "+script|load", "+publish", "+subscribe", "+unsubscribe",
-               "+hmget", "+hset", "+time", "+ping")
+def service_acl(key_prefix: str = "avatarproxy:") -> tuple[str, ...]:
+    """What the README's "Redis in production" section tells operators to grant:
+    the keys and the purge channel both carry ``cache.key_prefix``."""
+    return ("resetchannels", f"~{key_prefix}*", f"&{key_prefix}purge", "-@all",
+            "+get", "+set", "+exists", "+expire", "+sadd", "+smembers", "+del",
+            "+eval", "+evalsha", "+script|load", "+publish", "+subscribe", "+unsubscribe",
+            "+hmget", "+hset", "+time", "+ping")
+
+
+# A second deployment sharing the TLS Redis: its own key prefix, and ACL user of that name.
+OTHER_PREFIX = "tenant-b:"
 
 
 def start_tls(directory: Path, tls: ServerTLS, password_file: Path) -> Topology:
     """TLS only, the default user disabled, an ACL user ``avatarproxy`` with a
-    password and only the keys, channel and commands the README lists."""
+    password and only the keys, channel and commands the README lists; and
+    ``tenant-b`` the same for the prefix ``tenant-b:`` (without the optional
+    grant of the old fixed channel ``avatarproxy:purge``)."""
     password = "correct horse battery staple"
     password_file.write_text(password + "\n")
     # The tests' own housekeeping (INFO, FLUSHALL) goes through an admin user.
     server = start_server(directory, "--user", "default", "off",
-                          "--user", "avatarproxy", "on", f">{password}", *SERVICE_ACL,
+                          "--user", "avatarproxy", "on", f">{password}", *service_acl(),
+                          "--user", OTHER_PREFIX.rstrip(":"), "on", f">{password}",
+                          *service_acl(OTHER_PREFIX),
                           "--user", "admin", "on", ">admin-secret", "~*", "&*", "+@all",
                           tls=tls, username="admin", password="admin-secret")
     return Topology([server], {

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from loopback import free_port
 
 from avatarproxy.config import OPTIONS, check_credentials, load_settings, render_example
 from avatarproxy.errors import ConfigError
@@ -111,3 +112,45 @@ def test_cli_reports_config_problems_without_a_traceback(tmp_path: Path) -> None
         in lines
     assert any("cache.metadata_ttl_seconds" in line for line in lines)
     assert "hunter2-secret" not in result.stderr
+
+
+def test_options_that_contradict_each_other_are_reported_with_the_rest() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"AVATARPROXY_CACHE_STALE_TTL_SECONDS": "600",
+                           "AVATARPROXY_CACHE_REDIS_MODE": "cluster",
+                           "AVATARPROXY_AVATAR_MAX_SIZE": "0"},
+                      overrides={"cache.redis_sentinels": ["10.0.0.1:26379"]})
+    assert info.value.problems == [
+        "avatar.max_size: must be at least 1, got 0 (from AVATARPROXY_AVATAR_MAX_SIZE)",
+        "cache.stale_ttl_seconds: must be at least cache.metadata_ttl_seconds (3600), "
+        "got 600 (from AVATARPROXY_CACHE_STALE_TTL_SECONDS)",
+        "cache.stale_ttl_seconds: must be at least cache.negative_ttl_seconds (900), "
+        "got 600 (from AVATARPROXY_CACHE_STALE_TTL_SECONDS)",
+        "cache.redis_url: cluster mode needs redis:// or rediss://host:port of any one node",
+        "cache.redis_sentinels: used only when cache.redis_mode is sentinel, which is "
+        "'cluster' (from AVATARPROXY_CACHE_REDIS_MODE)"]
+    # An option already wrong on its own is not compared with others.
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"AVATARPROXY_CACHE_STALE_TTL_SECONDS": "0"})
+    assert len(info.value.problems) == 1
+
+
+def test_serve_reports_start_up_problems_as_config_lines_whatever_the_workers() -> None:
+    # Found by the composition root; with several workers each used to die with a traceback.
+    result = subprocess.run(
+        [sys.executable, "-m", "avatarproxy", "serve", "--port", str(free_port())],
+        capture_output=True, text=True, timeout=60,
+        env={"PATH": "/usr/bin:/bin", "AVATARPROXY_SERVER_WORKERS": "2",
+             "AZURE_TENANT_ID": "t", "AZURE_CLIENT_ID": "c", "AZURE_CLIENT_SECRET": "s",
+             "AVATARPROXY_CACHE_REDIS_MODE": "sentinel",
+             "AVATARPROXY_SERVER_TRUSTED_PROXIES": "10.0.0.0/8,nope",
+             "AVATARPROXY_AVATAR_EXTRA_FONTS": "/nonexistent/font.ttf"})
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert "avatarproxy: config: cache.redis_sentinels: sentinel mode needs at least one " \
+        "host:port" in lines
+    assert any(line.startswith("avatarproxy: config: server.trusted_proxies:") and "nope" in line
+               for line in lines)
+    assert any(line.startswith("avatarproxy: config: avatar.extra_fonts: cannot load")
+               for line in lines)

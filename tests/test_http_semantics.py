@@ -19,6 +19,7 @@ from PIL import Image
 from avatarproxy import imaging
 from avatarproxy.auth import StaticTokenProvider
 from avatarproxy.fakegraph import FakePerson
+from avatarproxy.sizing import background_for
 
 ADELE = "adele.vance@contoso.com"  # 648x648 photo
 DIEGO = "diego.siciliani@contoso.com"  # no photo
@@ -138,7 +139,7 @@ async def test_unknown_query_parameters_are_ignored(make_client: MakeClient) -> 
 
 async def test_svg_initials_are_vector_and_script_free(
         make_client: MakeClient, fake_graph: Any) -> None:
-    client = await make_client()
+    client = await make_client(avatar__svg_title=True)
     status, headers, body = await get(client, f"/avatar/{DIEGO}/120?format=svg", accept=CHROME)
     assert status == 200
     assert headers["Content-Type"] == "image/svg+xml"
@@ -162,7 +163,7 @@ async def test_svg_never_turns_a_display_name_into_markup(
     fake_graph.graph.add(FakePerson(upn="eve@contoso.com",
                                     object_id="0e0e0e0e-0e0e-4e0e-8e0e-0e0e0e0e0e0e",
                                     display_name=name))
-    client = await make_client()
+    client = await make_client(avatar__svg_title=True)
     status, headers, body = await get(client, "/avatar/eve@contoso.com/64?format=svg")
     assert status == 200 and headers["X-Avatar-Source"] == "initials"
     root = ET.fromstring(body)  # well-formed
@@ -171,6 +172,40 @@ async def test_svg_never_turns_a_display_name_into_markup(
     assert all(not key.startswith("on") for el in root.iter() for key in el.attrib)
     assert root.findtext(f"{SVG}title") == name.replace("\u0000", "")
     assert b"<script" not in body and b"onload" not in body
+
+
+async def test_svg_initials_name_nobody_unless_the_operator_asks(
+        make_client: MakeClient) -> None:
+    # Unsigned URLs would otherwise turn any address into its owner's name.
+    client = await make_client()
+    _, _, body = await get(client, f"/avatar/{DIEGO}/120?format=svg", accept=CHROME)
+    root = ET.fromstring(body)
+    assert [root.findtext(f"{SVG}title"), root.findtext(f"{SVG}text")] == ["DS", "DS"]
+    assert not any("Diego" in (el.text or "") for el in root.iter())
+    client = await make_client(avatar__svg_title=True)
+    _, _, body = await get(client, f"/avatar/{DIEGO}/120?format=svg", accept=CHROME)
+    assert ET.fromstring(body).findtext(f"{SVG}title") == "Diego Siciliani"
+
+
+async def test_characters_xml_forbids_are_dropped_from_svg_and_raster_initials(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    # Graph's JSON can carry a lone surrogate escape; U+FFFE and U+FFFF are noncharacters.
+    fake_graph.graph.add(FakePerson(
+        upn="ada@contoso.com", object_id="0a0a0a0a-0a0a-4a0a-8a0a-0a0a0a0a0a0a",
+        display_name="\ud800Ada \ufffeLove\uffffla\udfffce", given_name="\udc00",
+        surname="Lovelace"))
+    client = await make_client(avatar__svg_title=True)
+    status, headers, body = await get(client, "/avatar/ada@contoso.com/64?format=svg")
+    assert (status, headers["X-Avatar-Source"]) == (200, "initials")
+    root = ET.fromstring(body)  # a browser would refuse &#xd800; or &#xfffe;
+    assert root.findtext(f"{SVG}title") == "Ada Lovelace"
+    assert root.findtext(f"{SVG}text") == "AL"
+    status, headers, body = await get(client, "/avatar/ada@contoso.com/64", accept=OLD)
+    assert (status, headers["X-Avatar-Source"]) == (200, "initials")
+    assert decode(body).format == "PNG"
+    # The letters of "Ada Lovelace", not the surname's alone after an empty given name.
+    colour = background_for("0a0a0a0a-0a0a-4a0a-8a0a-0a0a0a0a0a0a")
+    assert body == imaging.InitialsRenderer().render(["AL"], colour, 64, "png")
 
 
 async def test_a_new_renderer_version_changes_every_etag(
@@ -203,3 +238,25 @@ async def test_cors_allows_only_the_listed_origins(make_client: MakeClient) -> N
     assert headers["Cross-Origin-Resource-Policy"] == "same-site"
     _, headers, _ = await get(client, f"/avatar/{ADELE}/48", Origin="https://evil.example")
     assert "Access-Control-Allow-Origin" not in headers
+
+
+async def test_cors_preflight_is_answered_for_the_listed_origins(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    # A script's fetch with If-None-Match asks first; signed URLs or not, no Graph call.
+    client = await make_client(server__cors_origins=["https://intranet.contoso.com"],
+                               security__url_signing_keys=["k" * 32])
+    fake_graph.graph.reset_requests()
+    asks = {"Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "if-none-match"}
+    for path in (f"/avatar/{ADELE}/48", "/avatar/group/8a3b9d3e-0000-4000-8000-000000000001/48"):
+        async with client.options(path, headers={
+                "Origin": "https://intranet.contoso.com", **asks}) as resp:
+            assert resp.status == 204
+            assert resp.headers["Access-Control-Allow-Origin"] == "https://intranet.contoso.com"
+            assert "GET" in resp.headers["Access-Control-Allow-Methods"]
+            assert "if-none-match" in resp.headers["Access-Control-Allow-Headers"].lower()
+            assert "Origin" in resp.headers.getall("Vary")
+        async with client.options(path, headers={"Origin": "https://evil.example", **asks}) as resp:
+            assert resp.status == 204
+            assert not any(h.startswith("Access-Control-") for h in resp.headers)
+    assert fake_graph.graph.requests == []

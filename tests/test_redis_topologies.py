@@ -4,6 +4,8 @@ Cluster, key layout for Cluster, TLS trust, full memory, configuration."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,16 +14,19 @@ from typing import Any
 import pytest
 import redis
 from appclient import Client, MakeClient, client_factory
-from loopback import wait_for
+from loopback import free_port, wait_for
 from redis.crc import key_slot
-from redisservers import Server, Topology, sentinel_master_port
+from redisservers import Server, Topology, sentinel_master_port, start_cluster
 
 from avatarproxy import redisconn
 from avatarproxy.app import create_app
 from avatarproxy.cache import AvatarCache, RedisTier
+from avatarproxy.cli import main
 from avatarproxy.config import load_settings
 from avatarproxy.errors import ConfigError
 from avatarproxy.models import Subject
+from avatarproxy.purge import LISTENER
+from avatarproxy.purge import channel as purge_channel
 
 PEOPLE = ["adele.vance@contoso.com", "alex.wilber@contoso.com", "megan.bowen@contoso.com",
           "lee.gu@contoso.com"]
@@ -169,6 +174,55 @@ async def test_cluster_master_killed_under_load_serves_every_request_and_recover
     assert load.failures == []
 
 
+async def test_purge_reaches_replicas_through_the_cluster_while_its_seed_node_is_stopped(
+        aiohttp_client: Any, idp_settings: dict[str, Any], fake_graph: Any,
+        tmp_path: Path) -> None:
+    # A cluster of its own (two seconds to start): this test stops its seed for good.
+    with start_cluster(tmp_path / "cluster") as cluster:
+        serve = client_factory(aiohttp_client, {**idp_settings, **cluster.overrides})
+        replicas = [await serve(), await serve()]
+        for client in replicas:  # now in each replica's memory tier
+            async with client.get(f"/avatar/{PEOPLE[0]}/48") as resp:
+                assert resp.headers["X-Avatar-Source"] == "photo"
+        seed = cluster.servers[0]  # the node cache.redis_url names, a master
+        survivor = next(s for s in cluster.servers if _replica_of(s, seed))
+        await asyncio.to_thread(wait_for, lambda: _listeners(cluster) == 2, "both subscribed")
+        await asyncio.to_thread(seed.stop)
+        # The replicas subscribe again through nodes that still answer ...
+        await asyncio.to_thread(wait_for, lambda: _listeners(cluster) == 2, "subscribed again")
+        # ... and the seed's replica takes its slots over, so purge can delete every key.
+        await asyncio.to_thread(wait_for, lambda: _is_master(survivor), "a new master")
+        fake_graph.graph.set_photo(PEOPLE[0], None)  # the takedown in the directory
+        config = tmp_path / "avatarproxy.toml"
+        config.write_text('[cache]\nredis_mode = "cluster"\n'
+                          f'redis_url = "redis://127.0.0.1:{survivor.port}"\n')
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            assert await asyncio.to_thread(main, ["purge", "--config", str(config),
+                                                  PEOPLE[0]]) == 0
+        assert "2 running replicas told" in out.getvalue()
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(c.server.app[LISTENER].handled.wait() for c in replicas))
+        for client in replicas:
+            async with client.get(f"/avatar/{PEOPLE[0]}/48") as resp:
+                assert resp.headers["X-Avatar-Source"] == "initials"
+
+
+def _listeners(cluster: Topology) -> int:
+    """Subscribers of the purge channel over the nodes that are running."""
+    total = 0
+    for server in cluster.servers:
+        if server.process.poll() is None:
+            with server.client() as client:
+                total += dict(client.pubsub_numsub(purge_channel("avatarproxy:")))[
+                    purge_channel("avatarproxy:").encode()]
+    return total
+
+
+def _is_master(server: Server) -> bool:
+    with server.client() as client:
+        return bool(client.info("replication").get("role") == "master")
+
+
 def _slot_owner_and_replica(cluster: Topology, key: str) -> tuple[int, Server, Server]:
     """The slot of ``key``, the master that serves it and that master's replica."""
     slot = key_slot(key.encode())
@@ -190,6 +244,15 @@ def _replica_of(server: Server, master: Server) -> bool:
     with server.client() as client:
         info = client.info("replication")
     return bool(info.get("role") == "slave" and info.get("master_port") == master.port)
+
+
+async def test_a_cluster_no_node_of_which_answers_reads_as_a_miss(
+        make_client: MakeClient) -> None:
+    # redis-py raises RedisClusterException there, which is no RedisError: it was a 500.
+    client = await make_client(**{"cache.redis_mode": "cluster",
+                                  "cache.redis_url": f"redis://127.0.0.1:{free_port()}"})
+    async with client.get(f"/avatar/{PEOPLE[0]}/48") as resp:
+        assert (resp.status, resp.headers["X-Avatar-Source"]) == (200, "photo")
 
 
 # -- key layout --------------------------------------------------------------------------

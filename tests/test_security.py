@@ -21,7 +21,7 @@ from appclient import MakeClient as Serve
 from appclient import client_factory, get
 from loopback import free_port
 from PIL import Image
-from redisservers import Topology
+from redisservers import OTHER_PREFIX, Topology
 
 from avatarproxy import redisconn
 from avatarproxy.app import create_app
@@ -330,17 +330,28 @@ def _toml(settings: dict[str, Any]) -> str:
     return "".join(f"[{name}]\n" + "\n".join(lines) + "\n" for name, lines in sections.items())
 
 
-@pytest.mark.parametrize("topology", ["redis_url", "redis_tls", "redis_sentinel",
-                                      "redis_cluster"])
+def _deployment(topology: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings reaching ``topology`` (emptied first); ``redis_tls_prefixed``: the TLS
+    Redis as the ACL user of another deployment, with that deployment's key prefix."""
+    if topology == "redis_url":  # the plain session Redis, already emptied
+        return {"cache.redis_url": request.getfixturevalue("redis_url")}
+    redis: Topology = request.getfixturevalue(topology.removesuffix("_prefixed"))
+    redis.flush()
+    if topology == "redis_tls_prefixed":
+        user = OTHER_PREFIX.rstrip(":")
+        return {**redis.overrides, "cache.key_prefix": OTHER_PREFIX, "cache.redis_url":
+                redis.overrides["cache.redis_url"].replace("avatarproxy@", f"{user}@")}
+    return redis.overrides
+
+
+@pytest.mark.parametrize("topology", ["redis_url", "redis_tls", "redis_tls_prefixed",
+                                      "redis_sentinel", "redis_cluster"])
 async def test_purge_reaches_every_replica_whatever_the_redis_deployment(
         topology: str, serve: Serve, fake_graph: Any, tmp_path: Path,
         request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> None:
-    if topology == "redis_url":  # the plain session Redis, already emptied
-        overrides = {"cache.redis_url": request.getfixturevalue("redis_url")}
-    else:
-        redis: Topology = request.getfixturevalue(topology)
-        redis.flush()
-        overrides = redis.overrides
+    # A loaded machine can take longer than the default 0.5 s over TLS: a timeout
+    # would log a warning, and this test allows none.
+    overrides = {**_deployment(topology, request), "cache.redis_timeout_seconds": 5.0}
     replicas = [await serve(**overrides), await serve(**overrides)]
     for client in replicas:
         assert (await get(client, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "photo"
@@ -361,6 +372,43 @@ async def test_purge_reaches_every_replica_whatever_the_redis_deployment(
     # Locks, the rate limiter's script, the index sets and the channel all worked,
     # on TLS with the least-privilege ACL user the README documents.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+async def test_purge_stays_within_its_deployment_and_reaches_replicas_not_yet_upgraded(
+        serve: Serve, fake_graph: Any, redis_url: str, tmp_path: Path) -> None:
+    # Two deployments share one Redis, each with its own cache.key_prefix.
+    ours, theirs = await serve(cache__key_prefix="a:"), await serve(cache__key_prefix="b:")
+    for client in (ours, theirs):
+        assert (await get(client, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "photo"
+    listeners = [client.server.app[LISTENER] for client in (ours, theirs)]
+    # A replica of the previous release listens on the old fixed channel.
+    old_replica = aioredis.Redis.from_url(redis_url)
+    async with old_replica.pubsub() as legacy:
+        await legacy.subscribe("avatarproxy:purge")
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(listener.subscribed.wait() for listener in listeners))
+        fake_graph.graph.set_photo(ADELE, None)  # the takedown in the directory
+        config = tmp_path / "a.toml"
+        config.write_text(_toml({"cache.redis_url": redis_url, "cache.key_prefix": "a:"}))
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            assert await asyncio.to_thread(main, ["purge", "--config", str(config), ADELE]) == 0
+        assert "2 running replicas told" in out.getvalue()  # ours and the old one
+        async with asyncio.timeout(10):
+            await listeners[0].handled.wait()
+            while (message := await legacy.get_message(ignore_subscribe_messages=True,
+                                                       timeout=1)) is None:
+                pass
+        assert message["data"] == ADELE.encode()
+    await old_replica.aclose()
+    # Their purge of Alex comes after ours on their subscription: by the time they
+    # handled it, they would have handled ours too.
+    config.write_text(_toml({"cache.redis_url": redis_url, "cache.key_prefix": "b:"}))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert await asyncio.to_thread(main, ["purge", "--config", str(config), ALEX]) == 0
+    async with asyncio.timeout(10):
+        await listeners[1].handled.wait()
+    assert (await get(ours, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "initials"
+    assert (await get(theirs, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "photo"
 
 
 async def test_a_silent_redis_costs_the_limiter_one_timeout_not_one_per_miss() -> None:
