@@ -29,6 +29,7 @@ from cryptography import x509
 from msal.exceptions import MsalError
 
 from . import metrics
+from .authproblems import as_problem, failure, refusal
 from .config import AuthSettings
 from .errors import AuthError
 
@@ -178,10 +179,21 @@ class MsalTokenProvider:
     @classmethod
     async def create(cls, auth: AuthSettings, scope: str, *,
                      request_timeout: float = TOKEN_TIMEOUT_SECONDS,
-                     backoff: Backoff = Backoff()) -> MsalTokenProvider:
-        # OpenID discovery happens here: with the session's timeout, a stalled
-        # authority fails start-up with AuthError instead of hanging it.
-        app = await asyncio.to_thread(cls._build_app, auth, request_timeout)
+                     backoff: Backoff = Backoff(), strict: bool = False) -> MsalTokenProvider:
+        """OpenID discovery happens here, with the session's timeout. An authority
+        that refuses the configuration raises ``AuthError``; one that cannot be
+        reached raises only if ``strict``: otherwise the provider starts without
+        msal and sets it up on the first token request (start degraded: cached
+        avatars and initials are served meanwhile, and the pod does not
+        crash-loop through an identity-provider or egress blip)."""
+        try:
+            app = await asyncio.to_thread(cls._build_app, auth, request_timeout)
+        except AuthError as exc:
+            if strict or exc.misconfigured:
+                raise
+            log.warning("no token at start-up, starting degraded: %s; cached avatars and "
+                        "initials are served until the authority answers", as_problem(exc))
+            app = None
         return cls(app, scope, auth, request_timeout=request_timeout, backoff=backoff)
 
     @staticmethod
@@ -197,8 +209,7 @@ class MsalTokenProvider:
                 instance_discovery=urlsplit(authority).hostname in _MICROSOFT_AUTHORITY_HOSTS,
             )
         except (OSError, ValueError, requests.RequestException, MsalError) as exc:
-            raise AuthError(f"cannot set up msal for {authority}: {type(exc).__name__}: "
-                            f"{_safe(exc)}") from exc
+            raise failure("OpenID discovery", auth, exc, request_timeout) from exc
 
     async def token(self, *, refresh: bool = False) -> str:
         """The current token; ``refresh``: Graph refused it, get another.
@@ -261,19 +272,12 @@ class MsalTokenProvider:
         return self._token
 
     def _request(self) -> Mapping[str, Any]:
-        self._reload_if_rotated()
-        # We ask only when our copy is due or refused; msal's cache holds the
-        # same token (and would hand it back until five minutes before expiry).
-        self._app.remove_tokens_for_client()
-        try:
-            result: Mapping[str, Any] = self._app.acquire_token_for_client(scopes=[self._scope])
-        # msal raises MsalServiceError for a 5xx from the token endpoint.
-        except (OSError, ValueError, requests.RequestException, MsalError) as exc:
-            raise AuthError(f"token request failed: {type(exc).__name__}: {_safe(exc)}") from exc
-        if "access_token" not in result:
-            raise AuthError(f"token request refused: {result.get('error', 'unknown error')}: "
-                            f"{str(result.get('error_description', ''))[:200]}")
-        return result
+        if self._app is None:  # the authority was unreachable at start-up
+            assert self._auth is not None  # create() always passes it
+            self._app = self._build_app(self._auth, self._timeout)
+        else:
+            self._reload_if_rotated()
+        return _acquire_once(self._app, self._scope, self._auth, self._timeout)
 
     def _reload_if_rotated(self) -> None:
         if self._auth is None:
@@ -290,6 +294,25 @@ class MsalTokenProvider:
             self._mounted = current
 
 
-def _safe(exc: BaseException) -> str:
-    """An exception's message, short; never carries a credential (msal doesn't echo them)."""
-    return str(exc).splitlines()[0][:200] if str(exc) else ""
+def _acquire_once(app: Any, scope: str, auth: AuthSettings | None,
+                  timeout: float) -> Mapping[str, Any]:
+    """One token request (blocking), or ``AuthError`` saying why not."""
+    # We ask only when our copy is due or refused; msal's cache holds the
+    # same token (and would hand it back until five minutes before expiry).
+    app.remove_tokens_for_client()
+    try:
+        result: Mapping[str, Any] = app.acquire_token_for_client(scopes=[scope])
+    # msal raises MsalServiceError for a 5xx from the token endpoint.
+    except (OSError, ValueError, requests.RequestException, MsalError) as exc:
+        raise failure("token request", auth, exc, timeout) from exc
+    if "access_token" not in result:
+        raise refusal(auth, result)
+    return result
+
+
+def fetch_token(auth: AuthSettings, scope: str,
+                request_timeout: float = TOKEN_TIMEOUT_SECONDS) -> str:
+    """Discovery and one token request, blocking, without metrics or log lines:
+    ``serve``'s start-up check and ``doctor``'s. ``AuthError`` says why not."""
+    app = MsalTokenProvider._build_app(auth, request_timeout)
+    return str(_acquire_once(app, scope, auth, request_timeout)["access_token"])

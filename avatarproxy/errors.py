@@ -101,4 +101,17 @@ class Overloaded(AvatarProxyError):
 
 
 class AuthError(GraphError):
-    """No token could be acquired (bad credentials, identity provider down)."""
+    """No token could be acquired (bad credentials, identity provider down).
+
+    ``key`` names the setting an operator should look at and ``hint`` what to
+    do; ``misconfigured``: the identity provider (or our own check) refused the
+    configuration itself, so waiting will not help and ``serve`` refuses to
+    start. Otherwise it is an outage, and ``serve`` starts degraded.
+    """
+
+    def __init__(self, message: str, *, key: str = "", hint: str = "",
+                 misconfigured: bool = False) -> None:
+        super().__init__(message)
+        self.key = key
+        self.hint = hint
+        self.misconfigured = misconfigured
