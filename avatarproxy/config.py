@@ -488,6 +488,22 @@ def check_credentials(auth: AuthSettings) -> list[str]:
     return problems
 
 
+def file_problem(key: str, path: str) -> str | None:
+    """``key: no such file: path`` (or why it cannot be read); None when readable or unset."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except FileNotFoundError:
+        return f"{key}: no such file: {path}"
+    except IsADirectoryError:
+        return f"{key}: a directory, not a file: {path}"
+    except OSError as exc:
+        return f"{key}: cannot read {path}: {exc.strerror}"
+    return None
+
+
 def render_example() -> str:
     """The text of ``config.example.toml``: every option, its default and help."""
     lines = ["# avatarproxy configuration. Every key is shown with its default.",

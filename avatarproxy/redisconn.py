@@ -25,11 +25,17 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.credentials import CredentialProvider
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
 from redis.typing import EncodableT
 
-from .config import CacheSettings
+from .config import CacheSettings, file_problem
 
 T = TypeVar("T")
 _PACKAGE = __name__.rpartition(".")[0] + "."
@@ -155,6 +161,8 @@ def check(cache: CacheSettings) -> list[str]:
         # The URL may hold a password: name only its scheme.
         problems.append(f"cache.redis_url: must start with redis://, rediss:// or unix://, "
                         f"got {scheme or 'no scheme'}")
+    elif cache.redis_url and (problem := _url_problem(cache.redis_url)):
+        problems.append(problem)
     if cache.redis_mode == "cluster":  # an empty URL is config.py's to report
         if scheme == "unix":
             problems.append("cache.redis_url: cluster mode needs redis:// or rediss://host:port "
@@ -171,10 +179,80 @@ def check(cache: CacheSettings) -> list[str]:
         if not cache.redis_sentinel_master:
             problems.append("cache.redis_sentinel_master: required in sentinel mode")
     for key in ("redis_password_file", "redis_ca_file", "redis_sentinel_password_file"):
-        path = getattr(cache, key)
-        if path and not Path(path).is_file():
-            problems.append(f"cache.{key}: no such file: {path}")
+        if problem := file_problem(f"cache.{key}", getattr(cache, key)):
+            problems.append(problem)
     return problems
+
+
+def _url_problem(url: str) -> str | None:
+    """A URL redis-py would choke on when the first connection opens (an extra
+    ``:port``, a port out of range, a bad ``?db=``), or a database that is no number."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+        parse_url(url)
+    except ValueError as exc:
+        # The messages name the part that is wrong; never show a password.
+        userinfo = url.partition("://")[2].partition("/")[0].rpartition("@")[0]
+        password = userinfo.partition(":")[2]
+        text = str(exc).replace(password, "***") if password else str(exc)
+        return f"cache.redis_url: not a valid URL: {text}"
+    database = parts.path.strip("/")
+    if parts.scheme != "unix" and database and not database.isdigit():
+        return f"cache.redis_url: the database after the host must be a number, got {database!r}"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class RedisProblem:
+    """Why Redis would not answer, for an operator: the key to look at and whether it
+    is a misconfiguration (``serve`` refuses to start) or an outage (it starts on its
+    memory tier and uses Redis once it answers)."""
+
+    key: str
+    message: str
+    misconfigured: bool
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+def explain(cache: CacheSettings, exc: BaseException) -> RedisProblem:
+    """What a failed command (a PING at start-up, ``doctor``'s) means."""
+    text = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() \
+        else type(exc).__name__
+    if isinstance(exc, AuthenticationError):  # WRONGPASS, NOAUTH, a disabled user
+        key = "cache.redis_password_file" if cache.redis_password_file else "cache.redis_url"
+        return RedisProblem(key, f"authentication failed ({text}): check the password in "
+                            "cache.redis_password_file or cache.redis_url and the user name "
+                            "in cache.redis_url", True)
+    if isinstance(exc, NoPermissionError):
+        return RedisProblem("cache.redis_url", f"the Redis user lacks a permission ({text}): "
+                            "see the ACL in the README", True)
+    if isinstance(exc, ResponseError):  # a database out of range, say
+        return RedisProblem("cache.redis_url", f"Redis refused it: {text}", True)
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return RedisProblem("cache.redis_ca_file", f"the server's certificate is not trusted "
+                            f"({text}): set cache.redis_ca_file to the CA that issued it", True)
+    return RedisProblem("cache.redis_url", f"unreachable: {type(exc).__name__}: {text}", False)
+
+
+def target(cache: CacheSettings) -> str:
+    """Where Redis is, for a log line: no user, no password."""
+    if not enabled(cache):
+        return "none (memory tier only)"
+    parts = urlsplit(cache.redis_url or "redis://")
+    if cache.redis_mode == "sentinel":
+        return (f"sentinel master {cache.redis_sentinel_master!r} via "
+                f"{', '.join(cache.redis_sentinels)}")
+    if parts.scheme == "unix":
+        return f"unix://{parts.path}"
+    try:
+        where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
+    except ValueError:
+        where = "an invalid URL"
+    mode = "cluster via " if cache.redis_mode == "cluster" else ""
+    return f"{mode}{parts.scheme}://{where}{parts.path or ''}"
 
 
 def connect(cache: CacheSettings) -> RedisConnection:
