@@ -18,7 +18,7 @@ from functools import partial
 import aiohttp
 from aiohttp import web
 
-from . import logs, ops, redisconn
+from . import logs, ops, preflight, redisconn
 from .auth import MsalTokenProvider, TokenProvider, scope_for
 from .cache import AvatarCache, CacheTier, MemoryTier, RedisTier
 from .coalesce import ReplicaCoalescer
@@ -66,9 +66,12 @@ class _Grace:
 
 
 def startup_problems(settings: Settings) -> list[str]:
-    """What ``create_app`` would stop on, all at once: ``serve`` reports these before
-    any worker starts, like the problems ``load_settings`` finds."""
-    problems = redisconn.check(settings.cache)
+    """What ``create_app`` or a worker would stop on, all at once: ``serve`` reports
+    these before any worker starts, like the problems ``load_settings`` finds."""
+    problems = redisconn.check(settings.cache) + preflight.file_problems(settings)
+    listen = preflight.listen_problem(settings.server)
+    if listen is not None:
+        problems.append(listen)
     for build in (partial(ClientAddress, settings.server.trusted_proxies),
                   partial(InitialsRenderer, settings.avatar.extra_fonts)):
         try:

@@ -18,6 +18,7 @@ from . import lifecycle, logs
 from .config import check_credentials, load_settings, render_example
 from .errors import AuthError, BadRequest, ConfigError, GraphError
 
+log = logging.getLogger("avatarproxy.serve")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -75,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from . import preflight
     from .app import create_app, startup_problems
 
     overrides: dict[str, Any] = {}
@@ -88,6 +90,16 @@ def _serve(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigError(problems)
     logs.configure(settings.logging)
+    # The start-up policy: what the authority or Redis refuse stops start-up;
+    # what cannot be reached now is an outage the service starts through.
+    report = asyncio.run(preflight.probe(settings))
+    if report.problems:
+        raise ConfigError(report.problems)
+    log.info("%s", preflight.summary(settings, lifecycle.worker_count(settings.server)))
+    for warning in preflight.warnings(settings):
+        log.warning("start-up: %s", warning)
+    for outage in report.degraded:
+        log.warning("start-up: degraded: %s", outage)
 
     async def make_app() -> web.Application:
         return create_app(settings)

@@ -35,6 +35,7 @@ from aiohttp import web
 
 from . import logs, metrics
 from .config import ServerSettings, Settings
+from .errors import ConfigError
 from .ops import READINESS
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,11 @@ async def serve_until_stopped(make_app: AppFactory, server: ServerSettings, *,
         loop.add_signal_handler(sig, stop.set)
     try:
         site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # taken since serve checked it
+            raise ConfigError([f"server.port: cannot listen on {server.host}:{server.port}: "
+                               f"{exc.strerror}"]) from exc
         log.info("Running on http://%s:%d (pid %d)", server.host, server.port, os.getpid())
         await stop.wait()
         app[READINESS].ready = False
@@ -94,9 +99,13 @@ async def serve_until_stopped(make_app: AppFactory, server: ServerSettings, *,
     log.info("stopped")
 
 
+def worker_count(server: ServerSettings) -> int:
+    return server.workers or usable_cpus()
+
+
 def run(settings: Settings, make_app: AppFactory) -> int:
     """``avatarproxy serve``: one worker in this process, or several spawned ones."""
-    workers = settings.server.workers or usable_cpus()
+    workers = worker_count(settings.server)
     if workers == 1:
         run_loop(serve_until_stopped(make_app, settings.server))
         return 0
@@ -166,7 +175,13 @@ def _worker(settings: Settings) -> None:
     async def make_app() -> web.Application:
         return create_app(settings)
 
-    run_loop(serve_until_stopped(make_app, settings.server, reuse_port=True))
+    try:
+        run_loop(serve_until_stopped(make_app, settings.server, reuse_port=True))
+    except ConfigError as exc:
+        # One line, like serve's own (serve checks these first: this is a race).
+        for problem in exc.problems:
+            print(f"avatarproxy: config: {problem}", file=sys.stderr)
+        sys.exit(2)
     sys.exit(0)
 
 

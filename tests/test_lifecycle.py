@@ -11,10 +11,13 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import redis.asyncio as aioredis
+from faultproxy import NONE, FaultProxy, Faults
 from loopback import free_port
 
 from avatarproxy.cache import AvatarCache
@@ -50,11 +53,10 @@ async def _read_lines(stream: asyncio.StreamReader, output: list[dict[str, Any]]
             stopping.put_nowait(None)
 
 
-@asynccontextmanager
-async def serve(fake_graph: Any, fake_idp: Any, workers: int,
-                **settings: str) -> AsyncIterator[Server]:
-    """``avatarproxy serve`` in a subprocess, yielded once every worker listens."""
-    port = free_port()
+def serve_env(fake_graph: Any, fake_idp: Any, port: int, workers: int,
+              **settings: str) -> dict[str, str]:
+    """The environment of ``avatarproxy serve`` on the fakes; ``settings`` as
+    ``section_key=value`` (``AZURE_...`` names are taken as they are)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AVATARPROXY_", "AZURE_"))}
     env.update({
         "AVATARPROXY_SERVER_HOST": "127.0.0.1", "AVATARPROXY_SERVER_PORT": str(port),
@@ -64,8 +66,18 @@ async def serve(fake_graph: Any, fake_idp: Any, workers: int,
         "AZURE_CLIENT_SECRET": fake_idp.client_secret,
         "AVATARPROXY_AUTH_AUTHORITY": fake_idp.authority,
         "AVATARPROXY_AUTH_CA_FILE": str(fake_idp.ca_file),
-        **{f"AVATARPROXY_{k.upper()}": v for k, v in settings.items()},
+        **{k if k.startswith("AZURE_") else f"AVATARPROXY_{k.upper()}": v
+           for k, v in settings.items()},
     })
+    return env
+
+
+@asynccontextmanager
+async def serve(fake_graph: Any, fake_idp: Any, workers: int,
+                **settings: str) -> AsyncIterator[Server]:
+    """``avatarproxy serve`` in a subprocess, yielded once every worker listens."""
+    port = free_port()
+    env = serve_env(fake_graph, fake_idp, port, workers, **settings)
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "avatarproxy", "serve", env=env,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
@@ -200,3 +212,117 @@ async def test_background_refreshes_finish_inside_the_grace_period_and_stop_afte
     assert raw is not None and json.loads(raw)["media_etag"] == new_etag  # it landed
     messages = " ".join(str(line.get("message")) for line in server.output)
     assert "cancelled 1 Graph fetches" in messages, messages
+
+
+# -- the start-up policy: a misconfiguration stops it, an outage is started through --
+
+async def refused(env: dict[str, str]) -> tuple[int, str, str]:
+    """``avatarproxy serve`` that is expected to stop: its status, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "avatarproxy", "serve", env=env, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    finally:
+        if process.returncode is None:  # it started serving: the assertions say so
+            os.killpg(process.pid, signal.SIGKILL)
+            await process.wait()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.parametrize(("settings", "line"), [
+    ({"auth_ca_file": "/nonexistent/ca.pem"}, "auth.ca_file: no such file: /nonexistent/ca.pem"),
+    ({"AZURE_CLIENT_SECRET": "", "auth_client_secret_file": "/nonexistent/secret"},
+     "auth.client_secret_file: no such file: /nonexistent/secret"),
+    ({"cache_redis_url": "redis://:hunter2@127.0.0.1:41089:99/0"},
+     "cache.redis_url: not a valid URL: Port could not be cast to integer value as '41089:99'"),
+])
+async def test_a_misconfiguration_stops_start_up_with_one_line_before_any_worker(
+        fake_graph: Any, fake_idp: Any, settings: dict[str, str], line: str) -> None:
+    # Two workers (the default on two CPUs) used to print a traceback each.
+    status, out, err = await refused(serve_env(fake_graph, fake_idp, free_port(), workers=2,
+                                               **settings))
+    assert (status, err.splitlines()) == (2, [f"avatarproxy: config: {line}"]), out + err
+    assert "Traceback" not in out + err and "worker" not in out
+    assert "hunter2" not in out + err
+
+
+async def test_a_credential_the_authority_refuses_stops_start_up_with_one_line(
+        fake_graph: Any, fake_idp: Any) -> None:
+    env = serve_env(fake_graph, fake_idp, free_port(), workers=2,
+                    AZURE_CLIENT_SECRET="not-the-secret-Zq81")
+    status, out, err = await refused(env)
+    assert status == 2, out + err  # it used to start, silently unable to fetch any photo
+    [line] = err.splitlines()
+    assert line.startswith("avatarproxy: config: auth.client_secret: token request refused: "
+                           "invalid_client: AADSTS7000215: Invalid client secret provided; "
+                           "compare it with the app registration"), line
+    assert "Zq81" not in out + err and "Traceback" not in out + err
+
+
+async def test_an_unreachable_authority_starts_degraded_and_serves_what_it_can(
+        fake_graph: Any, fake_idp: Any, make_client: Any, redis_url: str) -> None:
+    graph = fake_graph.graph
+    graph.accept_token = fake_idp.issued.__contains__
+    # Another replica cached Adele's photo in Redis earlier.
+    async with (await make_client()).get(f"/avatar/{ADELE}/48") as resp:
+        assert resp.headers["X-Avatar-Source"] == "photo"
+    # The authority resets every connection: an egress or identity-provider blip.
+    proxy = await FaultProxy.start(fake_idp.port, Faults(reset_after=0))
+    authority = f"127.0.0.1:{proxy.port}"
+    try:
+        async with serve(fake_graph, fake_idp, workers=2, cache_redis_url=redis_url,
+                         auth_authority=f"https://{authority}/{fake_idp.tenant}",
+                         server_drain_seconds="0.2") as server, \
+                aiohttp.ClientSession() as http:
+            async with http.get(server.base + "/readyz") as resp:
+                assert resp.status == 200  # initials and cached photos can be served
+            graph.reset_requests()
+            async with http.get(f"{server.base}/avatar/{ADELE}/48") as resp:
+                assert (resp.status, resp.headers["X-Avatar-Source"]) == (200, "photo")
+            assert graph.requests == []  # from Redis: no token needed
+            async with http.get(f"{server.base}/avatar/{ALEX}/48") as resp:
+                assert (resp.status, resp.headers["X-Avatar-Source"]) == (200, "initials")
+            proxy.faults = NONE  # the authority answers again: photos, no restart
+            deadline = time.monotonic() + 30
+            while True:
+                async with http.get(f"{server.base}/avatar/{ALEX}/48",
+                                    headers={"Connection": "close"}) as resp:
+                    if resp.headers["X-Avatar-Source"] == "photo":
+                        break
+                assert time.monotonic() < deadline, "no photo after the authority recovered"
+                await asyncio.sleep(0.2)
+            server.process.send_signal(signal.SIGTERM)
+            assert await asyncio.wait_for(server.process.wait(), timeout=30) == 0
+    finally:
+        await proxy.close()
+    messages = [str(line.get("message")) for line in server.output]
+    degraded = [m for m in messages if m.startswith("start-up: degraded: no token: ")]
+    assert len(degraded) == 1, messages  # said once, by the main process
+    assert (f"auth.authority: OpenID discovery at https://{authority}/{fake_idp.tenant} "
+            "failed: ") in degraded[0]
+    assert f"check auth.authority and egress to {authority}" in degraded[0]
+    assert not any("Traceback" in m for m in messages)
+    [summary] = [m for m in messages if m.startswith("start-up: Graph")]
+    redis_port = redis_url.rsplit(":", 1)[1]
+    assert summary == (
+        f"start-up: Graph {fake_graph.base_url}, authority {authority}/"
+        f"{fake_idp.tenant}, Redis redis://127.0.0.1:{redis_port}, memory tier 64 MiB per "
+        f"worker, 2 workers, listening on {server.base.removeprefix('http://')}")
+
+
+async def test_a_password_redis_refuses_stops_start_up_with_one_line(
+        fake_graph: Any, fake_idp: Any, redis_tls: Any, tmp_path: Path) -> None:
+    wrong = tmp_path / "redis-password"
+    wrong.write_text("not-the-password-Xy7\n")
+    env = serve_env(fake_graph, fake_idp, free_port(), workers=2,
+                    cache_redis_url=redis_tls.overrides["cache.redis_url"],
+                    cache_redis_ca_file=redis_tls.overrides["cache.redis_ca_file"],
+                    cache_redis_password_file=str(wrong))
+    status, out, err = await refused(env)
+    assert status == 2, out + err  # it used to start, silently without its shared cache
+    [line] = err.splitlines()
+    assert line.startswith("avatarproxy: config: cache.redis_password_file: authentication "
+                           "failed ("), line
+    assert "Xy7" not in out + err and "Traceback" not in out + err

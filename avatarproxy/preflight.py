@@ -1,0 +1,158 @@
+"""What ``serve`` checks once, in the main process, before any worker starts.
+
+The start-up policy (the README's "Start-up policy"): a **misconfiguration**
+(a file that is missing or unreadable, a URL that cannot work, a credential or
+tenant the identity provider refuses, a Redis password Redis refuses) stops
+start-up with one line naming the key, exit status 2, before any worker
+exists. A **dependency outage** (the authority or Redis unreachable, failing or
+stalled) starts the service degraded: a warning says so, cached avatars and
+initials are served, and the dependency is asked again as requests come;
+``/readyz`` stays ready, since initials can always be served.
+
+``doctor`` runs the same checks and says which of the two each failure is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from . import redisconn
+from .auth import fetch_token, scope_for
+from .authproblems import as_problem
+from .config import ServerSettings, Settings, file_problem
+from .errors import AuthError
+
+# How long the start-up check may wait for Redis in all (a Cluster tries each node).
+_REDIS_CHECK_SECONDS = 5.0
+_REDIS_PROBE_FAILURES: tuple[type[Exception], ...] = (*redisconn.REDIS_FAILURES, ValueError)
+
+
+def file_problems(settings: Settings) -> list[str]:
+    """Every configured file outside ``cache`` (redisconn checks those) exists and is
+    readable; CA bundles hold certificates; a client certificate file holds a
+    certificate and its private key."""
+    auth, graph = settings.auth, settings.graph
+    problems: list[str] = []
+    for key, path in (("auth.client_secret_file", auth.client_secret_file),
+                      ("auth.federated_token_file", auth.federated_token_file),
+                      ("auth.certificate_path", auth.certificate_path),
+                      ("auth.ca_file", auth.ca_file), ("graph.ca_file", graph.ca_file)):
+        problem = file_problem(key, path)
+        if problem is None and path:
+            problem = _content_problem(key, path)
+        if problem is not None:
+            problems.append(problem)
+    return problems
+
+
+def _content_problem(key: str, path: str) -> str | None:
+    if key.endswith("ca_file"):
+        try:
+            ssl.create_default_context(cafile=path)
+        except (ssl.SSLError, ValueError):
+            return f"{key}: no PEM certificate in {path}"
+    if key == "auth.certificate_path":
+        pem = Path(path).read_bytes()
+        try:
+            x509.load_pem_x509_certificate(pem)
+        except ValueError:
+            return f"{key}: no PEM certificate in {path} (it holds the certificate and its key)"
+        try:
+            serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError):
+            return (f"{key}: no unencrypted PEM private key in {path} (it holds the certificate "
+                    "and its key)")
+    return None
+
+
+def listen_problem(server: ServerSettings) -> str | None:
+    """Whether ``server.host:server.port`` can be listened on: checked here once, as
+    every worker would otherwise fail with a traceback of its own."""
+    try:
+        addresses = socket.getaddrinfo(server.host or None, server.port,
+                                       type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"server.host: cannot listen on {server.host!r}: {exc.strerror}"
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as sock:
+            # As aiohttp does: a previous run's TIME_WAIT connections do not count.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                return (f"server.port: cannot listen on {server.host}:{server.port}: "
+                        f"{exc.strerror}")
+    return None
+
+
+def warnings(settings: Settings) -> list[str]:
+    """Settings that work but probably do not do what was meant."""
+    auth = settings.auth
+    tenant = urlsplit(auth.authority).path.strip("/").split("/")[0] if auth.authority else ""
+    if auth.tenant_id and tenant and tenant.lower() != auth.tenant_id.lower():
+        # msal asks the authority; the tenant id alone is never sent anywhere.
+        return [f"auth.tenant_id: {auth.tenant_id!r} is not the tenant of auth.authority "
+                f"({tenant!r}); auth.authority is used and auth.tenant_id ignored"]
+    return []
+
+
+@dataclass
+class Report:
+    """``problems`` stop start-up; ``degraded`` are outages it starts through."""
+
+    problems: list[str] = field(default_factory=list)
+    degraded: list[str] = field(default_factory=list)
+
+
+async def probe(settings: Settings) -> Report:
+    """A token from the authority and a PING to Redis, at once."""
+    report = Report()
+    await asyncio.gather(_probe_token(settings, report), _probe_redis(settings, report))
+    return report
+
+
+async def _probe_token(settings: Settings, report: Report) -> None:
+    try:
+        await asyncio.to_thread(fetch_token, settings.auth, scope_for(settings.graph.base_url))
+    except AuthError as exc:
+        if exc.misconfigured:
+            report.problems.append(as_problem(exc))
+        else:
+            report.degraded.append(f"no token: {as_problem(exc)}; cached avatars and initials "
+                                   "are served, photos again once the authority answers")
+
+
+async def _probe_redis(settings: Settings, report: Report) -> None:
+    if not redisconn.enabled(settings.cache):
+        return
+    connection = redisconn.connect(settings.cache)
+    try:
+        async with asyncio.timeout(_REDIS_CHECK_SECONDS):
+            await redisconn.command(connection.client.ping())
+    except _REDIS_PROBE_FAILURES as exc:
+        problem = redisconn.explain(settings.cache, exc)
+        if problem.misconfigured:
+            report.problems.append(str(problem))
+        else:
+            report.degraded.append(f"Redis: {problem}; each process serves from its memory "
+                                   "tier and uses Redis once it answers")
+    finally:
+        await connection.aclose()
+
+
+def summary(settings: Settings, workers: int) -> str:
+    """The one start-up line: what this process will talk to, without secrets."""
+    authority = urlsplit(settings.auth.authority)
+    memory = settings.cache.memory_max_bytes / (1024 * 1024)
+    return (f"start-up: Graph {settings.graph.base_url}, authority {authority.netloc}"
+            f"{authority.path.rstrip('/')}, Redis {redisconn.target(settings.cache)}, memory "
+            f"tier {memory:g} MiB per worker, {workers} worker{'s' if workers != 1 else ''}, "
+            f"listening on {settings.server.host}:{settings.server.port}")
