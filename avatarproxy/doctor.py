@@ -9,6 +9,7 @@ exit non-zero.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -23,8 +24,9 @@ import aiohttp
 from PIL import Image, features
 from redis.exceptions import RedisError
 
-from . import imaging, redisconn
-from .auth import MsalTokenProvider, TokenProvider, default_authority, scope_for
+from . import imaging, preflight, redisconn
+from .auth import StaticTokenProvider, TokenProvider, default_authority, fetch_token, scope_for
+from .authproblems import as_problem
 from .config import CacheSettings, Settings, check_credentials, load_settings
 from .errors import AuthError, ConfigError, GraphError, GraphPermissionDenied, InvalidImage
 from .graph import GraphClient
@@ -75,11 +77,13 @@ async def diagnose(config_path: str | None, subjects: Iterable[Subject] = (),
 
 
 def check_config(settings: Settings, path: str | None) -> list[Finding]:
-    problems = check_credentials(settings.auth)
+    problems = check_credentials(settings.auth) + preflight.file_problems(settings)
+    warnings = [Finding("config", "warn", text) for text in preflight.warnings(settings)]
     if problems:
-        return [Finding("config", "fail", problem) for problem in problems]
+        return [Finding("config", "fail", problem) for problem in problems] + warnings
     return [Finding("config", "pass", f"{path or 'defaults and environment'}: Graph "
-                    f"{settings.graph.base_url}, authority {default_authority(settings.auth)}")]
+                    f"{settings.graph.base_url}, authority {default_authority(settings.auth)}"),
+            *warnings]
 
 
 def check_imaging(settings: Settings) -> list[Finding]:
@@ -90,8 +94,13 @@ def check_imaging(settings: Settings) -> list[Finding]:
         findings.append(Finding("fonts", "pass", f"loaded {names}"))
     except ConfigError as exc:
         findings += [Finding("fonts", "fail", problem) for problem in exc.problems]
-    if not features.check("raqm"):
-        findings.append(Finding("fonts", "warn", "no raqm layout (libraqm/libfribidi): Arabic "
+    if features.check("raqm"):
+        versions = ", ".join(f"{name} {features.version(name)}" for name in ("fribidi", "harfbuzz")
+                             if features.version(name))
+        findings.append(Finding("layout", "pass", f"raqm {features.version('raqm')} ({versions}): "
+                                "Arabic and Hebrew initials are shaped, right to left"))
+    else:
+        findings.append(Finding("layout", "warn", "no raqm layout (libraqm/libfribidi): Arabic "
                                 "and Hebrew initials are drawn unshaped"))
     for fmt in ("jpeg", "png", "webp", "avif"):
         try:
@@ -122,8 +131,10 @@ async def check_redis(cache: CacheSettings) -> list[Finding]:
         finally:
             await connection.aclose()
     except (RedisError, OSError, TimeoutError) as exc:
-        return [Finding("redis", "fail", f"unreachable: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:120] if str(exc) else ''}")]
+        problem = redisconn.explain(cache, exc)
+        policy = ("serve refuses to start" if problem.misconfigured else
+                  "serve starts on the memory tier and uses Redis once it answers")
+        return [Finding("redis", "fail", f"{problem} ({policy})")]
     median = statistics.median(timings)
     status: Status = "warn" if median > cache.redis_timeout_seconds * 500 else "pass"
     return [Finding("redis", status, f"PING median {median:.2f} ms "
@@ -132,11 +143,13 @@ async def check_redis(cache: CacheSettings) -> list[Finding]:
 
 async def check_token(settings: Settings) -> tuple[TokenProvider | None, list[Finding]]:
     try:
-        provider = await MsalTokenProvider.create(settings.auth,
-                                                  scope_for(settings.graph.base_url))
-        token = await provider.token()
+        token = await asyncio.to_thread(fetch_token, settings.auth,
+                                        scope_for(settings.graph.base_url))
     except AuthError as exc:
-        return None, [Finding("token", "fail", str(exc))]
+        policy = ("serve refuses to start" if exc.misconfigured else "serve starts degraded: "
+                  "cached avatars and initials until the authority answers")
+        return None, [Finding("token", "fail", f"{as_problem(exc)} ({policy})")]
+    provider = StaticTokenProvider(token)
     roles = token_roles(token)
     if roles is None:
         return provider, [Finding("token", "warn", "acquired, but it is not a readable JWT: "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +21,27 @@ ALL_ROLES = ["ProfilePhoto.Read.All", "User.ReadBasic.All", "User.Read.All",
 
 
 def write_config(tmp_path: Path, fake_graph: Any, fake_idp: Any, redis_url: str,
-                 secret: str | None = None) -> str:
+                 secret: str | None = None, *, authority: str | None = None,
+                 tenant: str | None = None, cache: str = "") -> str:
     path = tmp_path / "config.toml"
     path.write_text(
         f'[graph]\nbase_url = "{fake_graph.base_url}"\n'
-        f'[auth]\ntenant_id = "{fake_idp.tenant}"\nclient_id = "{fake_idp.client_id}"\n'
+        f'[auth]\ntenant_id = "{tenant or fake_idp.tenant}"\n'
+        f'client_id = "{fake_idp.client_id}"\n'
         f'client_secret = "{secret or fake_idp.client_secret}"\n'
-        f'authority = "{fake_idp.authority}"\n'
-        f'ca_file = "{fake_idp.ca_file}"\n[cache]\nredis_url = "{redis_url}"\n')
+        f'authority = "{authority or fake_idp.authority}"\n'
+        f'ca_file = "{fake_idp.ca_file}"\n[cache]\nredis_url = "{redis_url}"\n{cache}')
     return str(path)
+
+
+async def run_doctor(config: str) -> tuple[int, str, str]:
+    """The real command: its status, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "avatarproxy", "doctor", "--config", config,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=90)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
 
 
 @pytest.fixture
@@ -52,7 +66,8 @@ async def test_a_healthy_deployment_passes_every_check(
     assert "app roles: GroupMember.Read.All, ProfilePhoto.Read.All, Team.ReadBasic.All" in text
     assert f"PASS  graph user {ADELE.key}: photo 648x648" in text
     assert f"PASS  graph team {team.object_id}: name 'Mark 8 Project Team'" in text
-    assert text.rstrip().endswith("doctor: 0 failed, 0 warnings, 9 passed")
+    assert "PASS  layout: raqm " in text  # the text-layout engine the README says it checks
+    assert text.rstrip().endswith("doctor: 0 failed, 0 warnings, 10 passed")
 
 
 async def test_missing_permission_and_dead_redis_fail_naming_what_to_fix(
@@ -64,7 +79,8 @@ async def test_missing_permission_and_dead_redis_fail_naming_what_to_fix(
     findings = await diagnose(config, [ADELE], env={})
     text = render(findings)
     assert exit_code(findings) == 1
-    assert "FAIL  redis: unreachable" in text
+    assert "FAIL  redis: cache.redis_url: unreachable: ConnectionError" in text
+    assert "(serve starts on the memory tier and uses Redis once it answers)" in text
     assert ("FAIL  permission: ProfilePhoto.Read.All is missing: grant the application "
             "permission and admin consent") in text
     assert "WARN  permission: Team.ReadBasic.All is missing: needed for team photos" in text
@@ -80,7 +96,9 @@ async def test_refused_credentials_fail_the_token_check_without_leaking_the_secr
     findings = await diagnose(config, [ADELE], env={})
     text = render(findings)
     assert exit_code(findings) == 1
-    assert "FAIL  token: token request refused" in text
+    assert ("FAIL  token: auth.client_secret: token request refused: invalid_client: "
+            "AADSTS7000215") in text
+    assert text.count("(serve refuses to start)") == 1
     assert "wrong-secret-value" not in text
     assert not any(f.check.startswith("graph") for f in findings)  # no token, no Graph calls
 
@@ -108,3 +126,62 @@ def test_token_roles_reads_only_well_formed_jwts() -> None:
     assert token_roles("opaque-token") is None
     assert token_roles("a.!!!.c") is None
     assert token_roles("e30.eyJyb2xlcyI6WyJiIiwiYSJdfQ.x") == ["a", "b"]
+
+
+async def test_an_unreachable_authority_is_named_with_its_whole_cause_and_the_policy(
+        tmp_path: Path, tenant: tuple[Any, Any], redis_url: str) -> None:
+    fake_graph, fake_idp = tenant
+    where = f"127.0.0.1:{free_port()}"
+    config = write_config(tmp_path, fake_graph, fake_idp, redis_url,
+                          authority=f"https://{where}/{fake_idp.tenant}")
+    status, out, err = await run_doctor(config)
+    assert status == 1 and "Traceback" not in err
+    [token] = [line for line in out.splitlines() if line.startswith("FAIL  token:")]
+    # Whole: the root cause, not a line cut inside urllib3's wrapper.
+    assert token == (
+        f"FAIL  token: auth.authority: OpenID discovery at https://{where}/{fake_idp.tenant} "
+        f"failed: [Errno 111] Connection refused; check auth.authority and egress to {where}, "
+        "and HTTPS_PROXY and NO_PROXY if egress goes through a proxy (serve starts degraded: "
+        "cached avatars and initials until the authority answers)")
+    assert "msal" not in out
+
+
+async def test_a_wrong_redis_password_is_an_authentication_failure_naming_the_key(
+        tmp_path: Path, tenant: tuple[Any, Any], redis_tls: Any) -> None:
+    fake_graph, fake_idp = tenant
+    wrong = tmp_path / "redis-password"
+    wrong.write_text("not-the-password-Xy7\n")
+    overrides = redis_tls.overrides
+    config = write_config(tmp_path, fake_graph, fake_idp, overrides["cache.redis_url"],
+                          cache=f'redis_password_file = "{wrong}"\n'
+                                f'redis_ca_file = "{overrides["cache.redis_ca_file"]}"\n')
+    status, out, err = await run_doctor(config)
+    assert status == 1 and "Traceback" not in err
+    [redis_line] = [line for line in out.splitlines() if line.startswith("FAIL  redis:")]
+    assert redis_line.startswith("FAIL  redis: cache.redis_password_file: authentication "
+                                 "failed (invalid username-password pair"), redis_line
+    assert redis_line.endswith("(serve refuses to start)")
+    assert "unreachable" not in redis_line and "Xy7" not in out + err
+
+
+async def test_a_malformed_redis_url_is_a_finding_not_a_crash(
+        tmp_path: Path, tenant: tuple[Any, Any]) -> None:
+    fake_graph, fake_idp = tenant
+    config = write_config(tmp_path, fake_graph, fake_idp, "redis://:hunter2@127.0.0.1:41089:99/0")
+    status, out, err = await run_doctor(config)
+    assert status == 1 and "Traceback" not in err, err
+    assert ("FAIL  redis: cache.redis_url: not a valid URL: Port could not be cast to integer "
+            "value as '41089:99'") in out.splitlines()
+    assert "PASS  token: acquired" in out  # the other checks still ran
+    assert "hunter2" not in out + err
+
+
+async def test_a_tenant_id_the_authority_overrides_is_a_warning(
+        tmp_path: Path, tenant: tuple[Any, Any], redis_url: str) -> None:
+    fake_graph, fake_idp = tenant
+    config = write_config(tmp_path, fake_graph, fake_idp, redis_url, tenant="fabrikam-tenant")
+    status, out, _ = await run_doctor(config)
+    assert status == 0, out
+    assert (f"WARN  config: auth.tenant_id: 'fabrikam-tenant' is not the tenant of "
+            f"auth.authority ('{fake_idp.tenant}'); auth.authority is used and auth.tenant_id "
+            "ignored") in out.splitlines()
