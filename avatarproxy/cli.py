@@ -182,7 +182,7 @@ def _add_warm(commands: Any) -> None:
     warm = commands.add_parser(
         "warm", help="pre-fill the shared Redis cache for a list of users or the whole tenant",
         description="Safe to interrupt and re-run: what is cached under the current mediaEtag "
-                    "is skipped. Exits 1 if any person failed.")
+                    "is skipped. Exits 1 if any person failed or is unknown.")
     warm.add_argument("--config", metavar="PATH", help="TOML configuration file")
     who = warm.add_mutually_exclusive_group(required=True)
     who.add_argument("--users", metavar="FILE",
@@ -224,7 +224,8 @@ def _warm(args: argparse.Namespace) -> int:
         raise ConfigError(problems)
     logs.adopt(settings.logging)  # log_upn; warm's lines stay plain text on stderr
     stats = WarmStats()
-    subjects = _read_users(args.users, stats) if args.users else None
+    where: dict[str, str] = {}  # subject key -> file:line, to point at what went wrong
+    subjects = _read_users(args.users, stats, where) if args.users else None
     total = len(subjects) + stats.failed if subjects is not None else None
     pacer = RateLimiter(args.rate)
     tty = sys.stderr.isatty()
@@ -252,16 +253,29 @@ def _warm(args: argparse.Namespace) -> int:
         if isinstance(exc, AuthError):
             raise
         # The /users listing failed (a page refused or unreachable): stop, keep what is done.
-        print(f"\navatarproxy: warm: {exc}", file=sys.stderr)
+        detail = f": {exc.detail}" if exc.detail else ""
+        print(f"\navatarproxy: warm: {exc}{detail}", file=sys.stderr)
         print(summary(stats, pacer, time.monotonic() - started))
         return 1
     if tty:
         print(file=sys.stderr)
+    _print_people(stats, where)
     print(summary(stats, pacer, time.monotonic() - started))
-    return 1 if stats.failed else 0
+    return 1 if stats.failed or stats.unknown else 0
 
 
-def _read_users(path: str, stats: Any) -> list[Any]:
+def _print_people(stats: Any, where: dict[str, str]) -> None:
+    """Who failed or is unknown, by the line of --users that named them (else as logs
+    name people), so a typo in a launch list can be found."""
+    for key, reason in stats.failures:
+        print(f"avatarproxy: warm: {where.get(key) or logs.subject_ref(key)}: {reason}",
+              file=sys.stderr)
+    for key in stats.unknown_keys:
+        print(f"avatarproxy: warm: {where.get(key) or logs.subject_ref(key)}: unknown: no "
+              "user has this userPrincipalName, object id or e-mail address", file=sys.stderr)
+
+
+def _read_users(path: str, stats: Any, where: dict[str, str]) -> list[Any]:
     from .inputs import parse_subject
 
     try:
@@ -274,9 +288,13 @@ def _read_users(path: str, stats: Any) -> list[Any]:
         if not text or text.startswith("#"):  # a guest's #EXT# is mid-line
             continue
         try:
-            subjects.append(parse_subject(text))
+            subject = parse_subject(text)
         except BadRequest as exc:
+            stats.seen += 1  # a person meant, and one count: failed
             stats.failed += 1
-            stats.failures.append(f"{path}:{number}: {exc.public}")
             print(f"avatarproxy: warm: {path}:{number}: {exc.public}", file=sys.stderr)
+            continue
+        if subject.key not in where:  # listed twice: warmed (and counted) once
+            where[subject.key] = f"{path}:{number}"
+            subjects.append(subject)
     return subjects

@@ -2,16 +2,18 @@
 
 ``$batch`` carries up to 20 requests in one round trip; Graph still throttles
 each sub-request on its own (a 429 inside a 200 batch), so every answer comes
-back as JSON or as our exception, in request order.
+back as JSON or as our exception, in request order. ``get_each`` makes the
+same requests one by one, for when the batch itself is refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from .errors import BadRequest, GraphError, GraphUnavailable
+from .errors import AuthError, BadRequest, GraphError, GraphUnavailable
 from .graph import GraphClient, check_reply
 from .inputs import parse_subject
 from .models import Subject
@@ -29,6 +31,32 @@ async def batch_get(graph: GraphClient, operation: str,
     data = await graph.post_json("batch", "/$batch", {"requests": requests}, cost=len(paths))
     answers = {str(r.get("id")): r for r in data.get("responses", []) if isinstance(r, dict)}
     return [_answer(operation, answers.get(str(index))) for index in range(len(paths))]
+
+
+async def get_each(graph: GraphClient, operation: str, subjects: Sequence[Subject],
+                   paths: Sequence[str], concurrency: int = 4) -> list[dict[str, Any] | GraphError]:
+    """What ``batch_get`` returns, one GET per path (each paced by the client's rate
+    cap, ``concurrency`` at a time). No token (``AuthError``) stops them all."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one(subject: Subject, path: str) -> dict[str, Any] | GraphError:
+        route, _, query = path.partition("?")
+        async with slots:
+            try:
+                return await graph.get_json(operation, subject, route, query)
+            except AuthError:
+                raise
+            except GraphError as exc:
+                return exc
+
+    tasks = [asyncio.ensure_future(one(s, p)) for s, p in zip(subjects, paths, strict=True)]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:  # AuthError (or a cancelled run): stop the rest too
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _answer(operation: str, answer: dict[str, Any] | None) -> dict[str, Any] | GraphError:

@@ -63,9 +63,14 @@ class InvalidImage(AvatarProxyError):
 
 
 class GraphError(AvatarProxyError):
-    """Base for failures talking to Microsoft Graph or the identity provider."""
+    """Base for failures talking to Microsoft Graph or the identity provider.
+
+    ``detail`` is Graph's own error message, when it sent one: for operators'
+    commands, never for log lines (it may name the person).
+    """
 
     public = "upstream error"
+    detail = ""
 
 
 class GraphNotFound(GraphError):

@@ -367,23 +367,35 @@ def _check(operation: str, reply: _Reply) -> _Reply:
         raise GraphUnavailable(f"{operation}: Graph answer over the size cap")
     if 200 <= status < 300:
         return reply
+    exc = _failure(operation, reply)
+    # Kept out of str(): Graph's message may name the person (log lines must not).
+    exc.detail = _error_field(reply, "message", 200)
+    raise exc
+
+
+def _failure(operation: str, reply: _Reply) -> GraphError:
+    status = reply.status
     # Graph answers 400 for a key it cannot parse as a user: nobody to show.
     if status in (400, 404):
-        raise GraphNotFound(f"{operation}: Graph {status} {_error_code(reply)}")
+        return GraphNotFound(f"{operation}: Graph {status} {_error_code(reply)}")
     if status == 403:
-        raise GraphPermissionDenied(f"{operation}: Graph 403 {_error_code(reply)}",
-                                    PERMISSIONS[operation])
+        return GraphPermissionDenied(f"{operation}: Graph 403 {_error_code(reply)}",
+                                     PERMISSIONS[operation])
     if status == 401:
-        raise AuthError(f"{operation}: Graph rejected a fresh token: {_error_code(reply)}")
+        return AuthError(f"{operation}: Graph rejected a fresh token: {_error_code(reply)}")
     retry_after = _retry_after(reply.headers.get("Retry-After"), reply.headers.get("Date"))
-    raise GraphUnavailable(f"{operation}: Graph {status} {_error_code(reply)}", retry_after,
-                           reply.headers.get("x-ms-throttle-scope"))
+    return GraphUnavailable(f"{operation}: Graph {status} {_error_code(reply)}", retry_after,
+                            reply.headers.get("x-ms-throttle-scope"))
 
 
 def _error_code(reply: _Reply) -> str:
+    return _error_field(reply, "code", 80)
+
+
+def _error_field(reply: _Reply, name: str, limit: int) -> str:
     try:
         error = json.loads(reply.body)["error"]
-        return str(error.get("code", ""))[:80]
+        return str(error.get(name, ""))[:limit]
     except (ValueError, KeyError, TypeError, AttributeError):
         return ""
 

@@ -3,10 +3,12 @@
 For each chunk of 20 people: what is already cached under a fresh mediaEtag
 is skipped; the others' photo metadata comes in one ``$batch`` (names for
 those without a photo in a second one), then the service fetches, resizes
-and caches each missing size exactly as a live request would. Every Graph
-request passes a rate cap, and a 429 (in a batch or not) pauses all of them
-for its ``Retry-After``. Every finished image is in Redis at once, so an
-interrupted run loses nothing and a re-run continues where it stopped.
+and caches each missing size exactly as a live request would. If Graph (or a
+proxy) refuses the batch itself, the same requests go one by one for the rest
+of the run. Every Graph request passes a rate cap, and a 429 (in a batch or
+not) pauses all of them for its ``Retry-After``. Every finished image is in
+Redis at once, so an interrupted run loses nothing and a re-run continues
+where it stopped. Each person ends in exactly one count of ``WarmStats``.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, S
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from . import imaging, logs, redisconn
 from .app import _graph_session
 from .auth import MsalTokenProvider, TokenProvider, scope_for
 from .cache import AvatarCache, RedisTier
 from .config import Settings
-from .directory import BATCH_LIMIT, batch_get, list_users
+from .directory import BATCH_LIMIT, batch_get, get_each, list_users
 from .errors import (
+    AuthError,
     Blocked,
     ConfigError,
     GraphError,
@@ -43,6 +47,7 @@ from .security import Policy
 from .service import AvatarService
 from .sizing import plan_fetch
 from .throttle import GraphGate
+from .warmreport import WarmStats, progress_line, summary
 
 log = logging.getLogger(__name__)
 
@@ -95,18 +100,8 @@ class RateLimiter:
 
 
 @dataclass
-class WarmStats:
-    seen: int = 0
-    cached: int = 0  # already cached under the current mediaEtag: skipped
-    photos: int = 0  # photos fetched and cached at every size
-    initials: int = 0  # no photo: initials cached
-    failed: int = 0
-    refused: int = 0  # the security policy refuses them: nothing fetched or cached
-    failures: list[str] = field(default_factory=list)
-
-    @property
-    def done(self) -> int:
-        return self.cached + self.photos + self.initials + self.failed + self.refused
+class _Batching:
+    refused: bool = False  # Graph refused a $batch: one request per person from then on
 
 
 @dataclass(frozen=True)
@@ -119,11 +114,16 @@ class Warmer:
     sizes: tuple[int, ...]
     formats: tuple[str, ...]  # photo formats; empty: the default and a browser's choice
     default_format: str
+    batching: _Batching = field(default_factory=_Batching)
 
     async def run(self, subjects: AsyncIterable[Subject], stats: WarmStats,
                   progress: Callable[[WarmStats], None] = lambda stats: None) -> WarmStats:
         chunk: list[Subject] = []
+        listed: set[Subject] = set()
         async for subject in subjects:
+            if subject in listed:
+                continue  # listed twice: one person, one count
+            listed.add(subject)
             stats.seen += 1
             # The policy the service serves by: other domains, guests, blocked people.
             if self.policy.refuses(subject):
@@ -140,32 +140,48 @@ class Warmer:
 
     async def _chunk(self, subjects: list[Subject], stats: WarmStats,
                      progress: Callable[[WarmStats], None]) -> None:
-        todo = []
-        for subject in dict.fromkeys(subjects):
+        todo: dict[Subject, str] = {}
+        for subject in subjects:
             meta = await self.cache.get_meta(subject)
             if meta is not None and self.cache.is_fresh(meta) and await self._complete(
                     subject, meta):
                 stats.cached += 1
                 progress(stats)
             else:
-                todo.append(subject)
+                todo[subject] = ""
         for _ in range(ATTEMPTS):
             if not todo:
                 return
-            todo = await self._attempt(todo, stats, progress)
-        for subject in todo:
-            self._fail(stats, subject, "still throttled or unavailable", progress)
+            todo = await self._attempt(list(todo), stats, progress)
+        for subject, reason in todo.items():
+            self._fail(stats, subject, f"Graph still throttled or unavailable after {ATTEMPTS} "
+                       f"attempts ({reason})", progress)
+
+    async def _get(self, operation: str, subjects: list[Subject],
+                   paths: list[str]) -> list[dict[str, Any] | GraphError]:
+        """``batch_get``; one request per person once Graph has refused a batch."""
+        if not self.batching.refused:
+            try:
+                return await batch_get(self.graph, operation, paths)
+            except (AuthError, GraphUnavailable):
+                raise
+            except GraphError as exc:  # a 400 or 403 for the batch itself (a proxy, say)
+                self.batching.refused = True
+                detail = f": {exc.detail}" if exc.detail else ""
+                log.warning("warm: Graph refused $batch (%s%s): asking person by person, "
+                            "paced by --rate", exc, detail)
+        return await get_each(self.graph, operation, subjects, paths, CONCURRENCY)
 
     async def _attempt(self, subjects: list[Subject], stats: WarmStats,
-                       progress: Callable[[WarmStats], None]) -> list[Subject]:
-        """One batch of metadata; returns the subjects to try again."""
+                       progress: Callable[[WarmStats], None]) -> dict[Subject, str]:
+        """Metadata for ``subjects``; returns those to try again, with the reason."""
         try:
-            answers = await batch_get(self.graph, "metadata",
+            answers = await self._get("metadata", subjects,
                                       [subject_path(s) + "/photo" for s in subjects])
         except GraphUnavailable as exc:
             self.pacer.throttled(exc.retry_after)
-            return subjects
-        retry: list[Subject] = []
+            return dict.fromkeys(subjects, str(exc))
+        retry: dict[Subject, str] = {}
         bare: list[Subject] = []
         photos: list[tuple[Subject, PhotoMeta]] = []
         for subject, answer in zip(subjects, answers, strict=True):
@@ -173,7 +189,7 @@ class Warmer:
                 bare.append(subject)
             elif isinstance(answer, GraphUnavailable):
                 self.pacer.throttled(answer.retry_after)
-                retry.append(subject)
+                retry[subject] = str(answer)
             elif isinstance(answer, GraphError):
                 self._fail(stats, subject, str(answer), progress)
             else:
@@ -190,7 +206,7 @@ class Warmer:
 
         await asyncio.gather(*(one(s, m) for s, m in photos))
         if bare:
-            retry += await self._initials(bare, stats, progress)
+            retry.update(await self._initials(bare, stats, progress))
         return retry
 
     async def _photo(self, subject: Subject, meta: PhotoMeta, stats: WarmStats,
@@ -216,32 +232,59 @@ class Warmer:
         progress(stats)
 
     async def _initials(self, subjects: list[Subject], stats: WarmStats,
-                        progress: Callable[[WarmStats], None]) -> list[Subject]:
-        answers = await batch_get(self.graph, "user",
-                                  [subject_path(s) + _NAME_QUERY for s in subjects])
-        retry = []
+                        progress: Callable[[WarmStats], None]) -> dict[Subject, str]:
+        try:
+            answers = await self._get("user", subjects,
+                                      [subject_path(s) + _NAME_QUERY for s in subjects])
+        except GraphUnavailable as exc:
+            self.pacer.throttled(exc.retry_after)
+            return dict.fromkeys(subjects, str(exc))
+        retry: dict[Subject, str] = {}
         for subject, answer in zip(subjects, answers, strict=True):
             if isinstance(answer, GraphUnavailable):
                 self.pacer.throttled(answer.retry_after)
-                retry.append(subject)
+                retry[subject] = str(answer)
                 continue
             if isinstance(answer, GraphPermissionDenied):
                 self._fail(stats, subject, f"grant the application permission "
                            f"{answer.permission}", progress)
                 continue
+            if isinstance(answer, GraphError) and not isinstance(answer, GraphNotFound):
+                self._fail(stats, subject, str(answer), progress)
+                continue
             profile = None if isinstance(answer, GraphError) else profile_from_json(answer)
-            meta = PhotoMeta(has_photo=False, profile=profile, fetched_at=time.time())
-            await self.cache.put_meta(subject, meta)
-            try:
-                for size in self.sizes:
-                    # Perhaps an e-mail address: the service looks up whose it is.
-                    await self.service.get_avatar(subject, size)
-            except (Blocked, NotFound):  # the person it leads to is refused
-                stats.refused += 1
-            else:
-                stats.initials += 1
+            await self.cache.put_meta(subject, PhotoMeta(has_photo=False, profile=profile,
+                                                         fetched_at=time.time()))
+            await self._no_photo(subject, profile is None, stats)
             progress(stats)
         return retry
+
+    async def _no_photo(self, subject: Subject, nobody: bool, stats: WarmStats) -> None:
+        """Initials for a person without a photo; ``nobody``: Graph knows no user by
+        this key, so it may be an e-mail address (the service looks up whose)."""
+        if nobody and subject.is_object_id:
+            stats.unknown += 1
+            stats.unknown_keys.append(subject.key)
+            return
+        try:
+            sources = {(await self.service.get_avatar(subject, size)).source
+                       for size in self.sizes}
+        except (Blocked, NotFound):  # the person it leads to is refused
+            stats.refused += 1
+            return
+        if nobody:
+            person = await self.cache.get_alias(subject)  # what the lookup found
+            if person is None:
+                self._fail(stats, subject, "the e-mail address lookup failed", None)
+                return
+            if not person.object_id:
+                stats.unknown += 1
+                stats.unknown_keys.append(subject.key)
+                return
+        if "photo" in sources:  # an address of someone with a photo
+            stats.photos += 1
+        else:
+            stats.initials += 1
 
     async def _complete(self, subject: Subject, meta: PhotoMeta) -> bool:
         if not meta.has_photo:
@@ -267,11 +310,12 @@ class Warmer:
 
     @staticmethod
     def _fail(stats: WarmStats, subject: Subject, reason: str,
-              progress: Callable[[WarmStats], None]) -> None:
+              progress: Callable[[WarmStats], None] | None) -> None:
         stats.failed += 1
-        stats.failures.append(f"{subject.key}: {reason}")
+        stats.failures.append((subject.key, reason))
         log.warning("warm: %s: %s", logs.subject_ref(subject.key), reason)
-        progress(stats)
+        if progress is not None:
+            progress(stats)
 
 
 async def all_users(graph: GraphClient) -> AsyncIterator[Subject]:
@@ -331,23 +375,6 @@ async def open_warmer(settings: Settings, sizes: Sequence[int], pacer: RateLimit
         await session.close()
         await cache.close()
         executor.shutdown(wait=False, cancel_futures=True)
-
-
-def summary(stats: WarmStats, pacer: RateLimiter, seconds: float) -> str:
-    return (f"warm: {stats.seen} people: {stats.photos} photos cached, {stats.initials} "
-            f"initials, {stats.cached} already cached, {stats.failed} failed, "
-            f"{stats.refused} refused by the security policy; "
-            f"{pacer.requests} Graph requests, {pacer.throttles} throttled, {seconds:.1f} s")
-
-
-def progress_line(stats: WarmStats, total: int | None, width: int = 30) -> str:
-    if total:
-        filled = min(width, width * stats.done // max(total, 1))
-        bar = "[" + "#" * filled + "." * (width - filled) + f"] {stats.done}/{total}"
-    else:
-        bar = f"{stats.done} done"
-    return (f"{bar}  photos {stats.photos}, initials {stats.initials}, "
-            f"cached {stats.cached}, failed {stats.failed}")
 
 
 __all__ = ["RateLimiter", "WarmStats", "Warmer", "all_users", "listed", "open_warmer",

@@ -186,11 +186,9 @@ async def test_all_without_user_read_all_warms_everyone_and_says_so(
     assert any("needs User.Read.All" in r.getMessage() for r in caplog.records)
 
 
-async def test_cli_prints_a_summary_and_exits_zero(
-        tenant: Any, fake_idp: Any, redis_url: str, tmp_path: Path) -> None:
-    users = tmp_path / "users.txt"
-    users.write_text("# launch list\nadele.vance@contoso.com\n\nuser01@contoso.com\n"
-                     "john_fabrikam.com#EXT#@contoso.onmicrosoft.com\n")
+async def run_warm(tenant: Any, fake_idp: Any, redis_url: str, tmp_path: Path,
+                   users: Path) -> tuple[int, str, str]:
+    """The real command on ``users``: its status, stdout and stderr."""
     config = tmp_path / "c.toml"
     config.write_text(
         f'[graph]\nbase_url = "{tenant.base_url}"\n'
@@ -202,10 +200,46 @@ async def test_cli_prints_a_summary_and_exits_zero(
         "--users", str(users), "--sizes", "48", "--formats", "jpeg", "--rate", "100",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode == 0, err.decode()
-    assert "warm: 3 people: 3 photos cached, 0 initials, 0 already cached, 0 failed" \
-        in out.decode()
-    assert "[" in err.decode() and "3/3" in err.decode()  # the progress bar
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_cli_prints_a_summary_and_exits_zero(
+        tenant: Any, fake_idp: Any, redis_url: str, tmp_path: Path) -> None:
+    users = tmp_path / "users.txt"
+    users.write_text("# launch list\nadele.vance@contoso.com\n\nuser01@contoso.com\n"
+                     "john_fabrikam.com#EXT#@contoso.onmicrosoft.com\n")
+    status, out, err = await run_warm(tenant, fake_idp, redis_url, tmp_path, users)
+    assert status == 0, err
+    assert "warm: 3 people: 3 photos cached, 0 initials, 0 already cached, 0 failed" in out
+    assert "[" in err and "3/3" in err  # the progress bar
+
+
+async def test_a_refused_batch_falls_back_to_one_request_each_and_everyone_is_counted(
+        tenant: Any, fake_idp: Any, redis_url: str, tmp_path: Path) -> None:
+    # Graph (or a proxy before it) refuses every $batch with a 400.
+    tenant.graph.inject(400, times=10**6, path_contains="/$batch")
+    users = tmp_path / "launch.txt"
+    users.write_text("adele.vance@contoso.com\nuser01@contoso.com\nuser00@contoso.com\n"
+                     "adele.vance@contoso.com\n"  # listed twice: one person
+                     "adele.vanse@contoso.com\n"  # a typo
+                     "0badc0de-0000-4000-8000-000000000000\n"  # an object id nobody has
+                     "not a upn!\n")
+    status, out, err = await run_warm(tenant, fake_idp, redis_url, tmp_path, users)
+    assert status == 1, err
+    # 6 people, each in one count: 2 photos + 1 initials + 1 failed + 2 unknown.
+    assert ("warm: 6 people: 2 photos cached, 1 initials, 0 already cached, 1 failed, "
+            "2 unknown, 0 refused by the security policy") in out
+    assert ("Graph refused $batch (batch: Graph 400 BadRequest: Bad request.): asking person "
+            "by person") in err  # once, with Graph's own message
+    assert err.count("Graph refused $batch") == 1
+    for line in (5, 6):
+        assert (f"avatarproxy: warm: {users}:{line}: unknown: no user has this "
+                "userPrincipalName, object id or e-mail address") in err
+    assert f"avatarproxy: warm: {users}:7: not a valid userPrincipalName" in err
+    # Metadata and names were asked one by one (paced), then the photos fetched.
+    assert tenant.graph.count(lambda r: not r.batched and r.path.endswith("/photo")) >= 5
+    assert tenant.graph.count(lambda r: r.path.endswith("/$value")) >= 2
 
 
 async def test_warm_applies_the_serving_policy_to_domains_guests_and_blocked_people(
@@ -244,3 +278,12 @@ async def test_warm_fetches_nothing_while_the_blocked_list_cannot_be_resolved(
     with pytest.raises(GraphUnavailable, match=r"security\.blocked"):
         await warm(settings, everyone(tenant))
     assert not tenant.graph.count("/photo")
+
+
+async def test_an_unknown_upn_is_counted_as_unknown_not_as_initials(
+        tenant: Any, settings: Settings) -> None:
+    known = [Subject("adele.vance@contoso.com"), Subject("user00@contoso.com")]
+    stats, _ = await warm(settings, [*known, Subject("nobody.here@contoso.com")])
+    assert (stats.photos, stats.initials, stats.unknown, stats.failed) == (1, 1, 1, 0)
+    assert stats.unknown_keys == ["nobody.here@contoso.com"]
+    assert stats.done == stats.seen == 3
