@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 from redis.exceptions import RedisError
 
-from . import lifecycle, logs
+from . import __version__, lifecycle, logs
 from .config import check_credentials, load_settings, render_example
 from .errors import AuthError, BadRequest, ConfigError, GraphError
 
@@ -23,7 +23,10 @@ log = logging.getLogger("avatarproxy.serve")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avatarproxy", description="Microsoft 365 profile photos for <img> tags: serve "
-        "them, try the demo, check a deployment (doctor), pre-fill the cache (warm).")
+        "them (serve), try the demo (demo), print the sample configuration (config-example), "
+        "check a deployment (doctor), pre-fill the cache (warm), sign URLs (sign), take a "
+        "person's cached photo down (purge).")
+    parser.add_argument("--version", action="version", version=f"avatarproxy {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve avatars from Microsoft Graph")
     serve.add_argument("--config", metavar="PATH", help="TOML configuration file")
@@ -38,7 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     sign = commands.add_parser("sign", help="print URL with its ?sig= (security.url_signing_keys)")
     sign.add_argument("--config", metavar="PATH", help="TOML configuration file")
     sign.add_argument("url", help="an avatar URL or path, e.g. /avatar/adele@contoso.com/48")
-    purge = commands.add_parser("purge", help="delete a person's cached metadata and images")
+    purge = commands.add_parser(
+        "purge", help="delete a person's cached metadata and images",
+        description="Deletes each person's cached metadata and images from Redis, then tells "
+        "the running replicas (through Redis) to drop them from their memory too. A replica "
+        "cut off from Redis keeps its copy until cache.metadata_ttl_seconds; browsers and "
+        "proxies keep theirs until cache.browser_max_age: nothing the server does recalls "
+        "those. Remove or replace the photo in Entra ID first. Exits 1 if any argument is "
+        "not a UPN or object id (the others are purged) or Redis fails.")
     purge.add_argument("--config", metavar="PATH", help="TOML configuration file")
     purge.add_argument("subjects", nargs="+", metavar="UPN",
                        help="userPrincipalName or object id (give both to cover both forms)")
@@ -110,10 +120,15 @@ def _serve(args: argparse.Namespace) -> int:
 def _sign(args: argparse.Namespace) -> int:
     from .security import sign_url
 
-    keys = load_settings(args.config).security.url_signing_keys
+    settings = load_settings(args.config)
+    keys = settings.security.url_signing_keys
     if not keys:
         raise ConfigError(["security.url_signing_keys: empty, nothing to sign with"])
-    print(sign_url(keys[0], args.url))
+    try:
+        print(sign_url(keys[0], args.url, settings.avatar.max_size))
+    except BadRequest as exc:  # the service would answer 400: a signature would not help
+        print(f"avatarproxy: sign: URL: {exc.public}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -127,10 +142,15 @@ async def _purge(args: argparse.Namespace) -> int:
     if not redisconn.enabled(settings.cache):
         raise ConfigError(["cache.redis_url: empty; each process's memory tier is private: "
                            "restart the service to forget cached photos"])
-    try:
-        subjects = [parse_subject(text) for text in args.subjects]
-    except BadRequest as exc:
-        raise ConfigError([f"purge: {exc.public}"]) from exc
+    problems = redisconn.check(settings.cache)
+    if problems:
+        raise ConfigError(problems)
+    subjects = []
+    for text in args.subjects:  # a bad one is named; the others are still purged
+        try:
+            subjects.append(parse_subject(text))
+        except BadRequest as exc:
+            print(f"avatarproxy: purge: {text!r}: {exc.public}", file=sys.stderr)
     cache = AvatarCache(settings.cache, [RedisTier(redisconn.connect(settings.cache))])
     # Where the replicas listen (in a Cluster, the node they subscribed on).
     channel = redisconn.subscriber(settings.cache)
@@ -141,12 +161,12 @@ async def _purge(args: argparse.Namespace) -> int:
             print(f"{subject.key}: {deleted} cached entries deleted, "
                   f"{replicas} running replicas told")
     except (RedisError, OSError) as exc:
-        print(f"avatarproxy: purge: Redis failed: {type(exc).__name__}", file=sys.stderr)
+        print(f"avatarproxy: purge: {redisconn.explain(settings.cache, exc)}", file=sys.stderr)
         return 1
     finally:
         await cache.close()
         await channel.aclose()
-    return 0
+    return 0 if len(subjects) == len(args.subjects) else 1
 
 
 def _add_doctor(commands: Any) -> None:

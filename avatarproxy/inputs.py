@@ -8,11 +8,13 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Mapping
+from urllib.parse import parse_qsl
 
-from multidict import MultiMapping
+from multidict import MultiDict, MultiMapping
 
 from .errors import BadRequest
 from .models import Subject, SubjectKind
+from .negotiation import parse_format
 from .sizing import parse_requested_size
 
 # Entra ID allows A-Z a-z 0-9 ' . - _ ! # ^ ~ in a UPN's local part (no
@@ -71,3 +73,24 @@ def parse_fallback(query: Mapping[str, str]) -> bool:
     if value == "404":
         return False
     raise BadRequest("fallback must be 404 or initials")
+
+
+def check_avatar_request(path: str, query: str, max_size: int) -> None:
+    """``BadRequest`` for what the service would refuse: a path (percent-decoded) that
+    is no avatar route, a bad subject or size, a bad or repeated known parameter.
+    ``avatarproxy sign`` asks this before signing."""
+    segments = path.split("/")
+    if not path.startswith("/avatar/") or len(segments) not in (4, 5):
+        raise BadRequest("not an avatar path: /avatar/{upn-or-object-id}/{size}, "
+                         "/avatar/group/{id}/{size} or /avatar/team/{id}/{size}")
+    if len(segments) == 5:
+        if segments[2] not in ("group", "team"):
+            raise BadRequest("not an avatar path: /avatar/group/{id}/{size} or "
+                             "/avatar/team/{id}/{size}")
+        parse_object_id(segments[3], "group" if segments[2] == "group" else "team")
+    else:
+        parse_subject(segments[2])
+    parse_size(segments[-1], max_size)
+    params = known_params(MultiDict(parse_qsl(query, keep_blank_values=True)))
+    parse_fallback(params)
+    parse_format(params.get("format"))

@@ -23,6 +23,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from .blocking import BlockedPeople
 from .config import SecuritySettings
 from .errors import Blocked, ConfigError, Forbidden, NotFound
+from .inputs import check_avatar_request
 from .models import Identity, Subject
 
 # 32 bytes of SHA-256 in URL-safe base64 without "=" padding.
@@ -38,12 +39,16 @@ def signature(key: str, path: str) -> str:
     return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
-def sign_url(key: str, url: str) -> str:
-    """``url`` with ``sig=`` appended (the CLI's ``avatarproxy sign``)."""
+def sign_url(key: str, url: str, max_size: int | None = None) -> str:
+    """``url`` with its ``sig=`` (the CLI's ``avatarproxy sign``), replacing one it
+    has: the service refuses a repeated ``sig``. With ``max_size``, a URL the
+    service would refuse anyway (``check_avatar_request``) raises ``BadRequest``."""
     parts = urlsplit(url.replace("#", "%23"))  # a guest's #EXT# is not a fragment
     path = unquote(parts.path)
-    sig = signature(key, path)
-    query = f"{parts.query}&sig={sig}" if parts.query else f"sig={sig}"
+    kept = [p for p in parts.query.split("&") if p and p.partition("=")[0] != "sig"]
+    if max_size is not None:
+        check_avatar_request(path, "&".join(kept), max_size)
+    query = "&".join([*kept, f"sig={signature(key, path)}"])
     path = quote(path, safe="/@'!^~$")
     return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
 

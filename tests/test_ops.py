@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import json
 import logging
+import os
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from appclient import Client, MakeClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from avatarproxy import logs
 from avatarproxy.config import LoggingSettings
 from avatarproxy.lifecycle import usable_cpus
+from avatarproxy.security import signature
 
 ADELE = "adele.vance@contoso.com"
+ALEX = "alex.wilber@contoso.com"
 
 
 async def scrape(client: Client) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -244,3 +251,88 @@ async def test_rate_limited_answers_are_counted_as_initials_fallbacks(
     assert limited >= 2  # the bucket held one miss: the later people were refused
     assert value(after, "avatarproxy_initials_fallback_total", reason="rate_limited") - value(
         before, "avatarproxy_initials_fallback_total", reason="rate_limited") == limited
+
+
+# -- the day-to-day commands, run as operators run them -----------------------------
+
+async def avatarproxy(*args: str, **env: str) -> tuple[int, str, str]:
+    """``python -m avatarproxy ARGS`` with only ``env`` configured: status, stdout, stderr."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("AVATARPROXY_", "AZURE_"))}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "avatarproxy", *args, env={**clean, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_sign_replaces_a_sig_and_refuses_what_the_service_would(
+        make_client: MakeClient) -> None:
+    keys = {"AVATARPROXY_SECURITY_URL_SIGNING_KEYS": "current-key,retired-key"}
+    status, out, err = await avatarproxy(
+        "sign", f"https://avatars.intranet/avatar/{ADELE}/48?v=3&sig=stale", **keys)
+    assert status == 0, err
+    sig = signature("current-key", f"/avatar/{ADELE}/48")
+    # One sig, the new one: a second sig makes the service answer 400.
+    assert out.strip() == f"https://avatars.intranet/avatar/{ADELE}/48?v=3&sig={sig}"
+    client = await make_client(**{"security.url_signing_keys": ["current-key"]})
+    async with client.get(out.strip().removeprefix("https://avatars.intranet")) as resp:
+        assert (resp.status, resp.headers["X-Avatar-Source"]) == (200, "photo")
+    for url, reason in [
+            (f"avatar/{ADELE}/48", "not an avatar path"),  # no leading /
+            (f"/photos/{ADELE}/48", "not an avatar path"),
+            (f"/avatar/{ADELE}/48/extra", "not an avatar path"),
+            ("/avatar/not-a-person/48", "not a valid userPrincipalName or object id"),
+            ("/avatar/group/not-a-guid/48", "not a valid group object id"),
+            (f"/avatar/{ADELE}/99999", "size"),
+            (f"/avatar/{ADELE}/48?format=gif", "format must be one of")]:
+        status, out, err = await avatarproxy("sign", url, **keys)
+        assert (status, out) == (2, ""), (url, out, err)
+        assert err.startswith("avatarproxy: sign: URL: ") and reason in err, (url, err)
+        assert "Traceback" not in err
+
+
+async def test_purge_names_a_bad_argument_and_purges_the_others(
+        make_client: MakeClient, redis_url: str) -> None:
+    client = await make_client()
+    for upn in (ADELE, ALEX):
+        async with client.get(f"/avatar/{upn}/48") as resp:
+            assert resp.headers["X-Avatar-Source"] == "photo"
+    status, out, err = await avatarproxy("purge", ADELE, "adele vance", ALEX,
+                                         AVATARPROXY_CACHE_REDIS_URL=redis_url)
+    assert status == 1  # not everything asked for was done
+    assert err.splitlines() == [
+        "avatarproxy: purge: 'adele vance': not a valid userPrincipalName or object id"]
+    assert "config" not in err  # an argument, not the configuration
+    assert [line.split(":")[0] for line in out.splitlines()] == [ADELE, ALEX]
+    store = aioredis.Redis.from_url(redis_url)
+    try:
+        left = [key async for key in store.scan_iter(match="*")]
+    finally:
+        await store.aclose()
+    assert not any(ADELE.encode() in key or ALEX.encode() in key for key in left)
+
+
+async def test_purge_help_says_who_is_told_and_who_keeps_a_copy() -> None:
+    status, out, _ = await avatarproxy("purge", "--help")
+    text = " ".join(out.split())
+    assert status == 0
+    assert "tells the running replicas" in text
+    assert "browsers and proxies keep theirs until cache.browser_max_age" in text
+
+
+async def test_version_and_every_command_in_the_help_and_the_readme() -> None:
+    from avatarproxy import __version__
+    from avatarproxy.cli import _parser
+
+    status, out, _ = await avatarproxy("--version")
+    assert (status, out.strip()) == (0, f"avatarproxy {__version__}")
+    commands = [action for action in _parser()._actions
+                if isinstance(action, argparse._SubParsersAction)][0].choices
+    status, out, _ = await avatarproxy("--help")
+    description = " ".join(out.split()).partition("positional arguments")[0]
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.partition("## Operator commands")[2].partition("\n## ")[0]
+    for command in commands:
+        assert f"({command})" in description, command
+        assert f"| `{command}` |" in section, command

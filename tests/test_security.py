@@ -261,7 +261,8 @@ def test_purge_refuses_bad_input_and_a_missing_redis(
     assert main(["purge", ADELE]) == 2
     assert "cache.redis_url" in capsys.readouterr().err
     monkeypatch.setenv("AVATARPROXY_CACHE_REDIS_URL", "redis://127.0.0.1:1/0")
-    assert main(["purge", "not a upn"]) == 2
+    assert main(["purge", "not a upn"]) == 1  # named; nobody else to purge
+    assert "avatarproxy: purge: 'not a upn': not a valid" in capsys.readouterr().err
 
 
 # -- headers and strict options -------------------------------------------------------------
