@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import msal
@@ -31,6 +31,8 @@ from msal.exceptions import MsalError
 from . import metrics
 from .config import AuthSettings
 from .errors import AuthError
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ _MICROSOFT_AUTHORITY_HOSTS = frozenset({
 
 
 class TokenProvider(Protocol):
-    async def token(self, *, refresh: bool = False) -> str: ...
+    async def token(self, *, refresh: bool = False, refused: str = "") -> str: ...
 
 
 class StaticTokenProvider:
@@ -59,7 +61,7 @@ class StaticTokenProvider:
     def __init__(self, value: str) -> None:
         self._value = value
 
-    async def token(self, *, refresh: bool = False) -> str:
+    async def token(self, *, refresh: bool = False, refused: str = "") -> str:
         return self._value
 
 
@@ -181,7 +183,11 @@ class MsalTokenProvider:
                      backoff: Backoff = Backoff()) -> MsalTokenProvider:
         # OpenID discovery happens here: with the session's timeout, a stalled
         # authority fails start-up with AuthError instead of hanging it.
-        app = await asyncio.to_thread(cls._build_app, auth, request_timeout)
+        try:
+            app = await _bounded_thread(request_timeout, cls._build_app, auth, request_timeout)
+        except TimeoutError as exc:
+            raise AuthError(f"cannot set up msal for {default_authority(auth)}: no answer in "
+                            f"{_TOTAL_TIMEOUTS * request_timeout:.0f} s") from exc
         return cls(app, scope, auth, request_timeout=request_timeout, backoff=backoff)
 
     @staticmethod
@@ -200,15 +206,16 @@ class MsalTokenProvider:
             raise AuthError(f"cannot set up msal for {authority}: {type(exc).__name__}: "
                             f"{_safe(exc)}") from exc
 
-    async def token(self, *, refresh: bool = False) -> str:
-        """The current token; ``refresh``: Graph refused it, get another.
+    async def token(self, *, refresh: bool = False, refused: str = "") -> str:
+        """The current token; ``refresh``: Graph refused ``refused`` (the token it
+        was sent), get another, unless another caller already has.
 
         Callers never queue behind a slow identity provider while a valid
         token exists, and never start a request of their own while one runs
         or while the pause after a failure lasts.
         """
         now = time.monotonic()
-        if refresh:
+        if refresh and (not refused or refused == self._token):
             self._renew_at = self._valid_until = 0.0  # never hand it out again
         elif now < self._renew_at:
             return self._token
@@ -239,7 +246,11 @@ class MsalTokenProvider:
     async def _acquire(self) -> str:
         started = time.monotonic()
         try:
-            result = await asyncio.to_thread(self._request)
+            try:
+                result = await _bounded_thread(self._timeout, self._request)
+            except TimeoutError as exc:
+                raise AuthError(f"token request failed: no answer in "
+                                f"{_TOTAL_TIMEOUTS * self._timeout:.0f} s") from exc
         except AuthError as exc:
             metrics.token_acquired(False)
             self._failures += 1
@@ -288,6 +299,17 @@ class MsalTokenProvider:
             log.info("credential file changed: rebuilding the msal application")
             self._app = self._build_app(self._auth, self._timeout)
             self._mounted = current
+
+
+# The session's timeout bounds each read, not a whole exchange: an authority that
+# drips its answer a byte at a time would hold a token request for ever. Past
+# this many timeouts the caller gives up (the thread is left to finish alone).
+_TOTAL_TIMEOUTS = 2
+
+
+async def _bounded_thread(read_timeout: float, func: Callable[..., T], *args: Any) -> T:
+    async with asyncio.timeout(_TOTAL_TIMEOUTS * read_timeout):
+        return await asyncio.to_thread(func, *args)
 
 
 def _safe(exc: BaseException) -> str:

@@ -227,10 +227,12 @@ class RedisTier:
             return None
         return bool(replies[0]), guarded is None or bool(replies[1])
 
-    async def extend_lock(self, key: str, token: str, ttl_seconds: float) -> bool:
-        """Give our lock ``key`` ``ttl_seconds`` more; False if it is no longer ours."""
-        return bool(await self._call("EVAL", self._client.eval(
-            _EXTEND, 1, key, token, max(1, int(ttl_seconds * 1000)))))
+    async def extend_lock(self, key: str, token: str, ttl_seconds: float) -> bool | None:
+        """Give our lock ``key`` ``ttl_seconds`` more; False if it is no longer ours,
+        None if Redis did not answer (it may still be ours)."""
+        answer = await self._call("EVAL", self._client.eval(
+            _EXTEND, 1, key, token, max(1, int(ttl_seconds * 1000))))
+        return None if answer is None else bool(answer)
 
     def release_on_write(self, guarded: str, key: str, token: str) -> None:
         """Release lock ``key`` in the same round trip as the next ``set`` of ``guarded``."""

@@ -269,12 +269,13 @@ class GraphClient:
         async with self._slots:
             self.in_flight += 1
             try:
-                reply = await self._send(operation, url, await self._tokens.token(), limit,
-                                         payload)
+                token = await self._tokens.token()
+                reply = await self._send(operation, url, token, limit, payload)
                 if reply.status == 401:
                     # An expired or revoked token: refresh once, then give up.
                     reply = await self._send(operation, url,
-                                             await self._tokens.token(refresh=True),
+                                             await self._tokens.token(refresh=True,
+                                                                      refused=token),
                                              limit, payload)
             finally:
                 self.in_flight -= 1
@@ -328,7 +329,8 @@ def meta_from_json(data: Mapping[str, Any]) -> PhotoMeta:
     size = parse_size_id(str(data.get("id", ""))) or (0, 0)
     width = _int(data.get("width"), size[0])
     height = _int(data.get("height"), size[1])
-    etag = str(data.get("@odata.mediaEtag") or "")
+    # Our keys and ETags are built from it: nothing but printable ASCII gets through.
+    etag = str(data.get("@odata.mediaEtag") or "").encode("ascii", "backslashreplace").decode()
     if is_placeholder(width, height) or not etag:
         return PhotoMeta(has_photo=False, fetched_at=time.time())
     return PhotoMeta(has_photo=True, media_etag=etag, width=width, height=height,

@@ -94,6 +94,17 @@ class PurgeListener:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
+        self._task.add_done_callback(self._stopped)
+
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        """A listener that ends other than by ``close`` is a bug: say so, loudly."""
+        self.subscribed.clear()
+        if task.cancelled() or self._closing:
+            return
+        exc = task.exception()
+        log.error("purge listener stopped: takedowns no longer reach this replica's memory "
+                  "until it restarts: %s: %s", type(exc).__name__, exc,
+                  exc_info=exc)
 
     async def _run(self) -> None:
         while not self._closing:

@@ -198,7 +198,8 @@ def subscriber(cache: CacheSettings) -> RedisConnection:
     options.update(_tls_options(cache, options.get("connection_class") is SSLConnection))
 
     def node_client(host: str, port: int) -> Redis:
-        return Redis.from_pool(ConnectionPool(**{**options, "host": host, "port": port}))
+        # _Subscriber: its subscriptions' awaits go through ``command`` too.
+        return _Subscriber.from_pool(ConnectionPool(**{**options, "host": host, "port": port}))
 
     return RedisConnection(_connect(cache, pubsub=False).client, node_client=node_client,
                            seed=(options["host"], options["port"]))

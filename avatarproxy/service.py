@@ -55,6 +55,8 @@ Admit = Callable[[], Awaitable[bool]]
 
 # Initials served because Graph could not answer are re-asked soon.
 TRANSIENT_MAX_AGE = 60
+# At shutdown, fetches past the grace are cancelled in rounds, each waited for this long.
+_CANCEL_ROUNDS, _CANCEL_WAIT_SECONDS = 3, 0.5
 # Refused photo versions remembered so each is logged once (then forgotten all at once).
 _REFUSED_MEMORY = 4096
 
@@ -433,12 +435,16 @@ class AvatarService:
                 break
             await asyncio.wait(list(self._inflight.values()), timeout=left)
         cut = 0
-        while self._inflight:  # a cancelled fetch leaves its shielded inner one
+        # A cancelled fetch leaves its shielded inner one; redis-py can swallow a
+        # cancellation: a few rounds, each bounded, so shutdown keeps to its grace.
+        for _ in range(_CANCEL_ROUNDS):
             pending = list(self._inflight.values())
+            if not pending:
+                break
             cut += len(pending)
             for future in pending:
                 future.cancel()
-            await asyncio.wait(pending)
+            await asyncio.wait(pending, timeout=_CANCEL_WAIT_SECONDS)
         return cut
 
     async def _run(self, func: Callable[..., T], *args: Any) -> T:

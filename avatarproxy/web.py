@@ -113,14 +113,18 @@ async def _serve(request: web.Request, parse: Callable[[], Subject]) -> web.Stre
         log.warning("answering with stand-in initials: %s: %s", type(exc).__name__, exc)
         metrics.initials_fallback(type(exc).__name__)
         return _respond(request, service.stand_in(subject, size), formats)
+    except Exception as exc:  # a bug of ours: still a picture, never a 5xx
+        log.error("answering with stand-in initials after an unexpected %s",
+                  type(exc).__name__, exc_info=exc)
+        metrics.initials_fallback("internal")
+        return _respond(request, service.stand_in(subject, size), formats)
 
 
 async def _answer(request: web.Request, service: AvatarService, subject: Subject, size: int,
                   formats: OutputFormats, fallback: bool) -> web.Response:
     policy = request.app[POLICY]
     try:
-        if policy.is_blocked(subject):
-            raise Blocked()
+        policy.check_blocked(subject)
         result = await service.get_avatar(subject, size, formats=formats, fallback=fallback,
                                           admit=_admit(request))
     except RateLimited:
