@@ -7,17 +7,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from appclient import Client, MakeClient, get
+from appclient import Client, MakeClient, get, with_settings
 from faultproxy import FaultProxy, Faults
 from photos import realistic_portrait
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from yarl import URL
 
 from avatarproxy.cli import main
 from avatarproxy.purge import LISTENER, PurgeListener
@@ -31,23 +29,9 @@ APP_SCOPE = "Application/ApplicationAndTenant/app-id/tenant-id"
 
 
 @pytest.fixture
-async def redis_proxy(redis_url: str) -> AsyncIterator[FaultProxy]:
-    proxy = await FaultProxy.start(URL(redis_url).port or 0)
-    try:
-        yield proxy
-    finally:
-        await proxy.close()
-
-
-@pytest.fixture
 def via_proxy(make_client: MakeClient, redis_proxy: FaultProxy) -> MakeClient:
     """``make_client`` whose Redis traffic goes through ``redis_proxy``."""
-    url = f"redis://127.0.0.1:{redis_proxy.port}/0"
-
-    async def make(**overrides: Any) -> Client:
-        return await make_client(cache__redis_url=url, **overrides)
-
-    return make
+    return with_settings(make_client, cache__redis_url=f"redis://127.0.0.1:{redis_proxy.port}/0")
 
 
 def photo_downloads(fake_graph: Any) -> int:
