@@ -271,7 +271,7 @@ class RedisTier:
             if not self._busy:
                 self._idle.set()
         if not self.healthy:
-            log.warning("redis is back")
+            log.info("redis is back at %s", self._connection.where())
             self.healthy = True
         return result
 
@@ -289,7 +289,8 @@ class RedisTier:
         now = time.monotonic()
         if now - self._last_error_log > 60:
             self._last_error_log = now
-            log.warning("redis %s failed, serving without it: %s", command, type(exc).__name__)
+            log.warning("redis %s failed, serving without it: %s", command,
+                        self._connection.failure(exc))
 
     async def close(self) -> None:
         self._closed = True

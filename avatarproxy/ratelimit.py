@@ -91,17 +91,16 @@ class RateLimiter:
                 taken = await command(pending)
             except REDIS_FAILURES as exc:
                 self._redis_retry_at = time.monotonic() + REDIS_RETRY_SECONDS
-                self._log_error(exc)
+                self._log_error(self._redis.failure(exc))
             else:
                 return bool(taken)
         return self._local.take(client)
 
-    def _log_error(self, exc: BaseException) -> None:
+    def _log_error(self, failure: str) -> None:
         now = time.monotonic()
         if now - self._last_error_log > 60:
             self._last_error_log = now
-            log.warning("redis rate limit failed, limiting per process: %s",
-                        type(exc).__name__)
+            log.warning("redis rate limit failed, limiting per process: %s", failure)
 
     async def close(self) -> None:
         if self._redis is not None:

@@ -11,6 +11,7 @@ another node when one fails.
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +26,14 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.credentials import CredentialProvider
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    OutOfMemoryError,
+    RedisClusterException,
+    RedisError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
 from redis.typing import EncodableT
 
 from .config import CacheSettings
@@ -107,6 +114,9 @@ class RedisConnection:
     # port, and the node of cache.redis_url.
     node_client: Callable[[str, int], Redis] | None = None
     seed: tuple[str, int] = ("", 0)
+    # For log lines (``failure``): where Redis is, and the settings that say so.
+    target: str = "Redis"
+    settings: str = "cache.redis_url"
     _node_clients: dict[tuple[str, int], Redis] = field(default_factory=dict)
 
     async def pubsub_clients(self) -> list[Redis]:
@@ -133,12 +143,59 @@ class RedisConnection:
             client = self._node_clients[(host, port)] = self.node_client(host, port)
         return client
 
+    def where(self, client: Redis | None = None) -> str:
+        """host:port (or the socket) ``client`` talks to, else the connection's target."""
+        if client is None or self.node_client is None:
+            return self.target
+        kwargs = client.connection_pool.connection_kwargs  # a Cluster node's own client
+        return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+    def failure(self, exc: BaseException, client: Redis | None = None) -> str:
+        """``exc`` for a log line: where, what, and the setting to check; no credentials."""
+        return f"{self.where(client)}: {_what(exc)}; {advice(exc, self.settings)}"
+
     async def aclose(self) -> None:
         try:
             await self.client.aclose()
         finally:
             for client in (*self.sentinel_clients, *self._node_clients.values()):
                 await client.aclose()
+
+
+def _what(exc: BaseException) -> str:
+    # redis-py's messages name the address and Redis' own words ("WRONGPASS
+    # invalid username-password pair"), never the password; one line, short.
+    text = str(exc).strip().splitlines()[0][:200].rstrip(".") if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def advice(exc: BaseException, settings: str = "cache.redis_url") -> str:
+    """What an operator should check for a Redis failure; ``settings``: where Redis is."""
+    text = str(exc)
+    if isinstance(exc, AuthenticationError) or text.startswith(("NOAUTH", "WRONGPASS")):
+        return "check cache.redis_password_file (or the password in cache.redis_url)"
+    if isinstance(exc, NoPermissionError):
+        return ("check the ACL of the Redis user of cache.redis_url: it needs the cache's "
+                "keys and commands, and the purge channel")
+    if isinstance(exc, OutOfMemoryError):
+        return "check Redis' maxmemory and maxmemory-policy"
+    if isinstance(exc.__cause__ or exc.__context__, ssl.SSLError) or "SSL" in text:
+        return "check cache.redis_ca_file and the rediss:// scheme of cache.redis_url"
+    return (f"check {settings} and that Redis answers there (in Kubernetes, also the "
+            "NetworkPolicy avatarproxy-to-redis)")
+
+
+def _target(cache: CacheSettings) -> tuple[str, str]:
+    """Where Redis is and the settings saying so, for log lines: never credentials."""
+    if cache.redis_mode == "sentinel":
+        return (f"master {cache.redis_sentinel_master!r} of the Sentinels "
+                f"{', '.join(cache.redis_sentinels)}",
+                "cache.redis_sentinels and cache.redis_sentinel_master")
+    options = parse_url(cache.redis_url or "redis://")
+    if "path" in options:
+        return str(options["path"]), "cache.redis_url"
+    host = str(options.get("host", "localhost"))
+    return f"{f'[{host}]' if ':' in host else host}:{options.get('port', 6379)}", "cache.redis_url"
 
 
 def enabled(cache: CacheSettings) -> bool:
@@ -202,10 +259,11 @@ def subscriber(cache: CacheSettings) -> RedisConnection:
         return _Subscriber.from_pool(ConnectionPool(**{**options, "host": host, "port": port}))
 
     return RedisConnection(_connect(cache, pubsub=False).client, node_client=node_client,
-                           seed=(options["host"], options["port"]))
+                           seed=(options["host"], options["port"]), target=_target(cache)[0])
 
 
 def _connect(cache: CacheSettings, pubsub: bool) -> RedisConnection:
+    target, settings = _target(cache)
     url = cache.redis_url or "redis://"
     options = _url_options(url, cache)
     if pubsub:
@@ -213,7 +271,7 @@ def _connect(cache: CacheSettings, pubsub: bool) -> RedisConnection:
     tls = options.get("connection_class") is SSLConnection
     if pubsub and cache.redis_mode != "sentinel":
         return RedisConnection(_Subscriber.from_pool(ConnectionPool(
-            **options, **_tls_options(cache, tls))))
+            **options, **_tls_options(cache, tls))), target=target, settings=settings)
     if cache.redis_mode == "cluster":
         options.pop("connection_class", None)
         client = RedisCluster(
@@ -221,7 +279,7 @@ def _connect(cache: CacheSettings, pubsub: bool) -> RedisConnection:
             # Serve the slots that still have a master while one fails over.
             require_full_coverage=False,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), 2))
-        return RedisConnection(client)
+        return RedisConnection(client, target=target, settings=settings)
     retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
     if cache.redis_mode == "sentinel":
         for name in ("host", "port", "path", "connection_class"):
@@ -239,13 +297,13 @@ def _connect(cache: CacheSettings, pubsub: bool) -> RedisConnection:
             **_tls_options(cache, tls))
         master: Redis = sentinel.master_for(cache.redis_sentinel_master,
                                             redis_class=_Subscriber if pubsub else Redis)
-        return RedisConnection(master, tuple(sentinel.sentinels))
+        return RedisConnection(master, tuple(sentinel.sentinels), target=target, settings=settings)
     options.update(_tls_options(cache, tls))
     # A bounded pool that waits (briefly) for a free connection: a burst of
     # requests queues for Redis instead of failing with "too many connections".
     return RedisConnection(Redis.from_pool(BlockingConnectionPool(
         **options, retry=retry, max_connections=MAX_CONNECTIONS,
-        timeout=cache.redis_timeout_seconds)))
+        timeout=cache.redis_timeout_seconds)), target=target, settings=settings)
 
 
 def _url_options(url: str, cache: CacheSettings) -> dict[str, Any]:
