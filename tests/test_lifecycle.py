@@ -11,11 +11,16 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import redis.asyncio as aioredis
+from cryptography import x509
+from faultproxy import FaultProxy
 from loopback import free_port
+from tlsutil import make_client_certificate
+from yarl import URL
 
 from avatarproxy.cache import AvatarCache
 from avatarproxy.config import load_settings
@@ -200,3 +205,55 @@ async def test_background_refreshes_finish_inside_the_grace_period_and_stop_afte
     assert raw is not None and json.loads(raw)["media_etag"] == new_etag  # it landed
     messages = " ".join(str(line.get("message")) for line in server.output)
     assert "cancelled 1 Graph fetches" in messages, messages
+
+
+# -- the metrics the alerts read, as two workers export them -------------------------
+
+async def _gauges(http: aiohttp.ClientSession, base: str) -> dict[str, float]:
+    """The unlabelled avatarproxy samples of /metrics (summed over the workers' files)."""
+    async with http.get(base + "/metrics", headers={"Connection": "close"}) as resp:
+        text = await resp.text()
+    return {name: float(value) for name, _, value in
+            (line.partition(" ") for line in text.splitlines())
+            if name.startswith("avatarproxy_") and "{" not in name}
+
+
+async def _until_gauge(http: aiohttp.ClientSession, base: str, name: str,
+                       value: float) -> dict[str, float]:
+    deadline = time.monotonic() + 30
+    while (gauges := await _gauges(http, base)).get(name) != value:
+        assert time.monotonic() < deadline, f"{name} never {value}: {gauges.get(name)}"
+        await asyncio.sleep(0.1)
+    return gauges
+
+
+async def test_with_a_secret_no_expiry_is_exported_and_the_purge_subscription_is(
+        fake_graph: Any, fake_idp: Any, redis_url: str) -> None:
+    proxy = await FaultProxy.start(URL(redis_url).port or 0)
+    try:
+        async with serve(fake_graph, fake_idp, workers=2, server_drain_seconds="0",
+                         cache_redis_url=f"redis://127.0.0.1:{proxy.port}/0") as server, \
+                aiohttp.ClientSession() as http:
+            gauges = await _until_gauge(http, server.base, "avatarproxy_purge_subscribed", 1)
+            # A client secret has no expiry: nothing for the certificate alert to read.
+            assert "avatarproxy_credential_expiry_timestamp_seconds" not in gauges
+            # Redis goes away: each worker loses its subscription, and the pod says so.
+            proxy.target_port = free_port()
+            proxy.cut()
+            await _until_gauge(http, server.base, "avatarproxy_purge_subscribed", 0)
+    finally:
+        await proxy.close()
+
+
+async def test_with_a_certificate_its_expiry_is_exported_and_without_redis_no_subscription(
+        fake_graph: Any, fake_idp: Any, tmp_path: Path) -> None:
+    cert = make_client_certificate(tmp_path, "avatarproxy")
+    fake_idp.register_certificate(cert.cert_pem)
+    expiry = x509.load_pem_x509_certificate(cert.cert_pem.encode()).not_valid_after_utc
+    async with serve(fake_graph, fake_idp, workers=2, server_drain_seconds="0",
+                     auth_client_secret="", auth_certificate_path=str(cert.combined_file),
+                     ) as server, aiohttp.ClientSession() as http:
+        gauges = await _until_gauge(http, server.base,
+                                    "avatarproxy_credential_expiry_timestamp_seconds",
+                                    expiry.timestamp())
+        assert "avatarproxy_purge_subscribed" not in gauges  # no Redis, no purge channel
