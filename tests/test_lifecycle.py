@@ -20,7 +20,6 @@ from cryptography import x509
 from faultproxy import FaultProxy
 from loopback import free_port
 from tlsutil import make_client_certificate
-from yarl import URL
 
 from avatarproxy.cache import AvatarCache
 from avatarproxy.config import load_settings
@@ -228,21 +227,17 @@ async def _until_gauge(http: aiohttp.ClientSession, base: str, name: str,
 
 
 async def test_with_a_secret_no_expiry_is_exported_and_the_purge_subscription_is(
-        fake_graph: Any, fake_idp: Any, redis_url: str) -> None:
-    proxy = await FaultProxy.start(URL(redis_url).port or 0)
-    try:
-        async with serve(fake_graph, fake_idp, workers=2, server_drain_seconds="0",
-                         cache_redis_url=f"redis://127.0.0.1:{proxy.port}/0") as server, \
-                aiohttp.ClientSession() as http:
-            gauges = await _until_gauge(http, server.base, "avatarproxy_purge_subscribed", 1)
-            # A client secret has no expiry: nothing for the certificate alert to read.
-            assert "avatarproxy_credential_expiry_timestamp_seconds" not in gauges
-            # Redis goes away: each worker loses its subscription, and the pod says so.
-            proxy.target_port = free_port()
-            proxy.cut()
-            await _until_gauge(http, server.base, "avatarproxy_purge_subscribed", 0)
-    finally:
-        await proxy.close()
+        fake_graph: Any, fake_idp: Any, redis_proxy: FaultProxy) -> None:
+    async with serve(fake_graph, fake_idp, workers=2, server_drain_seconds="0",
+                     cache_redis_url=f"redis://127.0.0.1:{redis_proxy.port}/0") as server, \
+            aiohttp.ClientSession() as http:
+        gauges = await _until_gauge(http, server.base, "avatarproxy_purge_subscribed", 1)
+        # A client secret has no expiry: nothing for the certificate alert to read.
+        assert "avatarproxy_credential_expiry_timestamp_seconds" not in gauges
+        # Redis goes away: each worker loses its subscription, and the pod says so.
+        redis_proxy.target_port = free_port()
+        redis_proxy.cut()
+        await _until_gauge(http, server.base, "avatarproxy_purge_subscribed", 0)
 
 
 async def test_with_a_certificate_its_expiry_is_exported_and_without_redis_no_subscription(
