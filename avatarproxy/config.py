@@ -187,9 +187,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("security", "blocked", list, [],
            "UPNs or object ids that always get initials, never their photo."),
     Option("security", "rate_limit_per_second", float, 50.0,
-           "Cache misses per second allowed per client address (0: no limit).", minimum=0),
+           "Graph calls and renders per second allowed per client address (0: no limit).",
+           minimum=0),
     Option("security", "rate_limit_burst", int, 500,
-           "Cache misses a client address may make at once before the rate applies.",
+           "Graph calls and renders a client address may cause at once before the rate "
+           "applies.",
            minimum=1),
 )
 
