@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any, Protocol
 
 from redis.exceptions import OutOfMemoryError
@@ -427,7 +427,12 @@ class AvatarCache:
 
 
 def _encode_meta(meta: PhotoMeta) -> bytes:
-    return json.dumps(asdict(meta), separators=(",", ":")).encode("utf-8")
+    data = asdict(meta)
+    if data["profile"] is not None and data["profile"]["upn"] is None:
+        # Written only when known (object ids under the guest and domain rules):
+        # replicas before it could not read any profile that carried the field.
+        del data["profile"]["upn"]
+    return json.dumps(data, separators=(",", ":")).encode("utf-8")
 
 
 def _meta_or_none(raw: bytes | None) -> PhotoMeta | None:
@@ -445,4 +450,11 @@ def _decode_meta(raw: bytes) -> PhotoMeta:
     # Python keeps), so the hot path skips JSON parsing; PhotoMeta is frozen.
     data = json.loads(raw)
     profile = data.pop("profile")
-    return PhotoMeta(**data, profile=Profile(**profile) if profile else None)
+    # Fields this version does not know (a newer replica's) are left out, not an error.
+    return PhotoMeta(**_known(PhotoMeta, data),
+                     profile=Profile(**_known(Profile, profile)) if profile else None)
+
+
+def _known(kind: type[Any], data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(kind)} - {"profile"}
+    return {k: v for k, v in data.items() if k in names}

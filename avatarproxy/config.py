@@ -178,9 +178,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("logging", "log_upn", bool, False,
            "Log UPNs in clear; false: a short hash (UPNs are personal data)."),
     Option("security", "allowed_domains", list, [],
-           "UPN domains served (object ids always are); empty: every domain."),
+           "UPN domains served (an object id: its owner's UPN); empty: every domain."),
     Option("security", "allow_guests", bool, True,
-           "Serve guests (#EXT# UPNs); false: they get 404 without a Graph call."),
+           "Serve guests (#EXT# UPNs); false: they get 404, by UPN without a Graph call."),
     Option("security", "url_signing_keys", list, [],
            "HMAC keys; when set, every request needs ?sig= made with one of them "
            "(the first signs, all verify).", secret=True),

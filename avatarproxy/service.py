@@ -54,7 +54,7 @@ T = TypeVar("T")
 # many (one token each, ``ratelimit``)? False: RateLimited.
 Admit = Callable[[int], Awaitable[bool]]
 # What each step costs. Metadata is one call, and one more for the profile when
-# there is no photo: a person never seen is
+# there is no photo or an object id's UPN is needed: a person never seen is
 # charged both (the unknown names a flood uses always cost both). A render costs
 # a token per 256x256 pixels it makes (started): 1 up to 256 px, 16 at 1024,
 # which takes ~16 times as long to draw and encode.
@@ -170,6 +170,8 @@ class AvatarService:
         meta = self._cache.peek_meta(subject)
         if meta is None or not self._cache.is_fresh(meta) or _unknown_user(subject, meta):
             return None
+        if self._policy.screens(subject) and not self._policy.shows_owner(subject, meta):
+            return None  # refused, or not known whose: the long way says which
         if meta.has_photo:
             plan = plan_fetch(size, meta)
             body = self._cache.peek_image(self._photo_key(subject, meta, plan, formats.photo))
@@ -196,6 +198,11 @@ class AvatarService:
             resolved = await self._resolve_address(subject, admit)
             if resolved is not None:
                 subject, meta = resolved, await self._metadata(resolved, admit)
+        if meta is not None and not self._policy.knows_owner(subject, meta):
+            meta = None  # another version wrote it: whose the id is, nobody can say now
+        # An object id is the person it names: their UPN's domain and guest status
+        # are checked before anything of theirs is fetched or shown.
+        self._policy.check_owner(subject, meta)
         # 2. A photo: nearest HD size at or above the request, downscaled.
         if meta is not None and meta.has_photo:
             try:
@@ -236,11 +243,15 @@ class AvatarService:
 
     def _metadata_calls(self, subject: Subject, known: PhotoMeta | None) -> int:
         """Graph calls a metadata fetch makes: the photo's, and the profile's unless
-        ``known`` had a photo."""
-        return 1 if known is not None and known.has_photo else 2
+        ``known`` had a photo and the id's UPN is not needed."""
+        if known is not None and known.has_photo and not self._policy.screens(subject):
+            return 1
+        return 2
 
     async def _metadata(self, subject: Subject, admit: Admit | None) -> PhotoMeta | None:
         cached = await self._cache.get_meta(subject)
+        if cached is not None and not self._policy.knows_owner(subject, cached):
+            cached = None  # written before the rules needed the id's UPN: ask again
         if cached is not None and self._cache.is_fresh(cached):
             return cached
         if not await _admitted(admit, self._metadata_calls(subject, cached)):
@@ -263,14 +274,20 @@ class AvatarService:
 
     async def _fresh_metadata(self, subject: Subject) -> PhotoMeta | None:
         cached = await self._cache.get_meta(subject)
-        return cached if cached is not None and self._cache.is_fresh(cached) else None
+        return cached if cached is not None and self._cache.is_fresh(cached) and \
+            self._policy.knows_owner(subject, cached) else None
 
     async def _fetch_metadata(self, subject: Subject) -> PhotoMeta:
         # (The coalescer has looked for a flight that ended since our cache miss.)
         meta = await self._graph.photo_meta(subject)
-        if not meta.has_photo:
-            # Only initials need the name; photo metadata stays one call.
-            meta = replace(meta, profile=await self._graph.profile(subject))
+        screened = self._policy.screens(subject)
+        if not meta.has_photo or screened:
+            # Only initials need the name, and only the rules an object id's UPN:
+            # otherwise photo metadata stays one call.
+            profile = await self._graph.profile(subject, upn=screened)
+            if profile is None and meta.has_photo:
+                profile = Profile(upn="")  # a photo, but Graph names nobody: not shown
+            meta = replace(meta, profile=profile)
         await self._cache.put_meta(subject, meta)
         return meta
 

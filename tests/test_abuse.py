@@ -1,6 +1,6 @@
 """Abuse resistance, end to end: every render and Graph call is paid for from the
-client's bucket, and a flood of initials sizes neither stalls the process nor
-pushes photos out of memory."""
+client's bucket, a flood of initials sizes neither stalls the process nor pushes
+photos out of memory, and object ids obey the guest and domain rules."""
 
 from __future__ import annotations
 
@@ -218,3 +218,55 @@ async def test_a_flood_of_initials_leaves_the_hot_photos_in_memory(
     assert await metric(client, "avatarproxy_cache_lookups_total", tier="memory",
                         result="miss") == misses
     assert fake_graph.graph.requests == []
+
+
+# -- object ids obey the guest and domain rules ------------------------------------------
+
+def guest_of(fake_graph: Any) -> Any:
+    return fake_graph.find(lambda p: "#EXT#" in p.upn.upper())
+
+
+async def test_a_guests_object_id_is_refused_like_their_upn_and_the_decision_is_cached(
+        serve: Serve, fake_graph: Any) -> None:
+    guest = guest_of(fake_graph)
+    client = await serve(security__allow_guests=False)
+    for query in ("", "?fallback=404", "?format=svg"):
+        status, headers, _ = await get(client, f"/avatar/{guest.object_id}/96{query}")
+        assert (status, headers["Content-Type"]) == (404, "text/plain; charset=utf-8"), query
+    # Who the id is was asked once, with the photo's metadata; the photo never.
+    assert fake_graph.graph.count("userPrincipalName") == 1
+    assert fake_graph.graph.count("$value") == 0
+    # Cached with the metadata: another replica refuses without asking Graph.
+    fake_graph.graph.reset_requests()
+    other = await serve(security__allow_guests=False)
+    assert (await get(other, f"/avatar/{guest.object_id}/48"))[0] == 404
+    assert fake_graph.graph.requests == []
+    # Members by object id are served as before.
+    adele = fake_graph.find(lambda p: p.upn == ADELE)
+    assert (await get(other, f"/avatar/{adele.object_id}/48"))[1]["X-Avatar-Source"] == "photo"
+
+
+async def test_object_ids_outside_the_allowed_domains_are_refused(
+        serve: Serve, fake_graph: Any) -> None:
+    client = await serve(security__allowed_domains=["contoso.com"])
+    # The guest's UPN is in contoso.onmicrosoft.com.
+    assert (await get(client, f"/avatar/{guest_of(fake_graph).object_id}/48"))[0] == 404
+    assert fake_graph.graph.count("$value") == 0
+    for person in fake_graph.graph.people:
+        if person.upn.endswith("@contoso.com"):
+            status, _, _ = await get(client, f"/avatar/{person.object_id}/48")
+            assert status == 200, person.upn
+
+
+async def test_metadata_cached_before_the_rule_is_asked_again_not_trusted(
+        serve: Serve, fake_graph: Any) -> None:
+    guest = guest_of(fake_graph)
+    # A replica without the rule (or of the previous version) cached her photo's
+    # metadata and the photo, not whose the id is.
+    before = await serve()
+    assert (await get(before, f"/avatar/{guest.object_id}/48"))[1]["X-Avatar-Source"] == "photo"
+    assert fake_graph.graph.count("$select") == 0  # without the rule: one metadata call
+    fake_graph.graph.reset_requests()
+    client = await serve(security__allow_guests=False)
+    assert (await get(client, f"/avatar/{guest.object_id}/48"))[0] == 404
+    assert fake_graph.graph.count("userPrincipalName") == 1

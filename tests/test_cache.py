@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -126,6 +127,23 @@ def test_only_initials_keys_carry_the_initials_mark() -> None:
     assert not any(INITIALS_MARK in key for key in (
         cache.photo_key(subject, '"E"', 96, "webp", "1"), cache.source_key(subject, '"E"', 96),
         cache.meta_key(subject), cache.alias_key(subject)))
+
+
+async def test_metadata_is_written_as_before_unless_it_names_a_upn_and_read_whatever_it_adds(
+        ) -> None:
+    memory = MemoryTier(10**6)
+    cache = AvatarCache(SETTINGS, [memory])
+    subject = Subject("adele.vance@contoso.com")
+    meta = PhotoMeta(has_photo=False, profile=Profile(display_name="Adele"),
+                     fetched_at=time.time())
+    await cache.put_meta(subject, meta)
+    # Replicas of the previous version read profiles with exactly these fields.
+    stored = json.loads(await memory.get(cache.meta_key(subject)) or b"")
+    assert set(stored["profile"]) == {"object_id", "display_name", "given_name", "surname"}
+    # A later version's fields are left out, not taken for a broken entry.
+    stored["profile"]["pronouns"], stored["colour"] = "she/her", "#123456"
+    await memory.set(cache.meta_key(subject), json.dumps(stored).encode(), 60)
+    assert await cache.get_meta(subject) == meta
 
 
 # -- redis tier ------------------------------------------------------------------
