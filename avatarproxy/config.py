@@ -178,18 +178,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("logging", "log_upn", bool, False,
            "Log UPNs in clear; false: a short hash (UPNs are personal data)."),
     Option("security", "allowed_domains", list, [],
-           "UPN domains served (object ids always are); empty: every domain."),
+           "UPN domains served (an object id: its owner's UPN); empty: every domain."),
     Option("security", "allow_guests", bool, True,
-           "Serve guests (#EXT# UPNs); false: they get 404 without a Graph call."),
+           "Serve guests (#EXT# UPNs); false: they get 404, by UPN without a Graph call."),
     Option("security", "url_signing_keys", list, [],
            "HMAC keys; when set, every request needs ?sig= made with one of them "
            "(the first signs, all verify).", secret=True),
     Option("security", "blocked", list, [],
            "UPNs or object ids that always get initials, never their photo."),
     Option("security", "rate_limit_per_second", float, 50.0,
-           "Cache misses per second allowed per client address (0: no limit).", minimum=0),
+           "Graph calls and renders per second allowed per client address (0: no limit).",
+           minimum=0),
     Option("security", "rate_limit_burst", int, 500,
-           "Cache misses a client address may make at once before the rate applies.",
+           "Graph calls and renders a client address may cause at once before the rate "
+           "applies.",
            minimum=1),
 )
 

@@ -17,7 +17,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -194,16 +194,24 @@ class GraphClient:
             return PhotoMeta(has_photo=False, fetched_at=time.time())
         return meta_from_json(_json(reply))
 
-    async def profile(self, subject: Subject) -> Profile | None:
-        """Names for initials; None when the subject does not exist."""
+    async def profile(self, subject: Subject, *, upn: bool = False) -> Profile | None:
+        """Names for initials (and with ``upn`` the user's UPN); None when the subject
+        does not exist."""
         # Groups and teams have a displayName only.
         fields = _PROFILE_FIELDS if subject.kind == "user" else "id,displayName"
+        if upn and subject.kind == "user":
+            fields += ",userPrincipalName"
         try:
             reply = await self._get(subject.kind, subject, subject_path(subject), MAX_JSON_BYTES,
                                     query="$select=" + fields)
         except GraphNotFound:
             return None
-        return profile_from_json(_json(reply))
+        data = _json(reply)
+        profile = profile_from_json(data)
+        if upn and subject.kind == "user":
+            # "": asked, but Graph named none (whose photo it is cannot be told).
+            profile = replace(profile, upn=(_str(data.get("userPrincipalName")) or "").lower())
+        return profile
 
     async def photo_bytes(self, subject: Subject, hd_size: int | None) -> bytes:
         """Bytes of one HD size (``/photos/NxN/$value``) or of the largest (``/photo/$value``)."""

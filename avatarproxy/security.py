@@ -2,8 +2,9 @@
 
 Decisions over ``SecuritySettings``; ``web`` asks them before the cache or
 Graph is touched, and the service asks again of the person an e-mail address
-resolves to (``check_person``): policy holds for the person, whatever name the
-page used. Who the blocked people are is kept current by ``BlockedPeople``.
+or an object id turns out to be (``check_person``): policy holds for the
+person, whatever name the page used. Who the blocked people are is kept
+current by ``BlockedPeople``.
 Signatures are HMAC-SHA256 over the request path as the page
 wrote it, percent-decoded (``/avatar/adele.vance@contoso.com/48``), in URL-safe
 base64 without padding. The query string is not signed: pages add cache busters.
@@ -23,7 +24,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from .blocking import BlockedPeople
 from .config import SecuritySettings
 from .errors import Blocked, ConfigError, Forbidden, NotFound
-from .models import Identity, Subject
+from .models import Identity, PhotoMeta, Subject
 
 # 32 bytes of SHA-256 in URL-safe base64 without "=" padding.
 _SIG = re.compile(r"^[A-Za-z0-9_-]{43}=?$")
@@ -121,6 +122,38 @@ class Policy:
         self.check_subject(Subject(person.upn))
         if any(name in self.blocked for name in person.names):
             raise Blocked()
+
+    def screens(self, subject: Subject) -> bool:
+        """Whether ``subject`` is a user's object id whose UPN must be checked: some
+        UPNs are refused (``allowed_domains``, ``allow_guests``)."""
+        return ((bool(self.allowed_domains) or not self.allow_guests)
+                and subject.kind == "user" and subject.is_object_id)
+
+    def knows_owner(self, subject: Subject, meta: PhotoMeta) -> bool:
+        """Whether ``meta`` says whose the object id is, when ``screens`` needs it
+        (metadata cached without the rule, or by an older version, does not)."""
+        if not self.screens(subject):
+            return True
+        if meta.profile is None:
+            return not meta.has_photo  # Graph knows nobody by this id: nothing to show
+        return meta.profile.upn is not None
+
+    def check_owner(self, subject: Subject, meta: PhotoMeta | None) -> None:
+        """For an object id, ``check_person`` on whose it is (by ``meta``): ``NotFound``
+        also when Graph would name no UPN for an id with a photo."""
+        if meta is None or meta.profile is None or not self.screens(subject):
+            return
+        if not meta.profile.upn:
+            raise NotFound()
+        self.check_person(Identity(subject.key, meta.profile.upn))
+
+    def shows_owner(self, subject: Subject, meta: PhotoMeta) -> bool:
+        """``check_owner`` as a yes or no, and no when ``meta`` cannot tell."""
+        try:
+            self.check_owner(subject, meta)
+        except (NotFound, Blocked):
+            return False
+        return self.knows_owner(subject, meta)
 
     def check_address_lookup(self) -> None:
         """``Blocked`` (transient) while the blocked list is not resolved: the person

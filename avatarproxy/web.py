@@ -19,7 +19,7 @@ from multidict import CIMultiDict
 from . import metrics
 from .conditional import none_match
 from .config import ServerSettings
-from .errors import AvatarProxyError, BadRequest, Blocked, Forbidden, NotFound, RateLimited
+from .errors import AvatarProxyError, BadRequest, Blocked, Forbidden, NotFound
 from .inputs import known_params, parse_fallback, parse_object_id, parse_size, parse_subject
 from .models import Avatar, Subject
 from .negotiation import OutputFormats, choose, parse_format
@@ -123,30 +123,27 @@ async def _serve(request: web.Request, parse: Callable[[], Subject]) -> web.Stre
 async def _answer(request: web.Request, service: AvatarService, subject: Subject, size: int,
                   formats: OutputFormats, fallback: bool) -> web.Response:
     policy = request.app[POLICY]
+    # A client over its rate gets initials from the service (no-store), not an error.
+    admit = _admit(request)
     try:
         policy.check_blocked(subject)
         result = await service.get_avatar(subject, size, formats=formats, fallback=fallback,
-                                          admit=_admit(request))
-    except RateLimited:
-        # A picture, not a broken image; no-store so no cache keeps the stand-in.
-        metrics.initials_fallback("rate_limited")
-        limited = await service.initials_only(subject, size, formats)
-        return _respond(request, limited, formats, cache_control="no-store")
+                                          admit=admit)
     except Blocked as exc:
         # Never the photo: the name the page used, drawn as initials (or a 404).
         if not fallback:
             raise NotFound() from None
         return _respond(request, await service.initials_only(
-            subject, size, formats, transient=exc.transient), formats)
+            subject, size, formats, transient=exc.transient, admit=admit), formats)
     return _respond(request, result, formats)
 
 
 def _admit(request: web.Request) -> Admit:
-    """Asked only when the request would cost a Graph call or a render."""
-    async def admit() -> bool:
+    """Asked only when the request would cost Graph calls or renders: ``cost`` of them."""
+    async def admit(cost: int) -> bool:
         client = request.app[CLIENTS].of(request.remote,
                                          request.headers.getall("X-Forwarded-For", []))
-        return await request.app[LIMITER].allow(client)
+        return await request.app[LIMITER].allow(client, cost)
     return admit
 
 

@@ -166,8 +166,9 @@ async def test_blocked_people_get_initials_and_their_photo_is_never_fetched(
 
 async def test_misses_beyond_the_limit_get_uncached_initials_while_hits_stay_unlimited(
         serve: Serve, fake_graph: Any) -> None:
-    client = await serve(security__rate_limit_per_second=0.001, security__rate_limit_burst=2)
-    # Two tokens: Adele's metadata and her photo.
+    client = await serve(security__rate_limit_per_second=0.001, security__rate_limit_burst=3)
+    # Three tokens let her in: her metadata (two Graph calls at most), then her photo
+    # (a download and a render) with the one left, which puts the bucket in debt.
     assert (await get(client, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "photo"
     fake_graph.graph.reset_requests()
     status, headers, body = await get(client, f"/avatar/{ALEX}/48")
@@ -182,10 +183,10 @@ async def test_misses_beyond_the_limit_get_uncached_initials_while_hits_stay_unl
 
 
 async def test_the_limit_is_shared_by_replicas_through_redis(serve: Serve) -> None:
-    first = await serve(security__rate_limit_per_second=0.001, security__rate_limit_burst=2)
-    second = await serve(security__rate_limit_per_second=0.001, security__rate_limit_burst=2)
+    first = await serve(security__rate_limit_per_second=0.001, security__rate_limit_burst=3)
+    second = await serve(security__rate_limit_per_second=0.001, security__rate_limit_burst=3)
     assert (await get(first, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "photo"
-    # Two tokens spent on the first replica; the second has none left for this client.
+    # Every token spent on the first replica; the second has none left for this client.
     _, headers, _ = await get(second, f"/avatar/{ALEX}/48")
     assert headers["Cache-Control"] == "no-store"
 
@@ -193,7 +194,7 @@ async def test_the_limit_is_shared_by_replicas_through_redis(serve: Serve) -> No
 async def test_without_redis_the_limit_holds_per_process(serve: Serve) -> None:
     client = await serve(cache__redis_url=f"redis://127.0.0.1:{free_port()}/0",
                          cache__redis_timeout_seconds=0.2,
-                         security__rate_limit_per_second=0.001, security__rate_limit_burst=2)
+                         security__rate_limit_per_second=0.001, security__rate_limit_burst=3)
     assert (await get(client, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "photo"
     _, headers, _ = await get(client, f"/avatar/{ALEX}/48")
     assert headers["Cache-Control"] == "no-store"
