@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import logs, metrics
+from .web import REASON
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -95,7 +96,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         metrics.request_done(template, request.method, status, source, seconds)
         if logs.wants_access_line():
             logs.access(template, request.method, status, seconds,
-                        request.match_info.get("subject"), source)
+                        request.match_info.get("subject"), source, request.get(REASON))
 
 
 def add_routes(app: web.Application, redis_configured: bool) -> None:

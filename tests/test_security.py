@@ -301,6 +301,16 @@ async def test_every_response_carries_the_security_headers_and_no_banner(
         assert "Server" not in resp.headers
 
 
+async def test_a_405_names_the_methods_the_resource_takes(serve: Serve) -> None:
+    client = await serve()
+    for method in ("POST", "PUT", "DELETE"):
+        status, headers, body = await get(client, f"/avatar/{ADELE}/48", method)
+        assert (status, body) == (405, b"Method Not Allowed\n"), method
+        assert set(headers["Allow"].split(",")) == {"GET", "HEAD", "OPTIONS"}, method
+    status, headers, _ = await get(client, "/healthz", "POST")
+    assert status == 405 and set(headers["Allow"].split(",")) == {"GET", "HEAD"}
+
+
 async def test_unknown_parameters_are_ignored_and_known_ones_may_not_repeat(
         serve: Serve, fake_graph: Any) -> None:
     client = await serve()
