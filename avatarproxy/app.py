@@ -151,7 +151,8 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
 
     app.cleanup_ctx.append(lifecycle)
     add_routes(app)
-    ops.add_routes(app, redis_configured=redisconn.enabled(settings.cache))
+    ops.add_routes(app, redis_configured=redisconn.enabled(settings.cache),
+                   metrics_here=not settings.server.metrics_port)
     return app
 
 

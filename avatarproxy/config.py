@@ -42,6 +42,9 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("server", "host", str, "0.0.0.0", "Address to listen on.",),  # noqa: S104
     Option("server", "port", int, 8080, "TCP port to listen on.", minimum=1),
+    Option("server", "metrics_port", int, 0,
+           "TCP port serving /metrics (and /healthz, /readyz) alone, so a NetworkPolicy can "
+           "open it to Prometheus only; 0: /metrics is served on server.port.", minimum=0),
     Option("server", "workers", int, 0,
            "Worker processes sharing the port; 0: the CPUs this container may use "
            "(cgroup quota and CPU affinity).", minimum=0),
@@ -207,6 +210,7 @@ AZURE_ENV: Mapping[str, tuple[str, str]] = {
 class ServerSettings:
     host: str
     port: int
+    metrics_port: int
     workers: int
     drain_seconds: float
     grace_seconds: float
@@ -450,6 +454,10 @@ def _cross_field(values: Mapping[tuple[str, str], Any],
         if stale is not None and fresh is not None and stale < fresh:
             problems.append(f"cache.stale_ttl_seconds: must be at least cache.{key} ({fresh}), "
                             f"got {stale} ({origins[('cache', 'stale_ttl_seconds')]})")
+    port, metrics_port = values[("server", "port")], values[("server", "metrics_port")]
+    if metrics_port and metrics_port == port:
+        problems.append(f"server.metrics_port: must differ from server.port ({port}), or be 0 "
+                        f"to serve /metrics there ({origins[('server', 'metrics_port')]})")
     mode = values[("cache", "redis_mode")]
     if mode == "cluster" and values[("cache", "redis_url")] == "":
         # Without this, an empty URL would quietly mean no Redis at all.
