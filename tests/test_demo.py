@@ -61,11 +61,10 @@ def test_demo_prints_a_working_url_for_every_person(demo: tuple[str, list[str]])
     assert len(groups) == len(demo_groups())
     session = requests.Session()
     session.trust_env = False
-    for url, person in zip(urls, demo_people(), strict=True):
+    for url in urls:
         response = session.get(url, timeout=10)
         assert response.status_code == 200, url
-        side = min(96, *person.photo.size) if person.photo is not None else 96  # no upscaling
-        assert Image.open(io.BytesIO(response.content)).size == (side, side), url
+        assert Image.open(io.BytesIO(response.content)).size == (96, 96), url
     for url, group in zip(groups, demo_groups(), strict=True):
         response = session.get(url, timeout=10)
         assert response.status_code == 200, url
