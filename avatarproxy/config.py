@@ -57,6 +57,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("server", "cors_origins", list, [],
            "Origins allowed to read avatars from scripts (canvas, fetch), e.g. "
            "https://intranet.contoso.com; \"*\" for any; empty: CORS off."),
+    Option("server", "intranet_origins", list, [],
+           "Origins of pages on other sites that show avatars, as browsers send them "
+           "(https://intranet.contoso.com): they get ?fallback=404 and the usual caching, as "
+           "same-site pages do. Other websites' pages get initials for ?fallback=404 and "
+           "photos cached like initials, so they cannot tell who has a photo; \"*\": every "
+           "site. Origins in cors_origins count as listed."),
     Option("server", "cross_origin_resource_policy", str, "cross-origin",
            "Cross-Origin-Resource-Policy of avatars: which sites may embed them.",
            choices=("cross-origin", "same-site", "same-origin")),
@@ -215,6 +221,7 @@ class ServerSettings:
     drain_seconds: float
     grace_seconds: float
     cors_origins: tuple[str, ...]
+    intranet_origins: tuple[str, ...]
     cross_origin_resource_policy: str
     request_deadline_seconds: float
     max_inflight: int

@@ -30,6 +30,7 @@ from .negotiation import OutputFormats, choose, parse_format
 from .ratelimit import RateLimiter
 from .security import ClientAddress, Policy
 from .service import Admit, AvatarService
+from .sites import Sites
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ SERVER: web.AppKey[ServerSettings] = web.AppKey("server", ServerSettings)
 POLICY: web.AppKey[Policy] = web.AppKey("policy", Policy)
 CLIENTS: web.AppKey[ClientAddress] = web.AppKey("clients", ClientAddress)
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
+SITES: web.AppKey[Sites] = web.AppKey("sites", Sites)
 # What was wrong with a refused request, for its access line.
 REASON: web.RequestKey[str] = web.RequestKey("reason", str)
 
@@ -116,7 +118,8 @@ async def _serve(request: web.Request, parse: Callable[[], Subject]) -> web.Stre
     policy.check_signature(request.path, params.get("sig"))
     subject = parse()
     size = parse_size(request.match_info["size"], request.app[MAX_SIZE])
-    fallback = parse_fallback(params)
+    # Another website's page would learn from a 404 who has no photo: initials.
+    fallback = parse_fallback(params) or request.app[SITES].foreign(request.headers)
     # Other query parameters (cache busters such as ?v=3) are ignored.
     formats = choose(parse_format(params.get("format")),
                      request.headers.get("Accept", ""), size, request.app[DEFAULT_FORMAT])
@@ -167,10 +170,15 @@ def _admit(request: web.Request) -> Admit:
 def _respond(request: web.Request, result: Avatar, formats: OutputFormats,
              cache_control: str = "") -> web.Response:
     headers = _image_headers(result, request.app[SERVER], request.headers.get("Origin"))
+    sites = request.app[SITES]
     if cache_control:
         headers["Cache-Control"] = cache_control
+    elif not result.no_store and sites.cross_site(request.headers):
+        headers["Cache-Control"] = sites.cache_control(request.headers, headers["Cache-Control"])
     if formats.varies:
         headers.add("Vary", "Accept")
+    if sites.varies:
+        headers.add("Vary", "Sec-Fetch-Site")
     if none_match(request.headers.getall("If-None-Match", ()), result.etag):
         headers.popall("Content-Type")
         return web.Response(status=304, headers=headers)

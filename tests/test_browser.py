@@ -144,7 +144,7 @@ async def test_demo_page_in_chromium_shows_every_avatar_and_reload_uses_the_cach
         assert fetch.headers["x-avatar-source"] == source_of[fetch.url], fetch
         modern = ("image/svg+xml",) if fetch.url in svg else ("image/avif", "image/webp")
         assert fetch.headers["content-type"] in modern, fetch
-        assert fetch.headers["vary"] == "Accept"
+        assert fetch.headers["vary"] == "Accept, Sec-Fetch-Site"
     # Reload: nothing is downloaded again; fresh avatars come from the browser cache.
     assert visit.reload, "no network events on reload"
     assert all(f.from_cache or f.status == 304 for f in visit.reload), visit.reload
