@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
     demo = commands.add_parser("demo", help="serve a built-in demo tenant (no Graph needed)")
+    demo.add_argument("--config", metavar="PATH",
+                      help="TOML configuration file (Graph, credentials and Redis are ignored)")
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
     demo.add_argument("--port", type=int, default=8080, help="port to listen on")
     commands.add_parser("config-example", help="print config.example.toml")
@@ -56,7 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo  # the demo's fake tenant stays out of serve
 
-            run_demo(args.host, args.port)
+            run_demo(args.host, args.port, args.config)
             return 0
         if args.command == "warm":
             return _warm(args)

@@ -42,6 +42,9 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("server", "host", str, "0.0.0.0", "Address to listen on.",),  # noqa: S104
     Option("server", "port", int, 8080, "TCP port to listen on.", minimum=1),
+    Option("server", "metrics_port", int, 0,
+           "TCP port serving /metrics (and /healthz, /readyz) alone, so a NetworkPolicy can "
+           "open it to Prometheus only; 0: /metrics is served on server.port.", minimum=0),
     Option("server", "workers", int, 0,
            "Worker processes sharing the port; 0: the CPUs this container may use "
            "(cgroup quota and CPU affinity).", minimum=0),
@@ -54,6 +57,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("server", "cors_origins", list, [],
            "Origins allowed to read avatars from scripts (canvas, fetch), e.g. "
            "https://intranet.contoso.com; \"*\" for any; empty: CORS off."),
+    Option("server", "intranet_origins", list, [],
+           "Origins of pages on other sites that show avatars, as browsers send them "
+           "(https://intranet.contoso.com): they get ?fallback=404 and the usual caching, as "
+           "same-site pages do. Other websites' pages get initials for ?fallback=404 and "
+           "photos cached like initials, so they cannot tell who has a photo; \"*\": every "
+           "site. Origins in cors_origins count as listed."),
     Option("server", "cross_origin_resource_policy", str, "cross-origin",
            "Cross-Origin-Resource-Policy of avatars: which sites may embed them.",
            choices=("cross-origin", "same-site", "same-origin")),
@@ -209,10 +218,12 @@ AZURE_ENV: Mapping[str, tuple[str, str]] = {
 class ServerSettings:
     host: str
     port: int
+    metrics_port: int
     workers: int
     drain_seconds: float
     grace_seconds: float
     cors_origins: tuple[str, ...]
+    intranet_origins: tuple[str, ...]
     cross_origin_resource_policy: str
     request_deadline_seconds: float
     max_inflight: int
@@ -452,6 +463,10 @@ def _cross_field(values: Mapping[tuple[str, str], Any],
         if stale is not None and fresh is not None and stale < fresh:
             problems.append(f"cache.stale_ttl_seconds: must be at least cache.{key} ({fresh}), "
                             f"got {stale} ({origins[('cache', 'stale_ttl_seconds')]})")
+    port, metrics_port = values[("server", "port")], values[("server", "metrics_port")]
+    if metrics_port and metrics_port == port:
+        problems.append(f"server.metrics_port: must differ from server.port ({port}), or be 0 "
+                        f"to serve /metrics there ({origins[('server', 'metrics_port')]})")
     mode = values[("cache", "redis_mode")]
     if mode == "cluster" and values[("cache", "redis_url")] == "":
         # Without this, an empty URL would quietly mean no Redis at all.

@@ -35,7 +35,7 @@ from aiohttp import web
 
 from . import logs, metrics
 from .config import ServerSettings, Settings
-from .ops import READINESS
+from .ops import READINESS, metrics_app
 
 log = logging.getLogger(__name__)
 AppFactory = Callable[[], Awaitable[web.Application]]
@@ -76,7 +76,10 @@ async def serve_until_stopped(make_app: AppFactory, server: ServerSettings, *,
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
+    metrics_runner: web.AppRunner | None = None
     try:
+        # First, so whoever waits for "Running on" finds /metrics answering too.
+        metrics_runner = await _metrics_listener(app, server, reuse_port)
         site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
         await site.start()
         log.info("Running on http://%s:%d (pid %d)", server.host, server.port, os.getpid())
@@ -89,9 +92,29 @@ async def serve_until_stopped(make_app: AppFactory, server: ServerSettings, *,
         # (then cancels them), then runs clean-up: the rest of the grace for
         # Graph fetches still running, then Redis, Graph session, executor.
         await runner.cleanup()
+        if metrics_runner is not None:  # scrapeable until the very end
+            await metrics_runner.cleanup()
         for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
     log.info("stopped")
+
+
+async def _metrics_listener(app: web.Application, server: ServerSettings,
+                            reuse_port: bool) -> web.AppRunner | None:
+    """``server.metrics_port``'s listener, if set. Each worker binds it too
+    (SO_REUSEPORT): whichever answers reports the sum of all (multiprocess mode)."""
+    if not server.metrics_port:
+        return None
+    runner = web.AppRunner(metrics_app(app[READINESS]), handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, server.host, server.metrics_port, reuse_port=reuse_port or None)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("metrics on http://%s:%d/metrics", server.host, server.metrics_port)
+    return runner
 
 
 def run(settings: Settings, make_app: AppFactory) -> int:

@@ -67,6 +67,14 @@ def test_the_deployment_is_probed_hardened_and_drained() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
+    # Avatars and probes on one port, /metrics on its own (server.metrics_port).
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "http": 8080, "metrics": 9090}
+    assert {container[p]["httpGet"]["port"] for p in
+            ("livenessProbe", "readinessProbe", "startupProbe")} == {"http"}
+    monitor = next(o for o in render("base") if o["kind"] == "ServiceMonitor")
+    assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [
+        ("metrics", "/metrics")]
     assert {"requests", "limits"} <= set(container["resources"])
     assert spec["securityContext"]["runAsNonRoot"] is True
     security = container["securityContext"]

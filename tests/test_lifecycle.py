@@ -136,6 +136,34 @@ async def test_two_workers_share_the_port_and_drain_in_flight_requests_on_sigter
     assert messages.count("stopped") == 2, messages
 
 
+async def test_two_workers_share_the_metrics_port_and_the_avatar_port_has_none(
+        fake_graph: Any, fake_idp: Any) -> None:
+    fake_graph.graph.accept_token = fake_idp.issued.__contains__
+    metrics_port = free_port()
+    async with serve(fake_graph, fake_idp, workers=2, server_drain_seconds="0.2",
+                     server_metrics_port=str(metrics_port)) as server, \
+            aiohttp.ClientSession() as http:
+        for _ in range(10):
+            async with http.get(f"{server.base}/avatar/{ADELE}/48",
+                                headers={"Connection": "close"}) as resp:
+                assert resp.status == 200
+        async with http.get(server.base + "/metrics") as resp:
+            assert resp.status == 404
+        metrics = f"http://127.0.0.1:{metrics_port}"
+        for _ in range(6):  # fresh connections: the kernel spreads them over both workers
+            async with http.get(metrics + "/metrics", headers={"Connection": "close"}) as resp:
+                assert resp.status == 200
+                text = await resp.text()
+            total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                        if line.startswith("avatarproxy_requests_total{")
+                        and 'status_class="2xx"' in line)
+            assert total == 10  # both workers' requests, whichever one answered
+        async with http.get(metrics + "/readyz") as resp:
+            assert resp.status == 200
+        server.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(server.process.wait(), timeout=30) == 0
+
+
 async def _arrived(graph: Any, *who: str) -> None:
     """Until Graph has seen a request for each of ``who``."""
     async with asyncio.timeout(20), graph.arrived:

@@ -5,6 +5,7 @@ on cache misses, takedown with ``avatarproxy purge``, headers, strict options.""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import json
@@ -88,6 +89,25 @@ async def test_signed_urls_survive_cache_busters_and_key_rotation(serve: Serve) 
         status, headers, _ = await get(client, sign_url(key, f"/avatar/{ADELE}/48?v=17"))
         assert status == 200 and headers["X-Avatar-Source"] == "photo"
     assert (await get(client, sign_url("retired", f"/avatar/{ADELE}/48")))[0] == 403
+
+
+async def test_a_signature_verifies_only_in_its_canonical_spelling(serve: Serve) -> None:
+    # 43 base64 characters carry 258 bits for 256: the last one's two low bits
+    # are unused, and a "=" is padding. Other spellings decode to the same bytes
+    # and used to verify, so one signed URL had several forms.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    path = f"/avatar/{ADELE}/48"
+    sig = signature(KEY, path)
+    last = alphabet.index(sig[-1])
+    others = [sig + "=", *(sig[:-1] + alphabet[last ^ bits] for bits in (1, 2, 3))]
+    for other in others:
+        assert base64.urlsafe_b64decode(other.rstrip("=") + "=") \
+            == base64.urlsafe_b64decode(sig + "=")
+    client = await serve(security__url_signing_keys=[KEY])
+    assert (await get(client, f"{path}?sig={sig}"))[0] == 200
+    for other in others:
+        status, _, body = await get(client, f"{path}?sig={other}")
+        assert (status, body) == (403, b"bad signature\n"), other
 
 
 async def test_guest_urls_sign_over_the_decoded_path(serve: Serve, fake_graph: Any) -> None:
@@ -280,6 +300,16 @@ async def test_every_response_carries_the_security_headers_and_no_banner(
         assert resp.headers["X-Content-Type-Options"] == "nosniff"
         assert resp.headers["Referrer-Policy"] == "no-referrer"
         assert "Server" not in resp.headers
+
+
+async def test_a_405_names_the_methods_the_resource_takes(serve: Serve) -> None:
+    client = await serve()
+    for method in ("POST", "PUT", "DELETE"):
+        status, headers, body = await get(client, f"/avatar/{ADELE}/48", method)
+        assert (status, body) == (405, b"Method Not Allowed\n"), method
+        assert set(headers["Allow"].split(",")) == {"GET", "HEAD", "OPTIONS"}, method
+    status, headers, _ = await get(client, "/healthz", "POST")
+    assert status == 405 and set(headers["Allow"].split(",")) == {"GET", "HEAD"}
 
 
 async def test_unknown_parameters_are_ignored_and_known_ones_may_not_repeat(
