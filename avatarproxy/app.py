@@ -31,6 +31,7 @@ from .purge import LISTENER, PurgeListener, channel
 from .ratelimit import RateLimiter
 from .security import ClientAddress, Policy
 from .service import AvatarService
+from .sites import Sites
 from .throttle import GraphGate
 from .web import (
     CLIENTS,
@@ -40,6 +41,7 @@ from .web import (
     POLICY,
     SERVER,
     SERVICE,
+    SITES,
     add_routes,
     error_middleware,
     security_headers,
@@ -68,10 +70,8 @@ class _Grace:
 def startup_problems(settings: Settings) -> list[str]:
     """What ``create_app`` or a worker would stop on, all at once: ``serve`` reports
     these before any worker starts, like the problems ``load_settings`` finds."""
-    problems = redisconn.check(settings.cache) + preflight.file_problems(settings)
-    listen = preflight.listen_problem(settings.server)
-    if listen is not None:
-        problems.append(listen)
+    problems = (redisconn.check(settings.cache) + preflight.file_problems(settings)
+                + preflight.listen_problems(settings.server))
     for build in (partial(ClientAddress, settings.server.trusted_proxies),
                   partial(InitialsRenderer, settings.avatar.extra_fonts)):
         try:
@@ -95,6 +95,7 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
     app[SERVER] = settings.server
     app[POLICY] = policy = Policy.from_settings(settings.security)
     app[CLIENTS] = ClientAddress(settings.server.trusted_proxies)
+    app[SITES] = Sites.from_settings(settings.server, settings.cache, bool(policy.signing_keys))
     app.on_response_prepare.append(security_headers)
     grace = _Grace(settings.server.grace_seconds)
     app.on_shutdown.append(grace.begin)
@@ -154,7 +155,8 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
 
     app.cleanup_ctx.append(lifecycle)
     add_routes(app)
-    ops.add_routes(app, redis_configured=redisconn.enabled(settings.cache))
+    ops.add_routes(app, redis_configured=redisconn.enabled(settings.cache),
+                   metrics_here=not settings.server.metrics_port)
     return app
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import msal
@@ -29,9 +29,11 @@ from cryptography import x509
 from msal.exceptions import MsalError
 
 from . import metrics
-from .authproblems import as_problem, failure, refusal
+from .authproblems import as_problem, failure, no_answer, refusal
 from .config import AuthSettings
 from .errors import AuthError
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +53,7 @@ _MICROSOFT_AUTHORITY_HOSTS = frozenset({
 
 
 class TokenProvider(Protocol):
-    async def token(self, *, refresh: bool = False) -> str: ...
+    async def token(self, *, refresh: bool = False, refused: str = "") -> str: ...
 
 
 class StaticTokenProvider:
@@ -60,7 +62,7 @@ class StaticTokenProvider:
     def __init__(self, value: str) -> None:
         self._value = value
 
-    async def token(self, *, refresh: bool = False) -> str:
+    async def token(self, *, refresh: bool = False, refused: str = "") -> str:
         return self._value
 
 
@@ -182,12 +184,13 @@ class MsalTokenProvider:
                      backoff: Backoff = Backoff(), strict: bool = False) -> MsalTokenProvider:
         """OpenID discovery happens here, with the session's timeout. An authority
         that refuses the configuration raises ``AuthError``; one that cannot be
-        reached raises only if ``strict``: otherwise the provider starts without
-        msal and sets it up on the first token request (start degraded: cached
-        avatars and initials are served meanwhile, and the pod does not
-        crash-loop through an identity-provider or egress blip)."""
+        reached (or drips its answer) raises only if ``strict``: otherwise the
+        provider starts without msal and sets it up on the first token request
+        (start degraded: cached avatars and initials are served meanwhile, and the
+        pod does not crash-loop through an identity-provider or egress blip)."""
         try:
-            app = await asyncio.to_thread(cls._build_app, auth, request_timeout)
+            app = await _bounded_thread(request_timeout, "OpenID discovery", auth,
+                                        cls._build_app, auth, request_timeout)
         except AuthError as exc:
             if strict or exc.misconfigured:
                 raise
@@ -211,15 +214,16 @@ class MsalTokenProvider:
         except (OSError, ValueError, requests.RequestException, MsalError) as exc:
             raise failure("OpenID discovery", auth, exc, request_timeout) from exc
 
-    async def token(self, *, refresh: bool = False) -> str:
-        """The current token; ``refresh``: Graph refused it, get another.
+    async def token(self, *, refresh: bool = False, refused: str = "") -> str:
+        """The current token; ``refresh``: Graph refused ``refused`` (the token it
+        was sent), get another, unless another caller already has.
 
         Callers never queue behind a slow identity provider while a valid
         token exists, and never start a request of their own while one runs
         or while the pause after a failure lasts.
         """
         now = time.monotonic()
-        if refresh:
+        if refresh and (not refused or refused == self._token):
             self._renew_at = self._valid_until = 0.0  # never hand it out again
         elif now < self._renew_at:
             return self._token
@@ -250,7 +254,8 @@ class MsalTokenProvider:
     async def _acquire(self) -> str:
         started = time.monotonic()
         try:
-            result = await asyncio.to_thread(self._request)
+            result = await _bounded_thread(self._timeout, "token request", self._auth,
+                                           self._request)
         except AuthError as exc:
             metrics.token_acquired(False)
             self._failures += 1
@@ -310,9 +315,29 @@ def _acquire_once(app: Any, scope: str, auth: AuthSettings | None,
     return result
 
 
-def fetch_token(auth: AuthSettings, scope: str,
-                request_timeout: float = TOKEN_TIMEOUT_SECONDS) -> str:
-    """Discovery and one token request, blocking, without metrics or log lines:
-    ``serve``'s start-up check and ``doctor``'s. ``AuthError`` says why not."""
-    app = MsalTokenProvider._build_app(auth, request_timeout)
-    return str(_acquire_once(app, scope, auth, request_timeout)["access_token"])
+async def fetch_token(auth: AuthSettings, scope: str,
+                      request_timeout: float = TOKEN_TIMEOUT_SECONDS) -> str:
+    """Discovery and one token request, without metrics or log lines: ``serve``'s
+    start-up check and ``doctor``'s. ``AuthError`` says why not."""
+    app = await _bounded_thread(request_timeout, "OpenID discovery", auth,
+                                MsalTokenProvider._build_app, auth, request_timeout)
+    result = await _bounded_thread(request_timeout, "token request", auth,
+                                   _acquire_once, app, scope, auth, request_timeout)
+    return str(result["access_token"])
+
+
+# The session's timeout bounds each read, not a whole exchange: an authority that
+# drips its answer a byte at a time would hold a token request for ever. Past
+# this many timeouts the caller gives up (the thread is left to finish alone).
+_TOTAL_TIMEOUTS = 2
+
+
+async def _bounded_thread(read_timeout: float, step: str, auth: AuthSettings | None,
+                          func: Callable[..., T], *args: Any) -> T:
+    """``func(*args)`` in a thread; ``AuthError`` (an outage) past ``_TOTAL_TIMEOUTS``."""
+    seconds = _TOTAL_TIMEOUTS * read_timeout
+    try:
+        async with asyncio.timeout(seconds):
+            return await asyncio.to_thread(func, *args)
+    except TimeoutError as exc:
+        raise no_answer(step, auth, seconds) from exc

@@ -68,14 +68,31 @@ def refusal(auth: AuthSettings | None, result: Mapping[str, Any]) -> AuthError:
     return AuthError(message, key=key or credential_key(auth), hint=hint, misconfigured=True)
 
 
-def failure(step: str, auth: AuthSettings | None, exc: BaseException,
-            timeout: float) -> AuthError:
-    """``step`` (OpenID discovery, token request) raised ``exc``."""
+def no_answer(step: str, auth: AuthSettings | None, seconds: float) -> AuthError:
+    """``step`` got no whole answer in ``seconds`` (stalled, or dripping it)."""
+    authority, where = _authority(auth)
+    return AuthError(f"{step} at {authority} failed: no answer in {seconds:.0f} s",
+                     key="auth.authority", hint=_egress(where))
+
+
+def _authority(auth: AuthSettings | None) -> tuple[str, str]:
+    """The authority URL and its host:port."""
     authority = "https://login.microsoftonline.com/"
     if auth is not None:
         authority = auth.authority or authority + auth.tenant_id
     parts = urlsplit(authority)
-    where = f"{parts.hostname}:{parts.port or 443}"
+    return authority, f"{parts.hostname}:{parts.port or 443}"
+
+
+def _egress(where: str) -> str:
+    return (f"check auth.authority and egress to {where}, and HTTPS_PROXY and NO_PROXY if "
+            "egress goes through a proxy")
+
+
+def failure(step: str, auth: AuthSettings | None, exc: BaseException,
+            timeout: float) -> AuthError:
+    """``step`` (OpenID discovery, token request) raised ``exc``."""
+    authority, where = _authority(auth)
     chain = list(_chain(exc))
     cause = _describe(chain[-1])
     if any(isinstance(e, requests.RequestException) for e in chain):
@@ -86,8 +103,7 @@ def failure(step: str, auth: AuthSettings | None, exc: BaseException,
         if any(isinstance(e, requests.Timeout) for e in chain):
             cause = f"no answer within {timeout:g} s ({cause})"
         return AuthError(f"{step} at {authority} failed: {cause}", key="auth.authority",
-                         hint=f"check auth.authority and egress to {where}, and HTTPS_PROXY "
-                              "and NO_PROXY if egress goes through a proxy")
+                         hint=_egress(where))
     if isinstance(exc, MsalError):  # a 5xx from the authority
         return AuthError(f"{step} at {authority} failed: {cause}", key="auth.authority",
                          hint="the identity provider is failing; it is asked again after a "

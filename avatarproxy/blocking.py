@@ -91,7 +91,7 @@ class BlockedPeople:
                         len(failed), len(self.entries), failed[0],
                         f": grant the application permission {denied[0]}" if denied else "",
                         "" if self.resolved else
-                        "; requests by e-mail address get initials until they are")
+                        "; every person gets initials until they are")
         elif self._failing and not failed:
             log.warning("security.blocked: every entry resolved again")
         self._failing = bool(failed)

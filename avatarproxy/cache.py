@@ -27,15 +27,15 @@ import hashlib
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any, Protocol
 
 from redis.exceptions import OutOfMemoryError
 
 from . import metrics
 from .config import CacheSettings
+from .memory import MemoryTier as MemoryTier  # re-exported: one interface, both tiers
 from .models import NOBODY, Identity, PhotoMeta, Profile, Subject
 from .redisconn import REDIS_FAILURES, RedisConnection, command
 
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 # every person's metadata and downloaded photo, so each would be fetched from
 # Graph again at deploy.
 SCHEMA_VERSION = "v2"
-_ENTRY_OVERHEAD = 128  # rough bytes of bookkeeping per memory-tier entry
 
 
 class CacheTier(Protocol):
@@ -60,62 +59,6 @@ class CacheTier(Protocol):
     async def purge(self, index: str, keys: tuple[str, ...],
                     prefixes: tuple[str, ...]) -> int: ...
     async def close(self) -> None: ...
-
-
-class MemoryTier:
-    """An LRU of bytes values, bounded by their total size, with per-entry expiry."""
-
-    name = "memory"
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self.size = 0
-        self._entries: OrderedDict[str, tuple[bytes, float]] = OrderedDict()
-
-    async def get(self, key: str) -> bytes | None:
-        value = self.peek(key)
-        metrics.cache_lookup(self.name, "miss" if value is None else "hit")
-        return value
-
-    def peek(self, key: str) -> bytes | None:
-        """``get`` without the coroutine and uncounted: the hot path of a memory hit
-        never awaits, and counts its lookups only once it has its answer."""
-        entry = self._entries.get(key)
-        if entry is None or entry[1] < time.monotonic():
-            self._drop(key)
-            return None
-        self._entries.move_to_end(key)
-        return entry[0]
-
-    async def set(self, key: str, value: bytes, ttl: int,
-                  index: tuple[str, int] | None = None) -> None:
-        """``index`` is not kept: ``purge`` finds this process's keys by their prefix."""
-        cost = len(value) + len(key) + _ENTRY_OVERHEAD
-        if cost > self.max_bytes:
-            return
-        self._drop(key)
-        self._entries[key] = (value, time.monotonic() + ttl)
-        self.size += cost
-        while self.size > self.max_bytes:
-            self._drop(next(iter(self._entries)))
-        metrics.memory_bytes(self.size)
-
-    def _drop(self, key: str) -> None:
-        entry = self._entries.pop(key, None)
-        if entry is not None:
-            self.size -= len(entry[0]) + len(key) + _ENTRY_OVERHEAD
-
-    async def purge(self, index: str, keys: tuple[str, ...],
-                    prefixes: tuple[str, ...]) -> int:
-        doomed = [k for k in self._entries if k in keys or k.startswith(prefixes)]
-        for key in doomed:
-            self._drop(key)
-        return len(doomed)
-
-    async def close(self) -> None:
-        self._entries.clear()
-        self.size = 0
-        metrics.memory_bytes(0)
 
 
 # Delete a lock only if we still hold it: a lock that expired and was taken
@@ -227,10 +170,12 @@ class RedisTier:
             return None
         return bool(replies[0]), guarded is None or bool(replies[1])
 
-    async def extend_lock(self, key: str, token: str, ttl_seconds: float) -> bool:
-        """Give our lock ``key`` ``ttl_seconds`` more; False if it is no longer ours."""
-        return bool(await self._call("EVAL", self._client.eval(
-            _EXTEND, 1, key, token, max(1, int(ttl_seconds * 1000)))))
+    async def extend_lock(self, key: str, token: str, ttl_seconds: float) -> bool | None:
+        """Give our lock ``key`` ``ttl_seconds`` more; False if it is no longer ours,
+        None if Redis did not answer (it may still be ours)."""
+        answer = await self._call("EVAL", self._client.eval(
+            _EXTEND, 1, key, token, max(1, int(ttl_seconds * 1000))))
+        return None if answer is None else bool(answer)
 
     def release_on_write(self, guarded: str, key: str, token: str) -> None:
         """Release lock ``key`` in the same round trip as the next ``set`` of ``guarded``."""
@@ -269,7 +214,7 @@ class RedisTier:
             if not self._busy:
                 self._idle.set()
         if not self.healthy:
-            log.warning("redis is back")
+            log.info("redis is back at %s", self._connection.where())
             self.healthy = True
         return result
 
@@ -287,7 +232,8 @@ class RedisTier:
         now = time.monotonic()
         if now - self._last_error_log > 60:
             self._last_error_log = now
-            log.warning("redis %s failed, serving without it: %s", command, type(exc).__name__)
+            log.warning("redis %s failed, serving without it: %s", command,
+                        self._connection.failure(exc))
 
     async def close(self) -> None:
         self._closed = True
@@ -330,6 +276,7 @@ class AvatarCache:
     def initials_key(self, texts: Sequence[str], colour: tuple[int, int, int], size: int, fmt: str,
                      renderer: str) -> str:
         digest = _digest("|".join(texts), repr(colour), renderer)
+        # ":ini:{" is memory.INITIALS_MARK: the memory tier keeps initials apart.
         return f"{self._prefix}ini:{{{digest}}}:{size}:{fmt}"
 
     def source_key(self, subject: Subject, media_etag: str, hd_size: int | None) -> str:
@@ -483,7 +430,12 @@ class AvatarCache:
 
 
 def _encode_meta(meta: PhotoMeta) -> bytes:
-    return json.dumps(asdict(meta), separators=(",", ":")).encode("utf-8")
+    data = asdict(meta)
+    if data["profile"] is not None and data["profile"]["upn"] is None:
+        # Written only when known (object ids under the guest and domain rules):
+        # replicas before it could not read any profile that carried the field.
+        del data["profile"]["upn"]
+    return json.dumps(data, separators=(",", ":")).encode("utf-8")
 
 
 def _meta_or_none(raw: bytes | None) -> PhotoMeta | None:
@@ -501,4 +453,11 @@ def _decode_meta(raw: bytes) -> PhotoMeta:
     # Python keeps), so the hot path skips JSON parsing; PhotoMeta is frozen.
     data = json.loads(raw)
     profile = data.pop("profile")
-    return PhotoMeta(**data, profile=Profile(**profile) if profile else None)
+    # Fields this version does not know (a newer replica's) are left out, not an error.
+    return PhotoMeta(**_known(PhotoMeta, data),
+                     profile=Profile(**_known(Profile, profile)) if profile else None)
+
+
+def _known(kind: type[Any], data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in fields(kind)} - {"profile"}
+    return {k: v for k, v in data.items() if k in names}

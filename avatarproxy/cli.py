@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port")
     demo = commands.add_parser("demo", help="serve a built-in demo tenant (no Graph needed)")
+    demo.add_argument("--config", metavar="PATH",
+                      help="TOML configuration file (Graph, credentials and Redis are ignored)")
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on")
     demo.add_argument("--port", type=int, default=8080, help="port to listen on")
     commands.add_parser("config-example", help="print config.example.toml")
@@ -67,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from .demo import run_demo  # the demo's fake tenant stays out of serve
 
-            run_demo(args.host, args.port)
+            run_demo(args.host, args.port, args.config)
             return 0
         if args.command == "warm":
             return _warm(args)
@@ -136,6 +138,7 @@ async def _purge(args: argparse.Namespace) -> int:
     from . import redisconn
     from .cache import AvatarCache, RedisTier
     from .inputs import parse_subject
+    from .preflight import explain_redis
     from .purge import announce
 
     settings = load_settings(args.config)
@@ -161,7 +164,7 @@ async def _purge(args: argparse.Namespace) -> int:
             print(f"{subject.key}: {deleted} cached entries deleted, "
                   f"{replicas} running replicas told")
     except (RedisError, OSError) as exc:
-        print(f"avatarproxy: purge: {redisconn.explain(settings.cache, exc)}", file=sys.stderr)
+        print(f"avatarproxy: purge: {explain_redis(settings.cache, exc)}", file=sys.stderr)
         return 1
     finally:
         await cache.close()

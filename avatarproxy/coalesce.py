@@ -75,11 +75,12 @@ class ReplicaCoalescer:
 
     async def _renew(self, lock_key: str, token: str) -> None:
         """Keep our lock while the fetch runs (cancelled when it ends); most fetches
-        end before the first renewal. Lost (expired, Redis failing): stop trying."""
+        end before the first renewal. No longer ours (it expired): stop. Redis not
+        answering: try again at the next tick, the lock may well still be ours."""
         assert self._redis is not None
         while True:
             await asyncio.sleep(self._lock_seconds / 3)
-            if not await self._redis.extend_lock(lock_key, token, self._lock_seconds):
+            if await self._redis.extend_lock(lock_key, token, self._lock_seconds) is False:
                 return
 
     async def _await_holder(self, lock_key: str, lookup: Callable[[], Awaitable[T | None]],

@@ -42,6 +42,9 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("server", "host", str, "0.0.0.0", "Address to listen on.",),  # noqa: S104
     Option("server", "port", int, 8080, "TCP port to listen on.", minimum=1),
+    Option("server", "metrics_port", int, 0,
+           "TCP port serving /metrics (and /healthz, /readyz) alone, so a NetworkPolicy can "
+           "open it to Prometheus only; 0: /metrics is served on server.port.", minimum=0),
     Option("server", "workers", int, 0,
            "Worker processes sharing the port; 0: the CPUs this container may use "
            "(cgroup quota and CPU affinity).", minimum=0),
@@ -54,6 +57,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("server", "cors_origins", list, [],
            "Origins allowed to read avatars from scripts (canvas, fetch), e.g. "
            "https://intranet.contoso.com; \"*\" for any; empty: CORS off."),
+    Option("server", "intranet_origins", list, [],
+           "Origins of pages on other sites that show avatars, as browsers send them "
+           "(https://intranet.contoso.com): they get ?fallback=404 and the usual caching, as "
+           "same-site pages do. Other websites' pages get initials for ?fallback=404 and "
+           "photos cached like initials, so they cannot tell who has a photo; \"*\": every "
+           "site. Origins in cors_origins count as listed."),
     Option("server", "cross_origin_resource_policy", str, "cross-origin",
            "Cross-Origin-Resource-Policy of avatars: which sites may embed them.",
            choices=("cross-origin", "same-site", "same-origin")),
@@ -178,18 +187,20 @@ OPTIONS: tuple[Option, ...] = (
     Option("logging", "log_upn", bool, False,
            "Log UPNs in clear; false: a short hash (UPNs are personal data)."),
     Option("security", "allowed_domains", list, [],
-           "UPN domains served (object ids always are); empty: every domain."),
+           "UPN domains served (an object id: its owner's UPN); empty: every domain."),
     Option("security", "allow_guests", bool, True,
-           "Serve guests (#EXT# UPNs); false: they get 404 without a Graph call."),
+           "Serve guests (#EXT# UPNs); false: they get 404, by UPN without a Graph call."),
     Option("security", "url_signing_keys", list, [],
            "HMAC keys; when set, every request needs ?sig= made with one of them "
            "(the first signs, all verify).", secret=True),
     Option("security", "blocked", list, [],
            "UPNs or object ids that always get initials, never their photo."),
     Option("security", "rate_limit_per_second", float, 50.0,
-           "Cache misses per second allowed per client address (0: no limit).", minimum=0),
+           "Graph calls and renders per second allowed per client address (0: no limit).",
+           minimum=0),
     Option("security", "rate_limit_burst", int, 500,
-           "Cache misses a client address may make at once before the rate applies.",
+           "Graph calls and renders a client address may cause at once before the rate "
+           "applies.",
            minimum=1),
 )
 
@@ -207,10 +218,12 @@ AZURE_ENV: Mapping[str, tuple[str, str]] = {
 class ServerSettings:
     host: str
     port: int
+    metrics_port: int
     workers: int
     drain_seconds: float
     grace_seconds: float
     cors_origins: tuple[str, ...]
+    intranet_origins: tuple[str, ...]
     cross_origin_resource_policy: str
     request_deadline_seconds: float
     max_inflight: int
@@ -450,6 +463,10 @@ def _cross_field(values: Mapping[tuple[str, str], Any],
         if stale is not None and fresh is not None and stale < fresh:
             problems.append(f"cache.stale_ttl_seconds: must be at least cache.{key} ({fresh}), "
                             f"got {stale} ({origins[('cache', 'stale_ttl_seconds')]})")
+    port, metrics_port = values[("server", "port")], values[("server", "metrics_port")]
+    if metrics_port and metrics_port == port:
+        problems.append(f"server.metrics_port: must differ from server.port ({port}), or be 0 "
+                        f"to serve /metrics there ({origins[('server', 'metrics_port')]})")
     mode = values[("cache", "redis_mode")]
     if mode == "cluster" and values[("cache", "redis_url")] == "":
         # Without this, an empty URL would quietly mean no Redis at all.

@@ -2,7 +2,10 @@
 
 It is how a newcomer sees the service work, and what the real-browser test
 loads. Plain HTML and CSS, no script; every name is HTML-escaped and every
-UPN percent-encoded (guests' ``#`` must not become a fragment).
+UPN percent-encoded (guests' ``#`` must not become a fragment). With a
+configuration (``avatarproxy demo --config``) the page follows it: URLs are
+signed with the first ``security.url_signing_keys``, and the captions say what
+``security.blocked``, ``allowed_domains`` and ``allow_guests`` make of each person.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from .errors import NotFound
 from .fakegraph import FakePerson
+from .models import Subject
+from .security import Policy, signature
+from .web import POLICY
 
 SIZES = (32, 48, 96, 160)
 SRCSET_SIZE = 48  # shown with 1x/2x/3x candidates
@@ -32,8 +39,17 @@ code { font-size: 12px; color: #555; }
 """
 
 
-def expected_source(person: FakePerson) -> str:
-    """What the service should serve for this demo person: photo or initials."""
+def expected_source(person: FakePerson, policy: Policy | None = None) -> str:
+    """What the service should serve for this demo person: photo, initials, or
+    (another domain, a refused guest) a 404."""
+    if policy is not None:
+        subject = Subject(person.upn.lower())
+        try:
+            policy.check_subject(subject)
+        except NotFound:
+            return "not served"
+        if policy.is_blocked(subject):
+            return "initials"
     return "photo" if person.photo is not None and not person.placeholder else "initials"
 
 
@@ -41,13 +57,28 @@ def avatar_path(person: FakePerson, size: int) -> str:
     return f"/avatar/{quote(person.upn, safe='@')}/{size}"
 
 
-def _figure(person: FakePerson, size: int, *, srcset: bool = False, query: str = "") -> str:
-    src = escape(avatar_path(person, size) + query)
+class _Page:
+    """The page as the configuration has it: who is served how, and signed URLs."""
+
+    def __init__(self, policy: Policy | None, key: str | None) -> None:
+        self.policy = policy
+        self.key = key
+
+    def url(self, person: FakePerson, size: int, query: str = "") -> str:
+        if self.key is not None:  # signed over the path as written, before encoding
+            sig = signature(self.key, f"/avatar/{person.upn}/{size}")
+            query = f"{query}&sig={sig}" if query else f"?sig={sig}"
+        return escape(avatar_path(person, size) + query)
+
+
+def _figure(page: _Page, person: FakePerson, size: int, *, srcset: bool = False,
+            query: str = "") -> str:
+    src = page.url(person, size, query)
     extra = ""
     if srcset:
-        candidates = ", ".join(f"{escape(avatar_path(person, size * d))} {d}x" for d in (1, 2, 3))
+        candidates = ", ".join(f"{page.url(person, size * d)} {d}x" for d in (1, 2, 3))
         extra = f' srcset="{candidates}"'
-    source = expected_source(person)
+    source = expected_source(person, page.policy)
     return (f'<figure><img src="{src}"{extra} width="{size}" height="{size}" alt="" '
             f'data-upn="{escape(person.upn)}" data-size="{size}" data-source="{source}"'
             f'{" data-svg" if query else ""}'
@@ -55,13 +86,15 @@ def _figure(person: FakePerson, size: int, *, srcset: bool = False, query: str =
             f"<figcaption>{source}</figcaption></figure>")
 
 
-def render(people: Sequence[FakePerson]) -> str:
+def render(people: Sequence[FakePerson], policy: Policy | None = None,
+           key: str | None = None) -> str:
+    page = _Page(policy, key)
     head = "".join(f"<th>{s} px</th>" for s in SIZES)
     rows = []
     for person in people:
-        cells = "".join(f"<td>{_figure(person, s)}</td>" for s in SIZES)
-        cells += f"<td>{_figure(person, SRCSET_SIZE, srcset=True)}</td>"
-        cells += f"<td>{_figure(person, SVG_SIZE, query='?format=svg')}</td>"
+        cells = "".join(f"<td>{_figure(page, person, s)}</td>" for s in SIZES)
+        cells += f"<td>{_figure(page, person, SRCSET_SIZE, srcset=True)}</td>"
+        cells += f"<td>{_figure(page, person, SVG_SIZE, query='?format=svg')}</td>"
         rows.append(f'<tr><td class="who">{escape(person.display_name)}<br>'
                     f"<code>{escape(person.upn)}</code></td>{cells}</tr>")
     return (
@@ -81,11 +114,13 @@ def render(people: Sequence[FakePerson]) -> str:
     )
 
 
-def page_handler(
-        people: Sequence[FakePerson]) -> Callable[[web.Request], Awaitable[web.Response]]:
-    body = render(people)
+def page_handler(people: Sequence[FakePerson], key: str | None = None
+                 ) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``GET /``; ``key`` signs the avatar URLs (the first ``security.url_signing_keys``)."""
 
     async def page(request: web.Request) -> web.Response:
+        # Drawn per request: the blocked list resolves after start-up.
+        body = render(people, request.app[POLICY], key)
         return web.Response(text=body, content_type="text/html", headers={
             "Cache-Control": "no-cache", "Content-Security-Policy": PAGE_POLICY,
             "X-Content-Type-Options": "nosniff"})

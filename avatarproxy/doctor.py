@@ -9,7 +9,6 @@ exit non-zero.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
@@ -131,7 +130,7 @@ async def check_redis(cache: CacheSettings) -> list[Finding]:
         finally:
             await connection.aclose()
     except (RedisError, OSError, TimeoutError) as exc:
-        problem = redisconn.explain(cache, exc)
+        problem = preflight.explain_redis(cache, exc)
         policy = ("serve refuses to start" if problem.misconfigured else
                   "serve starts on the memory tier and uses Redis once it answers")
         return [Finding("redis", "fail", f"{problem} ({policy})")]
@@ -143,8 +142,7 @@ async def check_redis(cache: CacheSettings) -> list[Finding]:
 
 async def check_token(settings: Settings) -> tuple[TokenProvider | None, list[Finding]]:
     try:
-        token = await asyncio.to_thread(fetch_token, settings.auth,
-                                        scope_for(settings.graph.base_url))
+        token = await fetch_token(settings.auth, scope_for(settings.graph.base_url))
     except AuthError as exc:
         policy = ("serve refuses to start" if exc.misconfigured else "serve starts degraded: "
                   "cached avatars and initials until the authority answers")

@@ -17,7 +17,7 @@ import os
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -194,16 +194,24 @@ class GraphClient:
             return PhotoMeta(has_photo=False, fetched_at=time.time())
         return meta_from_json(_json(reply))
 
-    async def profile(self, subject: Subject) -> Profile | None:
-        """Names for initials; None when the subject does not exist."""
+    async def profile(self, subject: Subject, *, upn: bool = False) -> Profile | None:
+        """Names for initials (and with ``upn`` the user's UPN); None when the subject
+        does not exist."""
         # Groups and teams have a displayName only.
         fields = _PROFILE_FIELDS if subject.kind == "user" else "id,displayName"
+        if upn and subject.kind == "user":
+            fields += ",userPrincipalName"
         try:
             reply = await self._get(subject.kind, subject, subject_path(subject), MAX_JSON_BYTES,
                                     query="$select=" + fields)
         except GraphNotFound:
             return None
-        return profile_from_json(_json(reply))
+        data = _json(reply)
+        profile = profile_from_json(data)
+        if upn and subject.kind == "user":
+            # "": asked, but Graph named none (whose photo it is cannot be told).
+            profile = replace(profile, upn=(_str(data.get("userPrincipalName")) or "").lower())
+        return profile
 
     async def photo_bytes(self, subject: Subject, hd_size: int | None) -> bytes:
         """Bytes of one HD size (``/photos/NxN/$value``) or of the largest (``/photo/$value``)."""
@@ -269,12 +277,13 @@ class GraphClient:
         async with self._slots:
             self.in_flight += 1
             try:
-                reply = await self._send(operation, url, await self._tokens.token(), limit,
-                                         payload)
+                token = await self._tokens.token()
+                reply = await self._send(operation, url, token, limit, payload)
                 if reply.status == 401:
                     # An expired or revoked token: refresh once, then give up.
                     reply = await self._send(operation, url,
-                                             await self._tokens.token(refresh=True),
+                                             await self._tokens.token(refresh=True,
+                                                                      refused=token),
                                              limit, payload)
             finally:
                 self.in_flight -= 1
@@ -328,7 +337,8 @@ def meta_from_json(data: Mapping[str, Any]) -> PhotoMeta:
     size = parse_size_id(str(data.get("id", ""))) or (0, 0)
     width = _int(data.get("width"), size[0])
     height = _int(data.get("height"), size[1])
-    etag = str(data.get("@odata.mediaEtag") or "")
+    # Our keys and ETags are built from it: nothing but printable ASCII gets through.
+    etag = str(data.get("@odata.mediaEtag") or "").encode("ascii", "backslashreplace").decode()
     if is_placeholder(width, height) or not etag:
         return PhotoMeta(has_photo=False, fetched_at=time.time())
     return PhotoMeta(has_photo=True, media_etag=etag, width=width, height=height,

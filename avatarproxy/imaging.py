@@ -89,7 +89,8 @@ def image_dimensions(data: bytes) -> tuple[int, int]:
 
 def render_photo(data: bytes, size: int, fmt: str, *,
                  max_pixels: int = MAX_SOURCE_PIXELS) -> bytes:
-    """A square, oriented, sRGB, metadata-free ``fmt`` of at most ``size`` px a side."""
+    """A square, oriented, sRGB, metadata-free ``fmt`` of exactly ``size`` px a side
+    (a smaller source is scaled up: see ``sizing.FetchPlan``)."""
     pil_format, params = _encoder(_PHOTO_ENCODERS, fmt)
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
@@ -201,9 +202,8 @@ def _eight_bit_grey(im: Image.Image) -> Image.Image:
 
 def _square(im: Image.Image, size: int) -> Image.Image:
     side = min(im.size)
-    target = min(size, side)  # never upscale
     left, top = (im.width - side) / 2, (im.height - side) / 2
-    return im.resize((target, target), Image.Resampling.LANCZOS,
+    return im.resize((size, size), Image.Resampling.LANCZOS,
                      box=(left, top, left + side, top + side), reducing_gap=3.0)
 
 

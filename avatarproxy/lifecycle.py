@@ -36,7 +36,7 @@ from aiohttp import web
 from . import logs, metrics
 from .config import ServerSettings, Settings
 from .errors import ConfigError
-from .ops import READINESS
+from .ops import READINESS, metrics_app
 
 log = logging.getLogger(__name__)
 AppFactory = Callable[[], Awaitable[web.Application]]
@@ -77,13 +77,19 @@ async def serve_until_stopped(make_app: AppFactory, server: ServerSettings, *,
     loop = asyncio.get_running_loop()
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
+    metrics_runner: web.AppRunner | None = None
     try:
+        # First, so whoever waits for "Running on" finds /metrics answering too.
+        try:
+            metrics_runner = await _metrics_listener(app, server, reuse_port)
+        except OSError as exc:  # taken since serve checked it
+            raise _cannot_listen("server.metrics_port", server.host, server.metrics_port,
+                                 exc) from exc
         site = web.TCPSite(runner, server.host, server.port, reuse_port=reuse_port or None)
         try:
             await site.start()
-        except OSError as exc:  # taken since serve checked it
-            raise ConfigError([f"server.port: cannot listen on {server.host}:{server.port}: "
-                               f"{exc.strerror}"]) from exc
+        except OSError as exc:
+            raise _cannot_listen("server.port", server.host, server.port, exc) from exc
         log.info("Running on http://%s:%d (pid %d)", server.host, server.port, os.getpid())
         await stop.wait()
         app[READINESS].ready = False
@@ -94,13 +100,37 @@ async def serve_until_stopped(make_app: AppFactory, server: ServerSettings, *,
         # (then cancels them), then runs clean-up: the rest of the grace for
         # Graph fetches still running, then Redis, Graph session, executor.
         await runner.cleanup()
+        if metrics_runner is not None:  # scrapeable until the very end
+            await metrics_runner.cleanup()
         for sig in _STOP_SIGNALS:
             loop.remove_signal_handler(sig)
     log.info("stopped")
 
 
+def _cannot_listen(key: str, host: str, port: int, exc: OSError) -> ConfigError:
+    return ConfigError([f"{key}: cannot listen on {host}:{port}: {exc.strerror}"])
+
+
 def worker_count(server: ServerSettings) -> int:
     return server.workers or usable_cpus()
+
+
+async def _metrics_listener(app: web.Application, server: ServerSettings,
+                            reuse_port: bool) -> web.AppRunner | None:
+    """``server.metrics_port``'s listener, if set. Each worker binds it too
+    (SO_REUSEPORT): whichever answers reports the sum of all (multiprocess mode)."""
+    if not server.metrics_port:
+        return None
+    runner = web.AppRunner(metrics_app(app[READINESS]), handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, server.host, server.metrics_port, reuse_port=reuse_port or None)
+    try:
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    log.info("metrics on http://%s:%d/metrics", server.host, server.metrics_port)
+    return runner
 
 
 def run(settings: Settings, make_app: AppFactory) -> int:

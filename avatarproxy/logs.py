@@ -6,16 +6,24 @@ context variable set by ``ops.observe``). Access lines are sampled
 name the route and a short hash of the person, never the raw path: UPNs are
 personal data unless ``logging.log_upn`` says otherwise. Nothing here ever
 sees a token: Graph requests are not logged and our exceptions carry none.
+
+Client mistakes (``client_error``) are not our errors: INFO, no traceback, and
+at most a line per interval, so a client sending them by the thousand cannot
+flood the log.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import hashlib
 import json
 import logging
+import math
 import random
 import sys
+import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +33,8 @@ from .config import LoggingSettings
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 ACCESS = logging.getLogger("avatarproxy.access")
-_EXTRA_FIELDS = ("route", "method", "status", "duration_ms", "subject", "source")
+CLIENT = logging.getLogger("avatarproxy.client")
+_EXTRA_FIELDS = ("route", "method", "status", "duration_ms", "subject", "source", "reason")
 _settings = LoggingSettings(format="json", level="info", access=0.0, log_upn=False)
 
 
@@ -115,8 +124,73 @@ def wants_access_line() -> bool:
 
 
 def access(route: str, method: str, status: int, seconds: float, subject: str | None,
-           source: str) -> None:
-    ACCESS.info("%s %s %d", method, route, status, extra={
+           source: str, reason: str | None = None) -> None:
+    """One access line; ``reason``: what was wrong with a refused request (our public text)."""
+    ACCESS.info("%s %s %d%s", method, route, status, f": {reason}" if reason else "", extra={
         "route": route, "method": method, "status": status,
         "duration_ms": round(seconds * 1000, 2),
-        "subject": subject_ref(subject) if subject else None, "source": source})
+        "subject": subject_ref(subject) if subject else None, "source": source,
+        "reason": reason})
+
+
+class ClientErrors:
+    """Client mistakes, reported at INFO without tracebacks: the first at once,
+    then, while more keep coming, one summary line per ``interval`` counting
+    them by kind. ``what`` is one of a bounded set (a status and our public
+    reason, never the request's own text), so the counts stay small too."""
+
+    def __init__(self, interval: float = 60.0) -> None:
+        self.interval = interval
+        self._counts: Counter[str] = Counter()
+        self._until = -math.inf
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def counting(self) -> bool:
+        """Whether a mistake now would be counted for a summary, not logged at once."""
+        return time.monotonic() < self._until
+
+    def note(self, what: str) -> None:
+        if self.counting:
+            self._counts[what] += 1
+            return
+        if self._counts:  # a window ended with no loop to time its summary
+            self.flush()
+            self._counts[what] += 1
+            return
+        CLIENT.info("client error: %s (more are summed up every %g s)", what, self.interval)
+        self._open_window()
+
+    def flush(self) -> None:
+        """The summary of the interval now ending; the window stays open while
+        mistakes keep coming, so a steady flood costs one line per interval."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self._counts:
+            self._until = -math.inf
+            return
+        kinds = ", ".join(f"{what}: {n}" for what, n in self._counts.most_common(10))
+        CLIENT.info("client errors in the last %g s: %d more (%s)", self.interval,
+                    sum(self._counts.values()), kinds)
+        self._counts.clear()
+        self._open_window()
+
+    def _open_window(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._until = time.monotonic() + self.interval
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (a thread): the next mistake after the window reports
+        self._timer = loop.call_later(self.interval, self.flush)
+
+
+CLIENT_ERRORS = ClientErrors()
+
+
+def client_error(what: str) -> None:
+    """Report a client's mistake: ``"400 size must be ..."``, ``"403 bad signature"``."""
+    CLIENT_ERRORS.note(what)

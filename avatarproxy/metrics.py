@@ -14,8 +14,9 @@ need no such files but would leave every CPU but one idle.
 from __future__ import annotations
 
 import os
+import threading
 import time
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -52,9 +53,6 @@ RETRY_AFTER_SECONDS = Counter("avatarproxy_graph_retry_after_seconds_total",
                               "Time spent honouring Graph's Retry-After.")
 TOKENS = Counter("avatarproxy_token_acquisitions_total",
                  "Token requests to the identity provider by result.", ["result"])
-CREDENTIAL_EXPIRY = Gauge("avatarproxy_credential_expiry_timestamp_seconds",
-                          "When the client certificate expires (Unix time), when known.",
-                          multiprocess_mode="livemin")
 IMAGING_SECONDS = Histogram("avatarproxy_imaging_duration_seconds",
                             "Image processing time by operation.", ["operation"],
                             buckets=_FAST)
@@ -66,6 +64,44 @@ FALLBACKS = Counter("avatarproxy_initials_fallback_total",
 DEPENDENCY_UP = Gauge("avatarproxy_dependency_up",
                       "1 if the last use of a shared dependency succeeded, else 0.",
                       ["dependency"], multiprocess_mode="livemin")
+
+
+class GaugeOnFirstUse:
+    """A gauge that is not exported at all until it is first set.
+
+    prometheus-client exports a gauge without labels as 0 from the moment it
+    is declared (in multiprocess mode, in every worker's file). For these two
+    a 0 would be a lie an alert acts on: an expiry in 1970 for a deployment
+    that uses a client secret, a purge subscription "down" where Redis is not
+    configured at all. So each exists only in the processes that use it.
+    """
+
+    def __init__(self, name: str, documentation: str,
+                 multiprocess_mode: Literal["livemin", "livemax", "livesum"]) -> None:
+        self.name = name
+        self._documentation = documentation
+        self._mode = multiprocess_mode
+        self._gauge: Gauge | None = None
+        self._lock = threading.Lock()  # the certificate is read in msal's thread
+
+    def set(self, value: float) -> None:
+        with self._lock:
+            if self._gauge is None:
+                self._gauge = Gauge(self.name, self._documentation,
+                                    multiprocess_mode=self._mode)
+        self._gauge.set(value)
+
+
+# livemin: the pod shows the earliest expiry any live worker holds (during a
+# rotation, the older certificate until every worker has the new one).
+CREDENTIAL_EXPIRY = GaugeOnFirstUse("avatarproxy_credential_expiry_timestamp_seconds",
+                                    "When the client certificate expires (Unix time); "
+                                    "absent unless a certificate is used.", "livemin")
+# livemin: every worker holds a subscription of its own (and a memory tier it
+# purges); the pod shows 0 while any live worker has none.
+PURGE_SUBSCRIBED = GaugeOnFirstUse("avatarproxy_purge_subscribed",
+                                   "1 while this process is subscribed to the purge channel; "
+                                   "absent when Redis is not configured.", "livemin")
 
 # Readiness never depends on these; they are reported in /readyz.
 _states: dict[str, str] = {}
@@ -131,6 +167,10 @@ def token_acquired(ok: bool) -> None:
 
 def credential_expires(timestamp: float) -> None:
     CREDENTIAL_EXPIRY.set(timestamp)
+
+
+def purge_subscribed(subscribed: bool) -> None:
+    PURGE_SUBSCRIBED.set(1 if subscribed else 0)
 
 
 def imaging(operation: str, seconds: float) -> None:

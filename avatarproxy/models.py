@@ -70,12 +70,15 @@ NOBODY = Identity("", "")
 
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """The few directory fields initials need."""
+    """The few directory fields initials need, and for a user asked for by object id
+    whose the id is (``upn``: the guest and domain rules apply to it; "" when Graph
+    would not say; None when not asked)."""
 
     object_id: str | None = None
     display_name: str | None = None
     given_name: str | None = None
     surname: str | None = None
+    upn: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import logs, metrics
+from .web import REASON, security_headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -95,10 +96,12 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         metrics.request_done(template, request.method, status, source, seconds)
         if logs.wants_access_line():
             logs.access(template, request.method, status, seconds,
-                        request.match_info.get("subject"), source)
+                        request.match_info.get("subject"), source, request.get(REASON))
 
 
-def add_routes(app: web.Application, redis_configured: bool) -> None:
+def add_routes(app: web.Application, redis_configured: bool, *,
+               metrics_here: bool = True) -> None:
+    """The probes, and ``/metrics`` unless ``server.metrics_port`` has it (``metrics_app``)."""
     app[READINESS] = Readiness(redis_configured=redis_configured)
 
     async def started(app: web.Application) -> None:
@@ -108,4 +111,19 @@ def add_routes(app: web.Application, redis_configured: bool) -> None:
     app.on_startup.append(started)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if metrics_here:
+        app.router.add_get("/metrics", metrics_endpoint)
+
+
+def metrics_app(readiness: Readiness) -> web.Application:
+    """What ``server.metrics_port`` serves: ``/metrics`` and the probes, reporting
+    the avatar application's readiness. A port of its own, so a NetworkPolicy can
+    let Prometheus in there and nobody else (the ingress controller has no way
+    to it), while the avatar port serves no metrics."""
+    app = web.Application()
+    app[READINESS] = readiness
+    app.on_response_prepare.append(security_headers)
     app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

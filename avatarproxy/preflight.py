@@ -23,11 +23,12 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from redis.exceptions import AuthenticationError, NoPermissionError, OutOfMemoryError, ResponseError
 
 from . import redisconn
 from .auth import fetch_token, scope_for
 from .authproblems import as_problem
-from .config import ServerSettings, Settings, file_problem
+from .config import CacheSettings, ServerSettings, Settings, file_problem
 from .errors import AuthError
 
 # How long the start-up check may wait for Redis in all (a Cluster tries each node).
@@ -73,14 +74,22 @@ def _content_problem(key: str, path: str) -> str | None:
     return None
 
 
-def listen_problem(server: ServerSettings) -> str | None:
-    """Whether ``server.host:server.port`` can be listened on: checked here once, as
-    every worker would otherwise fail with a traceback of its own."""
+def listen_problems(server: ServerSettings) -> list[str]:
+    """Whether ``server.port`` (and ``server.metrics_port``) can be listened on: checked
+    here once, as every worker would otherwise fail with a traceback of its own."""
+    problems = []
+    for key, port in (("server.port", server.port), ("server.metrics_port", server.metrics_port)):
+        if port and (problem := _listen_problem(key, server.host, port)):
+            problems.append(problem)
+    return problems
+
+
+def _listen_problem(key: str, host: str, port: int) -> str | None:
     try:
-        addresses = socket.getaddrinfo(server.host or None, server.port,
-                                       type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        addresses = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        return f"server.host: cannot listen on {server.host!r}: {exc.strerror}"
+        return f"server.host: cannot listen on {host!r}: {exc.strerror}"
     for family, kind, protocol, _, address in addresses:
         with socket.socket(family, kind, protocol) as sock:
             # As aiohttp does: a previous run's TIME_WAIT connections do not count.
@@ -88,8 +97,7 @@ def listen_problem(server: ServerSettings) -> str | None:
             try:
                 sock.bind(address)
             except OSError as exc:
-                return (f"server.port: cannot listen on {server.host}:{server.port}: "
-                        f"{exc.strerror}")
+                return f"{key}: cannot listen on {host}:{port}: {exc.strerror}"
     return None
 
 
@@ -121,7 +129,7 @@ async def probe(settings: Settings) -> Report:
 
 async def _probe_token(settings: Settings, report: Report) -> None:
     try:
-        await asyncio.to_thread(fetch_token, settings.auth, scope_for(settings.graph.base_url))
+        await fetch_token(settings.auth, scope_for(settings.graph.base_url))
     except AuthError as exc:
         if exc.misconfigured:
             report.problems.append(as_problem(exc))
@@ -138,7 +146,7 @@ async def _probe_redis(settings: Settings, report: Report) -> None:
         async with asyncio.timeout(_REDIS_CHECK_SECONDS):
             await redisconn.command(connection.client.ping())
     except _REDIS_PROBE_FAILURES as exc:
-        problem = redisconn.explain(settings.cache, exc)
+        problem = explain_redis(settings.cache, exc)
         if problem.misconfigured:
             report.problems.append(str(problem))
         else:
@@ -148,11 +156,49 @@ async def _probe_redis(settings: Settings, report: Report) -> None:
         await connection.aclose()
 
 
+@dataclass(frozen=True, slots=True)
+class RedisProblem:
+    """Why Redis would not answer: the key to look at, and whether it is a
+    misconfiguration (``serve`` refuses to start) or an outage (it starts on its
+    memory tier and uses Redis once it answers)."""
+
+    key: str
+    message: str
+    misconfigured: bool
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+def explain_redis(cache: CacheSettings, exc: BaseException) -> RedisProblem:
+    """What a failed command (``serve``'s PING, ``doctor``'s, ``purge``'s) means."""
+    text = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else ""
+    advice = redisconn.advice(exc)
+    if isinstance(exc, AuthenticationError):  # WRONGPASS, NOAUTH, a disabled user
+        key = "cache.redis_password_file" if cache.redis_password_file else "cache.redis_url"
+        return RedisProblem(key, f"authentication failed ({text}): {advice}", True)
+    if isinstance(exc, NoPermissionError):
+        return RedisProblem("cache.redis_url", f"permission denied ({text}): {advice}", True)
+    if isinstance(exc, ResponseError) and not isinstance(exc, OutOfMemoryError):
+        return RedisProblem("cache.redis_url", f"Redis refused it ({text})", True)  # a db, say
+    if "CERTIFICATE_VERIFY_FAILED" in text:
+        return RedisProblem("cache.redis_ca_file", f"the server's certificate is not trusted "
+                            f"({text}): {advice}", True)
+    return RedisProblem("cache.redis_url", f"unreachable: {type(exc).__name__}: {text}; "
+                        f"{advice}", False)
+
+
 def summary(settings: Settings, workers: int) -> str:
     """The one start-up line: what this process will talk to, without secrets."""
     authority = urlsplit(settings.auth.authority)
     memory = settings.cache.memory_max_bytes / (1024 * 1024)
+    cache = settings.cache
+    redis = "none (memory tier only)"
+    if redisconn.enabled(cache):
+        tls = " over TLS" if urlsplit(cache.redis_url).scheme == "rediss" else ""
+        mode = {"cluster": "cluster via ", "sentinel": ""}.get(cache.redis_mode, "")
+        redis = f"{mode}{redisconn.where(cache)}{tls}"
     return (f"start-up: Graph {settings.graph.base_url}, authority {authority.netloc}"
-            f"{authority.path.rstrip('/')}, Redis {redisconn.target(settings.cache)}, memory "
+            f"{authority.path.rstrip('/')}, Redis {redis}, memory "
             f"tier {memory:g} MiB per worker, {workers} worker{'s' if workers != 1 else ''}, "
             f"listening on {settings.server.host}:{settings.server.port}")

@@ -5,6 +5,8 @@ serving a copy until its metadata would have gone stale.
 
 A replica that is disconnected when the announcement is sent misses it; its
 copy then lives until ``cache.metadata_ttl_seconds`` (the README says so).
+So the outage is visible: ``avatarproxy_purge_subscribed`` (an alert after ten
+minutes) and one log line when it starts, one when it ends.
 
 The channel is named like the keys, ``<cache.key_prefix>purge``, so
 deployments sharing one Redis (each its own prefix) do not empty each other's
@@ -25,6 +27,7 @@ from redis.asyncio.client import PubSub
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError
 
+from . import metrics
 from .cache import AvatarCache
 from .errors import BadRequest
 from .inputs import parse_subject
@@ -88,12 +91,28 @@ class PurgeListener:
         self._channel = channel
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # Since when no subscription has held (monotonic), and why: an outage is
+        # logged when it starts and when it ends, not on every retry.
+        self._down_since: float | None = None
+        self._down_because = ""
         # For readiness checks and tests: subscribed now; handled an announcement.
         self.subscribed = asyncio.Event()
         self.handled = asyncio.Event()
 
     async def start(self) -> None:
+        metrics.purge_subscribed(False)  # until Redis confirms: the metric exists from now
         self._task = asyncio.create_task(self._run())
+        self._task.add_done_callback(self._stopped)
+
+    def _stopped(self, task: asyncio.Task[None]) -> None:
+        """A listener that ends other than by ``close`` is a bug: say so, loudly."""
+        self.subscribed.clear()
+        if task.cancelled() or self._closing:
+            return
+        exc = task.exception()
+        log.error("purge listener stopped: takedowns no longer reach this replica's memory "
+                  "until it restarts: %s: %s", type(exc).__name__, exc,
+                  exc_info=exc)
 
     async def _run(self) -> None:
         while not self._closing:
@@ -103,20 +122,45 @@ class PurgeListener:
                 try:
                     await self._subscribe(client)
                 except REDIS_FAILURES as exc:
-                    self.subscribed.clear()
                     if self._closing:
                         return
-                    log.warning("purge channel unavailable on %s: %s", _address(client),
-                                type(exc).__name__)
+                    self._lost(client, exc)
             await asyncio.sleep(self.retry_seconds)
+
+    def _lost(self, client: Redis, exc: Exception) -> None:
+        """No subscription through ``client``: say so once per outage (and again
+        only if the reason changes, say from a refused connection to a refused
+        password), not once per retry."""
+        self.subscribed.clear()
+        metrics.purge_subscribed(False)
+        because = type(exc).__name__
+        if self._down_since is not None and because == self._down_because:
+            log.debug("purge channel still unavailable on %s: %s",
+                      self._connection.where(client), because)
+            return
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        self._down_because = because
+        log.warning("purge channel unavailable on %s; trying again every %g s, and `avatarproxy "
+                    "purge` does not reach this process meanwhile",
+                    self._connection.failure(exc, client), self.retry_seconds)
+
+    def _confirmed(self, client: Redis) -> None:
+        self.subscribed.set()
+        metrics.purge_subscribed(True)
+        if self._down_since is not None:
+            log.info("purge channel subscribed again on %s after %.0f s",
+                     self._connection.where(client),
+                     time.monotonic() - self._down_since)
+            self._down_since = None
 
     async def _subscribe(self, client: Redis) -> None:
         """Listen through ``client`` until its connection fails."""
         async with client.pubsub() as pubsub:
             await pubsub.subscribe(self._channel)
-            await self._listen(pubsub)
+            await self._listen(pubsub, client)
 
-    async def _listen(self, pubsub: PubSub) -> None:
+    async def _listen(self, pubsub: PubSub, client: Redis) -> None:
         """Handle announcements; PING after ``ping_seconds`` of silence, and give the
         connection up if the PONG has not come ``ping_seconds`` later (a NAT or a
         load balancer can drop an idle flow without telling either end)."""
@@ -126,7 +170,7 @@ class PurgeListener:
             now = time.monotonic()
             kind = message.get("type") if message else None
             if kind == "subscribe":  # Redis confirmed it
-                self.subscribed.set()
+                self._confirmed(client)
             elif kind == "message":
                 await self._forget(message["data"])
             elif kind == "pong":
@@ -161,15 +205,6 @@ class PurgeListener:
                     break
         await self._connection.aclose()
 
-
-def _address(client: Redis) -> str:
-    """host:port (or the socket) a client talks to, for logs; no credentials."""
-    kwargs = client.connection_pool.connection_kwargs
-    if "path" in kwargs:
-        return str(kwargs["path"])
-    if "host" not in kwargs:
-        return "the Sentinels' master"
-    return f"{kwargs['host']}:{kwargs.get('port', 6379)}"
 
 
 LISTENER: web.AppKey[PurgeListener] = web.AppKey("purge_listener", PurgeListener)

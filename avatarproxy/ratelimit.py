@@ -1,5 +1,10 @@
 """A token bucket per client address for requests that would reach Graph or render.
 
+A request pays for what it will cost: one token per Graph call and per render
+(``RateLimiter.allow(client, cost)``). It gets in while its client holds a
+token, and may leave the bucket in debt, which the refill repays before the
+next: so a client's Graph calls and renders over time stay within the rate.
+
 With Redis configured the buckets live there, updated by one Lua script (atomic,
 on Redis's clock), so the limit holds across replicas. Without Redis, or while
 it fails, each process keeps its own buckets: the limit then applies per
@@ -22,11 +27,12 @@ MAX_LOCAL_BUCKETS = 100_000
 # timeout on every miss.
 REDIS_RETRY_SECONDS = 5.0
 
-# KEYS[1] bucket; ARGV rate (tokens/s), burst. Returns 1 if a token was taken.
+# KEYS[1] bucket; ARGV rate (tokens/s), burst, cost. Returns 1 if admitted.
 # TIME is Redis's clock: replicas with skewed clocks still agree.
 _SCRIPT = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
@@ -35,11 +41,11 @@ local at = tonumber(b[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
 local taken = 0
 if tokens >= 1 then
-  tokens = tokens - 1
+  tokens = tokens - cost
   taken = 1
 end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
-redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+redis.call('EXPIRE', KEYS[1], math.ceil((burst - tokens) / rate) + 1)
 return taken
 """
 
@@ -53,19 +59,20 @@ class LocalBuckets:
         self._max = max_buckets
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
 
-    def take(self, client: str) -> bool:
+    def take(self, client: str, cost: int = 1) -> bool:
         now = time.monotonic()
         tokens, at = self._buckets.pop(client, (self._burst, now))
         tokens = min(self._burst, tokens + (now - at) * self._rate)
         taken = tokens >= 1
-        self._buckets[client] = (tokens - 1 if taken else tokens, now)
+        self._buckets[client] = (tokens - cost if taken else tokens, now)
         if len(self._buckets) > self._max:
             self._buckets.popitem(last=False)
         return taken
 
 
 class RateLimiter:
-    """``allow(client)``: may this client cause one more Graph call or render now?"""
+    """``allow(client, cost)``: may this client cause ``cost`` more Graph calls or
+    renders now? Yes while it holds a token; the cost is then taken in full."""
 
     def __init__(self, rate: float, burst: int, redis: RedisConnection | None = None,
                  key_prefix: str = "avatarproxy:") -> None:
@@ -81,27 +88,26 @@ class RateLimiter:
         self._last_error_log = 0.0
         self._redis_retry_at = 0.0
 
-    async def allow(self, client: str) -> bool:
+    async def allow(self, client: str, cost: int = 1) -> bool:
         if self._local is None:
             return True
         if self._redis is not None and time.monotonic() >= self._redis_retry_at:
             pending = self._take(keys=[self._prefix + client],
-                                 args=[repr(self._rate), str(self._burst)])
+                                 args=[repr(self._rate), str(self._burst), str(cost)])
             try:
                 taken = await command(pending)
             except REDIS_FAILURES as exc:
                 self._redis_retry_at = time.monotonic() + REDIS_RETRY_SECONDS
-                self._log_error(exc)
+                self._log_error(self._redis.failure(exc))
             else:
                 return bool(taken)
-        return self._local.take(client)
+        return self._local.take(client, cost)
 
-    def _log_error(self, exc: BaseException) -> None:
+    def _log_error(self, failure: str) -> None:
         now = time.monotonic()
         if now - self._last_error_log > 60:
             self._last_error_log = now
-            log.warning("redis rate limit failed, limiting per process: %s",
-                        type(exc).__name__)
+            log.warning("redis rate limit failed, limiting per process: %s", failure)
 
     async def close(self) -> None:
         if self._redis is not None:

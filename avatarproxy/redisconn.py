@@ -11,6 +11,7 @@ another node when one fails.
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +29,9 @@ from redis.credentials import CredentialProvider
 from redis.exceptions import (
     AuthenticationError,
     NoPermissionError,
+    OutOfMemoryError,
     RedisClusterException,
     RedisError,
-    ResponseError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.typing import EncodableT
@@ -113,6 +114,9 @@ class RedisConnection:
     # port, and the node of cache.redis_url.
     node_client: Callable[[str, int], Redis] | None = None
     seed: tuple[str, int] = ("", 0)
+    # For log lines (``failure``): where Redis is, and the settings that say so.
+    target: str = "Redis"
+    settings: str = "cache.redis_url"
     _node_clients: dict[tuple[str, int], Redis] = field(default_factory=dict)
 
     async def pubsub_clients(self) -> list[Redis]:
@@ -139,12 +143,59 @@ class RedisConnection:
             client = self._node_clients[(host, port)] = self.node_client(host, port)
         return client
 
+    def where(self, client: Redis | None = None) -> str:
+        """host:port (or the socket) ``client`` talks to, else the connection's target."""
+        if client is None or self.node_client is None:
+            return self.target
+        kwargs = client.connection_pool.connection_kwargs  # a Cluster node's own client
+        return f"{kwargs.get('host')}:{kwargs.get('port')}"
+
+    def failure(self, exc: BaseException, client: Redis | None = None) -> str:
+        """``exc`` for a log line: where, what, and the setting to check; no credentials."""
+        return f"{self.where(client)}: {_what(exc)}; {advice(exc, self.settings)}"
+
     async def aclose(self) -> None:
         try:
             await self.client.aclose()
         finally:
             for client in (*self.sentinel_clients, *self._node_clients.values()):
                 await client.aclose()
+
+
+def _what(exc: BaseException) -> str:
+    # redis-py's messages name the address and Redis' own words ("WRONGPASS
+    # invalid username-password pair"), never the password; one line, short.
+    text = str(exc).strip().splitlines()[0][:200].rstrip(".") if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def advice(exc: BaseException, settings: str = "cache.redis_url") -> str:
+    """What an operator should check for a Redis failure; ``settings``: where Redis is."""
+    text = str(exc)
+    if isinstance(exc, AuthenticationError) or text.startswith(("NOAUTH", "WRONGPASS")):
+        return "check cache.redis_password_file (or the password in cache.redis_url)"
+    if isinstance(exc, NoPermissionError):
+        return ("check the ACL of the Redis user of cache.redis_url: it needs the cache's "
+                "keys and commands, and the purge channel")
+    if isinstance(exc, OutOfMemoryError):
+        return "check Redis' maxmemory and maxmemory-policy"
+    if isinstance(exc.__cause__ or exc.__context__, ssl.SSLError) or "SSL" in text:
+        return "check cache.redis_ca_file and the rediss:// scheme of cache.redis_url"
+    return (f"check {settings} and that Redis answers there (in Kubernetes, also the "
+            "NetworkPolicy avatarproxy-to-redis)")
+
+
+def _target(cache: CacheSettings) -> tuple[str, str]:
+    """Where Redis is and the settings saying so, for log lines: never credentials."""
+    if cache.redis_mode == "sentinel":
+        return (f"master {cache.redis_sentinel_master!r} of the Sentinels "
+                f"{', '.join(cache.redis_sentinels)}",
+                "cache.redis_sentinels and cache.redis_sentinel_master")
+    options = parse_url(cache.redis_url or "redis://")
+    if "path" in options:
+        return str(options["path"]), "cache.redis_url"
+    host = str(options.get("host", "localhost"))
+    return f"{f'[{host}]' if ':' in host else host}:{options.get('port', 6379)}", "cache.redis_url"
 
 
 def enabled(cache: CacheSettings) -> bool:
@@ -203,56 +254,9 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class RedisProblem:
-    """Why Redis would not answer, for an operator: the key to look at and whether it
-    is a misconfiguration (``serve`` refuses to start) or an outage (it starts on its
-    memory tier and uses Redis once it answers)."""
-
-    key: str
-    message: str
-    misconfigured: bool
-
-    def __str__(self) -> str:
-        return f"{self.key}: {self.message}"
-
-
-def explain(cache: CacheSettings, exc: BaseException) -> RedisProblem:
-    """What a failed command (a PING at start-up, ``doctor``'s) means."""
-    text = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() \
-        else type(exc).__name__
-    if isinstance(exc, AuthenticationError):  # WRONGPASS, NOAUTH, a disabled user
-        key = "cache.redis_password_file" if cache.redis_password_file else "cache.redis_url"
-        return RedisProblem(key, f"authentication failed ({text}): check the password in "
-                            "cache.redis_password_file or cache.redis_url and the user name "
-                            "in cache.redis_url", True)
-    if isinstance(exc, NoPermissionError):
-        return RedisProblem("cache.redis_url", f"the Redis user lacks a permission ({text}): "
-                            "see the ACL in the README", True)
-    if isinstance(exc, ResponseError):  # a database out of range, say
-        return RedisProblem("cache.redis_url", f"Redis refused it: {text}", True)
-    if "CERTIFICATE_VERIFY_FAILED" in text:
-        return RedisProblem("cache.redis_ca_file", f"the server's certificate is not trusted "
-                            f"({text}): set cache.redis_ca_file to the CA that issued it", True)
-    return RedisProblem("cache.redis_url", f"unreachable: {type(exc).__name__}: {text}", False)
-
-
-def target(cache: CacheSettings) -> str:
-    """Where Redis is, for a log line: no user, no password."""
-    if not enabled(cache):
-        return "none (memory tier only)"
-    parts = urlsplit(cache.redis_url or "redis://")
-    if cache.redis_mode == "sentinel":
-        return (f"sentinel master {cache.redis_sentinel_master!r} via "
-                f"{', '.join(cache.redis_sentinels)}")
-    if parts.scheme == "unix":
-        return f"unix://{parts.path}"
-    try:
-        where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}"
-    except ValueError:
-        where = "an invalid URL"
-    mode = "cluster via " if cache.redis_mode == "cluster" else ""
-    return f"{mode}{parts.scheme}://{where}{parts.path or ''}"
+def where(cache: CacheSettings) -> str:
+    """Where Redis is, for the start-up line: no user, no password."""
+    return _target(cache)[0]
 
 
 def connect(cache: CacheSettings) -> RedisConnection:
@@ -276,13 +280,15 @@ def subscriber(cache: CacheSettings) -> RedisConnection:
     options.update(_tls_options(cache, options.get("connection_class") is SSLConnection))
 
     def node_client(host: str, port: int) -> Redis:
-        return Redis.from_pool(ConnectionPool(**{**options, "host": host, "port": port}))
+        # _Subscriber: its subscriptions' awaits go through ``command`` too.
+        return _Subscriber.from_pool(ConnectionPool(**{**options, "host": host, "port": port}))
 
     return RedisConnection(_connect(cache, pubsub=False).client, node_client=node_client,
-                           seed=(options["host"], options["port"]))
+                           seed=(options["host"], options["port"]), target=_target(cache)[0])
 
 
 def _connect(cache: CacheSettings, pubsub: bool) -> RedisConnection:
+    target, settings = _target(cache)
     url = cache.redis_url or "redis://"
     options = _url_options(url, cache)
     if pubsub:
@@ -290,7 +296,7 @@ def _connect(cache: CacheSettings, pubsub: bool) -> RedisConnection:
     tls = options.get("connection_class") is SSLConnection
     if pubsub and cache.redis_mode != "sentinel":
         return RedisConnection(_Subscriber.from_pool(ConnectionPool(
-            **options, **_tls_options(cache, tls))))
+            **options, **_tls_options(cache, tls))), target=target, settings=settings)
     if cache.redis_mode == "cluster":
         options.pop("connection_class", None)
         client = RedisCluster(
@@ -298,7 +304,7 @@ def _connect(cache: CacheSettings, pubsub: bool) -> RedisConnection:
             # Serve the slots that still have a master while one fails over.
             require_full_coverage=False,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), 2))
-        return RedisConnection(client)
+        return RedisConnection(client, target=target, settings=settings)
     retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
     if cache.redis_mode == "sentinel":
         for name in ("host", "port", "path", "connection_class"):
@@ -316,13 +322,13 @@ def _connect(cache: CacheSettings, pubsub: bool) -> RedisConnection:
             **_tls_options(cache, tls))
         master: Redis = sentinel.master_for(cache.redis_sentinel_master,
                                             redis_class=_Subscriber if pubsub else Redis)
-        return RedisConnection(master, tuple(sentinel.sentinels))
+        return RedisConnection(master, tuple(sentinel.sentinels), target=target, settings=settings)
     options.update(_tls_options(cache, tls))
     # A bounded pool that waits (briefly) for a free connection: a burst of
     # requests queues for Redis instead of failing with "too many connections".
     return RedisConnection(Redis.from_pool(BlockingConnectionPool(
         **options, retry=retry, max_connections=MAX_CONNECTIONS,
-        timeout=cache.redis_timeout_seconds)))
+        timeout=cache.redis_timeout_seconds)), target=target, settings=settings)
 
 
 def _url_options(url: str, cache: CacheSettings) -> dict[str, Any]:

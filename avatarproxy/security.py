@@ -2,8 +2,9 @@
 
 Decisions over ``SecuritySettings``; ``web`` asks them before the cache or
 Graph is touched, and the service asks again of the person an e-mail address
-resolves to (``check_person``): policy holds for the person, whatever name the
-page used. Who the blocked people are is kept current by ``BlockedPeople``.
+or an object id turns out to be (``check_person``): policy holds for the
+person, whatever name the page used. Who the blocked people are is kept
+current by ``BlockedPeople``.
 Signatures are HMAC-SHA256 over the request path as the page
 wrote it, percent-decoded (``/avatar/adele.vance@contoso.com/48``), in URL-safe
 base64 without padding. The query string is not signed: pages add cache busters.
@@ -24,10 +25,13 @@ from .blocking import BlockedPeople
 from .config import SecuritySettings
 from .errors import Blocked, ConfigError, Forbidden, NotFound
 from .inputs import check_avatar_request
-from .models import Identity, Subject
+from .models import Identity, PhotoMeta, Subject
 
-# 32 bytes of SHA-256 in URL-safe base64 without "=" padding.
-_SIG = re.compile(r"^[A-Za-z0-9_-]{43}=?$")
+# 32 bytes of SHA-256 in URL-safe base64 without "=" padding. Only this
+# spelling verifies: the last character's two unused bits and a trailing "="
+# would otherwise give one signature several, so a URL could be varied (around
+# a cache or a filter keyed on it) while still verifying.
+_SIG = re.compile(r"^[A-Za-z0-9_-]{43}$")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -35,8 +39,12 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 def signature(key: str, path: str) -> str:
     """The ``sig`` value for ``path`` (percent-decoded, query excluded)."""
-    digest = hmac.new(key.encode("utf-8"), path.encode("utf-8"), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    return _signature(key.encode("utf-8"), path.encode("utf-8")).decode("ascii")
+
+
+def _signature(key: bytes, message: bytes) -> bytes:
+    digest = hmac.new(key, message, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=")
 
 
 def sign_url(key: str, url: str, max_size: int | None = None) -> str:
@@ -80,10 +88,11 @@ class Policy:
             raise Forbidden("signature required")
         if not _SIG.fullmatch(sig):
             raise Forbidden("bad signature")
-        given = base64.urlsafe_b64decode(sig.rstrip("=") + "=")
+        given = sig.encode("ascii")
         message = path.encode("utf-8")
-        # Every key is tried, whatever matches, so timing says nothing about which.
-        matches = [hmac.compare_digest(hmac.new(key, message, hashlib.sha256).digest(), given)
+        # The canonical spelling, compared as text. Every key is tried, whatever
+        # matches, so timing says nothing about which.
+        matches = [hmac.compare_digest(_signature(key, message), given)
                    for key in self.signing_keys]
         if not any(matches):
             raise Forbidden("bad signature")
@@ -103,6 +112,15 @@ class Policy:
         """Named, by this key, in ``security.blocked`` or among the names it resolved to."""
         return subject.key in self.blocked
 
+    def check_blocked(self, subject: Subject) -> None:
+        """``Blocked`` if the subject is; ``Blocked`` (transient) for any person while
+        the list has not resolved yet: by another name (an object id for a UPN on
+        the list, or the reverse) a blocked person cannot be recognised until then."""
+        if self.is_blocked(subject):
+            raise Blocked()
+        if subject.kind == "user" and not self.blocked.resolved:
+            raise Blocked(transient=True)
+
     def refuses(self, subject: Subject) -> bool:
         """Whether serving would be refused: another domain, a guest, or blocked."""
         try:
@@ -117,6 +135,38 @@ class Policy:
         self.check_subject(Subject(person.upn))
         if any(name in self.blocked for name in person.names):
             raise Blocked()
+
+    def screens(self, subject: Subject) -> bool:
+        """Whether ``subject`` is a user's object id whose UPN must be checked: some
+        UPNs are refused (``allowed_domains``, ``allow_guests``)."""
+        return ((bool(self.allowed_domains) or not self.allow_guests)
+                and subject.kind == "user" and subject.is_object_id)
+
+    def knows_owner(self, subject: Subject, meta: PhotoMeta) -> bool:
+        """Whether ``meta`` says whose the object id is, when ``screens`` needs it
+        (metadata cached without the rule, or by an older version, does not)."""
+        if not self.screens(subject):
+            return True
+        if meta.profile is None:
+            return not meta.has_photo  # Graph knows nobody by this id: nothing to show
+        return meta.profile.upn is not None
+
+    def check_owner(self, subject: Subject, meta: PhotoMeta | None) -> None:
+        """For an object id, ``check_person`` on whose it is (by ``meta``): ``NotFound``
+        also when Graph would name no UPN for an id with a photo."""
+        if meta is None or meta.profile is None or not self.screens(subject):
+            return
+        if not meta.profile.upn:
+            raise NotFound()
+        self.check_person(Identity(subject.key, meta.profile.upn))
+
+    def shows_owner(self, subject: Subject, meta: PhotoMeta) -> bool:
+        """``check_owner`` as a yes or no, and no when ``meta`` cannot tell."""
+        try:
+            self.check_owner(subject, meta)
+        except (NotFound, Blocked):
+            return False
+        return self.knows_owner(subject, meta)
 
     def check_address_lookup(self) -> None:
         """``Blocked`` (transient) while the blocked list is not resolved: the person

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, TypeVar
 
-from . import imaging, logs, metrics, svg
+from . import imaging, logs, metrics, svg, tiles
 from .cache import AvatarCache
 from .coalesce import ReplicaCoalescer
 from .config import AvatarSettings, CacheSettings
@@ -50,11 +50,26 @@ from .sizing import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-# Asked before a request costs a Graph call or a photo render; False: RateLimited.
-Admit = Callable[[], Awaitable[bool]]
+# Asked before a request costs Graph calls or renders: may its client spend this
+# many (one token each, ``ratelimit``)? False: RateLimited.
+Admit = Callable[[int], Awaitable[bool]]
+# What each step costs. Metadata is one call, and one more for the profile when
+# there is no photo or an object id's UPN is needed: a person never seen is
+# charged both (the unknown names a flood uses always cost both). A render costs
+# a token per 256x256 pixels it makes (started): 1 up to 256 px, 16 at 1024,
+# which takes ~16 times as long to draw and encode.
+_DOWNLOAD = 1
+_ADDRESS_LOOKUP = 1
+_RENDER_PIXELS = 256 * 256
 
 # Initials served because Graph could not answer are re-asked soon.
 TRANSIENT_MAX_AGE = 60
+# At shutdown, fetches past the grace are cancelled in rounds, each waited for this long.
+_CANCEL_ROUNDS, _CANCEL_WAIT_SECONDS = 3, 0.5
+# Largest stand-in drawn with letters: 0.4 ms of the event loop at 160 px on the
+# 2-core machine, about what serving the request costs; 1.6 ms at 512, 5.5 at
+# 1024, so a flood of large sizes (or of names) would stall every request.
+STAND_IN_TEXT_MAX = 160
 # Refused photo versions remembered so each is logged once (then forgotten all at once).
 _REFUSED_MEMORY = 4096
 
@@ -106,17 +121,21 @@ class AvatarService:
         hot = self._memory_hit(subject, size, formats, fallback)
         if hot is not None:
             return hot
-        return await self._bounded(subject, size,
+        return await self._bounded(subject, size, formats,
                                    lambda: self._get_avatar(subject, size, formats, fallback,
                                                             admit))
 
-    async def _bounded(self, subject: Subject, size: int,
+    async def _bounded(self, subject: Subject, size: int, formats: OutputFormats,
                        answer: Callable[[], Awaitable[Avatar]]) -> Avatar:
-        """``answer()`` within the load caps and the deadline, else ``stand_in``."""
+        """``answer()`` within the load caps and the deadline, else ``stand_in``;
+        for a client over its rate, ``limited``."""
         try:
             with self._limits.request():
                 async with asyncio.timeout(self._limits.deadline):
                     return await answer()
+        except RateLimited:
+            metrics.initials_fallback("rate_limited")
+            return self.limited(subject, size, formats)
         except (Overloaded, TimeoutError) as exc:
             # Whatever was fetching goes on (shielded) and fills the cache.
             self._limits.rejected += 1
@@ -153,6 +172,8 @@ class AvatarService:
         meta = self._cache.peek_meta(subject)
         if meta is None or not self._cache.is_fresh(meta) or _unknown_user(subject, meta):
             return None
+        if self._policy.screens(subject) and not self._policy.shows_owner(subject, meta):
+            return None  # refused, or not known whose: the long way says which
         if meta.has_photo:
             plan = plan_fetch(size, meta)
             body = self._cache.peek_image(self._photo_key(subject, meta, plan, formats.photo))
@@ -176,9 +197,14 @@ class AvatarService:
         meta = await self._metadata(subject, admit)
         if _unknown_user(subject, meta):
             # Not a UPN Graph knows: perhaps a mail address or an alias.
-            resolved = await self._resolve_address(subject)
+            resolved = await self._resolve_address(subject, admit)
             if resolved is not None:
                 subject, meta = resolved, await self._metadata(resolved, admit)
+        if meta is not None and not self._policy.knows_owner(subject, meta):
+            meta = None  # another version wrote it: whose the id is, nobody can say now
+        # An object id is the person it names: their UPN's domain and guest status
+        # are checked before anything of theirs is fetched or shown.
+        self._policy.check_owner(subject, meta)
         # 2. A photo: nearest HD size at or above the request, downscaled.
         if meta is not None and meta.has_photo:
             try:
@@ -195,33 +221,42 @@ class AvatarService:
         # 3. No photo: initials, unless the page draws its own placeholder.
         if not fallback:
             raise NotFound()
-        return await self._initials_avatar(subject, meta, size, formats.initials)
+        return await self._initials_avatar(subject, meta, size, formats.initials, admit)
 
     async def initials_only(self, subject: Subject, size: int,
                             formats: OutputFormats | None = None, *,
-                            transient: bool = False) -> Avatar:
-        """Initials without asking Graph: for blocked people and rate-limited clients.
-        ``transient``: an answer for now only (the short max-age of "Graph could not
-        be asked").
+                            transient: bool = False, admit: Admit | None = None) -> Avatar:
+        """Initials without asking Graph: for blocked people. ``transient``: an
+        answer for now only (the short max-age of "Graph could not be asked").
 
         They wait on Redis and the image pool like any miss, so the same caps
-        and deadline apply, with the same answer past them.
+        and deadline apply, with the same answer past them; a render is paid
+        for like any other.
         """
-        initials_format = formats.initials if formats else "png"
+        formats = formats or OutputFormats(self._avatar.default_format, "png")
 
         async def answer() -> Avatar:
             meta = await self._cache.get_meta(subject)
             return await self._initials_avatar(
                 subject, None if transient else meta or PhotoMeta(has_photo=False), size,
-                initials_format)
+                formats.initials, admit)
 
-        return await self._bounded(subject, size, answer)
+        return await self._bounded(subject, size, formats, answer)
+
+    def _metadata_calls(self, subject: Subject, known: PhotoMeta | None) -> int:
+        """Graph calls a metadata fetch makes: the photo's, and the profile's unless
+        ``known`` had a photo and the id's UPN is not needed."""
+        if known is not None and known.has_photo and not self._policy.screens(subject):
+            return 1
+        return 2
 
     async def _metadata(self, subject: Subject, admit: Admit | None) -> PhotoMeta | None:
         cached = await self._cache.get_meta(subject)
+        if cached is not None and not self._policy.knows_owner(subject, cached):
+            cached = None  # written before the rules needed the id's UPN: ask again
         if cached is not None and self._cache.is_fresh(cached):
             return cached
-        if not await _admitted(admit):
+        if not await _admitted(admit, self._metadata_calls(subject, cached)):
             if cached is not None:
                 return cached  # stale, and no refresh on this client's account
             raise RateLimited()
@@ -241,14 +276,20 @@ class AvatarService:
 
     async def _fresh_metadata(self, subject: Subject) -> PhotoMeta | None:
         cached = await self._cache.get_meta(subject)
-        return cached if cached is not None and self._cache.is_fresh(cached) else None
+        return cached if cached is not None and self._cache.is_fresh(cached) and \
+            self._policy.knows_owner(subject, cached) else None
 
     async def _fetch_metadata(self, subject: Subject) -> PhotoMeta:
         # (The coalescer has looked for a flight that ended since our cache miss.)
         meta = await self._graph.photo_meta(subject)
-        if not meta.has_photo:
-            # Only initials need the name; photo metadata stays one call.
-            meta = replace(meta, profile=await self._graph.profile(subject))
+        screened = self._policy.screens(subject)
+        if not meta.has_photo or screened:
+            # Only initials need the name, and only the rules an object id's UPN:
+            # otherwise photo metadata stays one call.
+            profile = await self._graph.profile(subject, upn=screened)
+            if profile is None and meta.has_photo:
+                profile = Profile(upn="")  # a photo, but Graph names nobody: not shown
+            meta = replace(meta, profile=profile)
         await self._cache.put_meta(subject, meta)
         return meta
 
@@ -258,10 +299,14 @@ class AvatarService:
         key = self._photo_key(subject, meta, plan, fmt)
         body = await self._cache.get_image(key)
         if body is None:
-            if not await _admitted(admit):
+            source_key = self._cache.source_key(subject, meta.media_etag, plan.hd_size)
+            raw = await self._cache.get_image(source_key)
+            # Paid before any image work: the render, and the download unless kept.
+            cost = _render_cost(plan.target) + (_DOWNLOAD if raw is None else 0)
+            if not await _admitted(admit, cost):
                 raise RateLimited()
             body = await self._single_flight(
-                key, lambda: self._render_photo(subject, meta, plan, key, fmt))
+                key, lambda: self._render_photo(subject, meta, plan, key, fmt, raw))
         return self._photo_avatar(body, meta, plan, fmt)
 
     def _photo_key(self, subject: Subject, meta: PhotoMeta, plan: FetchPlan, fmt: str) -> str:
@@ -274,9 +319,9 @@ class AvatarService:
                       self._ttl.stale_while_revalidate)
 
     async def _render_photo(self, subject: Subject, meta: PhotoMeta, plan: FetchPlan, key: str,
-                            fmt: str) -> bytes:
+                            fmt: str, raw: bytes | None) -> bytes:
+        """``raw``: the kept source if it was found, else it is downloaded."""
         source_key = self._cache.source_key(subject, meta.media_etag, plan.hd_size)
-        raw = await self._cache.get_image(source_key)
         if raw is None:
             # One download per photo version and HD size, across sizes and replicas.
             raw = await self._single_flight(source_key, lambda: self._coalescer.run(
@@ -300,26 +345,33 @@ class AvatarService:
         return raw
 
     async def _initials_avatar(self, subject: Subject, meta: PhotoMeta | None,
-                               size: int, fmt: str) -> Avatar:
+                               size: int, fmt: str, admit: Admit | None) -> Avatar:
         profile = meta.profile if meta is not None else None
+        if fmt == "svg":  # cheap string work: drawn on every request, not cached, free
+            key, body = self._svg(subject, profile, size)
+            return self._initials_result(body, key, fmt, meta)
         texts, colour = _initials_look(subject, profile)
-        body: bytes | None
-        if fmt == "svg":  # cheap string work: rendered on every request, not cached
-            text = self._initials.first_covered(texts)
-            # The name only if the operator asked: unsigned, anyone could turn
-            # addresses into names (avatar.svg_title).
-            name = profile.display_name if profile and self._avatar.svg_title else None
-            title = xml_text(name or "") or text
-            key = self._cache.initials_key([text, title], colour, size, fmt,
-                                           imaging.RENDERER_VERSION)
-            body = svg.render(text, title, colour, imaging.text_colour(colour), size)
-        else:
-            key = self._initials_key(texts, colour, size, fmt)
-            body = await self._cache.get_image(key)
-        if body is None:
-            body = await self._run(self._initials.render, texts, colour, size, fmt)
-            await self._cache.put_image(key, body)
-        return self._initials_result(body, key, fmt, meta)
+        key = self._initials_key(texts, colour, size, fmt)
+        cached = await self._cache.get_image(key)
+        if cached is None:
+            # Any size anyone asks for is a render: paid for like a photo's.
+            if not await _admitted(admit, _render_cost(size)):
+                raise RateLimited()
+            cached = await self._run(self._initials.render, texts, colour, size, fmt)
+            await self._cache.put_image(key, cached)
+        return self._initials_result(cached, key, fmt, meta)
+
+    def _svg(self, subject: Subject, profile: Profile | None, size: int) -> tuple[str, bytes]:
+        """SVG initials and the key their ETag is made from."""
+        texts, colour = _initials_look(subject, profile)
+        text = self._initials.first_covered(texts)
+        # The name only if the operator asked: unsigned, anyone could turn
+        # addresses into names (avatar.svg_title).
+        name = profile.display_name if profile and self._avatar.svg_title else None
+        title = xml_text(name or "") or text
+        key = self._cache.initials_key([text, title], colour, size, "svg",
+                                       imaging.RENDERER_VERSION)
+        return key, svg.render(text, title, colour, imaging.text_colour(colour), size)
 
     def _initials_key(self, texts: tuple[str, ...], colour: tuple[int, int, int], size: int,
                       fmt: str) -> str:
@@ -333,6 +385,18 @@ class AvatarService:
         return Avatar(body, imaging.CONTENT_TYPES[fmt], _etag("initials", key), "initials",
                       max_age)
 
+    def limited(self, subject: Subject, size: int, formats: OutputFormats) -> Avatar:
+        """The answer to a client over its rate: nothing it would have to pay for.
+
+        Initials from the name the page used, as for overload (SVG when asked:
+        free), never stored; no Graph, Redis or image pool.
+        """
+        if formats.initials != "svg":
+            return self.stand_in(subject, size)
+        key, body = self._svg(subject, None, size)
+        return Avatar(body, imaging.CONTENT_TYPES["svg"], _etag("initials", key), "initials", 0,
+                      no_store=True)
+
     def stand_in(self, subject: Subject, size: int) -> Avatar:
         """Initials from the UPN alone at exactly ``size``, not to be stored: the
         answer when this process is past a cap or cannot answer properly now.
@@ -340,9 +404,12 @@ class AvatarService:
         Drawn here, on the event loop, with faces of its own: no Graph, Redis,
         image pool or pool lock to wait on (the pool is busy exactly when this
         is needed). A burst repeats the same few, so recent ones are kept.
+        Above ``STAND_IN_TEXT_MAX`` a plain tile in the same colour: drawing
+        letters there costs the loop more than the request itself.
         """
         texts, colour = _initials_look(subject, None)
-        body = self._stand_ins(texts, colour, size)
+        body = (self._stand_ins(texts, colour, size) if size <= STAND_IN_TEXT_MAX
+                else tiles.png(size, colour))
         return Avatar(body, imaging.CONTENT_TYPES["png"], _etag("busy", subject.key, str(size)),
                       "initials", 0, no_store=True)
 
@@ -399,7 +466,7 @@ class AvatarService:
         if not future.cancelled():
             future.exception()  # mark retrieved: every waiter may have gone
 
-    async def _resolve_address(self, subject: Subject) -> Subject | None:
+    async def _resolve_address(self, subject: Subject, admit: Admit | None) -> Subject | None:
         """The user whose mail or proxy address ``subject`` is; the mapping is cached.
 
         Policy holds for the person found, whatever name the page used: their
@@ -409,6 +476,8 @@ class AvatarService:
         self._policy.check_address_lookup()
         person = await self._cache.get_alias(subject)
         if person is None:
+            if not await _admitted(admit, _ADDRESS_LOOKUP):
+                raise RateLimited()
             try:
                 person = await self._single_flight(
                     "alias:" + subject.key, lambda: self._graph.find_user_by_mail(subject.key))
@@ -433,12 +502,16 @@ class AvatarService:
                 break
             await asyncio.wait(list(self._inflight.values()), timeout=left)
         cut = 0
-        while self._inflight:  # a cancelled fetch leaves its shielded inner one
+        # A cancelled fetch leaves its shielded inner one; redis-py can swallow a
+        # cancellation: a few rounds, each bounded, so shutdown keeps to its grace.
+        for _ in range(_CANCEL_ROUNDS):
             pending = list(self._inflight.values())
+            if not pending:
+                break
             cut += len(pending)
             for future in pending:
                 future.cancel()
-            await asyncio.wait(pending)
+            await asyncio.wait(pending, timeout=_CANCEL_WAIT_SECONDS)
         return cut
 
     async def _run(self, func: Callable[..., T], *args: Any) -> T:
@@ -447,5 +520,9 @@ class AvatarService:
             return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
 
 
-async def _admitted(admit: Admit | None) -> bool:
-    return admit is None or await admit()
+def _render_cost(side: int) -> int:
+    return -(-side * side // _RENDER_PIXELS)
+
+
+async def _admitted(admit: Admit | None, cost: int) -> bool:
+    return admit is None or await admit(cost)

@@ -54,7 +54,9 @@ class FetchPlan:
     """Which Graph photo to download and what square size to produce from it.
 
     ``hd_size`` None means the largest photo (``/photo/$value``); ``target`` is
-    an upper bound: imaging never upscales, so a smaller source stays smaller.
+    always the size asked, scaled up from a smaller photo: an answer smaller
+    than the request would tell any page embedding it (``naturalWidth``, no
+    pixel read needed) that the person has a photo, and its largest size.
     """
 
     hd_size: int | None
@@ -69,7 +71,7 @@ def _hd_sizes_up_to(width: int, height: int) -> tuple[int, ...]:
 
 
 def plan_fetch(requested: int, meta: PhotoMeta) -> FetchPlan:
-    """The nearest available HD size >= requested, else the largest photo."""
+    """The nearest available HD size >= requested, else the largest photo (scaled up)."""
     return _plan(requested, meta.width, meta.height)
 
 
@@ -78,11 +80,11 @@ def _plan(requested: int, width: int, height: int) -> FetchPlan:
     sizes = _hd_sizes_up_to(width, height)
     if not sizes:
         # Entra-ID-only photo of arbitrary dimensions: only the largest exists.
-        return FetchPlan(hd_size=None, target=min(requested, width, height))
+        return FetchPlan(hd_size=None, target=requested)
     for size in sizes:
         if size >= requested:
             return FetchPlan(hd_size=size, target=requested)
-    return FetchPlan(hd_size=sizes[-1], target=sizes[-1])
+    return FetchPlan(hd_size=sizes[-1], target=requested)
 
 
 # What XML 1.0 forbids even as a character reference: C0 controls but tab, LF

@@ -220,9 +220,14 @@ class Warmer:
             return
         for size, fmt in self._variants():
             for _ in range(ATTEMPTS):
-                # The service serves initials when Graph fails; the cache tells the truth.
-                await self.service.get_avatar(subject, size, formats=OutputFormats(
-                    fmt, "png", varies=False))
+                try:
+                    # The service serves initials when Graph fails; the cache tells the truth.
+                    await self.service.get_avatar(subject, size, formats=OutputFormats(
+                        fmt, "png", varies=False))
+                except (Blocked, NotFound):  # an object id whose owner is refused
+                    stats.refused += 1
+                    progress(stats)
+                    return
                 if await self.cache.get_image(self._key(subject, meta, size, fmt)) is not None:
                     break
             else:

@@ -2,9 +2,10 @@
 
 Errors become responses in one place: a client's mistake gets its status
 from ``_STATUS`` (``error_middleware``: short ``text/plain``, ``Cache-Control:
-no-store``, never a stack trace); anything else the service raises for an
-avatar (a dependency, a load cap) gets initials, ``no-store`` (``_serve``):
-avatars are decoration, never a 5xx.
+no-store``, never a stack trace), and so does a request aiohttp cannot parse
+(``_unparseable``); anything else the service raises for an avatar (a
+dependency, a load cap) gets initials, ``no-store`` (``_serve``): avatars are
+decoration, never a 5xx. Client mistakes are logged by ``logs.client_error``.
 """
 
 from __future__ import annotations
@@ -14,18 +15,22 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web, web_response
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, InvalidURLError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 from multidict import CIMultiDict
 
-from . import metrics
+from . import logs, metrics
 from .conditional import none_match
 from .config import ServerSettings
-from .errors import AvatarProxyError, BadRequest, Blocked, Forbidden, NotFound, RateLimited
+from .errors import AvatarProxyError, BadRequest, Blocked, Forbidden, NotFound
 from .inputs import known_params, parse_fallback, parse_object_id, parse_size, parse_subject
 from .models import Avatar, Subject
 from .negotiation import OutputFormats, choose, parse_format
 from .ratelimit import RateLimiter
 from .security import ClientAddress, Policy
 from .service import Admit, AvatarService
+from .sites import Sites
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +41,9 @@ SERVER: web.AppKey[ServerSettings] = web.AppKey("server", ServerSettings)
 POLICY: web.AppKey[Policy] = web.AppKey("policy", Policy)
 CLIENTS: web.AppKey[ClientAddress] = web.AppKey("clients", ClientAddress)
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
+SITES: web.AppKey[Sites] = web.AppKey("sites", Sites)
+# What was wrong with a refused request, for its access line.
+REASON: web.RequestKey[str] = web.RequestKey("reason", str)
 
 # Request headers a script may send beyond the CORS-safelisted ones.
 _PREFLIGHT_HEADERS = "Accept, If-None-Match, X-Request-Id"
@@ -59,6 +67,15 @@ def _plain(status: int, text: str) -> web.Response:
     return web.Response(status=status, text=text + "\n", headers={"Cache-Control": "no-store"})
 
 
+def _refused(request: web.Request, status: int, reason: str, *, mistake: bool) -> web.Response:
+    """A client's request refused with ``reason``; ``mistake``: worth a (rate-limited)
+    log line, unlike a 404 that is an avatar route's ordinary answer."""
+    request[REASON] = reason
+    if mistake:
+        logs.client_error(f"{status} {reason}")
+    return _plain(status, reason)
+
+
 @web.middleware
 async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
@@ -66,7 +83,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except AvatarProxyError as exc:
         status = _status(exc)
         if status is not None:
-            return _plain(status, exc.public)
+            return _refused(request, status, exc.public, mistake=status != 404)
         # The route, not the path: the path names a person (logging.log_upn).
         route = request.match_info.route.resource
         log.error("unhandled %s on %s: %s", type(exc).__name__,
@@ -76,7 +93,10 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         # aiohttp's own 404/405: keep the status, drop its HTML-ish body.
         if exc.status < 400:
             raise
-        return _plain(exc.status, exc.reason)
+        response = _refused(request, exc.status, exc.reason, mistake=exc.status < 500)
+        if "Allow" in exc.headers:  # a 405 says which methods the resource takes
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
 
 
 async def avatar(request: web.Request) -> web.StreamResponse:
@@ -98,7 +118,8 @@ async def _serve(request: web.Request, parse: Callable[[], Subject]) -> web.Stre
     policy.check_signature(request.path, params.get("sig"))
     subject = parse()
     size = parse_size(request.match_info["size"], request.app[MAX_SIZE])
-    fallback = parse_fallback(params)
+    # Another website's page would learn from a 404 who has no photo: initials.
+    fallback = parse_fallback(params) or request.app[SITES].foreign(request.headers)
     # Other query parameters (cache busters such as ?v=3) are ignored.
     formats = choose(parse_format(params.get("format")),
                      request.headers.get("Accept", ""), size, request.app[DEFAULT_FORMAT])
@@ -113,46 +134,52 @@ async def _serve(request: web.Request, parse: Callable[[], Subject]) -> web.Stre
         log.warning("answering with stand-in initials: %s: %s", type(exc).__name__, exc)
         metrics.initials_fallback(type(exc).__name__)
         return _respond(request, service.stand_in(subject, size), formats)
+    except Exception as exc:  # a bug of ours: still a picture, never a 5xx
+        log.error("answering with stand-in initials after an unexpected %s",
+                  type(exc).__name__, exc_info=exc)
+        metrics.initials_fallback("internal")
+        return _respond(request, service.stand_in(subject, size), formats)
 
 
 async def _answer(request: web.Request, service: AvatarService, subject: Subject, size: int,
                   formats: OutputFormats, fallback: bool) -> web.Response:
     policy = request.app[POLICY]
+    # A client over its rate gets initials from the service (no-store), not an error.
+    admit = _admit(request)
     try:
-        if policy.is_blocked(subject):
-            raise Blocked()
+        policy.check_blocked(subject)
         result = await service.get_avatar(subject, size, formats=formats, fallback=fallback,
-                                          admit=_admit(request))
-    except RateLimited:
-        # A picture, not a broken image; no-store so no cache keeps the stand-in.
-        metrics.initials_fallback("rate_limited")
-        limited = await service.initials_only(subject, size, formats)
-        return _respond(request, limited, formats, cache_control="no-store")
+                                          admit=admit)
     except Blocked as exc:
         # Never the photo: the name the page used, drawn as initials (or a 404).
         if not fallback:
             raise NotFound() from None
         return _respond(request, await service.initials_only(
-            subject, size, formats, transient=exc.transient), formats)
+            subject, size, formats, transient=exc.transient, admit=admit), formats)
     return _respond(request, result, formats)
 
 
 def _admit(request: web.Request) -> Admit:
-    """Asked only when the request would cost a Graph call or a render."""
-    async def admit() -> bool:
+    """Asked only when the request would cost Graph calls or renders: ``cost`` of them."""
+    async def admit(cost: int) -> bool:
         client = request.app[CLIENTS].of(request.remote,
                                          request.headers.getall("X-Forwarded-For", []))
-        return await request.app[LIMITER].allow(client)
+        return await request.app[LIMITER].allow(client, cost)
     return admit
 
 
 def _respond(request: web.Request, result: Avatar, formats: OutputFormats,
              cache_control: str = "") -> web.Response:
     headers = _image_headers(result, request.app[SERVER], request.headers.get("Origin"))
+    sites = request.app[SITES]
     if cache_control:
         headers["Cache-Control"] = cache_control
+    elif not result.no_store and sites.cross_site(request.headers):
+        headers["Cache-Control"] = sites.cache_control(request.headers, headers["Cache-Control"])
     if formats.varies:
         headers.add("Vary", "Accept")
+    if sites.varies:
+        headers.add("Vary", "Sec-Fetch-Site")
     if none_match(request.headers.getall("If-None-Match", ()), result.etag):
         headers.popall("Content-Type")
         return web.Response(status=304, headers=headers)
@@ -217,6 +244,37 @@ def _avatar_headers(content_type: str, etag: str, source: str, max_age: int,
 # aiohttp answers unparseable requests (bad method, 8 KB lines) itself, before
 # any handler or signal; without this those answers would name its version.
 setattr(web_response, "SERVER_SOFTWARE", "avatarproxy")  # noqa: B010
+
+_UNPARSEABLE = ((LineTooLong, "request line or header too long"),
+                (BadHttpMethod, "bad method"), (InvalidURLError, "bad request target"))
+_aiohttp_handle_error = RequestHandler.handle_error
+
+
+def _unparseable(self: RequestHandler, request: BaseRequest, status: int = 500,
+                 exc: BaseException | None = None, message: str | None = None
+                 ) -> web.StreamResponse:
+    """aiohttp's answer to a request it cannot parse (no handler, middleware or
+    signal runs for it), made ours. aiohttp's own echoed the start of the
+    offending line (a path names a person) and logged each one at ERROR with a
+    traceback: a client could flood the log by the line. Now: a short
+    ``text/plain`` with our headers, and a rate-limited INFO line. Anything else
+    (a handler's unexpected exception, a 500) is left to aiohttp."""
+    if not isinstance(exc, HttpProcessingError) or status >= 500:
+        return _aiohttp_handle_error(self, request, status, exc, message)
+    reason = next((text for kind, text in _UNPARSEABLE if isinstance(exc, kind)), "bad request")
+    logs.client_error(f"{status} {reason} ({type(exc).__name__})")
+    if logs.wants_access_line():
+        logs.access("unparseable", "-", status, 0.0, None, "none", reason)
+    if request.writer.output_size > 0:  # as aiohttp: nothing more can be sent
+        raise ConnectionError("response already started, cannot answer the parse error")
+    response = _plain(status, reason)
+    response.headers.update({"X-Content-Type-Options": "nosniff",
+                             "Referrer-Policy": "no-referrer"})
+    response.force_close()
+    return response
+
+
+setattr(RequestHandler, "handle_error", _unparseable)  # noqa: B010
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:

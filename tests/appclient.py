@@ -35,6 +35,15 @@ def client_factory(aiohttp_client: Any, base: Mapping[str, Any],
     return make
 
 
+def with_settings(make: MakeClient, **fixed: Any) -> MakeClient:
+    """``make`` with some settings fixed (e.g. a dependency's address behind a proxy)."""
+
+    async def make_with(**overrides: Any) -> Client:
+        return await make(**fixed, **overrides)
+
+    return make_with
+
+
 async def get(client: Client, path: str, method: str = "GET",
               **kwargs: Any) -> tuple[int, CIMultiDict[str], bytes]:
     """One request: its status, a copy of its headers, its body."""

@@ -14,9 +14,11 @@ import redis
 from aiohttp import web
 from appclient import MakeClient, client_factory
 from fakeidp import FakeIdP, start_fake_idp
+from faultproxy import FaultProxy
 from logwatch import Lines
 from redisservers import Topology, start_cluster, start_sentinel, start_server, start_tls
 from tlsutil import make_server_tls
+from yarl import URL
 
 from avatarproxy.fakegraph import FakeGraph, FakePerson, demo_people, start_fake_graph
 
@@ -78,6 +80,27 @@ async def fake_graph() -> AsyncIterator[RunningGraph]:
         yield RunningGraph(graph, base_url, runner)
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def graph_proxy(fake_graph: RunningGraph) -> AsyncIterator[FaultProxy]:
+    """A fault proxy (tests/faultproxy.py) in front of the fake Graph; no faults until
+    a test sets them. Its base URL: ``http://127.0.0.1:{graph_proxy.port}/v1.0``."""
+    proxy = await FaultProxy.start(URL(fake_graph.base_url).port or 0)
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
+
+
+@pytest.fixture
+async def redis_proxy(redis_url: str) -> AsyncIterator[FaultProxy]:
+    """A fault proxy in front of the session Redis (``redis_url``), no faults yet."""
+    proxy = await FaultProxy.start(URL(redis_url).port or 0)
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
 
 
 @pytest.fixture

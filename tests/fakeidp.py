@@ -12,6 +12,7 @@ server runs on the test's event loop.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -88,6 +89,9 @@ class FakeIdP:
     certificates: list[str] = field(default_factory=list)
     federated_tokens: set[str] = field(default_factory=set)
     accept_assertion: Callable[[str], bool] | None = None
+    # Seconds between 10-byte pieces of the discovery answer (0: all at once): an
+    # authority that drips, each piece in time for a per-read timeout.
+    drip: float = 0.0
     issued: set[str] = field(default_factory=set)
     # Application roles granted to the app: set, tokens are JWT-shaped and carry them.
     roles: list[str] | None = None
@@ -149,7 +153,21 @@ class FakeIdP:
             await self._runner.cleanup()
             self._runner = None
 
-    async def _discovery(self, request: web.Request) -> web.Response:
+    async def _discovery(self, request: web.Request) -> web.StreamResponse:
+        answer = await self._discovery_answer(request)
+        if not self.drip:
+            return answer
+        body = answer.body if isinstance(answer.body, bytes) else b""
+        dripping = web.StreamResponse(status=answer.status, headers={
+            "Content-Type": "application/json"})
+        await dripping.prepare(request)
+        for start in range(0, len(body), 10):
+            await dripping.write(body[start:start + 10])
+            await asyncio.sleep(self.drip)
+        await dripping.write_eof()
+        return dripping
+
+    async def _discovery_answer(self, request: web.Request) -> web.Response:
         self.discovery_requests += 1
         tenant = request.match_info["tenant"]
         if tenant.lower() != self.tenant.lower():

@@ -270,3 +270,35 @@ async def test_while_the_identity_provider_stalls_cached_avatars_are_served(
     while (await get(client, f"/avatar/{others[0]}/48"))[1]["X-Avatar-Source"] != "photo":
         assert time.monotonic() < deadline, "no photo after the identity provider recovered"
         await asyncio.sleep(0.1)
+
+
+async def test_an_authority_that_drips_its_answer_fails_within_two_timeouts(
+        fake_idp: Any) -> None:
+    # Each read gets 10 bytes in time, so a per-read timeout alone never fires.
+    fake_idp.drip = 0.1
+    started = time.monotonic()
+    with pytest.raises(AuthError, match="no answer in 1 s") as info:
+        await MsalTokenProvider.create(auth_settings(fake_idp), SCOPE, request_timeout=0.5,
+                                       strict=True)
+    assert time.monotonic() - started < 20  # not the minutes the drip would take
+    assert not info.value.misconfigured  # an outage: the service starts degraded through it
+
+
+async def test_concurrent_401s_for_one_token_replace_it_once(
+        fake_idp: Any, fake_graph: Any, aiohttp_client: Any, idp_settings: dict[str, Any],
+        redis_url: str) -> None:
+    make = client_factory(aiohttp_client, {**idp_settings, "cache.redis_url": redis_url})
+    client = await make()
+    assert (await get(client, "/avatar/adele.vance@contoso.com/48"))[1][
+        "X-Avatar-Source"] == "photo"
+    assert len(fake_idp.token_requests) == 1
+    # Two requests sent with the same token, both refused, one a little after the other:
+    # the second must take the token the first refresh got, not throw it away.
+    fake_graph.graph.latency = 0.3
+    fake_graph.graph.inject(401, times=2)
+    first = asyncio.ensure_future(get(client, "/avatar/alex.wilber@contoso.com/48"))
+    await asyncio.sleep(0.15)
+    second = await get(client, "/avatar/megan.bowen@contoso.com/48")
+    assert (await first)[1]["X-Avatar-Source"] == "photo"
+    assert second[1]["X-Avatar-Source"] == "photo"
+    assert len(fake_idp.token_requests) == 2

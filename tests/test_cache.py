@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -15,6 +16,7 @@ from redisservers import Topology
 from avatarproxy import redisconn
 from avatarproxy.cache import AvatarCache, CacheTier, MemoryTier, RedisTier
 from avatarproxy.config import load_settings
+from avatarproxy.memory import INITIALS_MARK
 from avatarproxy.models import PhotoMeta, Profile, Subject
 
 SETTINGS = load_settings(env={}).cache
@@ -84,6 +86,65 @@ async def test_memory_tier_skips_values_larger_than_itself() -> None:
     await memory.set("big", b"x" * 5000, 60)
     assert await memory.get("big") is None
     assert memory.size == 0
+
+def _initials(name: str) -> str:
+    return f"{P}ini:{{{name}}}:96:png"
+
+
+async def test_initials_never_evict_photos_and_hold_at_most_their_share() -> None:
+    memory = MemoryTier(8 * 1200)  # initials: at most 1200 bytes
+    photos = [f"{P}img:{{p{n}}}:x:96:webp" for n in range(7)]
+    for key in photos:
+        await memory.set(key, b"p" * 1000, 60)
+    photos_size = memory.size
+    for n in range(50):  # any number of sizes, people, formats
+        await memory.set(_initials(f"i{n}"), b"i" * 400, 60)
+        assert memory.size - photos_size <= memory.initials_max_bytes
+    assert [await memory.get(key) is not None for key in photos] == [True] * 7
+    assert await memory.get(_initials("i49")) is not None  # the newest initials stay
+    assert await memory.get(_initials("i0")) is None
+
+
+async def test_photos_may_use_the_whole_tier_pushing_out_photos_before_initials() -> None:
+    memory = MemoryTier(8 * 1200)
+    await memory.set(_initials("kept"), b"i" * 400, 60)
+    for n in range(9):  # more than the tier holds
+        await memory.set(f"{P}img:{{p{n}}}:x:96:webp", b"p" * 1000, 60)
+    assert memory.size <= memory.max_bytes
+    assert await memory.get(f"{P}img:{{p0}}:x:96:webp") is None  # the oldest photo went
+    assert await memory.get(f"{P}img:{{p8}}:x:96:webp") is not None
+    assert await memory.get(_initials("kept")) is not None
+    # Only when no other photo is left to go does a photo push initials out.
+    await memory.set(f"{P}img:{{huge}}:x:96:webp", b"p" * (8 * 1200 - 200), 60)
+    assert await memory.get(f"{P}img:{{huge}}:x:96:webp") is not None
+    assert memory.size <= memory.max_bytes
+
+
+def test_only_initials_keys_carry_the_initials_mark() -> None:
+    cache = AvatarCache(SETTINGS, [])
+    subject = Subject("adele.vance@contoso.com")
+    assert INITIALS_MARK in cache.initials_key(["AV"], (1, 2, 3), 96, "png", "1")
+    assert not any(INITIALS_MARK in key for key in (
+        cache.photo_key(subject, '"E"', 96, "webp", "1"), cache.source_key(subject, '"E"', 96),
+        cache.meta_key(subject), cache.alias_key(subject)))
+
+
+async def test_metadata_is_written_as_before_unless_it_names_a_upn_and_read_whatever_it_adds(
+        ) -> None:
+    memory = MemoryTier(10**6)
+    cache = AvatarCache(SETTINGS, [memory])
+    subject = Subject("adele.vance@contoso.com")
+    meta = PhotoMeta(has_photo=False, profile=Profile(display_name="Adele"),
+                     fetched_at=time.time())
+    await cache.put_meta(subject, meta)
+    # Replicas of the previous version read profiles with exactly these fields.
+    stored = json.loads(await memory.get(cache.meta_key(subject)) or b"")
+    assert set(stored["profile"]) == {"object_id", "display_name", "given_name", "surname"}
+    # A later version's fields are left out, not taken for a broken entry.
+    stored["profile"]["pronouns"], stored["colour"] = "she/her", "#123456"
+    await memory.set(cache.meta_key(subject), json.dumps(stored).encode(), 60)
+    assert await cache.get_meta(subject) == meta
+
 
 # -- redis tier ------------------------------------------------------------------
 

@@ -154,3 +154,14 @@ def test_serve_reports_start_up_problems_as_config_lines_whatever_the_workers() 
                for line in lines)
     assert any(line.startswith("avatarproxy: config: avatar.extra_fonts: cannot load")
                for line in lines)
+
+
+def test_the_metrics_port_must_be_another_port_or_none() -> None:
+    assert load_settings(env={}).server.metrics_port == 0  # single port: /metrics beside avatars
+    assert load_settings(env={"AVATARPROXY_SERVER_METRICS_PORT": "9090"}).server.metrics_port \
+        == 9090
+    with pytest.raises(ConfigError) as info:
+        load_settings(env={"AVATARPROXY_SERVER_METRICS_PORT": "8080"})
+    assert info.value.problems == [
+        "server.metrics_port: must differ from server.port (8080), or be 0 to serve /metrics "
+        "there (from AVATARPROXY_SERVER_METRICS_PORT)"]

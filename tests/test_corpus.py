@@ -9,7 +9,7 @@ import asyncio
 import io
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -38,7 +38,6 @@ from photos import (
     with_trailing_garbage,
 )
 from PIL import Image, ImageCms
-from yarl import URL
 
 from avatarproxy.fakegraph import HD_SIZES, FakePerson, RawPhoto
 
@@ -146,15 +145,6 @@ async def test_the_fake_graph_sends_chunked_bodies_in_several_chunks(
 
 
 # -- Entra-only originals: camera-sized, up to Graph's 4 MB limit ------------------
-
-@pytest.fixture
-async def graph_proxy(fake_graph: Any) -> AsyncIterator[FaultProxy]:
-    proxy = await FaultProxy.start(URL(fake_graph.base_url).port or 0)
-    try:
-        yield proxy
-    finally:
-        await proxy.close()
-
 
 async def test_a_4_mb_phone_original_through_the_network_is_upright_and_cropped(
         make_client: MakeClient, fake_graph: Any, graph_proxy: FaultProxy,

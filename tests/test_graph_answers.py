@@ -210,3 +210,14 @@ async def test_a_body_at_the_cap_is_whole_and_one_byte_more_is_refused(
             async with session.get(f"{bodies}/{size}{form}") as resp:
                 body, cut = await _read_capped(resp, 1000)
             assert (len(body), cut) == expected
+
+
+async def test_a_media_etag_with_characters_no_header_can_carry_still_gives_the_photo(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    person = fake_graph.graph.person(ALEX)
+    person.media_etag = '"\ud800x\u00e9\n"'  # a lone surrogate, non-ASCII, a control
+    client = await make_client()
+    for _ in range(2):  # from Graph, then from the cache
+        status, headers, _ = await get(client, f"/avatar/{ALEX}/48")
+        assert (status, headers["X-Avatar-Source"]) == (200, "photo")
+        assert headers["ETag"].isascii()

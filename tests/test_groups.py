@@ -51,7 +51,7 @@ async def test_group_photo_uses_the_nearest_hd_size_and_is_cached(
     assert paths(fake_graph) == []
 
 
-async def test_team_photo_is_always_downscaled_from_the_largest(
+async def test_team_photo_is_always_made_from_the_largest(
         make_client: MakeClient, fake_graph: Any) -> None:
     client = await make_client()
     status, headers, body = await get(client, f"/avatar/team/{TEAM.object_id}/48")
@@ -60,7 +60,7 @@ async def test_team_photo_is_always_downscaled_from_the_largest(
     assert paths(fake_graph) == [f"/v1.0/teams/{TEAM.object_id}/photo",
                                  f"/v1.0/teams/{TEAM.object_id}/photo/$value"]
     status, _, body = await get(client, f"/avatar/team/{TEAM.object_id}/1000")
-    assert size_of(body) == (648, 648)  # never upscaled
+    assert size_of(body) == (1000, 1000)  # scaled up, like any photo smaller than asked
 
 
 async def test_team_and_group_with_one_id_are_cached_apart(

@@ -17,8 +17,10 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from cryptography import x509
 from faultproxy import NONE, FaultProxy, Faults
 from loopback import free_port
+from tlsutil import make_client_certificate
 
 from avatarproxy.cache import AvatarCache
 from avatarproxy.config import load_settings
@@ -144,6 +146,34 @@ async def test_two_workers_share_the_port_and_drain_in_flight_requests_on_sigter
     assert messages.count("stopped") == 2, messages
 
 
+async def test_two_workers_share_the_metrics_port_and_the_avatar_port_has_none(
+        fake_graph: Any, fake_idp: Any) -> None:
+    fake_graph.graph.accept_token = fake_idp.issued.__contains__
+    metrics_port = free_port()
+    async with serve(fake_graph, fake_idp, workers=2, server_drain_seconds="0.2",
+                     server_metrics_port=str(metrics_port)) as server, \
+            aiohttp.ClientSession() as http:
+        for _ in range(10):
+            async with http.get(f"{server.base}/avatar/{ADELE}/48",
+                                headers={"Connection": "close"}) as resp:
+                assert resp.status == 200
+        async with http.get(server.base + "/metrics") as resp:
+            assert resp.status == 404
+        metrics = f"http://127.0.0.1:{metrics_port}"
+        for _ in range(6):  # fresh connections: the kernel spreads them over both workers
+            async with http.get(metrics + "/metrics", headers={"Connection": "close"}) as resp:
+                assert resp.status == 200
+                text = await resp.text()
+            total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                        if line.startswith("avatarproxy_requests_total{")
+                        and 'status_class="2xx"' in line)
+            assert total == 10  # both workers' requests, whichever one answered
+        async with http.get(metrics + "/readyz") as resp:
+            assert resp.status == 200
+        server.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(server.process.wait(), timeout=30) == 0
+
+
 async def _arrived(graph: Any, *who: str) -> None:
     """Until Graph has seen a request for each of ``who``."""
     async with asyncio.timeout(20), graph.arrived:
@@ -212,6 +242,54 @@ async def test_background_refreshes_finish_inside_the_grace_period_and_stop_afte
     assert raw is not None and json.loads(raw)["media_etag"] == new_etag  # it landed
     messages = " ".join(str(line.get("message")) for line in server.output)
     assert "cancelled 1 Graph fetches" in messages, messages
+
+
+# -- the metrics the alerts read, as two workers export them -------------------------
+
+async def _gauges(http: aiohttp.ClientSession, base: str) -> dict[str, float]:
+    """The unlabelled avatarproxy samples of /metrics (summed over the workers' files)."""
+    async with http.get(base + "/metrics", headers={"Connection": "close"}) as resp:
+        text = await resp.text()
+    return {name: float(value) for name, _, value in
+            (line.partition(" ") for line in text.splitlines())
+            if name.startswith("avatarproxy_") and "{" not in name}
+
+
+async def _until_gauge(http: aiohttp.ClientSession, base: str, name: str,
+                       value: float) -> dict[str, float]:
+    deadline = time.monotonic() + 30
+    while (gauges := await _gauges(http, base)).get(name) != value:
+        assert time.monotonic() < deadline, f"{name} never {value}: {gauges.get(name)}"
+        await asyncio.sleep(0.1)
+    return gauges
+
+
+async def test_with_a_secret_no_expiry_is_exported_and_the_purge_subscription_is(
+        fake_graph: Any, fake_idp: Any, redis_proxy: FaultProxy) -> None:
+    async with serve(fake_graph, fake_idp, workers=2, server_drain_seconds="0",
+                     cache_redis_url=f"redis://127.0.0.1:{redis_proxy.port}/0") as server, \
+            aiohttp.ClientSession() as http:
+        gauges = await _until_gauge(http, server.base, "avatarproxy_purge_subscribed", 1)
+        # A client secret has no expiry: nothing for the certificate alert to read.
+        assert "avatarproxy_credential_expiry_timestamp_seconds" not in gauges
+        # Redis goes away: each worker loses its subscription, and the pod says so.
+        redis_proxy.target_port = free_port()
+        redis_proxy.cut()
+        await _until_gauge(http, server.base, "avatarproxy_purge_subscribed", 0)
+
+
+async def test_with_a_certificate_its_expiry_is_exported_and_without_redis_no_subscription(
+        fake_graph: Any, fake_idp: Any, tmp_path: Path) -> None:
+    cert = make_client_certificate(tmp_path, "avatarproxy")
+    fake_idp.register_certificate(cert.cert_pem)
+    expiry = x509.load_pem_x509_certificate(cert.cert_pem.encode()).not_valid_after_utc
+    async with serve(fake_graph, fake_idp, workers=2, server_drain_seconds="0",
+                     auth_client_secret="", auth_certificate_path=str(cert.combined_file),
+                     ) as server, aiohttp.ClientSession() as http:
+        gauges = await _until_gauge(http, server.base,
+                                    "avatarproxy_credential_expiry_timestamp_seconds",
+                                    expiry.timestamp())
+        assert "avatarproxy_purge_subscribed" not in gauges  # no Redis, no purge channel
 
 
 # -- the start-up policy: a misconfiguration stops it, an outage is started through --
@@ -305,10 +383,10 @@ async def test_an_unreachable_authority_starts_degraded_and_serves_what_it_can(
     assert f"check auth.authority and egress to {authority}" in degraded[0]
     assert not any("Traceback" in m for m in messages)
     [summary] = [m for m in messages if m.startswith("start-up: Graph")]
-    redis_port = redis_url.rsplit(":", 1)[1]
+    redis_port = redis_url.rsplit(":", 1)[1].partition("/")[0]
     assert summary == (
         f"start-up: Graph {fake_graph.base_url}, authority {authority}/"
-        f"{fake_idp.tenant}, Redis redis://127.0.0.1:{redis_port}, memory tier 64 MiB per "
+        f"{fake_idp.tenant}, Redis 127.0.0.1:{redis_port}, memory tier 64 MiB per "
         f"worker, 2 workers, listening on {server.base.removeprefix('http://')}")
 
 

@@ -18,6 +18,7 @@ from avatarproxy import logs
 from avatarproxy.config import LoggingSettings, load_settings
 from avatarproxy.fakegraph import FakePerson, portrait
 from avatarproxy.models import Subject
+from avatarproxy.security import sign_url
 from avatarproxy.warm import RateLimiter, WarmStats, listed, open_warmer
 
 SHOWN = ("adele.vance@contoso.com", "diego.siciliani@contoso.com", "alex.wilber@contoso.com",
@@ -75,20 +76,119 @@ async def test_no_line_names_a_person_while_log_upn_is_off(
     assert lines.naming_people() == []
 
 
-async def test_a_request_aiohttp_cannot_parse_is_logged_without_its_path(
-        make_client: MakeClient, lines: Lines) -> None:
-    client = await make_client()
-    assert client.port is not None
-    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
-    try:  # a raw non-ASCII byte in the path: aiohttp answers 400 and logs an error
-        writer.write(b"GET /avatar/adele.vance@contoso.com/\xd9\xa4 HTTP/1.1\r\n"
-                     b"Host: x\r\nConnection: close\r\n\r\n")
-        assert (await reader.read()).split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+@pytest.fixture
+def client_errors(monkeypatch: pytest.MonkeyPatch) -> logs.ClientErrors:
+    """A fresh client-error reporter; its interval does not end during a test (the
+    test ends it with ``flush``, what its timer does), so a loaded machine's pace
+    cannot split the counts."""
+    reporter = logs.ClientErrors(interval=3600)
+    monkeypatch.setattr(logs, "CLIENT_ERRORS", reporter)
+    return reporter
+
+
+async def _raw(port: int, request: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        return await reader.read()
     finally:
         writer.close()
-    errors = [text for record, text, _ in lines.lines if record.name == "aiohttp.server"]
-    assert errors and all("InvalidURLError 400" in text for text in errors)
-    assert lines.naming_people() == []
+
+
+def _summary(lines: Lines, reporter: logs.ClientErrors) -> str:
+    """The client-error summary line the end of the interval writes."""
+    reporter.flush()
+    found = [text for record, text, _ in lines.lines
+             if record.name == "avatarproxy.client" and "client errors in" in text]
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.parametrize("log_upn", [False, True])
+async def test_a_flood_of_requests_aiohttp_cannot_parse_costs_two_info_lines(
+        make_client: MakeClient, lines: Lines, client_errors: logs.ClientErrors,
+        log_upn: bool) -> None:
+    # Each used to be an ERROR line (with a traceback under log_upn), and the
+    # 400 echoed the start of the line: a path that names a person.
+    logs.adopt(replace(logs._settings, log_upn=log_upn))
+    client = await make_client()
+    assert client.port is not None
+    too_long = b"GET /avatar/" + b"a" * 9000 + b"@contoso.com/48 HTTP/1.1\r\n"
+    non_ascii = b"GET /avatar/adele.vance@contoso.com/\xd9\xa4 HTTP/1.1\r\n"
+    for n in range(40):
+        raw = await _raw(client.port, (non_ascii if n % 4 == 0 else too_long)
+                         + b"Host: x\r\nConnection: close\r\n\r\n")
+        head, body = raw.split(b"\r\n\r\n", 1)
+        assert head.startswith(b"HTTP/1.0 400 "), raw[:200]
+        assert body in (b"request line or header too long\n", b"bad request target\n"), body
+        fields = head.decode().lower()
+        assert "content-type: text/plain" in fields and "x-content-type-options: nosniff" in fields
+    summary = _summary(lines, client_errors)
+    assert "39 more" in summary and "(LineTooLong): 30" in summary, summary
+    ours = [(r, text) for r, text, _ in lines.lines
+            if r.name in ("aiohttp.server", "avatarproxy.client")]
+    assert len(ours) == 2, ours  # the first one, then the interval's summary
+    assert all(r.levelno <= logging.INFO and not r.exc_info for r, _ in ours)
+    assert not any("aaaa" in text or "adele" in text for _, text in ours)
+
+
+async def test_client_mistakes_are_logged_at_info_once_then_summed_up(
+        make_client: MakeClient, lines: Lines, client_errors: logs.ClientErrors) -> None:
+    key = "k" * 32
+    client = await make_client(security__url_signing_keys=[key])
+    for path, method, status in ((sign_url(key, "/avatar/not-a-upn/48"), "GET", 400),
+                                 ("/avatar/adele.vance@contoso.com/48?sig=" + "A" * 43, "GET", 403),
+                                 ("/avatar/adele.vance@contoso.com/48", "POST", 405),
+                                 ("/wp-login.php", "GET", 404)):
+        for _ in range(5):
+            assert (await get(client, path, method))[0] == status
+    summary = _summary(lines, client_errors)
+    texts = [text for r, text, _ in lines.lines if r.name == "avatarproxy.client"]
+    assert texts[0].startswith("client error: 400 not a valid userPrincipalName or object id")
+    assert "19 more" in summary
+    for kind in ("400 not a valid userPrincipalName or object id: 4", "403 bad signature: 5",
+                 "405 Method Not Allowed: 5", "404 Not Found: 5"):
+        assert kind in summary, summary
+    assert all(r.levelno == logging.INFO and not r.exc_info
+               for r, _, _ in lines.lines if r.name == "avatarproxy.client")
+
+
+async def test_the_summary_comes_when_the_interval_ends_and_only_while_mistakes_come(
+        lines: Lines, monkeypatch: pytest.MonkeyPatch) -> None:
+    reporter = logs.ClientErrors(interval=0.2)
+    ended: asyncio.Queue[None] = asyncio.Queue()  # each end of an interval (its timer)
+    flush = reporter.flush
+
+    def end_of_interval() -> None:
+        flush()
+        ended.put_nowait(None)
+
+    monkeypatch.setattr(reporter, "flush", end_of_interval)
+    for _ in range(3):  # no await between: all three land in the first interval
+        reporter.note("400 bad method")
+
+    def client_lines() -> list[str]:
+        return [text for r, text, _ in lines.lines if r.name == "avatarproxy.client"]
+
+    await asyncio.wait_for(ended.get(), timeout=30)  # the loop's timer, on a loaded machine
+    assert client_lines()[1:] == ["client errors in the last 0.2 s: 2 more (400 bad method: 2)"]
+    await asyncio.wait_for(ended.get(), timeout=30)  # a quiet interval: no line, window shut
+    assert len(client_lines()) == 2 and not reporter.counting
+    reporter.note("400 bad method")  # after the quiet: reported at once again
+    assert client_lines()[2].startswith("client error: 400 bad method")
+    flush()
+
+
+async def test_refused_requests_log_their_reason_in_the_access_line(
+        make_client: MakeClient, lines: Lines) -> None:
+    client = await make_client()
+    assert (await get(client, "/avatar/not-a-upn/48"))[0] == 400
+    assert (await get(client, "/avatar/adele.vance@contoso.com/0"))[0] == 400
+    access = [(r, text) for r, text, _ in lines.lines if r.name == "avatarproxy.access"]
+    assert [getattr(r, "reason", None) for r, _ in access] == [
+        "not a valid userPrincipalName or object id", "size must be between 1 and 1024"]
+    assert access[0][1].startswith(
+        "GET /avatar/{subject}/{size} 400: not a valid userPrincipalName or object id")
 
 
 async def test_with_log_upn_on_the_same_lines_name_the_person(

@@ -8,16 +8,14 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from appclient import Client, MakeClient, get
+from appclient import Client, MakeClient, get, with_settings
 from faultproxy import INTERNET, NONE, FaultProxy, Faults
 from photos import realistic_portrait
 from PIL import Image, ImageStat
-from yarl import URL
 
 from avatarproxy.config import load_settings
 from avatarproxy.fakegraph import FakePerson, portrait
@@ -35,24 +33,9 @@ HD_SIZES = (48, 64, 96, 120, 240, 360, 432, 504, 648)
 
 
 @pytest.fixture
-async def graph_proxy(fake_graph: Any) -> AsyncIterator[FaultProxy]:
-    """A fault proxy in front of the fake Graph (no faults until a test sets them)."""
-    proxy = await FaultProxy.start(URL(fake_graph.base_url).port or 0)
-    try:
-        yield proxy
-    finally:
-        await proxy.close()
-
-
-@pytest.fixture
 def via_proxy(make_client: MakeClient, graph_proxy: FaultProxy) -> MakeClient:
     """``make_client`` whose Graph calls go through ``graph_proxy``."""
-    base = f"http://127.0.0.1:{graph_proxy.port}/v1.0"
-
-    async def make(**overrides: Any) -> Client:
-        return await make_client(graph__base_url=base, **overrides)
-
-    return make
+    return with_settings(make_client, graph__base_url=f"http://127.0.0.1:{graph_proxy.port}/v1.0")
 
 
 def service(client: Client) -> AvatarService:

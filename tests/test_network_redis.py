@@ -7,17 +7,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from collections.abc import AsyncIterator
+import logging
+import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from appclient import Client, MakeClient, get
+from appclient import Client, MakeClient, get, with_settings
 from faultproxy import FaultProxy, Faults
+from loopback import free_port
 from photos import realistic_portrait
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from yarl import URL
+from redisservers import start_server
 
 from avatarproxy.cli import main
 from avatarproxy.purge import LISTENER, PurgeListener
@@ -31,23 +34,9 @@ APP_SCOPE = "Application/ApplicationAndTenant/app-id/tenant-id"
 
 
 @pytest.fixture
-async def redis_proxy(redis_url: str) -> AsyncIterator[FaultProxy]:
-    proxy = await FaultProxy.start(URL(redis_url).port or 0)
-    try:
-        yield proxy
-    finally:
-        await proxy.close()
-
-
-@pytest.fixture
 def via_proxy(make_client: MakeClient, redis_proxy: FaultProxy) -> MakeClient:
     """``make_client`` whose Redis traffic goes through ``redis_proxy``."""
-    url = f"redis://127.0.0.1:{redis_proxy.port}/0"
-
-    async def make(**overrides: Any) -> Client:
-        return await make_client(cache__redis_url=url, **overrides)
-
-    return make
+    return with_settings(make_client, cache__redis_url=f"redis://127.0.0.1:{redis_proxy.port}/0")
 
 
 def photo_downloads(fake_graph: Any) -> int:
@@ -162,6 +151,80 @@ async def test_the_purge_subscription_survives_a_reset_and_a_silently_dead_link(
     # (Redis still counts the silenced subscription until TCP gives up on it.)
     await _purge_and_wait(listener, client, fake_graph, config, MEGAN, told=None)
     assert redis_proxy.accepted > subscriptions
+
+
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(1000):  # 20 s
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never: {what}")
+
+
+def _lines(caplog: pytest.LogCaptureFixture, logger: str, level: int) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == logger and r.levelno == level]
+
+
+async def test_a_redis_outage_is_logged_once_with_where_and_what_to_check_and_its_end_once(
+        via_proxy: MakeClient, redis_proxy: FaultProxy, caplog: pytest.LogCaptureFixture,
+        ) -> None:
+    caplog.set_level(logging.INFO, logger="avatarproxy")
+    client = await via_proxy(cache__redis_retry_seconds=0.2)
+    listener = client.app[LISTENER]
+    listener.retry_seconds = 0.05
+    async with asyncio.timeout(10):
+        await listener.subscribed.wait()
+    # Redis goes away: behind the proxy every connection is refused.
+    redis_port, redis_proxy.target_port = redis_proxy.target_port, free_port()
+    redis_proxy.cut()
+    await _until_unsubscribed(listener)
+    tries = redis_proxy.accepted
+    await _until(lambda: redis_proxy.accepted >= tries + 20, "20 attempts to subscribe again")
+    assert (await get(client, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "photo"
+    # Redis is back.
+    redis_proxy.target_port = redis_port
+    async with asyncio.timeout(10):
+        await listener.subscribed.wait()
+    await asyncio.sleep(0.3)  # past cache.redis_retry_seconds: the next lookup tries Redis
+    assert (await get(client, f"/avatar/{ALEX}/48"))[1]["X-Avatar-Source"] == "photo"
+    where = f"127.0.0.1:{redis_proxy.port}"
+    # Twenty failed attempts, one line for the outage, one for its end.
+    down = _lines(caplog, "avatarproxy.purge", logging.WARNING)
+    assert len(down) == 1, down
+    assert down[0].startswith(f"purge channel unavailable on {where}: ")
+    assert "check cache.redis_url" in down[0]
+    up = _lines(caplog, "avatarproxy.purge", logging.INFO)
+    assert len(up) == 1 and re.fullmatch(
+        rf"purge channel subscribed again on {re.escape(where)} after \d+ s", up[0]), up
+    # The cache tier's lines name Redis and the setting as well.
+    cache_down = _lines(caplog, "avatarproxy.cache", logging.WARNING)
+    assert cache_down and all(f"{where}: " in line and "check cache.redis_url" in line
+                              for line in cache_down), cache_down
+    assert _lines(caplog, "avatarproxy.cache", logging.INFO) == [f"redis is back at {where}"]
+
+
+async def test_redis_errors_name_the_password_setting_and_never_the_password(
+        make_client: MakeClient, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="avatarproxy")
+    server = start_server(tmp_path / "redis", "--requirepass", "the-right-one",
+                          password="the-right-one")
+    try:
+        wrong = "not-the-password-Zq81"
+        client = await make_client(cache__redis_url=f"redis://:{wrong}@127.0.0.1:{server.port}/0")
+        listener = client.app[LISTENER]
+        listener.retry_seconds = 0.05
+        assert (await get(client, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "photo"
+        await _until(lambda: _lines(caplog, "avatarproxy.purge", logging.WARNING),
+                     "the purge listener's warning")
+    finally:
+        server.stop()
+    lines = {name: _lines(caplog, f"avatarproxy.{name}", logging.WARNING)
+             for name in ("purge", "cache", "ratelimit")}
+    assert all(lines.values()), lines
+    for line in (line for found in lines.values() for line in found):
+        assert f"127.0.0.1:{server.port}: AuthenticationError" in line, line
+        assert "check cache.redis_password_file (or the password in cache.redis_url)" in line
+    assert not [r for r in caplog.records if wrong in r.getMessage()]
 
 
 async def test_a_healthy_idle_subscription_answers_its_pings_and_stays(

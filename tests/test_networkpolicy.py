@@ -243,6 +243,17 @@ def test_the_ingress_controller_and_prometheus_get_in_and_nobody_else(kustomizat
 
 
 @pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
+def test_metrics_have_a_port_of_their_own_that_only_prometheus_reaches(
+        kustomization: str) -> None:
+    # On the serving port, the rule that lets the ingress controller forward
+    # avatars would let it (and whoever it forwards for) read /metrics too.
+    w = world(kustomization)
+    assert w.metrics_port != w.serving_port, "/metrics shares the port the ingress reaches"
+    assert not w.network.allows(w.ingress, w.server, w.metrics_port)
+    assert not w.network.allows(w.prometheus, w.server, w.serving_port)
+
+
+@pytest.mark.parametrize("kustomization", KUSTOMIZATIONS)
 def test_nothing_else_leaves_the_pods(kustomization: str) -> None:
     # On every port a rule opens, every protocol: not a list of likely ones.
     w = world(kustomization)
@@ -346,6 +357,7 @@ def test_the_config_listens_and_dials_where_the_manifests_lead(kustomization: st
     w = world(kustomization)
     settings = config(w.objects, tmp_path)
     assert settings.server.port == w.serving_port, "the Service forwards to a closed port"
+    assert settings.server.metrics_port == w.metrics_port, "Prometheus scrapes a closed port"
     url = urlsplit(settings.cache.redis_url)
     services = {s["metadata"]["name"]: s for s in w.objects if s["kind"] == "Service"}
     if url.hostname in services and isinstance(w.redis, Pod):  # in-cluster, by its Service

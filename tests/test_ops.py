@@ -15,13 +15,16 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from appclient import Client, MakeClient
+from loopback import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from avatarproxy import logs
 from avatarproxy.config import LoggingSettings
 from avatarproxy.lifecycle import usable_cpus
+from avatarproxy.ops import READINESS, metrics_app
 from avatarproxy.security import signature
 
+README = Path(__file__).resolve().parent.parent / "README.md"
 ADELE = "adele.vance@contoso.com"
 ALEX = "alex.wilber@contoso.com"
 
@@ -129,6 +132,35 @@ async def test_probes_answer_without_calling_graph(make_client: MakeClient,
     assert body["ready"] is True
     assert set(body["dependencies"]) == {"redis", "token", "graph"}
     assert fake_graph.graph.requests == []
+
+
+async def test_with_a_metrics_port_metrics_leave_the_avatar_port(
+        make_client: MakeClient, aiohttp_client: Any) -> None:
+    client = await make_client(server__metrics_port=free_port())
+    metrics = await aiohttp_client(metrics_app(client.app[READINESS]))
+    before = await scrape(metrics)
+    async with client.get(f"/avatar/{ADELE}/48") as resp:
+        assert resp.status == 200
+    async with client.get("/metrics") as resp:
+        assert resp.status == 404  # what the ingress controller forwards has none
+    async with client.get("/readyz") as resp:
+        assert resp.status == 200  # load balancers probing the serving port still can
+    after = await scrape(metrics)
+    route = "/avatar/{subject}/{size}"
+    assert value(after, "avatarproxy_requests_total", route=route, method="GET",
+                 status_class="2xx", source="photo") - value(
+        before, "avatarproxy_requests_total", route=route, method="GET",
+        status_class="2xx", source="photo") == 1
+    for path in ("/healthz", "/readyz"):
+        async with metrics.get(path) as resp:
+            assert resp.status == 200, path
+            assert resp.headers["X-Content-Type-Options"] == "nosniff"
+            assert "Server" not in resp.headers
+    client.app[READINESS].ready = False  # SIGTERM: the one readiness, on both ports
+    async with metrics.get("/readyz") as resp:
+        assert resp.status == 503
+    async with metrics.get(f"/avatar/{ADELE}/48") as resp:
+        assert resp.status == 404
 
 
 async def test_a_dead_redis_is_reported_but_never_fails_readiness(
@@ -327,11 +359,11 @@ async def test_version_and_every_command_in_the_help_and_the_readme() -> None:
 
     status, out, _ = await avatarproxy("--version")
     assert (status, out.strip()) == (0, f"avatarproxy {__version__}")
-    commands = [action for action in _parser()._actions
-                if isinstance(action, argparse._SubParsersAction)][0].choices
+    commands = next(action for action in _parser()._actions
+                    if isinstance(action, argparse._SubParsersAction)).choices
     status, out, _ = await avatarproxy("--help")
     description = " ".join(out.split()).partition("positional arguments")[0]
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = await asyncio.to_thread(README.read_text)
     section = readme.partition("## Operator commands")[2].partition("\n## ")[0]
     for command in commands:
         assert f"({command})" in description, command

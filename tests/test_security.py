@@ -5,6 +5,7 @@ on cache misses, takedown with ``avatarproxy purge``, headers, strict options.""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import json
@@ -90,6 +91,25 @@ async def test_signed_urls_survive_cache_busters_and_key_rotation(serve: Serve) 
     assert (await get(client, sign_url("retired", f"/avatar/{ADELE}/48")))[0] == 403
 
 
+async def test_a_signature_verifies_only_in_its_canonical_spelling(serve: Serve) -> None:
+    # 43 base64 characters carry 258 bits for 256: the last one's two low bits
+    # are unused, and a "=" is padding. Other spellings decode to the same bytes
+    # and used to verify, so one signed URL had several forms.
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    path = f"/avatar/{ADELE}/48"
+    sig = signature(KEY, path)
+    last = alphabet.index(sig[-1])
+    others = [sig + "=", *(sig[:-1] + alphabet[last ^ bits] for bits in (1, 2, 3))]
+    for other in others:
+        assert base64.urlsafe_b64decode(other.rstrip("=") + "=") \
+            == base64.urlsafe_b64decode(sig + "=")
+    client = await serve(security__url_signing_keys=[KEY])
+    assert (await get(client, f"{path}?sig={sig}"))[0] == 200
+    for other in others:
+        status, _, body = await get(client, f"{path}?sig={other}")
+        assert (status, body) == (403, b"bad signature\n"), other
+
+
 async def test_guest_urls_sign_over_the_decoded_path(serve: Serve, fake_graph: Any) -> None:
     guest = fake_graph.find(lambda p: "#EXT#" in p.upn.upper())
     client = await serve(security__url_signing_keys=[KEY])
@@ -166,8 +186,9 @@ async def test_blocked_people_get_initials_and_their_photo_is_never_fetched(
 
 async def test_misses_beyond_the_limit_get_uncached_initials_while_hits_stay_unlimited(
         serve: Serve, fake_graph: Any) -> None:
-    client = await serve(security__rate_limit_per_second=0.001, security__rate_limit_burst=2)
-    # Two tokens: Adele's metadata and her photo.
+    client = await serve(security__rate_limit_per_second=0.001, security__rate_limit_burst=3)
+    # Three tokens let her in: her metadata (two Graph calls at most), then her photo
+    # (a download and a render) with the one left, which puts the bucket in debt.
     assert (await get(client, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "photo"
     fake_graph.graph.reset_requests()
     status, headers, body = await get(client, f"/avatar/{ALEX}/48")
@@ -182,10 +203,10 @@ async def test_misses_beyond_the_limit_get_uncached_initials_while_hits_stay_unl
 
 
 async def test_the_limit_is_shared_by_replicas_through_redis(serve: Serve) -> None:
-    first = await serve(security__rate_limit_per_second=0.001, security__rate_limit_burst=2)
-    second = await serve(security__rate_limit_per_second=0.001, security__rate_limit_burst=2)
+    first = await serve(security__rate_limit_per_second=0.001, security__rate_limit_burst=3)
+    second = await serve(security__rate_limit_per_second=0.001, security__rate_limit_burst=3)
     assert (await get(first, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "photo"
-    # Two tokens spent on the first replica; the second has none left for this client.
+    # Every token spent on the first replica; the second has none left for this client.
     _, headers, _ = await get(second, f"/avatar/{ALEX}/48")
     assert headers["Cache-Control"] == "no-store"
 
@@ -193,7 +214,7 @@ async def test_the_limit_is_shared_by_replicas_through_redis(serve: Serve) -> No
 async def test_without_redis_the_limit_holds_per_process(serve: Serve) -> None:
     client = await serve(cache__redis_url=f"redis://127.0.0.1:{free_port()}/0",
                          cache__redis_timeout_seconds=0.2,
-                         security__rate_limit_per_second=0.001, security__rate_limit_burst=2)
+                         security__rate_limit_per_second=0.001, security__rate_limit_burst=3)
     assert (await get(client, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "photo"
     _, headers, _ = await get(client, f"/avatar/{ALEX}/48")
     assert headers["Cache-Control"] == "no-store"
@@ -280,6 +301,16 @@ async def test_every_response_carries_the_security_headers_and_no_banner(
         assert resp.headers["X-Content-Type-Options"] == "nosniff"
         assert resp.headers["Referrer-Policy"] == "no-referrer"
         assert "Server" not in resp.headers
+
+
+async def test_a_405_names_the_methods_the_resource_takes(serve: Serve) -> None:
+    client = await serve()
+    for method in ("POST", "PUT", "DELETE"):
+        status, headers, body = await get(client, f"/avatar/{ADELE}/48", method)
+        assert (status, body) == (405, b"Method Not Allowed\n"), method
+        assert set(headers["Allow"].split(",")) == {"GET", "HEAD", "OPTIONS"}, method
+    status, headers, _ = await get(client, "/healthz", "POST")
+    assert status == 405 and set(headers["Allow"].split(",")) == {"GET", "HEAD"}
 
 
 async def test_unknown_parameters_are_ignored_and_known_ones_may_not_repeat(

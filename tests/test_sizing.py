@@ -45,8 +45,8 @@ def _meta(width: int, height: int | None = None) -> PhotoMeta:
     (48, 648, FetchPlan(48, 48)),     # exact HD size
     (40, 648, FetchPlan(48, 40)),     # nearest at or above, then downscale
     (100, 648, FetchPlan(120, 100)),
-    (649, 648, FetchPlan(648, 648)),  # never upscaled
-    (300, 240, FetchPlan(240, 240)),  # nothing above what the user uploaded
+    (649, 648, FetchPlan(648, 649)),  # scaled up: a smaller answer would say "a photo"
+    (300, 240, FetchPlan(240, 300)),  # nothing above what the user uploaded
     (1, 48, FetchPlan(48, 1)),
     (500, 504, FetchPlan(504, 500)),
 ])
@@ -57,7 +57,7 @@ def test_plan_uses_nearest_available_hd_size(requested: int, largest: int,
 
 def test_plan_for_entra_only_photo_uses_largest_and_its_short_side() -> None:
     assert plan_fetch(96, _meta(300, 200)) == FetchPlan(None, 96)
-    assert plan_fetch(500, _meta(300, 200)) == FetchPlan(None, 200)
+    assert plan_fetch(500, _meta(300, 200)) == FetchPlan(None, 500)
     assert plan_fetch(100, _meta(250)) == FetchPlan(None, 100)  # square but not an HD size
 
 

@@ -269,6 +269,17 @@ async def test_warm_applies_the_serving_policy_to_domains_guests_and_blocked_peo
     assert tenant.graph.count("alex.wilber") >= 1
 
 
+async def test_warm_refuses_an_object_id_whose_owner_the_rules_refuse(
+        tenant: Any, idp_settings: dict[str, Any], redis_url: str) -> None:
+    guest = tenant.find(lambda p: "#EXT#" in p.upn)
+    alex = tenant.graph.person("alex.wilber@contoso.com")
+    settings = load_settings(env={}, overrides={
+        **idp_settings, "cache.redis_url": redis_url, "security.allow_guests": False})
+    stats, _ = await warm(settings, [Subject(guest.object_id), Subject(alex.object_id)])
+    assert (stats.refused, stats.photos, stats.failed) == (1, 1, 0)
+    assert not tenant.graph.count(f"/users/{guest.object_id}/photos/")  # no download
+
+
 async def test_warm_fetches_nothing_while_the_blocked_list_cannot_be_resolved(
         tenant: Any, idp_settings: dict[str, Any], redis_url: str) -> None:
     tenant.graph.inject(503, times=10**6, path_contains="mail,proxyAddresses")
