@@ -15,6 +15,7 @@ from aiohttp import web
 from redis.exceptions import RedisError
 
 from . import __version__, lifecycle, logs
+from .authproblems import as_problem
 from .config import check_credentials, load_settings, render_example
 from .errors import AuthError, BadRequest, ConfigError, GraphError
 
@@ -82,8 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"avatarproxy: config: {problem}", file=sys.stderr)
         return 2
-    except AuthError as exc:
-        print(f"avatarproxy: auth: {exc}", file=sys.stderr)
+    except AuthError as exc:  # warm without a token
+        print(f"avatarproxy: auth: {as_problem(exc)}", file=sys.stderr)
         return 1
 
 

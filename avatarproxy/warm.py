@@ -355,8 +355,9 @@ async def open_warmer(settings: Settings, sizes: Sequence[int], pacer: RateLimit
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="warm")
     session = _graph_session(settings.graph)
     try:
+        # strict: a run that cannot get a token has nothing to do; say why at once.
         provider = tokens or await MsalTokenProvider.create(
-            settings.auth, scope_for(settings.graph.base_url))
+            settings.auth, scope_for(settings.graph.base_url), strict=True)
         # The live replicas' throttling pauses (shared through Redis) bind warm too.
         graph = GraphClient(settings.graph, provider, session,
                             GraphGate(settings.graph, cache.redis, cache.pause_key), pacer)
