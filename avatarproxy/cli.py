@@ -221,8 +221,27 @@ def _add_warm(commands: Any) -> None:
                       help="at most this many Graph requests a second (default 10)")
 
 
-def _warm(args: argparse.Namespace) -> int:
+def _warm_options(args: argparse.Namespace, settings: Any) -> tuple[list[int], list[str]]:
+    """``--sizes`` and ``--formats``; ``ConfigError`` with every problem (and the config's)."""
     from .inputs import parse_size
+
+    problems = check_credentials(settings.auth)
+    if args.rate <= 0:
+        problems.append(f"--rate: must be above 0, got {args.rate:g}")
+    sizes: list[int] = []
+    try:
+        sizes = [parse_size(p.strip(), settings.avatar.max_size) for p in args.sizes.split(",")]
+    except BadRequest as exc:
+        problems.append(f"--sizes: {exc.public}")
+    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
+    problems += [f"--formats: {f!r} is not one of jpeg, png, webp, avif" for f in formats
+                 if f not in ("jpeg", "png", "webp", "avif")]
+    if problems:
+        raise ConfigError(problems)
+    return sizes, formats
+
+
+def _warm(args: argparse.Namespace) -> int:
     from .warm import (
         RateLimiter,
         WarmStats,
@@ -234,18 +253,7 @@ def _warm(args: argparse.Namespace) -> int:
     )
 
     settings = load_settings(args.config)
-    problems = check_credentials(settings.auth)
-    if args.rate <= 0:
-        problems.append(f"--rate: must be above 0, got {args.rate:g}")
-    try:
-        sizes = [parse_size(p.strip(), settings.avatar.max_size) for p in args.sizes.split(",")]
-    except BadRequest as exc:
-        problems.append(f"--sizes: {exc.public}")
-    formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    problems += [f"--formats: {f!r} is not one of jpeg, png, webp, avif" for f in formats
-                 if f not in ("jpeg", "png", "webp", "avif")]
-    if problems:
-        raise ConfigError(problems)
+    sizes, formats = _warm_options(args, settings)
     logs.adopt(settings.logging)  # log_upn; warm's lines stay plain text on stderr
     stats = WarmStats()
     where: dict[str, str] = {}  # subject key -> file:line, to point at what went wrong
