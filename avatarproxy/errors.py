@@ -23,6 +23,11 @@ class NotFound(AvatarProxyError):
     public = "not found"
 
 
+class RefusedPerson(NotFound):
+    """The person an address or an object id leads to is refused (another domain, a
+    guest): learnt from Graph, so about that person, not about the URL asked."""
+
+
 class Forbidden(AvatarProxyError):
     """URL signing is on and the request's ``sig`` is missing or wrong."""
 

@@ -23,7 +23,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from .blocking import BlockedPeople
 from .config import SecuritySettings
-from .errors import Blocked, ConfigError, Forbidden, NotFound
+from .errors import Blocked, ConfigError, Forbidden, NotFound, RefusedPerson
 from .inputs import check_avatar_request
 from .models import Identity, PhotoMeta, Subject
 
@@ -132,7 +132,10 @@ class Policy:
     def check_person(self, person: Identity) -> None:
         """For the person an address resolved to: ``NotFound`` if their UPN's domain
         or guest status is refused, ``Blocked`` if any of their names is blocked."""
-        self.check_subject(Subject(person.upn))
+        try:
+            self.check_subject(Subject(person.upn))
+        except NotFound:
+            raise RefusedPerson() from None
         if any(name in self.blocked for name in person.names):
             raise Blocked()
 

@@ -70,11 +70,18 @@ class Sites:
 
 
 def page_origin(headers: Headers) -> str | None:
-    """The origin of the page that asked: ``Origin``, else ``Referer``'s, lower case."""
+    """The origin of the page that asked: ``Origin``, else ``Referer``'s, lower case.
+    None when it cannot be told: an opaque ``Origin: null`` or a malformed ``Referer``
+    is nobody's listed origin."""
     origin = headers.get("Origin")
-    if origin and origin != "null":
+    if origin == "null":
+        return None  # a sandboxed or privacy-sensitive page: never one we list
+    if origin:
         return origin.lower()
-    parts = urlsplit(headers.get("Referer", ""))
+    try:
+        parts = urlsplit(headers.get("Referer", ""))
+    except ValueError:  # "http://[::1/" and the like: the client's mistake
+        return None
     if parts.scheme and parts.netloc:
         return f"{parts.scheme}://{parts.netloc}".lower()
     return None

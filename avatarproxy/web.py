@@ -23,7 +23,7 @@ from multidict import CIMultiDict
 from . import logs, metrics
 from .conditional import none_match
 from .config import ServerSettings
-from .errors import AvatarProxyError, BadRequest, Blocked, Forbidden, NotFound
+from .errors import AvatarProxyError, BadRequest, Blocked, Forbidden, NotFound, RefusedPerson
 from .inputs import known_params, parse_fallback, parse_object_id, parse_size, parse_subject
 from .models import Avatar, Subject
 from .negotiation import OutputFormats, choose, parse_format
@@ -156,6 +156,13 @@ async def _answer(request: web.Request, service: AvatarService, subject: Subject
             raise NotFound() from None
         return _respond(request, await service.initials_only(
             subject, size, formats, transient=exc.transient, admit=admit), formats)
+    except RefusedPerson:
+        if not request.app[SITES].foreign(request.headers):
+            raise  # a 404: in-network callers may learn the operator's rules apply
+        # Another website must not tell a refused person (a guest) from nobody: initials
+        # from the name it asked for, like anyone Graph does not know.
+        return _respond(request, await service.initials_only(
+            subject, size, formats, transient=True, admit=admit), formats)
     return _respond(request, result, formats)
 
 

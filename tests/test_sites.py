@@ -76,3 +76,39 @@ async def test_signed_urls_or_every_site_listed_need_no_difference(
     client = await make_client(server__intranet_origins=["*"])
     assert await answers(client, EVIL) == (
         404, "public, max-age=3600, stale-while-revalidate=86400", ["Accept"])
+
+
+@pytest.mark.parametrize("referer", ["http://[::1/", "https://[nope"])
+async def test_a_malformed_referer_is_an_unlisted_page_not_an_error(
+        make_client: MakeClient, referer: str, caplog: pytest.LogCaptureFixture) -> None:
+    client = await make_client(server__intranet_origins=["https://intranet.contoso.com"])
+    headers = {"Sec-Fetch-Site": "cross-site", "Referer": referer}
+    status, photo_headers, _ = await get(client, PHOTO, headers=headers)
+    assert (status, photo_headers["X-Avatar-Source"]) == (200, "photo")
+    assert (await get(client, NO_PHOTO, headers=headers))[0] == 200  # no 404 oracle
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+async def test_an_opaque_origin_is_never_a_listed_page(make_client: MakeClient) -> None:
+    client = await make_client(server__intranet_origins=["https://intranet.contoso.com"])
+    # A sandboxed page sends Origin: null; its Referer must not make it the intranet.
+    headers = {**INTRANET, "Origin": "null"}
+    assert (await get(client, NO_PHOTO, headers=headers))[0] == 200
+
+
+async def test_another_website_cannot_tell_a_refused_guest_from_nobody(
+        make_client: MakeClient, fake_graph: Any) -> None:
+    guest = fake_graph.find(lambda p: "#EXT#" in p.upn)
+    guest.mail = "john@fabrikam.com"
+    client = await make_client(security__allow_guests=False)
+    probes = ["/avatar/john@fabrikam.com/48?fallback=404",  # the guest, by mail
+              "/avatar/jane@fabrikam.com/48?fallback=404",  # nobody
+              f"/avatar/{guest.object_id}/48?fallback=404",  # the guest, by id
+              "/avatar/00000000-0000-4000-8000-00000000dead/48?fallback=404"]  # nobody
+    seen = set()
+    for probe in probes:
+        status, headers, body = await get(client, probe, headers=EVIL)
+        seen.add((status, headers["Cache-Control"], headers.get("X-Avatar-Source")))
+    assert seen == {(200, "private, max-age=300", "initials")}
+    # In the network, the rules still answer 404 for the guest.
+    assert (await get(client, "/avatar/john@fabrikam.com/48"))[0] == 404
