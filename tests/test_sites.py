@@ -107,7 +107,7 @@ async def test_another_website_cannot_tell_a_refused_guest_from_nobody(
               "/avatar/00000000-0000-4000-8000-00000000dead/48?fallback=404"]  # nobody
     seen = set()
     for probe in probes:
-        status, headers, body = await get(client, probe, headers=EVIL)
+        status, headers, _ = await get(client, probe, headers=EVIL)
         seen.add((status, headers["Cache-Control"], headers.get("X-Avatar-Source")))
     assert seen == {(200, "private, max-age=300", "initials")}
     # In the network, the rules still answer 404 for the guest.
