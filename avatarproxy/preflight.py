@@ -1,6 +1,6 @@
 """What ``serve`` checks once, in the main process, before any worker starts.
 
-The start-up policy (the README's "Start-up policy"): a **misconfiguration**
+The start-up policy (docs/operations.md, "Start-up policy"): a **misconfiguration**
 (a file that is missing or unreadable, a URL that cannot work, a credential or
 tenant the identity provider refuses, a Redis password Redis refuses) stops
 start-up with one line naming the key, exit status 2, before any worker

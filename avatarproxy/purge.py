@@ -4,7 +4,7 @@ listens and drops the person from its own memory tier, so no replica keeps
 serving a copy until its metadata would have gone stale.
 
 A replica that is disconnected when the announcement is sent misses it; its
-copy then lives until ``cache.metadata_ttl_seconds`` (the README says so).
+copy then lives until ``cache.metadata_ttl_seconds`` (docs/operations.md says so).
 So the outage is visible: ``avatarproxy_purge_subscribed`` (an alert after ten
 minutes) and one log line when it starts, one when it ends.
 

@@ -137,7 +137,7 @@ def _wait_until_each(servers: list[Server], ready: Callable[[redis.Redis], bool]
 # -- the three deployments ----------------------------------------------------------
 
 def service_acl(key_prefix: str = "avatarproxy:") -> tuple[str, ...]:
-    """What the README's "Redis in production" section tells operators to grant:
+    """What docs/redis.md ("Redis in production") tells operators to grant:
     the keys and the purge channel both carry ``cache.key_prefix``."""
     return ("resetchannels", f"~{key_prefix}*", f"&{key_prefix}purge", "-@all",
             "+get", "+set", "+exists", "+expire", "+sadd", "+smembers", "+del",
@@ -151,7 +151,7 @@ OTHER_PREFIX = "tenant-b:"
 
 def start_tls(directory: Path, tls: ServerTLS, password_file: Path) -> Topology:
     """TLS only, the default user disabled, an ACL user ``avatarproxy`` with a
-    password and only the keys, channel and commands the README lists; and
+    password and only the keys, channel and commands docs/redis.md lists; and
     ``tenant-b`` the same for the prefix ``tenant-b:`` (without the optional
     grant of the old fixed channel ``avatarproxy:purge``)."""
     password = "correct horse battery staple"

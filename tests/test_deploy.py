@@ -23,7 +23,7 @@ from loopback import free_port
 ROOT = Path(__file__).resolve().parent.parent
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"
 KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/workload-identity",
-                  # worked examples of adapting to a cluster (README, "Deploying")
+                  # worked examples of adapting to a cluster (docs/operations.md, "Deploying")
                   "overlays/example-azure-cache-for-redis", "overlays/example-azure-managed-redis",
                   "overlays/example-cluster-names", "overlays/example-gke-cloud-dns"]
 K8S_VERSION = "1.30.0"
@@ -117,9 +117,10 @@ def runbook_setting() -> str:
     return str(yaml.safe_load((KUSTOMIZE / "base" / "runbooks.yaml").read_text())["data"]["url"])
 
 
-def readme_anchors() -> set[str]:
-    """The anchors GitHub (and GitLab) give the README's headings."""
-    headings = re.findall(r"^#+ (.+)$", (ROOT / "README.md").read_text(), re.MULTILINE)
+def runbook_page_anchors() -> set[str]:
+    """The anchors GitHub (and GitLab) give the headings of docs/operations.md."""
+    headings = re.findall(r"^#+ (.+)$", (ROOT / "docs" / "operations.md").read_text(),
+                          re.MULTILINE)
     return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
 
 
@@ -148,7 +149,7 @@ def test_every_alert_fires_when_it_should_and_only_then(tmp_path: Path) -> None:
 def test_every_alert_links_its_runbook_at_the_address_operators_set(kustomization: str) -> None:
     setting = runbook_setting()
     assert setting.startswith("https://")
-    anchors = readme_anchors()
+    anchors = runbook_page_anchors()
     for alert in alert_rules(render(kustomization)):
         url = alert["annotations"]["runbook_url"]
         # Absolute: Alertmanager and Grafana show it as it is.
@@ -156,11 +157,11 @@ def test_every_alert_links_its_runbook_at_the_address_operators_set(kustomizatio
         assert url.split("#", 1)[1] in anchors, url
 
 
-def test_the_readme_recipe_points_the_runbook_links_elsewhere(tmp_path: Path) -> None:
-    monitoring = (ROOT / "README.md").read_text().split("\n## Monitoring\n", 1)[1]
+def test_the_documented_recipe_points_the_runbook_links_elsewhere(tmp_path: Path) -> None:
+    monitoring = (ROOT / "docs" / "operations.md").read_text().split("\n## Monitoring\n", 1)[1]
     recipe = re.search(r"```yaml\n(# kustomization.yaml of your overlay.*?)```", monitoring,
                        re.DOTALL)
-    assert recipe is not None, "README, Monitoring: the runbook address recipe"
+    assert recipe is not None, "docs/operations.md, Monitoring: the runbook address recipe"
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     (overlay / "kustomization.yaml").write_text(  # kustomize takes no absolute path
@@ -168,7 +169,7 @@ def test_the_readme_recipe_points_the_runbook_links_elsewhere(tmp_path: Path) ->
     out = subprocess.run([tool("kubectl"), "kustomize", str(overlay)], check=True,
                          capture_output=True, text=True, timeout=60).stdout
     objects = [doc for doc in yaml.safe_load_all(out) if doc]
-    wanted = "https://git.contoso.com/platform/avatarproxy/-/blob/v0.1.0/README.md"
+    wanted = "https://git.contoso.com/platform/avatarproxy/-/blob/v0.1.0/docs/operations.md"
     assert [a["annotations"]["runbook_url"].split("#")[0] for a in alert_rules(objects)] == [
         wanted] * len(alert_rules(objects))
     assert "avatarproxy-runbooks" not in out  # read by kustomize, never applied

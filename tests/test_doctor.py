@@ -66,7 +66,7 @@ async def test_a_healthy_deployment_passes_every_check(
     assert "app roles: GroupMember.Read.All, ProfilePhoto.Read.All, Team.ReadBasic.All" in text
     assert f"PASS  graph user {ADELE.key}: photo 648x648" in text
     assert f"PASS  graph team {team.object_id}: name 'Mark 8 Project Team'" in text
-    assert "PASS  layout: raqm " in text  # the text-layout engine the README says it checks
+    assert "PASS  layout: raqm " in text  # the text-layout engine docs/operations.md says it checks
     assert text.rstrip().endswith("doctor: 0 failed, 0 warnings, 10 passed")
 
 

@@ -1,7 +1,8 @@
 """The service over a network, not loopback: each dependency's answers pass
 through a fault proxy (tests/faultproxy.py) that splits them into TCP segments,
 delays, resets, closes half-way and stalls them. Each test is a row of the
-README's failure table (or a path that must simply work) seen over that network."""
+failure table in docs/operations.md (or a path that must simply work) seen over
+that network."""
 
 from __future__ import annotations
 
@@ -213,7 +214,7 @@ def _jpeg(image: Image.Image) -> bytes:
 
 
 
-# -- each Graph row of the README's failure table, over an internet-like link -------
+# -- each Graph row of the failure table (docs/operations.md), over an internet-like link -------
 
 async def test_each_graph_failure_row_holds_over_a_segmented_link(
         via_proxy: MakeClient, graph_proxy: FaultProxy, fake_graph: Any,

@@ -1,6 +1,6 @@
 """Redis over a network: the service's Redis traffic passes through a fault
 proxy (tests/faultproxy.py) with latency, segments, resets and stalls. Rows of
-the README's failure table that involve Redis, and the purge subscription."""
+the failure table (docs/operations.md) that involve Redis, and the purge subscription."""
 
 from __future__ import annotations
 

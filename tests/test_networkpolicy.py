@@ -5,7 +5,7 @@ cluster, other namespaces' pods, the internet), through tests/netpolicy.py.
 What must pass passes, nothing else does; and the names that wire objects
 together (selectors, ports, mounted files) point at something that exists.
 Schema validation (test_deploy) checks shape; this checks meaning. What only a
-real cluster shows is listed in the README ("Deploying")."""
+real cluster shows is listed in docs/operations.md ("Deploying")."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from avatarproxy.lifecycle import usable_cpus
 from avatarproxy.ops import READINESS, metrics_app
 from avatarproxy.security import signature
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+OPERATIONS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
 ADELE = "adele.vance@contoso.com"
 ALEX = "alex.wilber@contoso.com"
 
@@ -363,7 +363,7 @@ async def test_version_and_every_command_in_the_help_and_the_readme() -> None:
                     if isinstance(action, argparse._SubParsersAction)).choices
     status, out, _ = await avatarproxy("--help")
     description = " ".join(out.split()).partition("positional arguments")[0]
-    readme = await asyncio.to_thread(README.read_text)
+    readme = await asyncio.to_thread(OPERATIONS.read_text)
     section = readme.partition("## Operator commands")[2].partition("\n## ")[0]
     for command in commands:
         assert f"({command})" in description, command

@@ -1,4 +1,4 @@
-"""The README's runbooks quote what the service really logs and counts: an
+"""The runbooks (docs/operations.md) quote what the service really logs and counts: an
 operator who greps for a runbook's words finds the service's lines."""
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ LYNNE = "lynne.robbins@contoso.com"
 
 
 def runbook(title: str) -> str:
-    """The text of README section "### Runbook: <title>"."""
-    readme = (ROOT / "README.md").read_text()
+    """The text of docs/operations.md section "### Runbook: <title>"."""
+    readme = (ROOT / "docs" / "operations.md").read_text()
     found = re.search(rf"^### Runbook: {re.escape(title)}\n(.*?)(?=^##)", readme + "\n##",
                       re.MULTILINE | re.DOTALL)
-    assert found is not None, f"README: no runbook {title}"
+    assert found is not None, f"docs/operations.md: no runbook {title}"
     return " ".join(found.group(1).split())  # lines joined as a reader sees them
 
 

@@ -324,9 +324,9 @@ async def test_unknown_parameters_are_ignored_and_known_ones_may_not_repeat(
     assert fake_graph.graph.requests == []
 
 
-async def test_the_readme_signing_snippet_makes_urls_the_service_accepts(
+async def test_the_documented_signing_snippet_makes_urls_the_service_accepts(
         serve: Serve, fake_graph: Any) -> None:
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    readme = (Path(__file__).parent.parent / "docs" / "security.md").read_text(encoding="utf-8")
     snippet = next(block.split("```", 1)[0] for block in readme.split("```python")[1:]
                    if "def avatar_url" in block)
     assert len(snippet.strip().splitlines()) <= 10
@@ -402,7 +402,7 @@ async def test_purge_reaches_every_replica_whatever_the_redis_deployment(
     for client in replicas:  # without the announcement, memory would still hold the photo
         assert (await get(client, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "initials"
     # Locks, the rate limiter's script, the index sets and the channel all worked,
-    # on TLS with the least-privilege ACL user the README documents.
+    # on TLS with the least-privilege ACL user docs/redis.md documents.
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
