@@ -2,7 +2,8 @@
 
 Usage: .venv/bin/python bench/formats.py [photo.jpg ...]
 Without arguments it uses the demo tenant's portraits. The README's choice of
-AVIF, then WebP, then JPEG rests on these numbers.
+AVIF, then WebP, then JPEG rests on these numbers (docs/performance.md, "Why
+WebP for small sizes").
 """
 
 from __future__ import annotations
