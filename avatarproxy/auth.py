@@ -14,8 +14,11 @@ while the current token is still valid.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -338,6 +341,31 @@ async def _bounded_thread(read_timeout: float, step: str, auth: AuthSettings | N
     seconds = _TOTAL_TIMEOUTS * read_timeout
     try:
         async with asyncio.timeout(seconds):
-            return await asyncio.to_thread(func, *args)
+            return await _daemon_thread(func, *args)
     except TimeoutError as exc:
         raise no_answer(step, auth, seconds) from exc
+
+
+async def _daemon_thread(func: Callable[..., T], *args: Any) -> T:
+    """``func(*args)`` in a daemon thread of its own. Not the loop's executor: at exit,
+    ``asyncio.run`` (and the interpreter) join its threads, so one an authority keeps
+    dripping into would hold the process long after we gave up on it."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def run() -> None:
+        try:
+            result = func(*args)
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+            report = functools.partial(settle, functools.partial(future.set_exception, exc))
+        else:
+            report = functools.partial(settle, functools.partial(future.set_result, result))
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            loop.call_soon_threadsafe(report)
+
+    threading.Thread(target=run, name="authority", daemon=True).start()
+    return await future

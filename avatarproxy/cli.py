@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from . import __version__, lifecycle, logs
 from .authproblems import as_problem
@@ -164,7 +163,7 @@ async def _purge(args: argparse.Namespace) -> int:
             replicas = await announce(channel.client, settings.cache.key_prefix, subject.key)
             print(f"{subject.key}: {deleted} cached entries deleted, "
                   f"{replicas} running replicas told")
-    except (RedisError, OSError) as exc:
+    except redisconn.REDIS_FAILURES as exc:  # a Cluster's unreachable error included
         print(f"avatarproxy: purge: {explain_redis(settings.cache, exc)}", file=sys.stderr)
         return 1
     finally:

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .clouds import API_VERSIONS, CLOUDS, authority, graph_base_url
 from .errors import ConfigError
@@ -439,6 +440,7 @@ def load_settings(
     values = {name: _convert(_BY_NAME[name], value, origin, problems)
               for name, (value, origin) in raw.items()}
     problems += _cross_field(values, {name: origin for name, (_, origin) in raw.items()})
+    problems += _url_problems(values, {name: origin for name, (_, origin) in raw.items()})
     authority_host = env.get("AZURE_AUTHORITY_HOST", "").strip().rstrip("/")
     if authority_host and not values[("auth", "authority")] and values[("auth", "tenant_id")]:
         values[("auth", "authority")] = f"{authority_host}/{values[('auth', 'tenant_id')]}"
@@ -450,6 +452,27 @@ def load_settings(
         for section, cls in _SECTIONS.items()
     }
     return Settings(**sections)
+
+
+# (cache.redis_url: redisconn.check, with advice about passwords.)
+_URL_OPTIONS = (("graph", "base_url"), ("auth", "authority"))
+
+
+def _url_problems(values: Mapping[tuple[str, str], Any],
+                  origins: Mapping[tuple[str, str], str]) -> list[str]:
+    """URLs that cannot even be split (``https://[::1/t``, a port over 65535): one line
+    each, never the URL itself (a Redis URL may hold a password)."""
+    problems: list[str] = []
+    for name in _URL_OPTIONS:
+        value = values.get(name)
+        if not value:
+            continue
+        try:
+            _ = urlsplit(value).port
+        except ValueError:
+            problems.append(f"{name[0]}.{name[1]}: not a valid URL (a bracketed IPv6 address, "
+                            f"or a port from 1 to 65535) ({origins[name]})")
+    return problems
 
 
 def _cross_field(values: Mapping[tuple[str, str], Any],

@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import aiohttp
 from PIL import Image, features
-from redis.exceptions import RedisError
 
 from . import imaging, preflight, redisconn
 from .auth import StaticTokenProvider, TokenProvider, default_authority, fetch_token, scope_for
@@ -129,7 +128,7 @@ async def check_redis(cache: CacheSettings) -> list[Finding]:
                 timings.append((time.perf_counter() - started) * 1000)
         finally:
             await connection.aclose()
-    except (RedisError, OSError, TimeoutError) as exc:
+    except redisconn.REDIS_FAILURES as exc:  # a Cluster's unreachable error included
         problem = preflight.explain_redis(cache, exc)
         policy = ("serve refuses to start" if problem.misconfigured else
                   "serve starts on the memory tier and uses Redis once it answers")

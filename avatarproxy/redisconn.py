@@ -207,7 +207,7 @@ def check(cache: CacheSettings) -> list[str]:
     if not enabled(cache):
         return []
     problems: list[str] = []
-    scheme = urlsplit(cache.redis_url).scheme if cache.redis_url else "redis"
+    scheme = cache.redis_url.partition("://")[0].lower() if cache.redis_url else "redis"
     if scheme not in ("redis", "rediss", "unix"):
         # The URL may hold a password: name only its scheme.
         problems.append(f"cache.redis_url: must start with redis://, rediss:// or unix://, "
@@ -242,12 +242,12 @@ def _url_problem(url: str) -> str | None:
         parts = urlsplit(url)
         _ = parts.port
         parse_url(url)
-    except ValueError as exc:
-        # The messages name the part that is wrong; never show a password.
-        userinfo = url.partition("://")[2].partition("/")[0].rpartition("@")[0]
-        password = userinfo.partition(":")[2]
-        text = str(exc).replace(password, "***") if password else str(exc)
-        return f"cache.redis_url: not a valid URL: {text}"
+    except ValueError:
+        # Never urllib's or redis-py's text: a password with an unencoded "/", "#" or
+        # "?" (Azure's keys have "/") ends the host part early and lands in it.
+        return ("cache.redis_url: not a valid URL (host:port/db, port a number 1-65535): "
+                "percent-encode a password's reserved characters, or use "
+                "cache.redis_password_file")
     database = parts.path.strip("/")
     if parts.scheme != "unix" and database and not database.isdigit():
         return f"cache.redis_url: the database after the host must be a number, got {database!r}"

@@ -165,3 +165,14 @@ def test_the_metrics_port_must_be_another_port_or_none() -> None:
     assert info.value.problems == [
         "server.metrics_port: must differ from server.port (8080), or be 0 to serve /metrics "
         "there (from AVATARPROXY_SERVER_METRICS_PORT)"]
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("auth.authority", "https://[::1/contoso-tenant"),
+    ("auth.authority", "https://login.example:99999/contoso-tenant"),
+    ("graph.base_url", "http://[::1/v1.0"),
+])
+def test_a_url_that_cannot_be_split_is_one_line_naming_its_key(key: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env={}, overrides={key: value})
+    assert [p for p in caught.value.problems if p.startswith(f"{key}: not a valid URL")]

@@ -170,8 +170,9 @@ async def test_a_malformed_redis_url_is_a_finding_not_a_crash(
     config = write_config(tmp_path, fake_graph, fake_idp, "redis://:hunter2@127.0.0.1:41089:99/0")
     status, out, err = await run_doctor(config)
     assert status == 1 and "Traceback" not in err, err
-    assert ("FAIL  redis: cache.redis_url: not a valid URL: Port could not be cast to integer "
-            "value as '41089:99'") in out.splitlines()
+    assert ("FAIL  redis: cache.redis_url: not a valid URL (host:port/db, port a number "
+            "1-65535): percent-encode a password's reserved characters, or use "
+            "cache.redis_password_file") in out.splitlines()
     assert "PASS  token: acquired" in out  # the other checks still ran
     assert "hunter2" not in out + err
 

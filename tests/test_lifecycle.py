@@ -314,7 +314,13 @@ async def refused(env: dict[str, str]) -> tuple[int, str, str]:
     ({"AZURE_CLIENT_SECRET": "", "auth_client_secret_file": "/nonexistent/secret"},
      "auth.client_secret_file: no such file: /nonexistent/secret"),
     ({"cache_redis_url": "redis://:hunter2@127.0.0.1:41089:99/0"},
-     "cache.redis_url: not a valid URL: Port could not be cast to integer value as '41089:99'"),
+     "cache.redis_url: not a valid URL (host:port/db, port a number 1-65535): percent-encode "
+     "a password's reserved characters, or use cache.redis_password_file"),
+    # A password with an unencoded "/" (Azure's keys have them) ends the host early:
+    # not a word of it may be shown.
+    ({"cache_redis_url": "rediss://:AbC9+dEfXyZ/GhIjsecret@127.0.0.1:6380"},
+     "cache.redis_url: not a valid URL (host:port/db, port a number 1-65535): percent-encode "
+     "a password's reserved characters, or use cache.redis_password_file"),
 ])
 async def test_a_misconfiguration_stops_start_up_with_one_line_before_any_worker(
         fake_graph: Any, fake_idp: Any, settings: dict[str, str], line: str) -> None:
@@ -323,7 +329,7 @@ async def test_a_misconfiguration_stops_start_up_with_one_line_before_any_worker
                                                **settings))
     assert (status, err.splitlines()) == (2, [f"avatarproxy: config: {line}"]), out + err
     assert "Traceback" not in out + err and "worker" not in out
-    assert "hunter2" not in out + err
+    assert "hunter2" not in out + err and "AbC9" not in out + err
 
 
 async def test_a_credential_the_authority_refuses_stops_start_up_with_one_line(
