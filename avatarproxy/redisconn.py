@@ -248,6 +248,13 @@ def _url_problem(url: str) -> str | None:
         return ("cache.redis_url: not a valid URL (host:port/db, port a number 1-65535): "
                 "percent-encode a password's reserved characters, or use "
                 "cache.redis_password_file")
+    if parts.query:
+        # redis-py would take ?decode_responses=, ?protocol=, ?ssl_cert_reqs= ... over
+        # the settings the service relies on (decoded bytes break every image).
+        keys = sorted({k.partition("=")[0] for k in parts.query.split("&")} - {"db"})
+        if keys:
+            return (f"cache.redis_url: no query options but ?db=, got {', '.join(keys)}: use "
+                    "the cache.redis_* settings")
     database = parts.path.strip("/")
     if parts.scheme != "unix" and database and not database.isdigit():
         return f"cache.redis_url: the database after the host must be a number, got {database!r}"

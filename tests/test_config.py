@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from loopback import free_port
 
+from avatarproxy import redisconn
 from avatarproxy.config import OPTIONS, check_credentials, load_settings, render_example
 from avatarproxy.errors import ConfigError
 
@@ -176,3 +177,13 @@ def test_a_url_that_cannot_be_split_is_one_line_naming_its_key(key: str, value: 
     with pytest.raises(ConfigError) as caught:
         load_settings(env={}, overrides={key: value})
     assert [p for p in caught.value.problems if p.startswith(f"{key}: not a valid URL")]
+
+
+@pytest.mark.parametrize("query", ["decode_responses=true", "protocol=9&db=1",
+                                   "ssl_cert_reqs=bogus"])
+def test_redis_url_query_options_that_override_the_service_are_refused(query: str) -> None:
+    settings = load_settings(env={}, overrides={
+        "cache.redis_url": f"redis://:hunter2@127.0.0.1:6390/0?{query}"})
+    problems = redisconn.check(settings.cache)
+    assert len(problems) == 1 and problems[0].startswith("cache.redis_url: no query options")
+    assert "hunter2" not in problems[0]
