@@ -79,17 +79,22 @@ def _network(driver: webdriver.Chrome) -> list[Fetch]:
     return list(fetches.values())
 
 
-def _visit(url: str, profile: Path, screenshot: Path | None) -> Visit:
+def chromium(profile: Path, flags: tuple[str, ...] = FLAGS) -> webdriver.Chrome:
+    """Debian's headless Chromium with a fresh profile, logging network events."""
     for binary in (CHROMIUM, CHROMEDRIVER):
         if not Path(binary).exists():
             pytest.fail(f"{binary} missing: apt-get install chromium chromium-driver "
                         "(tests/run does)", pytrace=False)
     options = Options()
     options.binary_location = CHROMIUM
-    for flag in (*FLAGS, f"--user-data-dir={profile}"):
+    for flag in (*flags, f"--user-data-dir={profile}"):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+
+
+def _visit(url: str, profile: Path, screenshot: Path | None) -> Visit:
+    driver = chromium(profile)
     try:
         driver.set_page_load_timeout(60)
         driver.get(url)  # returns after the load event: every <img> has settled

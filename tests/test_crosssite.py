@@ -18,13 +18,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 from aiohttp import web
 from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.support.ui import WebDriverWait
-from test_browser import CHROMEDRIVER, CHROMIUM, FLAGS
+from test_browser import FLAGS, chromium
 
 from avatarproxy.app import create_app
 from avatarproxy.auth import StaticTokenProvider
@@ -108,16 +105,7 @@ def responses(driver: webdriver.Chrome) -> Iterator[tuple[str, dict[str, str]]]:
 
 def visit(pages: list[str], profile: Path) -> dict[str, Any]:
     """Each page's results and its avatar answers' Cache-Control by probe."""
-    for binary in (CHROMIUM, CHROMEDRIVER):
-        if not Path(binary).exists():
-            pytest.fail(f"{binary} missing: apt-get install chromium chromium-driver "
-                        "(tests/run does)", pytrace=False)
-    options = Options()
-    options.binary_location = CHROMIUM
-    for flag in (*BROWSER_FLAGS, f"--user-data-dir={profile}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver = chromium(profile, BROWSER_FLAGS)
     seen: dict[str, Any] = {}
     try:
         driver.set_page_load_timeout(60)
