@@ -107,6 +107,7 @@ class PurgeListener:
     def _stopped(self, task: asyncio.Task[None]) -> None:
         """A listener that ends other than by ``close`` is a bug: say so, loudly."""
         self.subscribed.clear()
+        metrics.purge_subscribed(False)  # and let AvatarproxyPurgeSubscriptionDown fire
         if task.cancelled() or self._closing:
             return
         exc = task.exception()
@@ -204,7 +205,6 @@ class PurgeListener:
                         self._task.exception()  # retrieved: nothing to report at shutdown
                     break
         await self._connection.aclose()
-
 
 
 LISTENER: web.AppKey[PurgeListener] = web.AppKey("purge_listener", PurgeListener)

@@ -282,9 +282,7 @@ def subscriber(cache: CacheSettings) -> RedisConnection:
     """
     if cache.redis_mode != "cluster":
         return _connect(cache, pubsub=True)
-    options = _url_options(cache.redis_url, cache)
-    options["socket_timeout"] = None
-    options.update(_tls_options(cache, options.get("connection_class") is SSLConnection))
+    options = _pubsub_options(cache)
 
     def node_client(host: str, port: int) -> Redis:
         # _Subscriber: its subscriptions' awaits go through ``command`` too.
@@ -294,16 +292,24 @@ def subscriber(cache: CacheSettings) -> RedisConnection:
                            seed=(options["host"], options["port"]), target=_target(cache)[0])
 
 
+def _pubsub_options(cache: CacheSettings) -> dict[str, Any]:
+    """A Pub/Sub connection to one server: the service's TLS and credentials, and no
+    read timeout (a subscription is idle most of the time)."""
+    options = _url_options(cache.redis_url or "redis://", cache)
+    options["socket_timeout"] = None
+    options.update(_tls_options(cache, options.get("connection_class") is SSLConnection))
+    return options
+
+
 def _connect(cache: CacheSettings, pubsub: bool) -> RedisConnection:
     target, settings = _target(cache)
-    url = cache.redis_url or "redis://"
-    options = _url_options(url, cache)
-    if pubsub:
-        options["socket_timeout"] = None
-    tls = options.get("connection_class") is SSLConnection
     if pubsub and cache.redis_mode != "sentinel":
-        return RedisConnection(_Subscriber.from_pool(ConnectionPool(
-            **options, **_tls_options(cache, tls))), target=target, settings=settings)
+        return RedisConnection(_Subscriber.from_pool(ConnectionPool(**_pubsub_options(cache))),
+                               target=target, settings=settings)
+    options = _url_options(cache.redis_url or "redis://", cache)
+    if pubsub:
+        options["socket_timeout"] = None  # Sentinel: a subscription is idle, no read timeout
+    tls = options.get("connection_class") is SSLConnection
     if cache.redis_mode == "cluster":
         options.pop("connection_class", None)
         client = RedisCluster(
