@@ -32,7 +32,7 @@ from cryptography import x509
 from msal.exceptions import MsalError
 
 from . import metrics
-from .authproblems import as_problem, failure, no_answer, refusal
+from .authproblems import as_problem, default_authority, failure, no_answer, refusal
 from .config import AuthSettings
 from .errors import AuthError
 
@@ -113,10 +113,6 @@ class _AuthoritySession(requests.Session):
         if self._pinned:
             settings["verify"] = self.verify
         return settings
-
-
-def default_authority(auth: AuthSettings) -> str:
-    return auth.authority or f"https://login.microsoftonline.com/{auth.tenant_id}"
 
 
 def scope_for(graph_base_url: str) -> str:

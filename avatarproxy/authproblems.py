@@ -75,11 +75,15 @@ def no_answer(step: str, auth: AuthSettings | None, seconds: float) -> AuthError
                      key="auth.authority", hint=_egress(where))
 
 
+def default_authority(auth: AuthSettings) -> str:
+    """``auth.authority``, else Entra ID's for ``auth.tenant_id``."""
+    return auth.authority or f"https://login.microsoftonline.com/{auth.tenant_id}"
+
+
 def _authority(auth: AuthSettings | None) -> tuple[str, str]:
     """The authority URL and its host:port."""
-    authority = "https://login.microsoftonline.com/"
-    if auth is not None:
-        authority = auth.authority or authority + auth.tenant_id
+    authority = default_authority(auth) if auth is not None else (
+        "https://login.microsoftonline.com/")
     parts = urlsplit(authority)
     return authority, f"{parts.hostname}:{parts.port or 443}"
 

@@ -439,8 +439,8 @@ def load_settings(
 
     values = {name: _convert(_BY_NAME[name], value, origin, problems)
               for name, (value, origin) in raw.items()}
-    problems += _cross_field(values, {name: origin for name, (_, origin) in raw.items()})
-    problems += _url_problems(values, {name: origin for name, (_, origin) in raw.items()})
+    origins = {name: origin for name, (_, origin) in raw.items()}
+    problems += _cross_field(values, origins) + _url_problems(values, origins)
     authority_host = env.get("AZURE_AUTHORITY_HOST", "").strip().rstrip("/")
     if authority_host and not values[("auth", "authority")] and values[("auth", "tenant_id")]:
         values[("auth", "authority")] = f"{authority_host}/{values[('auth', 'tenant_id')]}"

@@ -236,10 +236,10 @@ class AvatarService:
         formats = formats or OutputFormats(self._avatar.default_format, "png")
 
         async def answer() -> Avatar:
-            meta = await self._cache.get_meta(subject)
-            return await self._initials_avatar(
-                subject, None if transient else meta or PhotoMeta(has_photo=False), size,
-                formats.initials, admit)
+            # transient: "Graph could not be asked", whatever the cache holds.
+            meta = None if transient else (
+                await self._cache.get_meta(subject) or PhotoMeta(has_photo=False))
+            return await self._initials_avatar(subject, meta, size, formats.initials, admit)
 
         return await self._bounded(subject, size, formats, answer)
 

@@ -175,13 +175,10 @@ def _admit(request: web.Request) -> Admit:
     return admit
 
 
-def _respond(request: web.Request, result: Avatar, formats: OutputFormats,
-             cache_control: str = "") -> web.Response:
+def _respond(request: web.Request, result: Avatar, formats: OutputFormats) -> web.Response:
     headers = _image_headers(result, request.app[SERVER], request.headers.get("Origin"))
     sites = request.app[SITES]
-    if cache_control:
-        headers["Cache-Control"] = cache_control
-    elif not result.no_store and sites.cross_site(request.headers):
+    if not result.no_store and sites.cross_site(request.headers):
         headers["Cache-Control"] = sites.cache_control(request.headers, headers["Cache-Control"])
     if formats.varies:
         headers.add("Vary", "Accept")
@@ -294,10 +291,9 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 def add_routes(app: web.Application) -> None:
     # {subject} excludes "/" (aiohttp's default); percent-escapes are decoded,
     # so a guest's %23EXT%23 arrives as #EXT#.
-    app.router.add_get("/avatar/{subject}/{size}", avatar)
-    # Three segments: never confused with the two-segment user route.
-    app.router.add_get("/avatar/group/{id}/{size}", group_avatar)
-    app.router.add_get("/avatar/team/{id}/{size}", team_avatar)
-    for path in ("/avatar/{subject}/{size}", "/avatar/group/{id}/{size}",
-                 "/avatar/team/{id}/{size}"):
+    # Group and team routes have three segments: never confused with the user route.
+    for path, handler in (("/avatar/{subject}/{size}", avatar),
+                          ("/avatar/group/{id}/{size}", group_avatar),
+                          ("/avatar/team/{id}/{size}", team_avatar)):
+        app.router.add_get(path, handler)
         app.router.add_route("OPTIONS", path, preflight)
