@@ -23,11 +23,11 @@ import aiohttp
 from PIL import Image, features
 
 from . import imaging, preflight, redisconn
-from .auth import StaticTokenProvider, TokenProvider, fetch_token, scope_for
-from .authproblems import as_problem, default_authority
 from .config import CacheSettings, Settings, check_credentials, load_settings
 from .errors import AuthError, ConfigError, GraphError, GraphPermissionDenied, InvalidImage
-from .graph import GraphClient
+from .graph.auth import StaticTokenProvider, TokenProvider, fetch_token, scope_for
+from .graph.authproblems import as_problem, default_authority
+from .graph.client import GraphClient
 from .models import Subject
 
 Status = Literal["pass", "warn", "fail"]

@@ -34,7 +34,7 @@ from .errors import (
     Overloaded,
     RateLimited,
 )
-from .graph import GraphClient
+from .graph.client import GraphClient
 from .limits import LoadLimits
 from .models import Avatar, PhotoMeta, Profile, Subject
 from .negotiation import OutputFormats

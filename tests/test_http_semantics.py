@@ -17,8 +17,8 @@ from multidict import CIMultiDict
 from PIL import Image
 
 from avatarproxy import imaging
-from avatarproxy.auth import StaticTokenProvider
 from avatarproxy.fakegraph import FakePerson
+from avatarproxy.graph.auth import StaticTokenProvider
 from avatarproxy.sizing import background_for
 
 ADELE = "adele.vance@contoso.com"  # 648x648 photo

@@ -20,10 +20,10 @@ import random
 import time
 from collections.abc import Callable
 
-from . import logs
-from .cache import RedisTier
-from .config import GraphSettings
-from .errors import GraphUnavailable
+from .. import logs
+from ..cache import RedisTier
+from ..config import GraphSettings
+from ..errors import GraphUnavailable
 
 log = logging.getLogger(__name__)
 
