@@ -26,7 +26,7 @@ from .errors import ConfigError
 from .graph.auth import MsalTokenProvider, TokenProvider, scope_for
 from .graph.client import GraphClient
 from .graph.throttle import GraphGate
-from .imaging import InitialsRenderer
+from .initials import InitialsRenderer
 from .limits import LoadLimits
 from .purge import LISTENER, PurgeListener, channel
 from .ratelimit import RateLimiter

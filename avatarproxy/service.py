@@ -35,6 +35,7 @@ from .errors import (
     RateLimited,
 )
 from .graph.client import GraphClient
+from .initials import InitialsRenderer, text_colour
 from .limits import LoadLimits
 from .models import Avatar, PhotoMeta, Profile, Subject
 from .negotiation import OutputFormats
@@ -94,7 +95,7 @@ def _etag(*parts: str) -> str:
 
 
 class AvatarService:
-    def __init__(self, graph: GraphClient, cache: AvatarCache, initials: imaging.InitialsRenderer,
+    def __init__(self, graph: GraphClient, cache: AvatarCache, initials: InitialsRenderer,
                  cache_settings: CacheSettings, avatar_settings: AvatarSettings,
                  executor: ThreadPoolExecutor, *, limits: LoadLimits, policy: Policy,
                  coalescer: ReplicaCoalescer | None = None) -> None:
@@ -371,7 +372,7 @@ class AvatarService:
         title = xml_text(name or "") or text
         key = self._cache.initials_key([text, title], colour, size, "svg",
                                        imaging.RENDERER_VERSION)
-        return key, svg.render(text, title, colour, imaging.text_colour(colour), size)
+        return key, svg.render(text, title, colour, text_colour(colour), size)
 
     def _initials_key(self, texts: tuple[str, ...], colour: tuple[int, int, int], size: int,
                       fmt: str) -> str:

@@ -42,7 +42,7 @@ from .graph.directory import BATCH_LIMIT, batch_get, get_each, list_users
 from .graph.resources import meta_from_json, profile_from_json
 from .graph.throttle import GraphGate
 from .graph.urls import subject_path
-from .imaging import InitialsRenderer
+from .initials import InitialsRenderer
 from .limits import LoadLimits
 from .models import PhotoMeta, Subject
 from .negotiation import OutputFormats, choose

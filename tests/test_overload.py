@@ -19,7 +19,7 @@ from PIL import Image, ImageChops
 
 from avatarproxy import errors
 from avatarproxy.errors import AvatarProxyError, BadRequest, Forbidden, NotFound
-from avatarproxy.imaging import InitialsRenderer
+from avatarproxy.initials import InitialsRenderer
 from avatarproxy.service import AvatarService
 from avatarproxy.web import SERVICE
 
