@@ -21,7 +21,7 @@ from . import metrics
 from .errors import InvalidImage
 
 # Bump whenever the bytes produced for the same input change (encoder settings,
-# filters, fonts, layout): it is part of every ETag and cache key.
+# filters, fonts, layout; here or in ``initials``): it is part of every ETag and cache key.
 RENDERER_VERSION = "1"
 
 CONTENT_TYPES: dict[str, str] = {
