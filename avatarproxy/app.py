@@ -19,20 +19,20 @@ import aiohttp
 from aiohttp import web
 
 from . import logs, ops, preflight, redisconn
-from .auth import MsalTokenProvider, TokenProvider, scope_for
 from .cache import AvatarCache, CacheTier, MemoryTier, RedisTier
 from .coalesce import ReplicaCoalescer
 from .config import GraphSettings, Settings
 from .errors import ConfigError
-from .graph import GraphClient
-from .imaging import InitialsRenderer
+from .graph.auth import MsalTokenProvider, TokenProvider, scope_for
+from .graph.client import GraphClient
+from .graph.throttle import GraphGate
+from .initials import InitialsRenderer
 from .limits import LoadLimits
 from .purge import LISTENER, PurgeListener, channel
 from .ratelimit import RateLimiter
 from .security import ClientAddress, Policy
 from .service import AvatarService
 from .sites import Sites
-from .throttle import GraphGate
 from .web import (
     CLIENTS,
     DEFAULT_FORMAT,
@@ -165,7 +165,7 @@ def _graph_session(graph: GraphSettings) -> aiohttp.ClientSession:
     if graph.ca_file:
         ssl_context = ssl.create_default_context(cafile=graph.ca_file)
     connector = aiohttp.TCPConnector(limit=graph.max_concurrency * 2, ssl=ssl_context)
-    # No trust_env: GraphClient applies HTTPS_PROXY / NO_PROXY itself (graph.EnvProxy),
+    # No trust_env: GraphClient applies HTTPS_PROXY / NO_PROXY itself (graph.client.EnvProxy),
     # as requests does for the authority, without trust_env's per-request threads.
     return aiohttp.ClientSession(
         connector=connector,

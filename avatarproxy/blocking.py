@@ -21,7 +21,9 @@ import logging
 from collections.abc import Iterable
 
 from .errors import GraphError, GraphNotFound, GraphPermissionDenied
-from .graph import GraphClient, identity_from_json, user_path
+from .graph.client import GraphClient
+from .graph.resources import identity_from_json
+from .graph.urls import user_path
 from .models import NOBODY, Identity, Subject
 
 log = logging.getLogger(__name__)

@@ -14,9 +14,9 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__, lifecycle, logs
-from .authproblems import as_problem
 from .config import check_credentials, load_settings, render_example
 from .errors import AuthError, BadRequest, ConfigError, GraphError
+from .graph.authproblems import as_problem
 
 log = logging.getLogger("avatarproxy.serve")
 

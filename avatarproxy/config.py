@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .clouds import API_VERSIONS, CLOUDS, authority, graph_base_url
 from .errors import ConfigError
+from .graph.clouds import API_VERSIONS, CLOUDS, authority, graph_base_url
 
 _MiB = 1024 * 1024
 

@@ -19,10 +19,10 @@ from aiohttp import web
 
 from . import logs
 from .app import create_app
-from .auth import StaticTokenProvider
 from .config import load_settings
 from .demopage import page_handler
 from .fakegraph import FakeGraph, demo_groups, demo_people, start_fake_graph
+from .graph.auth import StaticTokenProvider
 from .lifecycle import run_loop, serve_until_stopped
 
 

@@ -23,11 +23,12 @@ import aiohttp
 from PIL import Image, features
 
 from . import imaging, preflight, redisconn
-from .auth import StaticTokenProvider, TokenProvider, fetch_token, scope_for
-from .authproblems import as_problem, default_authority
 from .config import CacheSettings, Settings, check_credentials, load_settings
 from .errors import AuthError, ConfigError, GraphError, GraphPermissionDenied, InvalidImage
-from .graph import GraphClient
+from .graph.auth import StaticTokenProvider, TokenProvider, fetch_token, scope_for
+from .graph.authproblems import as_problem, default_authority
+from .graph.client import GraphClient
+from .initials import InitialsRenderer
 from .models import Subject
 
 Status = Literal["pass", "warn", "fail"]
@@ -87,7 +88,7 @@ def check_config(settings: Settings, path: str | None) -> list[Finding]:
 def check_imaging(settings: Settings) -> list[Finding]:
     findings: list[Finding] = []
     try:
-        renderer = imaging.InitialsRenderer(settings.avatar.extra_fonts)
+        renderer = InitialsRenderer(settings.avatar.extra_fonts)
         names = ", ".join(p.name for p in renderer.font_paths)
         findings.append(Finding("fonts", "pass", f"loaded {names}"))
     except ConfigError as exc:

@@ -26,10 +26,10 @@ from cryptography.hazmat.primitives import serialization
 from redis.exceptions import AuthenticationError, NoPermissionError, OutOfMemoryError, ResponseError
 
 from . import redisconn
-from .auth import fetch_token, scope_for
-from .authproblems import as_problem
 from .config import CacheSettings, ServerSettings, Settings, file_problem
 from .errors import AuthError
+from .graph.auth import fetch_token, scope_for
+from .graph.authproblems import as_problem
 
 # How long the start-up check may wait for Redis in all (a Cluster tries each node).
 _REDIS_CHECK_SECONDS = 5.0

@@ -8,23 +8,26 @@ and such initials get a short max-age. Stale metadata is served at once and
 refreshed in the background; another replica's download of the same image is
 awaited rather than repeated (``coalesce``). Past a load cap or the request's
 deadline the answer is initials that browsers must not store (``limits``).
+The steps have homes of their own: the photo path (``photos``), what each
+answer looks like (``answers``: keys, ETags, max-ages, stand-ins), what a step
+costs the client (``costs``), shared fetches and the image pool (``flights``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
-from . import imaging, logs, metrics, svg, tiles
+from . import logs, metrics
+from .answers import Answers, initials_look
 from .cache import AvatarCache
 from .coalesce import ReplicaCoalescer
 from .config import AvatarSettings, CacheSettings
+from .costs import ADDRESS_LOOKUP, Admit, admitted, render_cost
 from .errors import (
     GraphError,
     GraphNotFound,
@@ -34,42 +37,17 @@ from .errors import (
     Overloaded,
     RateLimited,
 )
-from .graph import GraphClient
+from .flights import Flights, ImagePool
+from .graph.client import GraphClient
+from .initials import InitialsRenderer
 from .limits import LoadLimits
 from .models import Avatar, PhotoMeta, Profile, Subject
 from .negotiation import OutputFormats
+from .photos import Photos
 from .security import Policy
-from .sizing import (
-    FetchPlan,
-    background_for,
-    initials_candidates,
-    is_placeholder,
-    plan_fetch,
-    xml_text,
-)
+from .sizing import plan_fetch
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-# Asked before a request costs Graph calls or renders: may its client spend this
-# many (one token each, ``ratelimit``)? False: RateLimited.
-Admit = Callable[[int], Awaitable[bool]]
-# What each step costs. Metadata is one call, and one more for the profile when
-# there is no photo or an object id's UPN is needed: a person never seen is
-# charged both (the unknown names a flood uses always cost both). A render costs
-# a token per 256x256 pixels it makes (started): 1 up to 256 px, 16 at 1024,
-# which takes ~16 times as long to draw and encode.
-_DOWNLOAD = 1
-_ADDRESS_LOOKUP = 1
-_RENDER_PIXELS = 256 * 256
-
-# Initials served because Graph could not answer are re-asked soon.
-TRANSIENT_MAX_AGE = 60
-# At shutdown, fetches past the grace are cancelled in rounds, each waited for this long.
-_CANCEL_ROUNDS, _CANCEL_WAIT_SECONDS = 3, 0.5
-# Largest stand-in drawn with letters: 0.4 ms of the event loop at 160 px on the
-# 2-core machine, about what serving the request costs; 1.6 ms at 512, 5.5 at
-# 1024, so a flood of large sizes (or of names) would stall every request.
-STAND_IN_TEXT_MAX = 160
 # Refused photo versions remembered so each is logged once (then forgotten all at once).
 _REFUSED_MEMORY = 4096
 
@@ -80,38 +58,25 @@ def _unknown_user(subject: Subject, meta: PhotoMeta | None) -> bool:
             and not meta.has_photo and meta.profile is None)
 
 
-@functools.lru_cache(maxsize=4096)
-def _initials_look(subject: Subject, profile: Profile | None) -> tuple[
-        tuple[str, ...], tuple[int, int, int]]:
-    """The initials to try, best first, and the background colour (pure, memoised)."""
-    colour = background_for((profile.object_id if profile else None) or subject.key)
-    return tuple(initials_candidates(profile, subject)), colour
-
-
-@functools.lru_cache(maxsize=8192)  # hit after hit for the same photos
-def _etag(*parts: str) -> str:
-    return '"' + hashlib.sha256("\x1f".join(parts).encode("utf-8")).hexdigest()[:27] + '"'
-
-
 class AvatarService:
-    def __init__(self, graph: GraphClient, cache: AvatarCache, initials: imaging.InitialsRenderer,
+    def __init__(self, graph: GraphClient, cache: AvatarCache, initials: InitialsRenderer,
                  cache_settings: CacheSettings, avatar_settings: AvatarSettings,
                  executor: ThreadPoolExecutor, *, limits: LoadLimits, policy: Policy,
                  coalescer: ReplicaCoalescer | None = None) -> None:
         self._graph = graph
         self._cache = cache
         self._initials = initials
-        self._ttl = cache_settings
         self._avatar = avatar_settings
-        self._executor = executor
         self._limits = limits
         self._policy = policy
         self._coalescer = coalescer or ReplicaCoalescer(None, 0, 0)
-        self._inflight: dict[str, asyncio.Future[Any]] = {}
+        self._answers = Answers(initials, cache, cache_settings, avatar_settings)
+        self._flights = Flights()
+        self._pool = ImagePool(executor, limits)
+        self._photos = Photos(graph, cache, self._answers, self._flights, self._coalescer,
+                              self._pool)
         self._missing_permissions: set[str] = set()
         self._refused: set[str] = set()  # photo versions already logged as refused
-        # At most ~4 MB even if every entry were 1024 px (~15 KB); most are far smaller.
-        self._stand_ins = functools.lru_cache(maxsize=256)(initials.twin().render_quick)
 
     async def get_avatar(self, subject: Subject, size: int, *,
                          formats: OutputFormats | None = None, fallback: bool = True,
@@ -151,7 +116,7 @@ class AvatarService:
     @property
     def fetches_in_flight(self) -> int:
         """Shared fetches still running, including those whose callers have gone."""
-        return len(self._inflight)
+        return len(self._flights)
 
     def health(self) -> dict[str, str]:
         """Degradations worth showing in a readiness probe; nothing here fails it."""
@@ -176,20 +141,21 @@ class AvatarService:
             return None  # refused, or not known whose: the long way says which
         if meta.has_photo:
             plan = plan_fetch(size, meta)
-            body = self._cache.peek_image(self._photo_key(subject, meta, plan, formats.photo))
+            body = self._cache.peek_image(self._answers.photo_key(subject, meta, plan,
+                                                                  formats.photo))
             if body is None:
                 return None
             self._cache.count_memory_hits(2)
-            return self._photo_avatar(body, meta, plan, formats.photo)
+            return self._answers.photo(body, meta, plan, formats.photo)
         if not fallback or formats.initials == "svg":
             return None  # a 404, or SVG drawn per request: the usual path
-        texts, colour = _initials_look(subject, meta.profile)
-        key = self._initials_key(texts, colour, size, formats.initials)
+        texts, colour = initials_look(subject, meta.profile)
+        key = self._answers.initials_key(texts, colour, size, formats.initials)
         body = self._cache.peek_image(key)
         if body is None:
             return None
         self._cache.count_memory_hits(2)
-        return self._initials_result(body, key, formats.initials, meta)
+        return self._answers.initials(body, key, formats.initials, meta)
 
     async def _get_avatar(self, subject: Subject, size: int, formats: OutputFormats,
                           fallback: bool, admit: Admit | None) -> Avatar:
@@ -208,7 +174,7 @@ class AvatarService:
         # 2. A photo: nearest HD size at or above the request, downscaled.
         if meta is not None and meta.has_photo:
             try:
-                return await self._photo(subject, meta, size, formats.photo, admit)
+                return await self._photos.avatar(subject, meta, size, formats.photo, admit)
             except GraphNotFound:
                 # Deleted between metadata and bytes: the metadata is refreshed later.
                 meta = replace(meta, has_photo=False)
@@ -256,11 +222,11 @@ class AvatarService:
             cached = None  # written before the rules needed the id's UPN: ask again
         if cached is not None and self._cache.is_fresh(cached):
             return cached
-        if not await _admitted(admit, self._metadata_calls(subject, cached)):
+        if not await admitted(admit, self._metadata_calls(subject, cached)):
             if cached is not None:
                 return cached  # stale, and no refresh on this client's account
             raise RateLimited()
-        refresh = self._start("meta:" + subject.cache_id, lambda: self._coalescer.run(
+        refresh = self._flights.start("meta:" + subject.cache_id, lambda: self._coalescer.run(
             self._cache.lock_key(self._cache.meta_key(subject)),
             lambda: self._fetch_metadata(subject), lambda: self._fresh_metadata(subject)))
         if cached is not None:
@@ -293,125 +259,31 @@ class AvatarService:
         await self._cache.put_meta(subject, meta)
         return meta
 
-    async def _photo(self, subject: Subject, meta: PhotoMeta, size: int, fmt: str,
-                     admit: Admit | None) -> Avatar:
-        plan = plan_fetch(size, meta)
-        key = self._photo_key(subject, meta, plan, fmt)
-        body = await self._cache.get_image(key)
-        if body is None:
-            source_key = self._cache.source_key(subject, meta.media_etag, plan.hd_size)
-            raw = await self._cache.get_image(source_key)
-            # Paid before any image work: the render, and the download unless kept.
-            cost = _render_cost(plan.target) + (_DOWNLOAD if raw is None else 0)
-            if not await _admitted(admit, cost):
-                raise RateLimited()
-            body = await self._single_flight(
-                key, lambda: self._render_photo(subject, meta, plan, key, fmt, raw))
-        return self._photo_avatar(body, meta, plan, fmt)
-
-    def _photo_key(self, subject: Subject, meta: PhotoMeta, plan: FetchPlan, fmt: str) -> str:
-        return self._cache.photo_key(subject, meta.media_etag, plan.target, fmt,
-                                     imaging.RENDERER_VERSION)
-
-    def _photo_avatar(self, body: bytes, meta: PhotoMeta, plan: FetchPlan, fmt: str) -> Avatar:
-        etag = _etag("photo", meta.media_etag, str(plan.target), fmt, imaging.RENDERER_VERSION)
-        return Avatar(body, imaging.CONTENT_TYPES[fmt], etag, "photo", self._ttl.browser_max_age,
-                      self._ttl.stale_while_revalidate)
-
-    async def _render_photo(self, subject: Subject, meta: PhotoMeta, plan: FetchPlan, key: str,
-                            fmt: str, raw: bytes | None) -> bytes:
-        """``raw``: the kept source if it was found, else it is downloaded."""
-        source_key = self._cache.source_key(subject, meta.media_etag, plan.hd_size)
-        if raw is None:
-            # One download per photo version and HD size, across sizes and replicas.
-            raw = await self._single_flight(source_key, lambda: self._coalescer.run(
-                self._cache.lock_key(source_key),
-                lambda: self._download(subject, plan.hd_size, source_key),
-                lambda: self._cache.get_image(source_key)))
-        body: bytes = await self._run(imaging.render_photo, raw, plan.target, fmt)
-        await self._cache.put_image(key, body, owner=subject)
-        return body
-
-    async def _download(self, subject: Subject, hd_size: int | None, source_key: str) -> bytes:
-        raw = await self._graph.photo_bytes(subject, hd_size)
-        # Decode it through before it is kept for other sizes and replicas
-        # (one trip to the image pool: the dimensions come with it).
-        width, height = await self._run(imaging.verify_photo, raw)
-        if hd_size is not None and is_placeholder(width, height):
-            # "1x1" on /photos/{size}: that size is absent; use the largest.
-            raw = await self._graph.photo_bytes(subject, None)
-            await self._run(imaging.verify_photo, raw)
-        await self._cache.put_image(source_key, raw, owner=subject)
-        return raw
-
     async def _initials_avatar(self, subject: Subject, meta: PhotoMeta | None,
                                size: int, fmt: str, admit: Admit | None) -> Avatar:
         profile = meta.profile if meta is not None else None
         if fmt == "svg":  # cheap string work: drawn on every request, not cached, free
-            key, body = self._svg(subject, profile, size)
-            return self._initials_result(body, key, fmt, meta)
-        texts, colour = _initials_look(subject, profile)
-        key = self._initials_key(texts, colour, size, fmt)
+            key, body = self._answers.svg(subject, profile, size)
+            return self._answers.initials(body, key, fmt, meta)
+        texts, colour = initials_look(subject, profile)
+        key = self._answers.initials_key(texts, colour, size, fmt)
         cached = await self._cache.get_image(key)
         if cached is None:
             # Any size anyone asks for is a render: paid for like a photo's.
-            if not await _admitted(admit, _render_cost(size)):
+            if not await admitted(admit, render_cost(size)):
                 raise RateLimited()
-            cached = await self._run(self._initials.render, texts, colour, size, fmt)
+            cached = await self._pool.run(self._initials.render, texts, colour, size, fmt)
             await self._cache.put_image(key, cached)
-        return self._initials_result(cached, key, fmt, meta)
-
-    def _svg(self, subject: Subject, profile: Profile | None, size: int) -> tuple[str, bytes]:
-        """SVG initials and the key their ETag is made from."""
-        texts, colour = _initials_look(subject, profile)
-        text = self._initials.first_covered(texts)
-        # The name only if the operator asked: unsigned, anyone could turn
-        # addresses into names (avatar.svg_title).
-        name = profile.display_name if profile and self._avatar.svg_title else None
-        title = xml_text(name or "") or text
-        key = self._cache.initials_key([text, title], colour, size, "svg",
-                                       imaging.RENDERER_VERSION)
-        return key, svg.render(text, title, colour, imaging.text_colour(colour), size)
-
-    def _initials_key(self, texts: tuple[str, ...], colour: tuple[int, int, int], size: int,
-                      fmt: str) -> str:
-        return self._cache.initials_key(texts, colour, size, fmt, imaging.RENDERER_VERSION)
-
-    def _initials_result(self, body: bytes, key: str, fmt: str,
-                         meta: PhotoMeta | None) -> Avatar:
-        # meta None: Graph could not say whether a photo exists; ask again soon.
-        max_age = self._ttl.initials_max_age if meta is not None else min(
-            TRANSIENT_MAX_AGE, self._ttl.initials_max_age)
-        return Avatar(body, imaging.CONTENT_TYPES[fmt], _etag("initials", key), "initials",
-                      max_age)
+        return self._answers.initials(cached, key, fmt, meta)
 
     def limited(self, subject: Subject, size: int, formats: OutputFormats) -> Avatar:
-        """The answer to a client over its rate: nothing it would have to pay for.
-
-        Initials from the name the page used, as for overload (SVG when asked:
-        free), never stored; no Graph, Redis or image pool.
-        """
-        if formats.initials != "svg":
-            return self.stand_in(subject, size)
-        key, body = self._svg(subject, None, size)
-        return Avatar(body, imaging.CONTENT_TYPES["svg"], _etag("initials", key), "initials", 0,
-                      no_store=True)
+        """The answer to a client over its rate (``Answers.limited``): never stored."""
+        return self._answers.limited(subject, size, formats)
 
     def stand_in(self, subject: Subject, size: int) -> Avatar:
-        """Initials from the UPN alone at exactly ``size``, not to be stored: the
-        answer when this process is past a cap or cannot answer properly now.
-
-        Drawn here, on the event loop, with faces of its own: no Graph, Redis,
-        image pool or pool lock to wait on (the pool is busy exactly when this
-        is needed). A burst repeats the same few, so recent ones are kept.
-        Above ``STAND_IN_TEXT_MAX`` a plain tile in the same colour: drawing
-        letters there costs the loop more than the request itself.
-        """
-        texts, colour = _initials_look(subject, None)
-        body = (self._stand_ins(texts, colour, size) if size <= STAND_IN_TEXT_MAX
-                else tiles.png(size, colour))
-        return Avatar(body, imaging.CONTENT_TYPES["png"], _etag("busy", subject.key, str(size)),
-                      "initials", 0, no_store=True)
+        """Cheap initials at exactly ``size``, never stored, awaiting nothing: the
+        answer past a cap or when nothing better can be had (``Answers.stand_in``)."""
+        return self._answers.stand_in(subject, size)
 
     def _note_refresh(self, subject: Subject, done: asyncio.Future[Any]) -> None:
         exc = None if done.cancelled() else done.exception()
@@ -446,26 +318,6 @@ class AvatarService:
         log.warning("%s failed, serving %s: %s", step,
                     "initials" if step == "metadata" else "fallback", exc)
 
-    async def _single_flight(self, key: str, factory: Callable[[], Awaitable[T]]) -> T:
-        """Concurrent callers with the same key share one execution of ``factory``."""
-        # shield: a client hanging up must not cancel the others' fetch.
-        result: T = await asyncio.shield(self._start(key, factory))
-        return result
-
-    def _start(self, key: str, factory: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
-        """The running execution of ``factory`` for ``key``, started if there is none."""
-        future = self._inflight.get(key)
-        if future is None:
-            future = asyncio.ensure_future(factory())
-            self._inflight[key] = future
-            future.add_done_callback(lambda done: self._finish(key, done))
-        return future
-
-    def _finish(self, key: str, future: asyncio.Future[Any]) -> None:
-        self._inflight.pop(key, None)
-        if not future.cancelled():
-            future.exception()  # mark retrieved: every waiter may have gone
-
     async def _resolve_address(self, subject: Subject, admit: Admit | None) -> Subject | None:
         """The user whose mail or proxy address ``subject`` is; the mapping is cached.
 
@@ -476,10 +328,10 @@ class AvatarService:
         self._policy.check_address_lookup()
         person = await self._cache.get_alias(subject)
         if person is None:
-            if not await _admitted(admit, _ADDRESS_LOOKUP):
+            if not await admitted(admit, ADDRESS_LOOKUP):
                 raise RateLimited()
             try:
-                person = await self._single_flight(
+                person = await self._flights.join(
                     "alias:" + subject.key, lambda: self._graph.find_user_by_mail(subject.key))
             except GraphError as exc:
                 self._note_failure(subject, "address lookup", exc)
@@ -494,35 +346,4 @@ class AvatarService:
         """Wait for shared fetches still running (their callers may have gone),
         background refreshes included, up to ``within`` seconds; then cancel
         the rest. Returns how many were cancelled."""
-        loop = asyncio.get_running_loop()
-        deadline = None if within is None else loop.time() + within
-        while self._inflight:  # one fetch may start another (a photo, its source)
-            left = None if deadline is None else deadline - loop.time()
-            if left is not None and left <= 0:
-                break
-            await asyncio.wait(list(self._inflight.values()), timeout=left)
-        cut = 0
-        # A cancelled fetch leaves its shielded inner one; redis-py can swallow a
-        # cancellation: a few rounds, each bounded, so shutdown keeps to its grace.
-        for _ in range(_CANCEL_ROUNDS):
-            pending = list(self._inflight.values())
-            if not pending:
-                break
-            cut += len(pending)
-            for future in pending:
-                future.cancel()
-            await asyncio.wait(pending, timeout=_CANCEL_WAIT_SECONDS)
-        return cut
-
-    async def _run(self, func: Callable[..., T], *args: Any) -> T:
-        """Blocking Pillow work goes to the bounded image thread pool, if it has room."""
-        with self._limits.image_job():
-            return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
-
-
-def _render_cost(side: int) -> int:
-    return -(-side * side // _RENDER_PIXELS)
-
-
-async def _admitted(admit: Admit | None, cost: int) -> bool:
-    return admit is None or await admit(cost)
+        return await self._flights.drain(within)

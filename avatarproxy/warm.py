@@ -24,10 +24,8 @@ from typing import Any
 
 from . import imaging, logs, redisconn
 from .app import _graph_session
-from .auth import MsalTokenProvider, TokenProvider, scope_for
 from .cache import AvatarCache, RedisTier
 from .config import Settings
-from .directory import BATCH_LIMIT, batch_get, get_each, list_users
 from .errors import (
     AuthError,
     Blocked,
@@ -38,15 +36,19 @@ from .errors import (
     GraphUnavailable,
     NotFound,
 )
-from .graph import GraphClient, meta_from_json, profile_from_json, subject_path
-from .imaging import InitialsRenderer
+from .graph.auth import MsalTokenProvider, TokenProvider, scope_for
+from .graph.client import GraphClient
+from .graph.directory import BATCH_LIMIT, batch_get, get_each, list_users
+from .graph.resources import meta_from_json, profile_from_json
+from .graph.throttle import GraphGate
+from .graph.urls import subject_path
+from .initials import InitialsRenderer
 from .limits import LoadLimits
 from .models import PhotoMeta, Subject
 from .negotiation import OutputFormats, choose
 from .security import Policy
 from .service import AvatarService
 from .sizing import plan_fetch
-from .throttle import GraphGate
 from .warmreport import WarmStats, progress_line, summary
 
 log = logging.getLogger(__name__)

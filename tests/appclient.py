@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestClient
 from multidict import CIMultiDict
 
 from avatarproxy.app import create_app
-from avatarproxy.auth import TokenProvider
 from avatarproxy.config import load_settings
+from avatarproxy.graph.auth import TokenProvider
 
 Client = TestClient[Any, Any]
 MakeClient = Callable[..., Awaitable[Client]]

@@ -17,8 +17,8 @@ from appclient import MakeClient as Serve
 from prometheus_client.parser import text_string_to_metric_families
 
 from avatarproxy import redisconn
-from avatarproxy.auth import StaticTokenProvider
 from avatarproxy.config import load_settings
+from avatarproxy.graph.auth import StaticTokenProvider
 from avatarproxy.ratelimit import RateLimiter
 
 UNKNOWN = "nobody.at.all@contoso.com"  # no user, no photo, nobody's address: initials

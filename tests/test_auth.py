@@ -15,9 +15,9 @@ from appclient import client_factory, get
 from faultproxy import NONE, FaultProxy, Faults
 from tlsutil import make_client_certificate
 
-from avatarproxy.auth import Backoff, MsalTokenProvider, scope_for
 from avatarproxy.config import AuthSettings, load_settings
 from avatarproxy.errors import AuthError
+from avatarproxy.graph.auth import Backoff, MsalTokenProvider, scope_for
 
 SCOPE = "https://graph.microsoft.com/.default"
 STALL = Faults(stall=True)

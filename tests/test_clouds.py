@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from avatarproxy.auth import scope_for
-from avatarproxy.clouds import CLOUDS
 from avatarproxy.config import load_settings
 from avatarproxy.errors import ConfigError
+from avatarproxy.graph.auth import scope_for
+from avatarproxy.graph.clouds import CLOUDS
 
 # Copied from Microsoft's national-cloud deployment documentation (FACTS.md):
 # cloud -> (Graph root, Entra ID authority host).

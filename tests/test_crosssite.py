@@ -24,8 +24,8 @@ from selenium.webdriver.support.ui import WebDriverWait
 from test_browser import FLAGS, chromium
 
 from avatarproxy.app import create_app
-from avatarproxy.auth import StaticTokenProvider
 from avatarproxy.config import load_settings
+from avatarproxy.graph.auth import StaticTokenProvider
 
 SITES = ("avatars.localhost", "evil.localhost", "intranet.localhost")
 # test_browser's flags, and the three names on IPv4 loopback, where the servers listen.

@@ -15,8 +15,8 @@ from aiohttp.test_utils import TestServer
 from graphpaths import is_allowed
 
 from avatarproxy.app import create_app
-from avatarproxy.auth import StaticTokenProvider
 from avatarproxy.config import load_settings
+from avatarproxy.graph.auth import StaticTokenProvider
 
 REQUESTS = 2000
 PER_REQUEST_SECONDS = 10.0  # generous: a hang, not a slow render, is what this catches

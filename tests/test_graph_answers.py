@@ -17,7 +17,7 @@ from appclient import MakeClient, get
 from avatarproxy.cache import AvatarCache
 from avatarproxy.config import load_settings
 from avatarproxy.fakegraph import GATEWAY_HTML, REAL_ERRORS
-from avatarproxy.graph import _read_capped
+from avatarproxy.graph.replies import read_capped
 from avatarproxy.models import Subject
 
 ADELE = "adele.vance@contoso.com"  # 648x648 photo
@@ -208,7 +208,7 @@ async def test_a_body_at_the_cap_is_whole_and_one_byte_more_is_refused(
     async with ClientSession() as session:
         for size, expected in ((1000, (1000, False)), (1001, (kept_when_cut, True))):
             async with session.get(f"{bodies}/{size}{form}") as resp:
-                body, cut = await _read_capped(resp, 1000)
+                body, cut = await read_capped(resp, 1000)
             assert (len(body), cut) == expected
 
 

@@ -7,7 +7,7 @@ from graphpaths import is_allowed
 from hypothesis import given
 from hypothesis import strategies as st
 
-from avatarproxy.graph import graph_url, mail_lookup_query, subject_path, user_path
+from avatarproxy.graph.urls import graph_url, mail_lookup_query, subject_path, user_path
 from avatarproxy.inputs import parse_subject
 from avatarproxy.models import Subject
 from avatarproxy.sizing import HD_SIZES

@@ -12,7 +12,7 @@ from appclient import MakeClient, get
 from PIL import Image
 
 from avatarproxy.fakegraph import FakeGroup, demo_groups
-from avatarproxy.imaging import InitialsRenderer
+from avatarproxy.initials import InitialsRenderer
 from avatarproxy.sizing import background_for
 
 TEAM, GROUP, BARE_TEAM = demo_groups()  # team with photo, group with photo, team without

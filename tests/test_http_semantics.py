@@ -17,8 +17,9 @@ from multidict import CIMultiDict
 from PIL import Image
 
 from avatarproxy import imaging
-from avatarproxy.auth import StaticTokenProvider
 from avatarproxy.fakegraph import FakePerson
+from avatarproxy.graph.auth import StaticTokenProvider
+from avatarproxy.initials import InitialsRenderer
 from avatarproxy.sizing import background_for
 
 ADELE = "adele.vance@contoso.com"  # 648x648 photo
@@ -205,7 +206,7 @@ async def test_characters_xml_forbids_are_dropped_from_svg_and_raster_initials(
     assert decode(body).format == "PNG"
     # The letters of "Ada Lovelace", not the surname's alone after an empty given name.
     colour = background_for("0a0a0a0a-0a0a-4a0a-8a0a-0a0a0a0a0a0a")
-    assert body == imaging.InitialsRenderer().render(["AL"], colour, 64, "png")
+    assert body == InitialsRenderer().render(["AL"], colour, 64, "png")
 
 
 async def test_a_new_renderer_version_changes_every_etag(

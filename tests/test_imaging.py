@@ -14,12 +14,8 @@ from PIL import ExifTags, Image, ImageChops, ImageCms, ImageDraw, ImageFont, fea
 import avatarproxy
 from avatarproxy import imaging
 from avatarproxy.errors import ConfigError, InvalidImage
-from avatarproxy.imaging import (
-    CONTENT_TYPES,
-    InitialsRenderer,
-    image_dimensions,
-    render_photo,
-)
+from avatarproxy.imaging import CONTENT_TYPES, image_dimensions, render_photo
+from avatarproxy.initials import InitialsRenderer
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 DARK_BG, LIGHT_BG = (20, 50, 110), (250, 225, 120)
@@ -379,7 +375,7 @@ def test_bundled_font_is_loaded_from_the_package(renderer: InitialsRenderer) -> 
 
 def test_rendering_does_not_depend_on_system_font_folders(
         renderer: InitialsRenderer, tmp_path: Path) -> None:
-    script = ("import sys; from avatarproxy.imaging import InitialsRenderer; "
+    script = ("import sys; from avatarproxy.initials import InitialsRenderer; "
               "png = InitialsRenderer().render(['ЖЮ'], (20, 50, 110), 96, 'png'); "
               "sys.stdout.buffer.write(png)")
     empty = tmp_path / "empty"

@@ -19,7 +19,7 @@ from PIL import Image, ImageChops
 
 from avatarproxy import errors
 from avatarproxy.errors import AvatarProxyError, BadRequest, Forbidden, NotFound
-from avatarproxy.imaging import InitialsRenderer
+from avatarproxy.initials import InitialsRenderer
 from avatarproxy.service import AvatarService
 from avatarproxy.web import SERVICE
 
@@ -49,7 +49,7 @@ async def busy_pool(svc: AvatarService) -> AsyncIterator[None]:
         release.wait(20)
 
     slots = svc._limits._max_queued
-    jobs = [asyncio.ensure_future(svc._run(work if n else draw)) for n in range(slots)]
+    jobs = [asyncio.ensure_future(svc._pool.run(work if n else draw)) for n in range(slots)]
     deadline = time.monotonic() + 10
     while not (drawing.is_set() and svc._limits.queued_images == slots):
         assert time.monotonic() < deadline, "the pool did not fill"

@@ -15,8 +15,8 @@ import pytest
 from loopback import free_port, stop_process
 
 from avatarproxy.app import create_app
-from avatarproxy.auth import StaticTokenProvider
 from avatarproxy.config import load_settings
+from avatarproxy.graph.auth import StaticTokenProvider
 
 ADELE = "adele.vance@contoso.com"
 

@@ -20,9 +20,9 @@ from avatarproxy.cache import AvatarCache, RedisTier
 from avatarproxy.config import load_settings
 from avatarproxy.errors import GraphUnavailable, Overloaded
 from avatarproxy.fakegraph import portrait
+from avatarproxy.graph.throttle import GraphGate
 from avatarproxy.limits import LoadLimits
 from avatarproxy.models import Subject
-from avatarproxy.throttle import GraphGate
 from avatarproxy.web import SERVICE
 
 ADELE = "adele.vance@contoso.com"

@@ -26,9 +26,9 @@ from redisservers import OTHER_PREFIX, Topology
 
 from avatarproxy import redisconn
 from avatarproxy.app import create_app
-from avatarproxy.auth import StaticTokenProvider
 from avatarproxy.cli import main
 from avatarproxy.config import load_settings
+from avatarproxy.graph.auth import StaticTokenProvider
 from avatarproxy.purge import LISTENER
 from avatarproxy.ratelimit import RateLimiter
 from avatarproxy.security import ClientAddress, Policy, sign_url, signature

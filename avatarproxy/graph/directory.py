@@ -13,10 +13,11 @@ import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from .errors import AuthError, BadRequest, GraphError, GraphUnavailable
-from .graph import GraphClient, check_reply
-from .inputs import parse_subject
-from .models import Subject
+from ..errors import AuthError, BadRequest, GraphError, GraphUnavailable
+from ..inputs import parse_subject
+from ..models import Subject
+from .client import GraphClient
+from .replies import check_reply
 
 BATCH_LIMIT = 20  # Graph refuses larger JSON batches
 

@@ -20,12 +20,13 @@ import random
 import time
 from collections.abc import Callable
 
-from . import logs
-from .cache import RedisTier
-from .config import GraphSettings
-from .errors import GraphUnavailable
+from .. import logs
+from ..cache import RedisTier
+from ..config import GraphSettings
+from ..errors import GraphUnavailable
 
-log = logging.getLogger(__name__)
+# Named as before the move into graph/: operators' log queries may use it.
+log = logging.getLogger("avatarproxy.throttle")
 
 APP_SCOPE = "app"
 _SPREAD_WINDOW = 30.0  # seconds in which throttles of several people mean an app limit

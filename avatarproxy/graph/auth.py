@@ -31,14 +31,15 @@ import requests
 from cryptography import x509
 from msal.exceptions import MsalError
 
-from . import metrics
+from .. import metrics
+from ..config import AuthSettings
+from ..errors import AuthError
 from .authproblems import as_problem, default_authority, failure, no_answer, refusal
-from .config import AuthSettings
-from .errors import AuthError
 
 T = TypeVar("T")
 
-log = logging.getLogger(__name__)
+# Named as before the move into graph/: the runbooks and operators' log queries use it.
+log = logging.getLogger("avatarproxy.auth")
 
 # msal treats tokens with under five minutes left as expired: renew from there.
 _EXPIRY_MARGIN = 300.0
