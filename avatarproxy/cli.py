@@ -242,7 +242,7 @@ def _warm_options(args: argparse.Namespace, settings: Any) -> tuple[list[int], l
 
 def _warm(args: argparse.Namespace) -> int:
     from .warm import (
-        RateLimiter,
+        Pacer,
         WarmStats,
         all_users,
         listed,
@@ -258,7 +258,7 @@ def _warm(args: argparse.Namespace) -> int:
     where: dict[str, str] = {}  # subject key -> file:line, to point at what went wrong
     subjects = _read_users(args.users, stats, where) if args.users else None
     total = len(subjects) + stats.failed if subjects is not None else None
-    pacer = RateLimiter(args.rate)
+    pacer = Pacer(args.rate)
     tty = sys.stderr.isatty()
 
     def progress(stats: WarmStats) -> None:

@@ -58,8 +58,9 @@ CONCURRENCY = 4  # Graph allows 4 concurrent photo requests per app and mailbox
 _NAME_QUERY = "?$select=id,displayName,givenName,surname"
 
 
-class RateLimiter:
-    """A token bucket of ``rate`` requests a second; ``throttled`` pauses everything.
+class Pacer:
+    """Paces warm's Graph calls (``graph.Pacer``): a token bucket of ``rate`` requests
+    a second; ``throttled`` pauses everything.
 
     Without a ``Retry-After`` the pause doubles each time (1 s, 2 s, ... 60 s).
     """
@@ -109,7 +110,7 @@ class Warmer:
     service: AvatarService
     cache: AvatarCache
     graph: GraphClient
-    pacer: RateLimiter
+    pacer: Pacer
     policy: Policy
     sizes: tuple[int, ...]
     formats: tuple[str, ...]  # photo formats; empty: the default and a browser's choice
@@ -341,7 +342,7 @@ async def listed(subjects: Sequence[Subject]) -> AsyncIterator[Subject]:
 
 
 @asynccontextmanager
-async def open_warmer(settings: Settings, sizes: Sequence[int], pacer: RateLimiter,
+async def open_warmer(settings: Settings, sizes: Sequence[int], pacer: Pacer,
                       tokens: TokenProvider | None = None,
                       formats: Sequence[str] = ()) -> AsyncIterator[Warmer]:
     """The service's own parts, on the shared Redis only, with a rate-capped Graph client."""
@@ -383,5 +384,5 @@ async def open_warmer(settings: Settings, sizes: Sequence[int], pacer: RateLimit
         executor.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["RateLimiter", "WarmStats", "Warmer", "all_users", "listed", "open_warmer",
+__all__ = ["Pacer", "WarmStats", "Warmer", "all_users", "listed", "open_warmer",
            "progress_line", "summary"]
