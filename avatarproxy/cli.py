@@ -67,7 +67,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _doctor(args)
     try:
         if args.command == "demo":
-            from .demo import run_demo  # the demo's fake tenant stays out of serve
+            from .demo.serve import run_demo  # the demo's fake tenant stays out of serve
 
             run_demo(args.host, args.port, args.config)
             return 0

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from PIL import ExifTags, Image, ImageColor, ImageFilter, ImageStat
 
-from avatarproxy.fakegraph import HD_SIZES, portrait
+from avatarproxy.demo.fakegraph import HD_SIZES, portrait
 
 Matrix = list[list[float]]
 RGB = tuple[int, int, int]

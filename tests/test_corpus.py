@@ -39,7 +39,7 @@ from photos import (
 )
 from PIL import Image, ImageCms
 
-from avatarproxy.fakegraph import HD_SIZES, FakePerson, RawPhoto
+from avatarproxy.demo.fakegraph import HD_SIZES, FakePerson, RawPhoto
 
 # Whose photo is it: each case gets a person with colours of their own.
 LOOKS = (

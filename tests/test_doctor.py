@@ -11,8 +11,8 @@ import pytest
 from loopback import free_port
 
 from avatarproxy.cli import main
+from avatarproxy.demo.fakegraph import demo_groups
 from avatarproxy.doctor import diagnose, exit_code, render, token_roles
-from avatarproxy.fakegraph import demo_groups
 from avatarproxy.models import Subject
 
 ADELE = Subject("adele.vance@contoso.com")

@@ -11,7 +11,7 @@ import pytest
 from appclient import MakeClient, get
 from PIL import Image
 
-from avatarproxy.fakegraph import FakeGroup, demo_groups
+from avatarproxy.demo.fakegraph import FakeGroup, demo_groups
 from avatarproxy.imaging import InitialsRenderer
 from avatarproxy.sizing import background_for
 

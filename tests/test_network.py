@@ -19,7 +19,7 @@ from photos import realistic_portrait
 from PIL import Image, ImageStat
 
 from avatarproxy.config import load_settings
-from avatarproxy.fakegraph import FakePerson, portrait
+from avatarproxy.demo.fakegraph import FakePerson, portrait
 from avatarproxy.service import AvatarService
 from avatarproxy.warm import Pacer, WarmStats, all_users, open_warmer
 from avatarproxy.web import SERVICE

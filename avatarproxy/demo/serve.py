@@ -17,13 +17,13 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from . import logs
-from .app import create_app
-from .auth import StaticTokenProvider
-from .config import load_settings
-from .demopage import page_handler
+from .. import logs
+from ..app import create_app
+from ..auth import StaticTokenProvider
+from ..config import load_settings
+from ..lifecycle import run_loop, serve_until_stopped
 from .fakegraph import FakeGraph, demo_groups, demo_people, start_fake_graph
-from .lifecycle import run_loop, serve_until_stopped
+from .page import page_handler
 
 
 def _own_tenant(graph_base_url: str) -> dict[str, Any]:
