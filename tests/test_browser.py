@@ -20,7 +20,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 
-from avatarproxy.demo.fakegraph import demo_people
+from avatarproxy.demo.contoso import demo_people
 from avatarproxy.demo.serve import demo_app
 
 CHROMIUM = "/usr/bin/chromium"

@@ -11,7 +11,7 @@ import pytest
 from loopback import free_port
 
 from avatarproxy.cli import main
-from avatarproxy.demo.fakegraph import demo_groups
+from avatarproxy.demo.contoso import demo_groups
 from avatarproxy.doctor import diagnose, exit_code, render, token_roles
 from avatarproxy.models import Subject
 

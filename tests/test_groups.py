@@ -11,7 +11,8 @@ import pytest
 from appclient import MakeClient, get
 from PIL import Image
 
-from avatarproxy.demo.fakegraph import FakeGroup, demo_groups
+from avatarproxy.demo.contoso import demo_groups
+from avatarproxy.demo.people import FakeGroup
 from avatarproxy.imaging import InitialsRenderer
 from avatarproxy.sizing import background_for
 

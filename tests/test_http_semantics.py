@@ -18,7 +18,7 @@ from PIL import Image
 
 from avatarproxy import imaging
 from avatarproxy.auth import StaticTokenProvider
-from avatarproxy.demo.fakegraph import FakePerson
+from avatarproxy.demo.people import FakePerson
 from avatarproxy.sizing import background_for
 
 ADELE = "adele.vance@contoso.com"  # 648x648 photo

@@ -16,7 +16,8 @@ from logwatch import Lines
 
 from avatarproxy import logs
 from avatarproxy.config import LoggingSettings, load_settings
-from avatarproxy.demo.fakegraph import FakePerson, portrait
+from avatarproxy.demo.people import FakePerson
+from avatarproxy.demo.photos import portrait
 from avatarproxy.models import Subject
 from avatarproxy.security import sign_url
 from avatarproxy.warm import Pacer, WarmStats, listed, open_warmer

@@ -19,7 +19,8 @@ from photos import realistic_portrait
 from PIL import Image, ImageStat
 
 from avatarproxy.config import load_settings
-from avatarproxy.demo.fakegraph import FakePerson, portrait
+from avatarproxy.demo.people import FakePerson
+from avatarproxy.demo.photos import portrait
 from avatarproxy.service import AvatarService
 from avatarproxy.warm import Pacer, WarmStats, all_users, open_warmer
 from avatarproxy.web import SERVICE

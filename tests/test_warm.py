@@ -15,7 +15,8 @@ from aiohttp.test_utils import TestClient
 
 from avatarproxy.app import create_app
 from avatarproxy.config import Settings, load_settings
-from avatarproxy.demo.fakegraph import FakePerson, portrait
+from avatarproxy.demo.people import FakePerson
+from avatarproxy.demo.photos import portrait
 from avatarproxy.errors import GraphUnavailable
 from avatarproxy.models import Subject
 from avatarproxy.warm import (

@@ -20,7 +20,7 @@ from ..errors import NotFound
 from ..models import Subject
 from ..security import Policy, signature
 from ..web import POLICY
-from .fakegraph import FakePerson
+from .people import FakePerson
 
 SIZES = (32, 48, 96, 160)
 SRCSET_SIZE = 48  # shown with 1x/2x/3x candidates

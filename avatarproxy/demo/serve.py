@@ -22,7 +22,8 @@ from ..app import create_app
 from ..auth import StaticTokenProvider
 from ..config import load_settings
 from ..lifecycle import run_loop, serve_until_stopped
-from .fakegraph import FakeGraph, demo_groups, demo_people, start_fake_graph
+from .contoso import demo_groups, demo_people
+from .fakegraph import FakeGraph, start_fake_graph
 from .page import page_handler
 
 
