@@ -17,8 +17,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from .. import logs
-from ..app import create_app
+from ..app import configure_logging, create_app
 from ..auth import StaticTokenProvider
 from ..config import load_settings
 from ..lifecycle import run_loop, serve_until_stopped
@@ -82,7 +81,7 @@ def run_demo(host: str, port: int, config: str | None = None) -> None:
         # Ctrl-C in a terminal should not wait for endpoints that do not exist.
         "server.drain_seconds": os.environ.get("AVATARPROXY_SERVER_DRAIN_SECONDS", 0)}
     settings = load_settings(config, overrides=overrides)  # problems: before anything starts
-    logs.configure(settings.logging)
+    configure_logging(settings)
     run_loop(serve_until_stopped(
         lambda: demo_app(host, port, overrides, config=config, env=os.environ),
         settings.server))
