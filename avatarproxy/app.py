@@ -121,6 +121,8 @@ class Builder:
         return self._initials
 
     def open_cache(self, stack: AsyncExitStack) -> AvatarCache:
+        """The avatar cache: the memory tier (unless the role fills Redis only) in
+        front of the Redis tier, when Redis is configured."""
         settings = self.settings.cache
         tiers: list[CacheTier] = []
         if self.role.memory_tier:
