@@ -1,8 +1,19 @@
-"""Composition root: build every component from ``Settings`` and wire them.
+"""Composition root: the one place that builds the application's parts from ``Settings``.
 
-Each component gets only its own slice of the configuration. Resources that
-need the event loop (HTTP session, Redis, msal) are created on start-up and
-closed on clean-up.
+``serve`` (``create_app``), ``warm`` (``warm.open_warmer``) and ``doctor`` build
+through ``Builder``, so they see the same parts made the same way: one
+``Policy`` (signing, domains, guests, the blocked list), the Graph session, the
+token provider and the throttle gate, the cache tiers and their keys. What
+differs between the commands is named in one place, ``Role``. Each component
+gets only its own slice of the configuration.
+
+Resources that need the event loop (HTTP session, Redis, msal, the image
+threads) are opened on an ``AsyncExitStack`` and closed with it, the last
+opened first: the service drains before the sessions it fetches through close.
+
+Process-wide choices are made here too, explicitly, never on import:
+``configure_logging`` where a process starts, and ``create_app`` takes over
+aiohttp's own answers for every server in the process.
 """
 
 from __future__ import annotations
@@ -11,8 +22,10 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, replace
 from functools import partial
 
 import aiohttp
@@ -24,7 +37,7 @@ from .coalesce import ReplicaCoalescer
 from .config import GraphSettings, Settings
 from .errors import ConfigError
 from .graph.auth import MsalTokenProvider, TokenProvider, scope_for
-from .graph.client import GraphClient
+from .graph.client import GraphClient, Pacer
 from .graph.throttle import GraphGate
 from .initials import InitialsRenderer
 from .limits import LoadLimits
@@ -45,9 +58,154 @@ from .web import (
     add_routes,
     error_middleware,
     security_headers,
+    take_over_aiohttp_answers,
 )
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """How a command uses the parts, where it differs from serving; all else is shared."""
+
+    memory_tier: bool = True  # warm fills the shared Redis only
+    imaging_threads: int = 0  # 0: one per CPU
+    thread_name: str = "imaging"
+    # No token at start-up: serve starts degraded; a warm run has nothing to do.
+    strict_token: bool = False
+    # Replicas wait for the one downloading a photo (a Redis lock); warm does not.
+    coalesce_replicas: bool = True
+    # No browser waits for warm: a photo may take as long as Graph needs.
+    min_deadline_seconds: float = 0.0
+
+
+SERVE = Role()
+WARM = Role(memory_tier=False, imaging_threads=2, thread_name="warm", strict_token=True,
+            coalesce_replicas=False, min_deadline_seconds=60.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What serving and warming work with, opened by ``Builder.open_service``."""
+
+    policy: Policy
+    cache: AvatarCache
+    graph: GraphClient
+    service: AvatarService
+
+
+class Builder:
+    """Builds every part from ``Settings``, the same way for ``serve``, ``warm`` and
+    ``doctor``. ``tokens`` replaces msal (the demo's fixed token, doctor's), ``pacer``
+    caps Graph requests a second (warm's ``--rate``)."""
+
+    def __init__(self, settings: Settings, role: Role = SERVE, *,
+                 tokens: TokenProvider | None = None, pacer: Pacer | None = None) -> None:
+        self.settings = settings
+        self.role = role
+        self.policy = Policy.from_settings(settings.security)
+        self._tokens = tokens
+        self._pacer = pacer
+        self._initials: InitialsRenderer | None = None
+
+    def check_redis(self) -> None:
+        """``ConfigError`` naming every problem of the Redis settings."""
+        problems = redisconn.check(self.settings.cache)
+        if problems:
+            raise ConfigError(problems)
+
+    def initials(self) -> InitialsRenderer:
+        """The renderer, fonts loaded on the first call (``ConfigError`` if one cannot be)."""
+        if self._initials is None:
+            self._initials = InitialsRenderer(self.settings.avatar.extra_fonts)
+        return self._initials
+
+    def open_cache(self, stack: AsyncExitStack) -> AvatarCache:
+        """The avatar cache: the memory tier (unless the role fills Redis only) in
+        front of the Redis tier, when Redis is configured."""
+        settings = self.settings.cache
+        tiers: list[CacheTier] = []
+        if self.role.memory_tier:
+            tiers.append(MemoryTier(settings.memory_max_bytes))
+        if redisconn.enabled(settings):
+            tiers.append(RedisTier(redisconn.connect(settings), settings.redis_retry_seconds))
+        cache = AvatarCache(settings, tiers)
+        stack.push_async_callback(cache.close)
+        return cache
+
+    async def open_graph(self, stack: AsyncExitStack,
+                         cache: AvatarCache | None = None) -> GraphClient:
+        """The Graph client; with ``cache``, throttling pauses are shared with the
+        other replicas through its Redis (without, they stay in this process)."""
+        session = _graph_session(self.settings.graph)
+        stack.push_async_callback(session.close)
+        tokens = self._tokens or await MsalTokenProvider.create(
+            self.settings.auth, scope_for(self.settings.graph.base_url),
+            strict=self.role.strict_token)
+        gate = None if cache is None else GraphGate(self.settings.graph, cache.redis,
+                                                    cache.pause_key)
+        return GraphClient(self.settings.graph, tokens, session, gate, self._pacer)
+
+    async def open_service(self, stack: AsyncExitStack, cache: AvatarCache, *,
+                           drain_within: Callable[[], float | None] = lambda: None) -> Parts:
+        """The service and the Graph client it fetches through. On close, it first
+        lets its fetches finish and land in the cache, for ``drain_within()`` seconds
+        (None: as long as they take), then stops the blocked list's refreshes."""
+        graph = await self.open_graph(stack, cache)
+        stack.push_async_callback(self.policy.blocked.close)
+        executor = ThreadPoolExecutor(max_workers=self.role.imaging_threads or os.cpu_count() or 2,
+                                      thread_name_prefix=self.role.thread_name)
+        stack.callback(executor.shutdown, wait=False, cancel_futures=True)
+        service = AvatarService(graph, cache, self.initials(), self.settings.cache,
+                                self.settings.avatar, executor, limits=self._limits(),
+                                policy=self.policy, coalescer=self._coalescer(cache))
+        stack.push_async_callback(_drain, service, drain_within)
+        return Parts(self.policy, cache, graph, service)
+
+    def _limits(self) -> LoadLimits:
+        server = self.settings.server
+        if server.request_deadline_seconds < self.role.min_deadline_seconds:
+            server = replace(server, request_deadline_seconds=self.role.min_deadline_seconds)
+        return LoadLimits(server)
+
+    def _coalescer(self, cache: AvatarCache) -> ReplicaCoalescer | None:
+        if not self.role.coalesce_replicas:
+            return None
+        # A holder renews its download lock while it works; this is how long
+        # one that died keeps the other replicas waiting.
+        return ReplicaCoalescer(cache.redis, self.settings.cache.coalesce_wait_seconds,
+                                lock_seconds=self.settings.graph.timeout_seconds,
+                                guarded_key=cache.guarded_key)
+
+
+async def _drain(service: AvatarService, within: Callable[[], float | None]) -> None:
+    cut = await service.drain(within())
+    if cut:
+        log.warning("shutdown: cancelled %d Graph fetches still running at the "
+                    "end of server.grace_seconds", cut)
+
+
+def _graph_session(graph: GraphSettings) -> aiohttp.ClientSession:
+    ssl_context: ssl.SSLContext | bool = True
+    if graph.ca_file:
+        ssl_context = ssl.create_default_context(cafile=graph.ca_file)
+    connector = aiohttp.TCPConnector(limit=graph.max_concurrency * 2, ssl=ssl_context)
+    # No trust_env: GraphClient applies HTTPS_PROXY / NO_PROXY itself (graph.client.EnvProxy),
+    # as requests does for the authority, without trust_env's per-request threads.
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=graph.timeout_seconds))
+
+
+def configure_logging(settings: Settings, *, output: bool = True) -> None:
+    """Where a process starts (``serve`` and each worker, ``demo``, ``warm``): log
+    lines as ``logging.*`` says. ``output``: on stdout in ``logging.format``;
+    without, only what lines say (``log_upn``, access sampling), for a command
+    whose lines stay plain text for a person at a terminal."""
+    if output:
+        logs.configure(settings.logging)
+    else:
+        logs.adopt(settings.logging)
 
 
 class _Grace:
@@ -83,90 +241,61 @@ def startup_problems(settings: Settings) -> list[str]:
 
 def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.Application:
     """The aiohttp application. ``tokens`` replaces msal (the demo uses a fixed token)."""
-    # Load fonts now: a bad avatar.extra_fonts stops start-up, not a request.
-    initials = InitialsRenderer(settings.avatar.extra_fonts)
-    problems = redisconn.check(settings.cache)
-    if problems:
-        raise ConfigError(problems)
+    builder = Builder(settings, SERVE, tokens=tokens)
+    builder.initials()  # fonts now: a bad avatar.extra_fonts stops start-up, not a request
+    builder.check_redis()
+    # Process-wide (aiohttp and logging have no per-app hook for these); idempotent.
+    take_over_aiohttp_answers()
     logs.guard_library_lines()
     app = web.Application(middlewares=[ops.observe, error_middleware])
-    app[MAX_SIZE] = settings.avatar.max_size
-    app[DEFAULT_FORMAT] = settings.avatar.default_format
-    app[SERVER] = settings.server
-    app[POLICY] = policy = Policy.from_settings(settings.security)
-    app[CLIENTS] = ClientAddress(settings.server.trusted_proxies)
-    app[SITES] = Sites.from_settings(settings.server, settings.cache, bool(policy.signing_keys))
+    _keep_request_context(app, settings, builder.policy)
     app.on_response_prepare.append(security_headers)
     grace = _Grace(settings.server.grace_seconds)
     app.on_shutdown.append(grace.begin)
 
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        session = _graph_session(settings.graph)
-        tiers: list[CacheTier] = [MemoryTier(settings.cache.memory_max_bytes)]
-        if redisconn.enabled(settings.cache):
-            tiers.append(RedisTier(redisconn.connect(settings.cache),
-                                   settings.cache.redis_retry_seconds))
-        cache = AvatarCache(settings.cache, tiers)
-        if redisconn.enabled(settings.cache):
-            # `avatarproxy purge` reaches this replica's memory tier through Redis.
-            app[LISTENER] = PurgeListener(redisconn.subscriber(settings.cache), cache,
-                                          channel(settings.cache.key_prefix),
-                                          ping_seconds=settings.cache.purge_ping_seconds)
-            await app[LISTENER].start()
-        app[LIMITER] = RateLimiter(
-            settings.security.rate_limit_per_second, settings.security.rate_limit_burst,
-            redisconn.connect(settings.cache) if redisconn.enabled(settings.cache) else None,
-            settings.cache.key_prefix)
-        executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
-                                      thread_name_prefix="imaging")
-        try:
-            provider = tokens or await MsalTokenProvider.create(
-                settings.auth, scope_for(settings.graph.base_url))
-            graph = GraphClient(settings.graph, provider, session,
-                                GraphGate(settings.graph, cache.redis, cache.pause_key))
-            # A holder renews its download lock while it works; this is how long
-            # one that died keeps the other replicas waiting.
-            coalescer = ReplicaCoalescer(cache.redis, settings.cache.coalesce_wait_seconds,
-                                         lock_seconds=settings.graph.timeout_seconds,
-                                         guarded_key=cache.guarded_key)
-            app[SERVICE] = AvatarService(graph, cache, initials, settings.cache,
-                                         settings.avatar, executor,
-                                         limits=LoadLimits(settings.server), policy=policy,
-                                         coalescer=coalescer)
-            # Know every name of the blocked people before serving, as a rule;
-            # a Graph outage must not hold start-up for long (addresses wait).
-            await policy.blocked.start(graph, every=settings.cache.metadata_ttl_seconds,
-                                       wait=settings.graph.timeout_seconds)
+    async def serving(app: web.Application) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            await _open_serving(app, builder, stack, grace)
             yield
-        finally:
-            if SERVICE in app:
-                # Before the sessions close: let fetches finish and land in the cache.
-                cut = await app[SERVICE].drain(grace.left())
-                if cut:
-                    log.warning("shutdown: cancelled %d Graph fetches still running at the "
-                                "end of server.grace_seconds", cut)
-            await policy.blocked.close()
-            await session.close()
-            await cache.close()
-            await app[LIMITER].close()
-            if LISTENER in app:
-                await app[LISTENER].close()
-            executor.shutdown(wait=False, cancel_futures=True)
 
-    app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(serving)
     add_routes(app)
     ops.add_routes(app, redis_configured=redisconn.enabled(settings.cache),
                    metrics_here=not settings.server.metrics_port)
     return app
 
 
-def _graph_session(graph: GraphSettings) -> aiohttp.ClientSession:
-    ssl_context: ssl.SSLContext | bool = True
-    if graph.ca_file:
-        ssl_context = ssl.create_default_context(cafile=graph.ca_file)
-    connector = aiohttp.TCPConnector(limit=graph.max_concurrency * 2, ssl=ssl_context)
-    # No trust_env: GraphClient applies HTTPS_PROXY / NO_PROXY itself (graph.client.EnvProxy),
-    # as requests does for the authority, without trust_env's per-request threads.
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=graph.timeout_seconds))
+def _keep_request_context(app: web.Application, settings: Settings, policy: Policy) -> None:
+    """What the request handlers read from the app, each its own slice."""
+    app[MAX_SIZE] = settings.avatar.max_size
+    app[DEFAULT_FORMAT] = settings.avatar.default_format
+    app[SERVER] = settings.server
+    app[POLICY] = policy
+    app[CLIENTS] = ClientAddress(settings.server.trusted_proxies)
+    app[SITES] = Sites.from_settings(settings.server, settings.cache, bool(policy.signing_keys))
+
+
+async def _open_serving(app: web.Application, builder: Builder, stack: AsyncExitStack,
+                        grace: _Grace) -> None:
+    """Start-up: the cache, the purge listener, the rate limiter, then the service."""
+    settings = builder.settings
+    cache = builder.open_cache(stack)
+    if redisconn.enabled(settings.cache):
+        # `avatarproxy purge` reaches this replica's memory tier through Redis.
+        app[LISTENER] = PurgeListener(redisconn.subscriber(settings.cache), cache,
+                                      channel(settings.cache.key_prefix),
+                                      ping_seconds=settings.cache.purge_ping_seconds)
+        stack.push_async_callback(app[LISTENER].close)
+        await app[LISTENER].start()
+    app[LIMITER] = RateLimiter(
+        settings.security.rate_limit_per_second, settings.security.rate_limit_burst,
+        redisconn.connect(settings.cache) if redisconn.enabled(settings.cache) else None,
+        settings.cache.key_prefix)
+    stack.push_async_callback(app[LIMITER].close)
+    # On shutdown, fetches still running share what is left of server.grace_seconds.
+    parts = await builder.open_service(stack, cache, drain_within=grace.left)
+    app[SERVICE] = parts.service
+    # Know every name of the blocked people before serving, as a rule;
+    # a Graph outage must not hold start-up for long (addresses wait).
+    await builder.policy.blocked.start(parts.graph, every=settings.cache.metadata_ttl_seconds,
+                                       wait=settings.graph.timeout_seconds)

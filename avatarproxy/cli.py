@@ -7,16 +7,20 @@ import asyncio
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from . import __version__, lifecycle, logs
-from .config import check_credentials, load_settings, render_example
+from .config import Settings, check_credentials, load_settings, render_example
 from .errors import AuthError, BadRequest, ConfigError, GraphError
 from .graph.authproblems import as_problem
+
+if TYPE_CHECKING:  # imported where used: each command loads only what it needs
+    from .models import Subject
+    from .warm import Pacer, WarmStats
 
 log = logging.getLogger("avatarproxy.serve")
 
@@ -67,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _doctor(args)
     try:
         if args.command == "demo":
-            from .demo import run_demo  # the demo's fake tenant stays out of serve
+            from .demo.serve import run_demo  # the demo's fake tenant stays out of serve
 
             run_demo(args.host, args.port, args.config)
             return 0
@@ -89,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     from . import preflight
-    from .app import create_app, startup_problems
+    from .app import configure_logging, create_app, startup_problems
 
     overrides: dict[str, Any] = {}
     if args.host is not None:
@@ -101,7 +105,7 @@ def _serve(args: argparse.Namespace) -> int:
     problems = check_credentials(settings.auth) + startup_problems(settings)
     if problems:
         raise ConfigError(problems)
-    logs.configure(settings.logging)
+    configure_logging(settings)
     # The start-up policy: what the authority or Redis refuse stops start-up;
     # what cannot be reached now is an outage the service starts through.
     report = asyncio.run(preflight.probe(settings))
@@ -220,7 +224,7 @@ def _add_warm(commands: Any) -> None:
                       help="at most this many Graph requests a second (default 10)")
 
 
-def _warm_options(args: argparse.Namespace, settings: Any) -> tuple[list[int], list[str]]:
+def _warm_options(args: argparse.Namespace, settings: Settings) -> tuple[list[int], list[str]]:
     """``--sizes`` and ``--formats``; ``ConfigError`` with every problem (and the config's)."""
     from .inputs import parse_size
 
@@ -241,40 +245,19 @@ def _warm_options(args: argparse.Namespace, settings: Any) -> tuple[list[int], l
 
 
 def _warm(args: argparse.Namespace) -> int:
-    from .warm import (
-        RateLimiter,
-        WarmStats,
-        all_users,
-        listed,
-        open_warmer,
-        progress_line,
-        summary,
-    )
+    from .app import configure_logging
+    from .warm import Pacer, WarmStats, summary
 
     settings = load_settings(args.config)
     sizes, formats = _warm_options(args, settings)
-    logs.adopt(settings.logging)  # log_upn; warm's lines stay plain text on stderr
+    configure_logging(settings, output=False)  # log_upn; warm's lines stay plain text on stderr
     stats = WarmStats()
     where: dict[str, str] = {}  # subject key -> file:line, to point at what went wrong
     subjects = _read_users(args.users, stats, where) if args.users else None
-    total = len(subjects) + stats.failed if subjects is not None else None
-    pacer = RateLimiter(args.rate)
-    tty = sys.stderr.isatty()
-
-    def progress(stats: WarmStats) -> None:
-        if tty:
-            print("\r" + progress_line(stats, total), end="", file=sys.stderr, flush=True)
-        elif stats.done % 100 == 0 or stats.done == total:
-            print(progress_line(stats, total), file=sys.stderr, flush=True)
-
-    async def run() -> None:
-        async with open_warmer(settings, sizes, pacer, formats=formats) as warmer:
-            source = listed(subjects) if subjects is not None else all_users(warmer.graph)
-            await warmer.run(source, stats, progress)
-
+    pacer = Pacer(args.rate)
     started = time.monotonic()
     try:
-        asyncio.run(run())
+        asyncio.run(_run_warm(settings, sizes, formats, pacer, subjects, stats))
     except KeyboardInterrupt:
         print("\nwarm: interrupted; what finished is cached, re-run to continue",
               file=sys.stderr)
@@ -288,11 +271,38 @@ def _warm(args: argparse.Namespace) -> int:
         print(f"\navatarproxy: warm: {exc}{detail}", file=sys.stderr)
         print(summary(stats, pacer, time.monotonic() - started))
         return 1
-    if tty:
+    if sys.stderr.isatty():
         print(file=sys.stderr)
     _print_people(stats, where)
     print(summary(stats, pacer, time.monotonic() - started))
     return 1 if stats.failed or stats.unknown else 0
+
+
+async def _run_warm(settings: Settings, sizes: list[int], formats: list[str], pacer: Pacer,
+                    subjects: list[Subject] | None, stats: WarmStats) -> None:
+    """Warm ``subjects`` (None: every user), printing progress to stderr."""
+    from .warm import all_users, listed, open_warmer
+
+    # Lines of --users that did not parse already count as failed.
+    progress = _progress_printer(len(subjects) + stats.failed if subjects is not None else None)
+    async with open_warmer(settings, sizes, pacer, formats=formats) as warmer:
+        source = listed(subjects) if subjects is not None else all_users(warmer.graph)
+        await warmer.run(source, stats, progress)
+
+
+def _progress_printer(total: int | None) -> Callable[[WarmStats], None]:
+    """One line rewritten in place on a terminal; a line per 100 people in a log."""
+    from .warm import progress_line
+
+    tty = sys.stderr.isatty()
+
+    def progress(stats: WarmStats) -> None:
+        if tty:
+            print("\r" + progress_line(stats, total), end="", file=sys.stderr, flush=True)
+        elif stats.done % 100 == 0 or stats.done == total:
+            print(progress_line(stats, total), file=sys.stderr, flush=True)
+
+    return progress
 
 
 def _print_people(stats: Any, where: dict[str, str]) -> None:

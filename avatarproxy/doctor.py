@@ -2,9 +2,10 @@
 
 Configuration, fonts and codecs, Redis reachability and latency, a token
 (and the application permissions in it), then real Graph calls for a given
-user, group or team. A failing check never stops the others unless they
-depend on it (no token: no Graph calls). Any ``fail`` makes the command
-exit non-zero.
+user, group or team, through the Graph client serving builds (``app.Builder``),
+and a warning if serving's policy would not show them. A failing check never
+stops the others unless they depend on it (no token: no Graph calls). Any
+``fail`` makes the command exit non-zero.
 """
 
 from __future__ import annotations
@@ -12,24 +13,32 @@ from __future__ import annotations
 import base64
 import io
 import json
-import ssl
 import statistics
 import time
 from collections.abc import Iterable, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import aiohttp
 from PIL import Image, features
 
 from . import imaging, preflight, redisconn
+from .app import Builder
 from .config import CacheSettings, Settings, check_credentials, load_settings
-from .errors import AuthError, ConfigError, GraphError, GraphPermissionDenied, InvalidImage
+from .errors import (
+    AuthError,
+    ConfigError,
+    GraphError,
+    GraphPermissionDenied,
+    InvalidImage,
+    NotFound,
+)
 from .graph.auth import StaticTokenProvider, TokenProvider, fetch_token, scope_for
 from .graph.authproblems import as_problem, default_authority
 from .graph.client import GraphClient
 from .initials import InitialsRenderer
 from .models import Subject
+from .security import Policy
 
 Status = Literal["pass", "warn", "fail"]
 
@@ -181,17 +190,34 @@ def token_roles(token: str) -> list[str] | None:
 
 async def check_graph(settings: Settings, tokens: TokenProvider,
                       subjects: Iterable[Subject]) -> list[Finding]:
+    """Each subject's name and photo, through the client serving builds (``app.Builder``);
+    and whether serving's policy would show them."""
     findings: list[Finding] = []
-    timeout = aiohttp.ClientTimeout(total=settings.graph.timeout_seconds)
-    context: ssl.SSLContext | bool = True
-    if settings.graph.ca_file:
-        context = ssl.create_default_context(cafile=settings.graph.ca_file)
-    async with aiohttp.ClientSession(timeout=timeout, trust_env=True,
-                                     connector=aiohttp.TCPConnector(ssl=context)) as session:
-        graph = GraphClient(settings.graph, tokens, session)
+    builder = Builder(settings, tokens=tokens)
+    async with AsyncExitStack() as stack:
+        # Throttling pauses stay in this process: the doctor asks Graph itself.
+        graph = await builder.open_graph(stack)
+        subjects = list(subjects)
+        if subjects and builder.policy.blocked.entries:
+            await builder.policy.blocked.resolve(graph)  # every name of the blocked people
         for subject in subjects:
             findings += await _check_subject(graph, subject)
+            findings += _check_policy(builder.policy, subject)
     return findings
+
+
+def _check_policy(policy: Policy, subject: Subject) -> list[Finding]:
+    """What serving would refuse this subject, though Graph has it: a warning."""
+    name = f"graph {subject.kind} {subject.key}"
+    try:
+        policy.check_subject(subject)
+    except NotFound:
+        return [Finding(name, "warn", "serve answers 404: security.allowed_domains or "
+                        "security.allow_guests refuses it")]
+    if policy.is_blocked(subject):
+        return [Finding(name, "warn", "serve answers initials, never the photo: "
+                        "security.blocked names it")]
+    return []
 
 
 async def _check_subject(graph: GraphClient, subject: Subject) -> list[Finding]:

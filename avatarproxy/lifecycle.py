@@ -33,7 +33,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import logs, metrics
+from . import metrics
 from .config import ServerSettings, Settings
 from .errors import ConfigError
 from .ops import READINESS, metrics_app
@@ -199,8 +199,9 @@ def _worker(settings: Settings) -> None:
     # If the supervisor dies without stopping us (SIGKILL), drain and exit too.
     _PR_SET_PDEATHSIG = 1
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    logs.configure(settings.logging)
-    from .app import create_app
+    from .app import configure_logging, create_app
+
+    configure_logging(settings)
 
     async def make_app() -> web.Application:
         return create_app(settings)

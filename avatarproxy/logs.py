@@ -10,6 +10,14 @@ sees a token: Graph requests are not logged and our exceptions carry none.
 Client mistakes (``client_error``) are not our errors: INFO, no traceback, and
 at most a line per interval, so a client sending them by the thousand cannot
 flood the log.
+
+Python's logging is process-wide (the root logger's handlers, one logger per
+name), and so is what this module keeps: the ``logging`` settings lines follow
+(``_settings``, read by ``subject_ref`` from every layer that names a person,
+so that no component needs them passed in) and the client-mistake reporter.
+Nothing is chosen on import: the composition root applies the configuration
+once per process (``app.configure_logging`` calls ``configure`` or ``adopt``);
+until then, lines follow the safe defaults (people hashed, no access lines).
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", d
 ACCESS = logging.getLogger("avatarproxy.access")
 CLIENT = logging.getLogger("avatarproxy.client")
 _EXTRA_FIELDS = ("route", "method", "status", "duration_ms", "subject", "source", "reason")
+# Until configure or adopt: the defaults of logging.*, whatever writes the first lines.
 _settings = LoggingSettings(format="json", level="info", access=0.0, log_upn=False)
 
 

@@ -17,14 +17,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 from . import imaging, logs, redisconn
-from .app import _graph_session
-from .cache import AvatarCache, RedisTier
+from .app import WARM, Builder
+from .cache import AvatarCache
 from .config import Settings
 from .errors import (
     AuthError,
@@ -36,14 +35,11 @@ from .errors import (
     GraphUnavailable,
     NotFound,
 )
-from .graph.auth import MsalTokenProvider, TokenProvider, scope_for
+from .graph.auth import TokenProvider
 from .graph.client import GraphClient
 from .graph.directory import BATCH_LIMIT, batch_get, get_each, list_users
 from .graph.resources import meta_from_json, profile_from_json
-from .graph.throttle import GraphGate
 from .graph.urls import subject_path
-from .initials import InitialsRenderer
-from .limits import LoadLimits
 from .models import PhotoMeta, Subject
 from .negotiation import OutputFormats, choose
 from .security import Policy
@@ -60,8 +56,9 @@ CONCURRENCY = 4  # Graph allows 4 concurrent photo requests per app and mailbox
 _NAME_QUERY = "?$select=id,displayName,givenName,surname"
 
 
-class RateLimiter:
-    """A token bucket of ``rate`` requests a second; ``throttled`` pauses everything.
+class Pacer:
+    """Paces warm's Graph calls (``graph.Pacer``): a token bucket of ``rate`` requests
+    a second; ``throttled`` pauses everything.
 
     Without a ``Retry-After`` the pause doubles each time (1 s, 2 s, ... 60 s).
     """
@@ -111,7 +108,7 @@ class Warmer:
     service: AvatarService
     cache: AvatarCache
     graph: GraphClient
-    pacer: RateLimiter
+    pacer: Pacer
     policy: Policy
     sizes: tuple[int, ...]
     formats: tuple[str, ...]  # photo formats; empty: the default and a browser's choice
@@ -343,47 +340,26 @@ async def listed(subjects: Sequence[Subject]) -> AsyncIterator[Subject]:
 
 
 @asynccontextmanager
-async def open_warmer(settings: Settings, sizes: Sequence[int], pacer: RateLimiter,
+async def open_warmer(settings: Settings, sizes: Sequence[int], pacer: Pacer,
                       tokens: TokenProvider | None = None,
                       formats: Sequence[str] = ()) -> AsyncIterator[Warmer]:
-    """The service's own parts, on the shared Redis only, with a rate-capped Graph client."""
+    """The service's own parts, built as serving builds them (``app.Builder``), on
+    the shared Redis only, with a rate-capped Graph client."""
     if not redisconn.enabled(settings.cache):
         raise ConfigError(["cache.redis_url: warm fills the shared Redis; it is empty"])
-    problems = redisconn.check(settings.cache)
-    if problems:
-        raise ConfigError(problems)
-    cache = AvatarCache(settings.cache, [RedisTier(redisconn.connect(settings.cache),
-                                                   settings.cache.redis_retry_seconds)])
-    executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="warm")
-    session = _graph_session(settings.graph)
-    try:
-        # strict: a run that cannot get a token has nothing to do; say why at once.
-        provider = tokens or await MsalTokenProvider.create(
-            settings.auth, scope_for(settings.graph.base_url), strict=True)
-        # The live replicas' throttling pauses (shared through Redis) bind warm too.
-        graph = GraphClient(settings.graph, provider, session,
-                            GraphGate(settings.graph, cache.redis, cache.pause_key), pacer)
-        # No browser waits here: a photo may take as long as Graph needs.
-        limits = LoadLimits(replace(settings.server, request_deadline_seconds=max(
-            60.0, settings.server.request_deadline_seconds)))
-        policy = Policy.from_settings(settings.security)
+    builder = Builder(settings, WARM, tokens=tokens, pacer=pacer)
+    builder.check_redis()
+    async with AsyncExitStack() as stack:
+        # The live replicas' throttling pauses (shared through Redis) bind warm too;
+        # an interrupted run's last fetches still land in Redis (the service drains).
+        parts = await builder.open_service(stack, builder.open_cache(stack))
         # Every name of the blocked people first; without them nothing is warmed.
-        if not await policy.blocked.resolve(graph):
+        if not await parts.policy.blocked.resolve(parts.graph):
             raise GraphUnavailable("security.blocked could not be resolved: not warming, "
                                    "so that no blocked person's photo is fetched")
-        service = AvatarService(graph, cache, InitialsRenderer(settings.avatar.extra_fonts),
-                                settings.cache, settings.avatar, executor, limits=limits,
-                                policy=policy)
-        try:
-            yield Warmer(service, cache, graph, pacer, policy, tuple(sizes), tuple(formats),
-                         settings.avatar.default_format)
-        finally:
-            await service.drain()  # an interrupted run's last fetches still land in Redis
-    finally:
-        await session.close()
-        await cache.close()
-        executor.shutdown(wait=False, cancel_futures=True)
+        yield Warmer(parts.service, parts.cache, parts.graph, pacer, parts.policy,
+                     tuple(sizes), tuple(formats), settings.avatar.default_format)
 
 
-__all__ = ["RateLimiter", "WarmStats", "Warmer", "all_users", "listed", "open_warmer",
+__all__ = ["Pacer", "WarmStats", "Warmer", "all_users", "listed", "open_warmer",
            "progress_line", "summary"]

@@ -3,9 +3,10 @@
 Errors become responses in one place: a client's mistake gets its status
 from ``_STATUS`` (``error_middleware``: short ``text/plain``, ``Cache-Control:
 no-store``, never a stack trace), and so does a request aiohttp cannot parse
-(``_unparseable``); anything else the service raises for an avatar (a
-dependency, a load cap) gets initials, ``no-store`` (``_serve``): avatars are
-decoration, never a 5xx. Client mistakes are logged by ``logs.client_error``.
+(``_unparseable``, which ``take_over_aiohttp_answers`` installs); anything else
+the service raises for an avatar (a dependency, a load cap) gets initials,
+``no-store`` (``_serve``): avatars are decoration, never a 5xx. Client mistakes
+are logged by ``logs.client_error``.
 """
 
 from __future__ import annotations
@@ -246,13 +247,21 @@ def _avatar_headers(content_type: str, etag: str, source: str, max_age: int,
     return headers
 
 
-# aiohttp answers unparseable requests (bad method, 8 KB lines) itself, before
-# any handler or signal; without this those answers would name its version.
-setattr(web_response, "SERVER_SOFTWARE", "avatarproxy")  # noqa: B010
-
 _UNPARSEABLE = ((LineTooLong, "request line or header too long"),
                 (BadHttpMethod, "bad method"), (InvalidURLError, "bad request target"))
-_aiohttp_handle_error = RequestHandler.handle_error
+_aiohttp_handle_error = RequestHandler.handle_error  # aiohttp's own, for what we pass on
+
+
+def take_over_aiohttp_answers() -> None:
+    """Make the answers aiohttp sends by itself ours. aiohttp answers a request it
+    cannot parse (bad method, 8 KB lines) before any handler or signal runs, so
+    no per-application hook reaches them: this patches aiohttp for every server
+    in the process. Their ``Server`` header says ``avatarproxy``, not aiohttp's
+    and Python's versions, and the answer is ``_unparseable``'s. Idempotent; the
+    composition root calls it when it builds the app (``app.create_app``), not on
+    import."""
+    setattr(web_response, "SERVER_SOFTWARE", "avatarproxy")  # noqa: B010
+    setattr(RequestHandler, "handle_error", _unparseable)  # noqa: B010
 
 
 def _unparseable(self: RequestHandler, request: BaseRequest, status: int = 500,
@@ -277,9 +286,6 @@ def _unparseable(self: RequestHandler, request: BaseRequest, status: int = 500,
                              "Referrer-Policy": "no-referrer"})
     response.force_close()
     return response
-
-
-setattr(RequestHandler, "handle_error", _unparseable)  # noqa: B010
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:

@@ -14,7 +14,7 @@ import sys
 import time
 
 from avatarproxy import imaging
-from avatarproxy.fakegraph import demo_people
+from avatarproxy.demo.contoso import demo_people
 
 SIZES = (48, 96, 240)
 FORMATS = ("jpeg", "webp", "avif")

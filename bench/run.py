@@ -38,7 +38,8 @@ import load  # noqa: E402
 import servers  # noqa: E402
 from fakeidp import start_fake_idp  # noqa: E402
 
-from avatarproxy.fakegraph import FakeGraph, FakePerson, start_fake_graph  # noqa: E402
+from avatarproxy.demo.fakegraph import FakeGraph, start_fake_graph  # noqa: E402
+from avatarproxy.demo.people import FakePerson  # noqa: E402
 
 BROWSER_ACCEPT = "image/avif,image/webp,*/*"
 

@@ -20,7 +20,9 @@ from redisservers import Topology, start_cluster, start_sentinel, start_server, 
 from tlsutil import make_server_tls
 from yarl import URL
 
-from avatarproxy.fakegraph import FakeGraph, FakePerson, demo_people, start_fake_graph
+from avatarproxy.demo.contoso import demo_people
+from avatarproxy.demo.fakegraph import FakeGraph, start_fake_graph
+from avatarproxy.demo.people import FakePerson
 
 
 @pytest.fixture(autouse=True)

@@ -2,7 +2,7 @@
 single-colour portraits are a few hundred bytes, real ones tens of KB, and
 real uploads come in every encoding phones, scanners and editors produce.
 
-Every photo here is ``fakegraph.portrait`` of one person's ``Look`` (so a
+Every photo here is ``demo.photos.portrait`` of one person's ``Look`` (so a
 test can tell whose photo it got, and the white top-left mark shows a flip
 or a rotation) with fine grain over the whole frame, which is what makes a
 photograph heavy to encode and to send. Then it is stored the way a camera
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from PIL import ExifTags, Image, ImageColor, ImageFilter, ImageStat
 
-from avatarproxy.fakegraph import HD_SIZES, portrait
+from avatarproxy.demo.photos import HD_SIZES, portrait
 
 Matrix = list[list[float]]
 RGB = tuple[int, int, int]
@@ -45,7 +45,7 @@ class Look:
 
 def realistic_portrait(width: int, height: int, top: str, bottom: str, accent: str,
                        seed: int = 0) -> Image.Image:
-    """``fakegraph.portrait`` with grain and blur: at 240 px about 30 KB as JPEG q90."""
+    """``demo.photos.portrait`` with grain and blur: at 240 px about 30 KB as JPEG q90."""
     base = portrait(width, height, top, bottom, accent).filter(ImageFilter.GaussianBlur(1))
     rng = random.Random(seed)
     grain = Image.frombytes("L", (width, height), rng.randbytes(width * height))

@@ -12,7 +12,8 @@ from urllib.parse import quote
 import pytest
 from appclient import Client, MakeClient, get
 
-from avatarproxy.fakegraph import FakePerson, portrait
+from avatarproxy.demo.people import FakePerson
+from avatarproxy.demo.photos import portrait
 
 PRADEEP = FakePerson(
     "pradeep.gupta@contoso.onmicrosoft.com", "6d5c4b3a-2918-4776-8554-433221100fed",

@@ -20,8 +20,8 @@ from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 
-from avatarproxy.demo import demo_app
-from avatarproxy.fakegraph import demo_people
+from avatarproxy.demo.contoso import demo_people
+from avatarproxy.demo.serve import demo_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

@@ -39,7 +39,8 @@ from photos import (
 )
 from PIL import Image, ImageCms
 
-from avatarproxy.fakegraph import HD_SIZES, FakePerson, RawPhoto
+from avatarproxy.demo.people import FakePerson
+from avatarproxy.demo.photos import HD_SIZES, RawPhoto
 
 # Whose photo is it: each case gets a person with colours of their own.
 LOOKS = (

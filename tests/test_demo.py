@@ -17,7 +17,7 @@ import requests
 from loopback import free_port
 from PIL import Image
 
-from avatarproxy.fakegraph import demo_groups, demo_people
+from avatarproxy.demo.contoso import demo_groups, demo_people
 from avatarproxy.security import sign_url
 
 

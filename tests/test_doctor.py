@@ -11,8 +11,8 @@ import pytest
 from loopback import free_port
 
 from avatarproxy.cli import main
+from avatarproxy.demo.contoso import demo_groups
 from avatarproxy.doctor import diagnose, exit_code, render, token_roles
-from avatarproxy.fakegraph import demo_groups
 from avatarproxy.models import Subject
 
 ADELE = Subject("adele.vance@contoso.com")
@@ -68,6 +68,25 @@ async def test_a_healthy_deployment_passes_every_check(
     assert f"PASS  graph team {team.object_id}: name 'Mark 8 Project Team'" in text
     assert "PASS  layout: raqm " in text  # the text-layout engine docs/operations.md says it checks
     assert text.rstrip().endswith("doctor: 0 failed, 0 warnings, 10 passed")
+
+
+async def test_a_person_serving_would_not_show_is_a_warning_naming_the_rule(
+        tmp_path: Path, tenant: tuple[Any, Any], redis_url: str) -> None:
+    fake_graph, fake_idp = tenant
+    megan = Subject("megan.bowen@contoso.com")
+    guest = Subject("john_fabrikam.com#ext#@contoso.onmicrosoft.com")
+    config = write_config(tmp_path, fake_graph, fake_idp, redis_url, cache=(
+        '[security]\nallow_guests = false\n'
+        f'blocked = ["{fake_graph.graph.person(megan.key).object_id}"]\n'))
+    findings = await diagnose(config, [ADELE, megan, guest], env={})
+    text = render(findings)
+    assert exit_code(findings) == 0, text
+    # The doctor sees the policy serving sees, the blocked list resolved to every name.
+    assert (f"WARN  graph user {megan.key}: serve answers initials, never the photo: "
+            "security.blocked names it") in text
+    assert (f"WARN  graph user {guest.key}: serve answers 404: security.allowed_domains or "
+            "security.allow_guests refuses it") in text
+    assert not any(f.status == "warn" and ADELE.key in f.check for f in findings), text
 
 
 async def test_missing_permission_and_dead_redis_fail_naming_what_to_fix(

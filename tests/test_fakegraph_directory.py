@@ -12,7 +12,7 @@ import aiohttp
 from PIL import Image
 from yarl import URL
 
-from avatarproxy.fakegraph import demo_groups
+from avatarproxy.demo.contoso import demo_groups
 
 TEAM, GROUP, BARE_TEAM = demo_groups()
 

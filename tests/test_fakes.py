@@ -20,7 +20,10 @@ from PIL import Image
 from tlsutil import make_client_certificate, ssl_client_context
 from yarl import URL
 
-from avatarproxy.fakegraph import ONE_PIXEL_GIF, FakeGraph, demo_people, portrait
+from avatarproxy.demo.contoso import demo_people
+from avatarproxy.demo.fakegraph import FakeGraph
+from avatarproxy.demo.graphanswers import ONE_PIXEL_GIF
+from avatarproxy.demo.photos import portrait
 
 SCOPE = "https://graph.microsoft.com/.default"
 ADELE = "87d349ed-44d7-43e1-9a83-5f2406dee5bd"

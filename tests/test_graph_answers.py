@@ -16,7 +16,7 @@ from appclient import MakeClient, get
 
 from avatarproxy.cache import AvatarCache
 from avatarproxy.config import load_settings
-from avatarproxy.fakegraph import GATEWAY_HTML, REAL_ERRORS
+from avatarproxy.demo.graphanswers import GATEWAY_HTML, REAL_ERRORS
 from avatarproxy.graph.replies import read_capped
 from avatarproxy.models import Subject
 

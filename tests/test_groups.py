@@ -11,7 +11,8 @@ import pytest
 from appclient import MakeClient, get
 from PIL import Image
 
-from avatarproxy.fakegraph import FakeGroup, demo_groups
+from avatarproxy.demo.contoso import demo_groups
+from avatarproxy.demo.people import FakeGroup
 from avatarproxy.initials import InitialsRenderer
 from avatarproxy.sizing import background_for
 

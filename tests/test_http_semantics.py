@@ -17,7 +17,7 @@ from multidict import CIMultiDict
 from PIL import Image
 
 from avatarproxy import imaging
-from avatarproxy.fakegraph import FakePerson
+from avatarproxy.demo.people import FakePerson
 from avatarproxy.graph.auth import StaticTokenProvider
 from avatarproxy.initials import InitialsRenderer
 from avatarproxy.sizing import background_for

@@ -24,7 +24,7 @@ from tlsutil import make_client_certificate
 
 from avatarproxy.cache import AvatarCache
 from avatarproxy.config import load_settings
-from avatarproxy.fakegraph import portrait
+from avatarproxy.demo.photos import portrait
 from avatarproxy.models import Subject
 
 ADELE = "adele.vance@contoso.com"

@@ -16,10 +16,11 @@ from logwatch import Lines
 
 from avatarproxy import logs
 from avatarproxy.config import LoggingSettings, load_settings
-from avatarproxy.fakegraph import FakePerson, portrait
+from avatarproxy.demo.people import FakePerson
+from avatarproxy.demo.photos import portrait
 from avatarproxy.models import Subject
 from avatarproxy.security import sign_url
-from avatarproxy.warm import RateLimiter, WarmStats, listed, open_warmer
+from avatarproxy.warm import Pacer, WarmStats, listed, open_warmer
 
 SHOWN = ("adele.vance@contoso.com", "diego.siciliani@contoso.com", "alex.wilber@contoso.com",
          "megan.bowen@contoso.com", "lee.gu@contoso.com", "pradeep@contoso.com")
@@ -62,7 +63,7 @@ async def test_no_line_names_a_person_while_log_upn_is_off(
     # warm, with a photo it cannot fetch.
     graph.fault("corrupt", times=10, path_contains="lynne.robbins@contoso.com/photos/48x48/$value")
     settings = load_settings(env={}, overrides={**idp_settings, "cache.redis_url": redis_url})
-    async with open_warmer(settings, (48,), RateLimiter(1000), formats=("jpeg",)) as warmer:
+    async with open_warmer(settings, (48,), Pacer(1000), formats=("jpeg",)) as warmer:
         stats = await warmer.run(listed([Subject("lynne.robbins@contoso.com")]), WarmStats())
     assert stats.failed == 1
 

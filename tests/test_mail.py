@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from appclient import Client, MakeClient
 
-from avatarproxy.fakegraph import FakePerson, portrait
+from avatarproxy.demo.people import FakePerson
+from avatarproxy.demo.photos import portrait
 
 PERSON_ID = "6d5c4b3a-2918-4776-8554-433221100fed"
 

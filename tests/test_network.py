@@ -19,9 +19,10 @@ from photos import realistic_portrait
 from PIL import Image, ImageStat
 
 from avatarproxy.config import load_settings
-from avatarproxy.fakegraph import FakePerson, portrait
+from avatarproxy.demo.people import FakePerson
+from avatarproxy.demo.photos import portrait
 from avatarproxy.service import AvatarService
-from avatarproxy.warm import RateLimiter, WarmStats, all_users, open_warmer
+from avatarproxy.warm import Pacer, WarmStats, all_users, open_warmer
 from avatarproxy.web import SERVICE
 
 ADELE = "adele.vance@contoso.com"  # 648x648 photo
@@ -125,7 +126,7 @@ async def test_warm_reads_user_pages_and_batches_whole_through_segments(
     settings = load_settings(env={}, overrides={
         **idp_settings, "graph.base_url": f"http://127.0.0.1:{graph_proxy.port}/v1.0",
         "cache.redis_url": redis_url})
-    pacer = RateLimiter(10_000)
+    pacer = Pacer(10_000)
     stats = WarmStats()
     async with open_warmer(settings, (48,), pacer) as warmer:
         await warmer.run(all_users(warmer.graph), stats, lambda s: None)

@@ -18,8 +18,8 @@ from PIL import Image
 from avatarproxy import redisconn
 from avatarproxy.cache import AvatarCache, RedisTier
 from avatarproxy.config import load_settings
+from avatarproxy.demo.photos import portrait
 from avatarproxy.errors import GraphUnavailable, Overloaded
-from avatarproxy.fakegraph import portrait
 from avatarproxy.graph.throttle import GraphGate
 from avatarproxy.limits import LoadLimits
 from avatarproxy.models import Subject

@@ -15,12 +15,13 @@ from aiohttp.test_utils import TestClient
 
 from avatarproxy.app import create_app
 from avatarproxy.config import Settings, load_settings
+from avatarproxy.demo.people import FakePerson
+from avatarproxy.demo.photos import portrait
 from avatarproxy.errors import GraphUnavailable
-from avatarproxy.fakegraph import FakePerson, portrait
 from avatarproxy.models import Subject
 from avatarproxy.warm import (
     BROWSER_ACCEPT,
-    RateLimiter,
+    Pacer,
     WarmStats,
     all_users,
     listed,
@@ -41,26 +42,26 @@ class FakeClock:
         self.now += seconds
 
 
-async def test_rate_limiter_caps_the_rate_and_pauses_on_throttling() -> None:
+async def test_pacer_caps_the_rate_and_pauses_on_throttling() -> None:
     clock = FakeClock()
-    limiter = RateLimiter(10, clock=clock, sleep=clock.sleep)
+    pacer = Pacer(10, clock=clock, sleep=clock.sleep)
     for _ in range(30):
-        await limiter.wait(1)
+        await pacer.wait(1)
     assert clock.now == pytest.approx(2.0)  # a burst of 10, then 10 a second
-    limiter.throttled(2.5)
+    pacer.throttled(2.5)
     before = clock.now
-    await limiter.wait(1)
+    await pacer.wait(1)
     assert clock.now - before >= 2.5
-    await limiter.wait(20)  # a whole batch counts as 20 requests
+    await pacer.wait(20)  # a whole batch counts as 20 requests
     before = clock.now
-    await limiter.wait(1)
+    await pacer.wait(1)
     assert clock.now - before >= 1.0
-    limiter.throttled(None)
-    limiter.throttled(None)  # no Retry-After: the pause grows
+    pacer.throttled(None)
+    pacer.throttled(None)  # no Retry-After: the pause grows
     before = clock.now
-    await limiter.wait(1)
+    await pacer.wait(1)
     assert clock.now - before >= 2.0
-    assert limiter.requests == 53 and limiter.throttles == 3
+    assert pacer.requests == 53 and pacer.throttles == 3
 
 
 @pytest.fixture
@@ -86,8 +87,8 @@ def everyone(tenant: Any) -> list[Subject]:
 
 async def warm(settings: Settings, subjects: list[Subject] | None = None,
                progress: Callable[[WarmStats], None] = lambda s: None,
-               stats: WarmStats | None = None) -> tuple[WarmStats, RateLimiter]:
-    pacer = RateLimiter(10_000)
+               stats: WarmStats | None = None) -> tuple[WarmStats, Pacer]:
+    pacer = Pacer(10_000)
     stats = stats or WarmStats()
     async with open_warmer(settings, SIZES, pacer) as warmer:
         source = listed(subjects) if subjects is not None else all_users(warmer.graph)

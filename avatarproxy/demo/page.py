@@ -16,11 +16,11 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from .errors import NotFound
-from .fakegraph import FakePerson
-from .models import Subject
-from .security import Policy, signature
-from .web import POLICY
+from ..errors import NotFound
+from ..models import Subject
+from ..security import Policy, signature
+from ..web import POLICY
+from .people import FakePerson
 
 SIZES = (32, 48, 96, 160)
 SRCSET_SIZE = 48  # shown with 1x/2x/3x candidates

@@ -17,13 +17,13 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-from . import logs
-from .app import create_app
-from .config import load_settings
-from .demopage import page_handler
-from .fakegraph import FakeGraph, demo_groups, demo_people, start_fake_graph
-from .graph.auth import StaticTokenProvider
-from .lifecycle import run_loop, serve_until_stopped
+from ..app import configure_logging, create_app
+from ..config import load_settings
+from ..graph.auth import StaticTokenProvider
+from ..lifecycle import run_loop, serve_until_stopped
+from .contoso import demo_groups, demo_people
+from .fakegraph import FakeGraph, start_fake_graph
+from .page import page_handler
 
 
 def _own_tenant(graph_base_url: str) -> dict[str, Any]:
@@ -81,7 +81,7 @@ def run_demo(host: str, port: int, config: str | None = None) -> None:
         # Ctrl-C in a terminal should not wait for endpoints that do not exist.
         "server.drain_seconds": os.environ.get("AVATARPROXY_SERVER_DRAIN_SECONDS", 0)}
     settings = load_settings(config, overrides=overrides)  # problems: before anything starts
-    logs.configure(settings.logging)
+    configure_logging(settings)
     run_loop(serve_until_stopped(
         lambda: demo_app(host, port, overrides, config=config, env=os.environ),
         settings.server))

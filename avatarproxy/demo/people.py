@@ -1,0 +1,85 @@
+"""Directory objects of a fake tenant: people and groups, each with a photo or none."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+from PIL import Image
+
+from .photos import RawPhoto, available_sizes
+
+
+@dataclass(eq=False)
+class FakePerson:
+    """One directory user. ``photo`` is the master image, any dimensions.
+
+    A square master of an HD side is an Exchange photo: every HD size up to
+    its side is available. Anything else is an Entra-only photo: only its
+    own dimensions exist. ``placeholder`` (no photo) makes the metadata call
+    answer the documented ``1x1`` JSON instead of 404. ``capital_x`` spells
+    ids ``240X240``: Graph sends both spellings. ``raw`` (instead of ``photo``)
+    serves exact bytes at the sizes it lists.
+    """
+
+    upn: str
+    object_id: str
+    display_name: str
+    given_name: str | None = None
+    surname: str | None = None
+    photo: Image.Image | None = None
+    placeholder: bool = False
+    media_etag: str = ""
+    capital_x: bool = False
+    mail: str | None = None
+    proxy_addresses: tuple[str, ...] = ()  # "SMTP:primary@x", "smtp:alias@x"
+    account_enabled: bool = True
+    raw: RawPhoto | None = None
+
+    def __post_init__(self) -> None:
+        if (self.photo is not None or self.raw is not None) and not self.media_etag:
+            self.media_etag = media_etag(self.object_id, 0)
+
+    def size_id(self, width: int, height: int) -> str:
+        return f"{width}{'X' if self.capital_x else 'x'}{height}"
+
+    def sizes(self) -> list[tuple[int, int]]:
+        """Available sizes, smallest first; empty without a photo."""
+        if self.raw is not None:
+            return sorted(self.raw.bodies, key=lambda size: size[0] * size[1])
+        return available_sizes(self.photo)
+
+
+@dataclass(eq=False)
+class FakeGroup:
+    """A Microsoft 365 group; with ``team`` it is also a team (same object id).
+
+    A group's photo comes in the HD sizes like an Exchange photo; through
+    ``/teams/{id}`` only the largest is reachable.
+    """
+
+    object_id: str
+    display_name: str
+    photo: Image.Image | None = None
+    team: bool = False
+    media_etag: str = ""
+    placeholder: bool = False
+    capital_x: bool = False
+
+    def __post_init__(self) -> None:
+        if self.photo is not None and not self.media_etag:
+            self.media_etag = media_etag(self.object_id, 0)
+
+    def size_id(self, width: int, height: int) -> str:
+        return f"{width}x{height}"
+
+    def sizes(self) -> list[tuple[int, int]]:
+        return available_sizes(self.photo)
+
+
+PhotoOwner = FakePerson | FakeGroup
+
+
+def media_etag(object_id: str, generation: int) -> str:
+    """A mediaEtag as Graph spells one: a quoted hex string, new for each photo version."""
+    return f'"{zlib.crc32(f"{object_id}/{generation}".encode()):08X}"'
