@@ -18,7 +18,7 @@ from functools import partial
 import aiohttp
 from aiohttp import web
 
-from . import logs, ops, preflight, redisconn
+from . import logs, ops, preflight
 from .auth import MsalTokenProvider, TokenProvider, scope_for
 from .cache import AvatarCache, CacheTier, MemoryTier, RedisTier
 from .coalesce import ReplicaCoalescer
@@ -29,6 +29,7 @@ from .imaging import InitialsRenderer
 from .limits import LoadLimits
 from .purge import LISTENER, PurgeListener, channel
 from .ratelimit import RateLimiter
+from .redis import connection
 from .security import ClientAddress, Policy
 from .service import AvatarService
 from .sites import Sites
@@ -70,7 +71,7 @@ class _Grace:
 def startup_problems(settings: Settings) -> list[str]:
     """What ``create_app`` or a worker would stop on, all at once: ``serve`` reports
     these before any worker starts, like the problems ``load_settings`` finds."""
-    problems = (redisconn.check(settings.cache) + preflight.file_problems(settings)
+    problems = (connection.check(settings.cache) + preflight.file_problems(settings)
                 + preflight.listen_problems(settings.server))
     for build in (partial(ClientAddress, settings.server.trusted_proxies),
                   partial(InitialsRenderer, settings.avatar.extra_fonts)):
@@ -85,7 +86,7 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
     """The aiohttp application. ``tokens`` replaces msal (the demo uses a fixed token)."""
     # Load fonts now: a bad avatar.extra_fonts stops start-up, not a request.
     initials = InitialsRenderer(settings.avatar.extra_fonts)
-    problems = redisconn.check(settings.cache)
+    problems = connection.check(settings.cache)
     if problems:
         raise ConfigError(problems)
     logs.guard_library_lines()
@@ -103,19 +104,19 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         session = _graph_session(settings.graph)
         tiers: list[CacheTier] = [MemoryTier(settings.cache.memory_max_bytes)]
-        if redisconn.enabled(settings.cache):
-            tiers.append(RedisTier(redisconn.connect(settings.cache),
+        if connection.enabled(settings.cache):
+            tiers.append(RedisTier(connection.connect(settings.cache),
                                    settings.cache.redis_retry_seconds))
         cache = AvatarCache(settings.cache, tiers)
-        if redisconn.enabled(settings.cache):
+        if connection.enabled(settings.cache):
             # `avatarproxy purge` reaches this replica's memory tier through Redis.
-            app[LISTENER] = PurgeListener(redisconn.subscriber(settings.cache), cache,
+            app[LISTENER] = PurgeListener(connection.subscriber(settings.cache), cache,
                                           channel(settings.cache.key_prefix),
                                           ping_seconds=settings.cache.purge_ping_seconds)
             await app[LISTENER].start()
         app[LIMITER] = RateLimiter(
             settings.security.rate_limit_per_second, settings.security.rate_limit_burst,
-            redisconn.connect(settings.cache) if redisconn.enabled(settings.cache) else None,
+            connection.connect(settings.cache) if connection.enabled(settings.cache) else None,
             settings.cache.key_prefix)
         executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
                                       thread_name_prefix="imaging")
@@ -155,7 +156,7 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
 
     app.cleanup_ctx.append(lifecycle)
     add_routes(app)
-    ops.add_routes(app, redis_configured=redisconn.enabled(settings.cache),
+    ops.add_routes(app, redis_configured=connection.enabled(settings.cache),
                    metrics_here=not settings.server.metrics_port)
     return app
 

@@ -37,7 +37,7 @@ from . import metrics
 from .config import CacheSettings
 from .memory import MemoryTier as MemoryTier  # re-exported: one interface, both tiers
 from .models import NOBODY, Identity, PhotoMeta, Profile, Subject
-from .redisconn import REDIS_FAILURES, RedisConnection, command
+from .redis.connection import REDIS_FAILURES, RedisConnection, command
 
 log = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from . import metrics
 from .cache import AvatarCache
 from .errors import BadRequest
 from .inputs import parse_subject
-from .redisconn import REDIS_FAILURES, RedisClient, RedisConnection
+from .redis.connection import REDIS_FAILURES, RedisClient, RedisConnection
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class PurgeListener:
 
     def __init__(self, connection: RedisConnection, cache: AvatarCache, channel: str, *,
                  ping_seconds: float = 30.0, retry_seconds: float = 5.0) -> None:
-        # From redisconn.subscriber: the service's TLS and credentials, no read timeout:
+        # From connection.subscriber: the service's TLS and credentials, no read timeout:
         # so the subscription is PINGed when idle, and dropped when the PONG is late.
         self.ping_seconds = ping_seconds
         self.retry_seconds = retry_seconds

@@ -17,7 +17,7 @@ import logging
 import time
 from collections import OrderedDict
 
-from .redisconn import REDIS_FAILURES, RedisConnection, command
+from .redis.connection import REDIS_FAILURES, RedisConnection, command
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import imaging, logs, redisconn
+from . import imaging, logs
 from .app import _graph_session
 from .auth import MsalTokenProvider, TokenProvider, scope_for
 from .cache import AvatarCache, RedisTier
@@ -43,6 +43,7 @@ from .imaging import InitialsRenderer
 from .limits import LoadLimits
 from .models import PhotoMeta, Subject
 from .negotiation import OutputFormats, choose
+from .redis import connection
 from .security import Policy
 from .service import AvatarService
 from .sizing import plan_fetch
@@ -345,12 +346,12 @@ async def open_warmer(settings: Settings, sizes: Sequence[int], pacer: RateLimit
                       tokens: TokenProvider | None = None,
                       formats: Sequence[str] = ()) -> AsyncIterator[Warmer]:
     """The service's own parts, on the shared Redis only, with a rate-capped Graph client."""
-    if not redisconn.enabled(settings.cache):
+    if not connection.enabled(settings.cache):
         raise ConfigError(["cache.redis_url: warm fills the shared Redis; it is empty"])
-    problems = redisconn.check(settings.cache)
+    problems = connection.check(settings.cache)
     if problems:
         raise ConfigError(problems)
-    cache = AvatarCache(settings.cache, [RedisTier(redisconn.connect(settings.cache),
+    cache = AvatarCache(settings.cache, [RedisTier(connection.connect(settings.cache),
                                                    settings.cache.redis_retry_seconds)])
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="warm")
     session = _graph_session(settings.graph)

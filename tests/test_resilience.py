@@ -15,13 +15,13 @@ import redis.asyncio as aioredis
 from appclient import MakeClient, get
 from PIL import Image
 
-from avatarproxy import redisconn
 from avatarproxy.cache import AvatarCache, RedisTier
 from avatarproxy.config import load_settings
 from avatarproxy.errors import GraphUnavailable, Overloaded
 from avatarproxy.fakegraph import portrait
 from avatarproxy.limits import LoadLimits
 from avatarproxy.models import Subject
+from avatarproxy.redis import connection
 from avatarproxy.throttle import GraphGate
 from avatarproxy.web import SERVICE
 
@@ -105,7 +105,7 @@ async def test_one_persons_throttle_without_scope_pauses_only_that_person(
 async def test_a_shorter_throttle_pause_from_another_replica_keeps_the_longer_one(
         redis_url: str) -> None:
     settings = load_settings(env={}, overrides={"cache.redis_url": redis_url})
-    redis = RedisTier(redisconn.connect(settings.cache))
+    redis = RedisTier(connection.connect(settings.cache))
     one, two, three = (GraphGate(settings.graph, redis, KEYS.pause_key) for _ in range(3))
     try:
         # Two replicas' calls were in flight together; Graph throttles both, the
