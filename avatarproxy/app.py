@@ -20,7 +20,7 @@ from aiohttp import web
 
 from . import logs, ops, preflight
 from .auth import MsalTokenProvider, TokenProvider, scope_for
-from .cache import AvatarCache, CacheTier, MemoryTier, RedisTier
+from .cache import SCHEMA_VERSION, AvatarCache, CacheTier, MemoryTier, RedisTier
 from .coalesce import ReplicaCoalescer
 from .config import GraphSettings, Settings
 from .errors import ConfigError
@@ -30,6 +30,7 @@ from .limits import LoadLimits
 from .purge import LISTENER, PurgeListener, channel
 from .ratelimit import RateLimiter
 from .redis import connection
+from .redis.coordination import Coordination
 from .security import ClientAddress, Policy
 from .service import AvatarService
 from .sites import Sites
@@ -103,10 +104,12 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         session = _graph_session(settings.graph)
+        # One link to Redis, one view of its health: the cache tier, the download
+        # locks, the throttling pauses and the rate limiter agree on whether it is up.
+        shared = Coordination.connect(settings.cache, SCHEMA_VERSION)
         tiers: list[CacheTier] = [MemoryTier(settings.cache.memory_max_bytes)]
-        if connection.enabled(settings.cache):
-            tiers.append(RedisTier(connection.connect(settings.cache),
-                                   settings.cache.redis_retry_seconds))
+        if shared.link is not None:
+            tiers.append(RedisTier(shared.link))
         cache = AvatarCache(settings.cache, tiers)
         if connection.enabled(settings.cache):
             # `avatarproxy purge` reaches this replica's memory tier through Redis.
@@ -116,20 +119,18 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
             await app[LISTENER].start()
         app[LIMITER] = RateLimiter(
             settings.security.rate_limit_per_second, settings.security.rate_limit_burst,
-            connection.connect(settings.cache) if connection.enabled(settings.cache) else None,
-            settings.cache.key_prefix)
+            shared.buckets)
         executor = ThreadPoolExecutor(max_workers=os.cpu_count() or 2,
                                       thread_name_prefix="imaging")
         try:
             provider = tokens or await MsalTokenProvider.create(
                 settings.auth, scope_for(settings.graph.base_url))
             graph = GraphClient(settings.graph, provider, session,
-                                GraphGate(settings.graph, cache.redis, cache.pause_key))
+                                GraphGate(settings.graph, shared.pauses))
             # A holder renews its download lock while it works; this is how long
             # one that died keeps the other replicas waiting.
-            coalescer = ReplicaCoalescer(cache.redis, settings.cache.coalesce_wait_seconds,
-                                         lock_seconds=settings.graph.timeout_seconds,
-                                         guarded_key=cache.guarded_key)
+            coalescer = ReplicaCoalescer(shared.locks, settings.cache.coalesce_wait_seconds,
+                                         lock_seconds=settings.graph.timeout_seconds)
             app[SERVICE] = AvatarService(graph, cache, initials, settings.cache,
                                          settings.avatar, executor,
                                          limits=LoadLimits(settings.server), policy=policy,

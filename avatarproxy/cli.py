@@ -140,6 +140,7 @@ async def _purge(args: argparse.Namespace) -> int:
     from .preflight import explain_redis
     from .purge import announce
     from .redis import connection
+    from .redis.link import RedisLink
 
     settings = load_settings(args.config)
     if not connection.enabled(settings.cache):
@@ -154,7 +155,7 @@ async def _purge(args: argparse.Namespace) -> int:
             subjects.append(parse_subject(text))
         except BadRequest as exc:
             print(f"avatarproxy: purge: {text!r}: {exc.public}", file=sys.stderr)
-    cache = AvatarCache(settings.cache, [RedisTier(connection.connect(settings.cache))])
+    cache = AvatarCache(settings.cache, [RedisTier(RedisLink(connection.connect(settings.cache)))])
     # Where the replicas listen (in a Cluster, the node they subscribed on).
     channel = connection.subscriber(settings.cache)
     try:

@@ -261,7 +261,7 @@ class AvatarService:
                 return cached  # stale, and no refresh on this client's account
             raise RateLimited()
         refresh = self._start("meta:" + subject.cache_id, lambda: self._coalescer.run(
-            self._cache.lock_key(self._cache.meta_key(subject)),
+            self._cache.meta_key(subject),
             lambda: self._fetch_metadata(subject), lambda: self._fresh_metadata(subject)))
         if cached is not None:
             # Stale: serve it now and refresh once in the background (single flight).
@@ -325,7 +325,7 @@ class AvatarService:
         if raw is None:
             # One download per photo version and HD size, across sizes and replicas.
             raw = await self._single_flight(source_key, lambda: self._coalescer.run(
-                self._cache.lock_key(source_key),
+                source_key,
                 lambda: self._download(subject, plan.hd_size, source_key),
                 lambda: self._cache.get_image(source_key)))
         body: bytes = await self._run(imaging.render_photo, raw, plan.target, fmt)

@@ -25,7 +25,7 @@ from typing import Any
 from . import imaging, logs
 from .app import _graph_session
 from .auth import MsalTokenProvider, TokenProvider, scope_for
-from .cache import AvatarCache, RedisTier
+from .cache import SCHEMA_VERSION, AvatarCache, RedisTier
 from .config import Settings
 from .directory import BATCH_LIMIT, batch_get, get_each, list_users
 from .errors import (
@@ -44,6 +44,7 @@ from .limits import LoadLimits
 from .models import PhotoMeta, Subject
 from .negotiation import OutputFormats, choose
 from .redis import connection
+from .redis.coordination import Coordination
 from .security import Policy
 from .service import AvatarService
 from .sizing import plan_fetch
@@ -351,8 +352,9 @@ async def open_warmer(settings: Settings, sizes: Sequence[int], pacer: RateLimit
     problems = connection.check(settings.cache)
     if problems:
         raise ConfigError(problems)
-    cache = AvatarCache(settings.cache, [RedisTier(connection.connect(settings.cache),
-                                                   settings.cache.redis_retry_seconds)])
+    shared = Coordination.connect(settings.cache, SCHEMA_VERSION)
+    assert shared.link is not None  # Redis is configured (above)
+    cache = AvatarCache(settings.cache, [RedisTier(shared.link)])
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="warm")
     session = _graph_session(settings.graph)
     try:
@@ -361,7 +363,7 @@ async def open_warmer(settings: Settings, sizes: Sequence[int], pacer: RateLimit
             settings.auth, scope_for(settings.graph.base_url), strict=True)
         # The live replicas' throttling pauses (shared through Redis) bind warm too.
         graph = GraphClient(settings.graph, provider, session,
-                            GraphGate(settings.graph, cache.redis, cache.pause_key), pacer)
+                            GraphGate(settings.graph, shared.pauses), pacer)
         # No browser waits here: a photo may take as long as Graph needs.
         limits = LoadLimits(replace(settings.server, request_deadline_seconds=max(
             60.0, settings.server.request_deadline_seconds)))

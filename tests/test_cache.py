@@ -18,6 +18,7 @@ from avatarproxy.config import load_settings
 from avatarproxy.memory import INITIALS_MARK
 from avatarproxy.models import PhotoMeta, Profile, Subject
 from avatarproxy.redis import connection
+from avatarproxy.redis.link import RedisLink
 
 SETTINGS = load_settings(env={}).cache
 
@@ -25,7 +26,7 @@ SETTINGS = load_settings(env={}).cache
 def redis_tier(url: str, timeout: float = 1.0, **overrides: Any) -> RedisTier:
     settings = load_settings(env={}, overrides={
         "cache.redis_url": url, "cache.redis_timeout_seconds": timeout, **overrides}).cache
-    return RedisTier(connection.connect(settings))
+    return RedisTier(RedisLink(connection.connect(settings)))
 
 
 @pytest.fixture(params=["memory", "redis", "redis_tls", "redis_sentinel", "redis_cluster"])

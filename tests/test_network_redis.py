@@ -196,11 +196,12 @@ async def test_a_redis_outage_is_logged_once_with_where_and_what_to_check_and_it
     up = _lines(caplog, "avatarproxy.purge", logging.INFO)
     assert len(up) == 1 and re.fullmatch(
         rf"purge channel subscribed again on {re.escape(where)} after \d+ s", up[0]), up
-    # The cache tier's lines name Redis and the setting as well.
-    cache_down = _lines(caplog, "avatarproxy.cache", logging.WARNING)
+    # The lines of Redis' health (the cache tier's, among others) name Redis and the
+    # setting as well.
+    cache_down = _lines(caplog, "avatarproxy.redis.link", logging.WARNING)
     assert cache_down and all(f"{where}: " in line and "check cache.redis_url" in line
                               for line in cache_down), cache_down
-    assert _lines(caplog, "avatarproxy.cache", logging.INFO) == [f"redis is back at {where}"]
+    assert _lines(caplog, "avatarproxy.redis.link", logging.INFO) == [f"redis is back at {where}"]
 
 
 async def test_redis_errors_name_the_password_setting_and_never_the_password(
@@ -218,8 +219,10 @@ async def test_redis_errors_name_the_password_setting_and_never_the_password(
                      "the purge listener's warning")
     finally:
         server.stop()
+    # The purge listener's line, and the one line of Redis' health (which the cache tier,
+    # the rate limiter, the locks and the pauses share).
     lines = {name: _lines(caplog, f"avatarproxy.{name}", logging.WARNING)
-             for name in ("purge", "cache", "ratelimit")}
+             for name in ("purge", "redis.link")}
     assert all(lines.values()), lines
     for line in (line for found in lines.values() for line in found):
         assert f"127.0.0.1:{server.port}: AuthenticationError" in line, line
