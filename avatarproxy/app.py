@@ -18,7 +18,7 @@ from functools import partial
 import aiohttp
 from aiohttp import web
 
-from . import logs, ops, preflight
+from . import logs, ops, preflight, purge
 from .auth import MsalTokenProvider, TokenProvider, scope_for
 from .cache import SCHEMA_VERSION, AvatarCache, CacheTier, MemoryTier, RedisTier
 from .coalesce import ReplicaCoalescer
@@ -27,7 +27,7 @@ from .errors import ConfigError
 from .graph import GraphClient
 from .imaging import InitialsRenderer
 from .limits import LoadLimits
-from .purge import LISTENER, PurgeListener, channel
+from .purge import LISTENER
 from .ratelimit import RateLimiter
 from .redis import connection
 from .redis.coordination import Coordination
@@ -113,9 +113,7 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
         cache = AvatarCache(settings.cache, tiers)
         if connection.enabled(settings.cache):
             # `avatarproxy purge` reaches this replica's memory tier through Redis.
-            app[LISTENER] = PurgeListener(connection.subscriber(settings.cache), cache,
-                                          channel(settings.cache.key_prefix),
-                                          ping_seconds=settings.cache.purge_ping_seconds)
+            app[LISTENER] = purge.listener(settings.cache, cache)
             await app[LISTENER].start()
         app[LIMITER] = RateLimiter(
             settings.security.rate_limit_per_second, settings.security.rate_limit_burst,

@@ -138,9 +138,9 @@ async def _purge(args: argparse.Namespace) -> int:
     from .cache import AvatarCache, RedisTier
     from .inputs import parse_subject
     from .preflight import explain_redis
-    from .purge import announce
     from .redis import connection
     from .redis.link import RedisLink
+    from .redis.purgechannel import announce
 
     settings = load_settings(args.config)
     if not connection.enabled(settings.cache):

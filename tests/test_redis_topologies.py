@@ -25,9 +25,9 @@ from avatarproxy.config import load_settings
 from avatarproxy.errors import ConfigError
 from avatarproxy.models import Subject
 from avatarproxy.purge import LISTENER
-from avatarproxy.purge import channel as purge_channel
 from avatarproxy.redis import connection
 from avatarproxy.redis.link import RedisLink
+from avatarproxy.redis.purgechannel import channel as purge_channel
 
 PEOPLE = ["adele.vance@contoso.com", "alex.wilber@contoso.com", "megan.bowen@contoso.com",
           "lee.gu@contoso.com"]

@@ -8,8 +8,10 @@
   everything below and by the avatar cache's Redis tier.
 - ``coordination``: the state replicas share besides avatars (download locks,
   Graph throttling pauses, rate-limit buckets) and its key names.
+- ``purgechannel``: the channel ``avatarproxy purge`` announces on, and the
+  subscription each replica keeps to it.
 
 Nothing here knows what an avatar or a Graph call is: ``cache``, ``coalesce``,
-``throttle`` and ``ratelimit`` build on this package, never the
+``throttle``, ``ratelimit`` and ``purge`` build on this package, never the
 other way round (tests/test_imports.py).
 """
