@@ -31,8 +31,8 @@ from functools import partial
 import aiohttp
 from aiohttp import web
 
-from . import logs, ops, preflight, redisconn
-from .cache import AvatarCache, CacheTier, MemoryTier, RedisTier
+from . import logs, ops, preflight, purge
+from .cache import SCHEMA_VERSION, AvatarCache, CacheTier, MemoryTier, RedisTier
 from .coalesce import ReplicaCoalescer
 from .config import GraphSettings, Settings
 from .errors import ConfigError
@@ -41,8 +41,10 @@ from .graph.client import GraphClient, Pacer
 from .graph.throttle import GraphGate
 from .initials import InitialsRenderer
 from .limits import LoadLimits
-from .purge import LISTENER, PurgeListener, channel
+from .purge import LISTENER
 from .ratelimit import RateLimiter
+from .redis import connection
+from .redis.coordination import Coordination
 from .security import ClientAddress, Policy
 from .service import AvatarService
 from .sites import Sites
@@ -107,10 +109,11 @@ class Builder:
         self._tokens = tokens
         self._pacer = pacer
         self._initials: InitialsRenderer | None = None
+        self._shared: Coordination | None = None
 
     def check_redis(self) -> None:
         """``ConfigError`` naming every problem of the Redis settings."""
-        problems = redisconn.check(self.settings.cache)
+        problems = connection.check(self.settings.cache)
         if problems:
             raise ConfigError(problems)
 
@@ -120,6 +123,16 @@ class Builder:
             self._initials = InitialsRenderer(self.settings.avatar.extra_fonts)
         return self._initials
 
+    def shared(self, stack: AsyncExitStack) -> Coordination:
+        """The process's one link to Redis and what the replicas share over it: one view
+        of its health for the cache tier, the download locks, the throttling pauses and
+        the rate limiter. Every part is None without Redis."""
+        if self._shared is None:
+            self._shared = Coordination.connect(self.settings.cache, SCHEMA_VERSION)
+            if self._shared.link is not None:
+                stack.push_async_callback(self._shared.link.close)
+        return self._shared
+
     def open_cache(self, stack: AsyncExitStack) -> AvatarCache:
         """The avatar cache: the memory tier (unless the role fills Redis only) in
         front of the Redis tier, when Redis is configured."""
@@ -127,23 +140,24 @@ class Builder:
         tiers: list[CacheTier] = []
         if self.role.memory_tier:
             tiers.append(MemoryTier(settings.memory_max_bytes))
-        if redisconn.enabled(settings):
-            tiers.append(RedisTier(redisconn.connect(settings), settings.redis_retry_seconds))
+        link = self.shared(stack).link
+        if link is not None:
+            tiers.append(RedisTier(link))
         cache = AvatarCache(settings, tiers)
         stack.push_async_callback(cache.close)
         return cache
 
-    async def open_graph(self, stack: AsyncExitStack,
-                         cache: AvatarCache | None = None) -> GraphClient:
-        """The Graph client; with ``cache``, throttling pauses are shared with the
-        other replicas through its Redis (without, they stay in this process)."""
+    async def open_graph(self, stack: AsyncExitStack, *, share_pauses: bool = False
+                         ) -> GraphClient:
+        """The Graph client; ``share_pauses``: throttling pauses are shared with the
+        other replicas through Redis (else they stay in this process)."""
         session = _graph_session(self.settings.graph)
         stack.push_async_callback(session.close)
         tokens = self._tokens or await MsalTokenProvider.create(
             self.settings.auth, scope_for(self.settings.graph.base_url),
             strict=self.role.strict_token)
-        gate = None if cache is None else GraphGate(self.settings.graph, cache.redis,
-                                                    cache.pause_key)
+        gate = (GraphGate(self.settings.graph, self.shared(stack).pauses) if share_pauses
+                else None)
         return GraphClient(self.settings.graph, tokens, session, gate, self._pacer)
 
     async def open_service(self, stack: AsyncExitStack, cache: AvatarCache, *,
@@ -151,14 +165,14 @@ class Builder:
         """The service and the Graph client it fetches through. On close, it first
         lets its fetches finish and land in the cache, for ``drain_within()`` seconds
         (None: as long as they take), then stops the blocked list's refreshes."""
-        graph = await self.open_graph(stack, cache)
+        graph = await self.open_graph(stack, share_pauses=True)
         stack.push_async_callback(self.policy.blocked.close)
         executor = ThreadPoolExecutor(max_workers=self.role.imaging_threads or os.cpu_count() or 2,
                                       thread_name_prefix=self.role.thread_name)
         stack.callback(executor.shutdown, wait=False, cancel_futures=True)
         service = AvatarService(graph, cache, self.initials(), self.settings.cache,
                                 self.settings.avatar, executor, limits=self._limits(),
-                                policy=self.policy, coalescer=self._coalescer(cache))
+                                policy=self.policy, coalescer=self._coalescer(stack))
         stack.push_async_callback(_drain, service, drain_within)
         return Parts(self.policy, cache, graph, service)
 
@@ -168,14 +182,14 @@ class Builder:
             server = replace(server, request_deadline_seconds=self.role.min_deadline_seconds)
         return LoadLimits(server)
 
-    def _coalescer(self, cache: AvatarCache) -> ReplicaCoalescer | None:
+    def _coalescer(self, stack: AsyncExitStack) -> ReplicaCoalescer | None:
         if not self.role.coalesce_replicas:
             return None
         # A holder renews its download lock while it works; this is how long
         # one that died keeps the other replicas waiting.
-        return ReplicaCoalescer(cache.redis, self.settings.cache.coalesce_wait_seconds,
-                                lock_seconds=self.settings.graph.timeout_seconds,
-                                guarded_key=cache.guarded_key)
+        return ReplicaCoalescer(self.shared(stack).locks,
+                                self.settings.cache.coalesce_wait_seconds,
+                                lock_seconds=self.settings.graph.timeout_seconds)
 
 
 async def _drain(service: AvatarService, within: Callable[[], float | None]) -> None:
@@ -228,7 +242,7 @@ class _Grace:
 def startup_problems(settings: Settings) -> list[str]:
     """What ``create_app`` or a worker would stop on, all at once: ``serve`` reports
     these before any worker starts, like the problems ``load_settings`` finds."""
-    problems = (redisconn.check(settings.cache) + preflight.file_problems(settings)
+    problems = (connection.check(settings.cache) + preflight.file_problems(settings)
                 + preflight.listen_problems(settings.server))
     for build in (partial(ClientAddress, settings.server.trusted_proxies),
                   partial(InitialsRenderer, settings.avatar.extra_fonts)):
@@ -260,7 +274,7 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
 
     app.cleanup_ctx.append(serving)
     add_routes(app)
-    ops.add_routes(app, redis_configured=redisconn.enabled(settings.cache),
+    ops.add_routes(app, redis_configured=connection.enabled(settings.cache),
                    metrics_here=not settings.server.metrics_port)
     return app
 
@@ -280,17 +294,14 @@ async def _open_serving(app: web.Application, builder: Builder, stack: AsyncExit
     """Start-up: the cache, the purge listener, the rate limiter, then the service."""
     settings = builder.settings
     cache = builder.open_cache(stack)
-    if redisconn.enabled(settings.cache):
+    if connection.enabled(settings.cache):
         # `avatarproxy purge` reaches this replica's memory tier through Redis.
-        app[LISTENER] = PurgeListener(redisconn.subscriber(settings.cache), cache,
-                                      channel(settings.cache.key_prefix),
-                                      ping_seconds=settings.cache.purge_ping_seconds)
+        app[LISTENER] = purge.listener(settings.cache, cache)
         stack.push_async_callback(app[LISTENER].close)
         await app[LISTENER].start()
     app[LIMITER] = RateLimiter(
         settings.security.rate_limit_per_second, settings.security.rate_limit_burst,
-        redisconn.connect(settings.cache) if redisconn.enabled(settings.cache) else None,
-        settings.cache.key_prefix)
+        builder.shared(stack).buckets)
     stack.push_async_callback(app[LIMITER].close)
     # On shutdown, fetches still running share what is left of server.grace_seconds.
     parts = await builder.open_service(stack, cache, drain_within=grace.left)

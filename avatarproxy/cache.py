@@ -5,7 +5,9 @@ network hop; Redis, when configured, is shared by every replica and
 survives restarts. Image keys contain the photo's mediaEtag: a changed photo
 has new keys, so nothing is ever invalidated, and image entries are
 immutable. A failing Redis counts as a miss: avatars are decoration, never
-worth an error.
+worth an error. The Redis tier goes through the process's one link to Redis
+(``redis.link``), which the state replicas share besides avatars (download
+locks, throttling pauses, rate-limit buckets: ``redis.coordination``) uses too.
 
 Keys are ``<cache.key_prefix><schema>:<kind>:{<tag>}...``: the hash tag puts
 every key of one person (one initials image) in one Redis Cluster slot, so
@@ -20,32 +22,27 @@ the keyspace.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import functools
 import hashlib
 import json
-import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, fields
 from typing import Any, Protocol
-
-from redis.exceptions import OutOfMemoryError
 
 from . import metrics
 from .config import CacheSettings
 from .memory import MemoryTier as MemoryTier  # re-exported: one interface, both tiers
 from .models import NOBODY, Identity, PhotoMeta, Profile, Subject
-from .redisconn import REDIS_FAILURES, RedisConnection, command
-
-log = logging.getLogger(__name__)
+from .redis.connection import command
+from .redis.link import RedisLink
 
 # Bump when the key layout or stored value format changes: old entries are
 # then never read (they expire by their TTL). Not for a change of rendering:
 # image keys carry imaging.RENDERER_VERSION, and a bump here would also drop
 # every person's metadata and downloaded photo, so each would be fetched from
-# Graph again at deploy.
+# Graph again at deploy. The download locks and throttling pauses are named
+# under it too (the composition root hands it to redis.coordination.SharedKeys).
 SCHEMA_VERSION = "v2"
 
 
@@ -61,68 +58,44 @@ class CacheTier(Protocol):
     async def close(self) -> None: ...
 
 
-# Delete a lock only if we still hold it: a lock that expired and was taken
-# by another replica must not be released by the late first holder.
-_RELEASE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
-            "return redis.call('del', KEYS[1]) else return 0 end")
-# Extend a lock only if we still hold it (SET, not PEXPIRE: the ACL allows SET).
-_EXTEND = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
-           "redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2]) return 1 else return 0 end")
-
-
-# Replicas throttled at about the same time each share their pause: a shorter
-# one arriving second must not cut short the longer one already stored.
-_KEEP_LATER = ("local stored = tonumber(redis.call('get', KEYS[1]) or '') "
-               "if stored and stored >= tonumber(ARGV[1]) then return 0 end "
-               "redis.call('set', KEYS[1], ARGV[1], 'px', ARGV[2]) return 1")
-
-
 class RedisTier:
-    """Redis with short timeouts; errors are logged and read as misses.
+    """Avatars in the shared Redis, through the process's one ``RedisLink``.
 
-    After a failure Redis is skipped for ``retry_after`` seconds (``healthy``
-    is False meanwhile), so a Redis outage costs requests nothing and does
-    not pile up coroutines waiting on timeouts; the next command after that
-    is the probe that reconnects.
+    A failing Redis reads as a miss, and is then skipped for a while, exactly
+    when the download locks, throttling pauses and rate limiter go without it
+    too: they share the link's health.
     """
 
     name = "redis"
 
-    def __init__(self, connection: RedisConnection, retry_after: float = 1.0) -> None:
-        self._connection = connection
-        self._client = connection.client
-        self._retry_after = retry_after
-        self._skip_until = 0.0
-        self._last_error_log = 0.0
-        self.writes_refused_for_memory = 0
-        self.healthy = True
-        self._closed = False
-        self._busy = 0  # commands in flight; close() lets them finish first
-        self._idle = asyncio.Event()
-        self._idle.set()
-        # guarded key -> (lock key, token): locks released by the write of what they guard.
-        self._release_on_write: dict[str, tuple[str, str]] = {}
+    def __init__(self, link: RedisLink) -> None:
+        self._link = link
+        self._client = link.client
 
     @property
-    def available(self) -> bool:
-        # Closed: a late background task must not open a fresh connection that
-        # nobody will ever close (redis-py reconnects on the next command).
-        return not self._closed and (self.healthy or time.monotonic() >= self._skip_until)
+    def healthy(self) -> bool:
+        return self._link.healthy
+
+    @property
+    def writes_refused_for_memory(self) -> int:
+        """Writes Redis refused for lack of memory (counted and ignored)."""
+        return self._link.writes_refused_for_memory
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._call("GET", self._client.get(key))
+        value = await self._link.call("GET", self._client.get(key))
         if isinstance(value, bytes):
             metrics.cache_lookup(self.name, "hit")
         else:
             # Not healthy: the command failed, or Redis is being skipped after a failure.
-            metrics.cache_lookup(self.name, "miss" if self.healthy else "error")
+            metrics.cache_lookup(self.name, "miss" if self._link.healthy else "error")
         return value if isinstance(value, bytes) else None
 
     async def set(self, key: str, value: bytes, ttl: int,
                   index: tuple[str, int] | None = None) -> None:
-        release = self._release_on_write.pop(key, None)
-        if index is None and release is None:
-            await self._call("SET", self._client.set(key, value, ex=ttl))
+        # A download lock released by this write (``coalesce``) rides along.
+        rider = self._link.detach_from_write(key)
+        if index is None and rider is None:
+            await self._link.call("SET", self._client.set(key, value, ex=ttl))
             return
         # One round trip, not up to four: a miss waits for its writes. Not a
         # transaction (the index may live in another cluster slot); Redis runs
@@ -132,91 +105,9 @@ class RedisTier:
         if index is not None:
             pipe.sadd(index[0], key)
             pipe.expire(index[0], index[1])
-        if release is not None:
-            pipe.eval(_RELEASE, 1, *release)
-        await self._call("SET", pipe.execute())
-
-    async def get_many(self, keys: list[str]) -> list[bytes | None]:
-        """Values of ``keys`` in one round trip (a pipeline, not MGET: any cluster slots).
-
-        For small shared state (throttling pauses), not cache lookups: no metrics.
-        """
-        pipe = self._client.pipeline(transaction=False)
-        for key in keys:
-            pipe.get(key)
-        values = await self._call("GET", pipe.execute()) or [None] * len(keys)
-        return [v if isinstance(v, bytes) else None for v in values]
-
-    async def keep_later(self, key: str, until: float, ttl_seconds: float) -> None:
-        """Store the time ``until`` at ``key`` unless it holds a later one (atomic)."""
-        await self._call("EVAL", self._client.eval(
-            _KEEP_LATER, 1, key, repr(until), max(1, int(ttl_seconds * 1000))))
-
-    async def try_lock(self, key: str, token: str, ttl_seconds: float,
-                       guarded: str | None = None) -> tuple[bool, bool] | None:
-        """(locked by us, ``guarded`` is stored); None: Redis unavailable or full.
-
-        One round trip: the lock is asked for and the key it guards looked at
-        together (``guarded`` None: assume it may be stored).
-        """
-        if not self.available:
-            return None
-        pipe = self._client.pipeline(transaction=False)
-        pipe.set(key, token, nx=True, px=max(1, int(ttl_seconds * 1000)))
-        if guarded is not None:
-            pipe.exists(guarded)
-        replies = await self._call("SET NX", pipe.execute())
-        if replies is None:
-            return None
-        return bool(replies[0]), guarded is None or bool(replies[1])
-
-    async def extend_lock(self, key: str, token: str, ttl_seconds: float) -> bool | None:
-        """Give our lock ``key`` ``ttl_seconds`` more; False if it is no longer ours,
-        None if Redis did not answer (it may still be ours)."""
-        answer = await self._call("EVAL", self._client.eval(
-            _EXTEND, 1, key, token, max(1, int(ttl_seconds * 1000))))
-        return None if answer is None else bool(answer)
-
-    def release_on_write(self, guarded: str, key: str, token: str) -> None:
-        """Release lock ``key`` in the same round trip as the next ``set`` of ``guarded``."""
-        self._release_on_write[guarded] = (key, token)
-
-    async def unlock(self, key: str, token: str, guarded: str | None = None) -> None:
-        """Release lock ``key``, unless the ``set`` of ``guarded`` already did."""
-        if guarded is not None and self._release_on_write.pop(guarded, None) is None:
-            return
-        await self._call("EVAL", self._client.eval(_RELEASE, 1, key, token))
-
-    async def exists(self, key: str) -> bool:
-        return bool(await self._call("EXISTS", self._client.exists(key)))
-
-    async def _call(self, name: str, pending: Awaitable[Any]) -> Any:
-        if not self.available:
-            _discard(pending)
-            return None
-        self._busy += 1
-        self._idle.clear()
-        try:
-            result = await command(pending)
-        except OutOfMemoryError as exc:
-            # maxmemory reached with a no-eviction policy: the value is simply not cached.
-            self.writes_refused_for_memory += 1
-            metrics.cache_write_refused()
-            self._log_error(name, exc)
-            return None
-        except REDIS_FAILURES as exc:
-            self.healthy = False
-            self._skip_until = time.monotonic() + self._retry_after
-            self._log_error(name, exc)
-            return None
-        finally:
-            self._busy -= 1
-            if not self._busy:
-                self._idle.set()
-        if not self.healthy:
-            log.info("redis is back at %s", self._connection.where())
-            self.healthy = True
-        return result
+        if rider is not None:
+            rider(pipe)
+        await self._link.call("SET", pipe.execute())
 
     async def purge(self, index: str, keys: tuple[str, ...],
                     prefixes: tuple[str, ...]) -> int:
@@ -227,28 +118,8 @@ class RedisTier:
         await command(self._client.delete(index))
         return deleted
 
-    def _log_error(self, command: str, exc: BaseException) -> None:
-        # One line a minute is enough to tell an operator Redis is down.
-        now = time.monotonic()
-        if now - self._last_error_log > 60:
-            self._last_error_log = now
-            log.warning("redis %s failed, serving without it: %s", command,
-                        self._connection.failure(exc))
-
     async def close(self) -> None:
-        self._closed = True
-        # A command cut off by the pool's disconnect would be retried by
-        # redis-py on a fresh socket that nobody closes: let them finish.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), timeout=2.0)
-        await self._connection.aclose()
-
-
-def _discard(pending: Awaitable[Any]) -> None:
-    """Close a coroutine we decided not to run (no 'never awaited' warning)."""
-    close = getattr(pending, "close", None)
-    if close is not None:
-        close()
+        await self._link.close()
 
 
 @functools.lru_cache(maxsize=4096)  # the same mediaEtags, hit after hit
@@ -291,21 +162,9 @@ class AvatarCache:
     def meta_key(self, subject: Subject) -> str:
         return f"{self._prefix}meta:{{{subject.cache_id}}}"
 
-    def lock_key(self, image_key: str) -> str:
-        """The cross-replica download lock of one image (see ``coalesce``)."""
-        return f"{self._prefix}lock:{image_key.removeprefix(self._prefix)}"
-
-    def guarded_key(self, lock_key: str) -> str:
-        """The key whose fetch ``lock_key`` guards: the inverse of ``lock_key``."""
-        return self._prefix + lock_key.removeprefix(f"{self._prefix}lock:")
-
-    def pause_key(self, scope: str) -> str:
-        """Where a Graph throttling pause is shared (see ``throttle``)."""
-        return f"{self._prefix}pause:{{{scope}}}"
-
     @property
     def redis(self) -> RedisTier | None:
-        """The shared tier, if configured: coalescing and throttling use it too."""
+        """The shared tier, if configured (its health is that of every Redis user)."""
         return next((t for t in self.tiers if isinstance(t, RedisTier)), None)
 
     def index_key(self, subject: Subject) -> str:

@@ -139,17 +139,18 @@ def _sign(args: argparse.Namespace) -> int:
 
 
 async def _purge(args: argparse.Namespace) -> int:
-    from . import redisconn
     from .cache import AvatarCache, RedisTier
     from .inputs import parse_subject
     from .preflight import explain_redis
-    from .purge import announce
+    from .redis import connection
+    from .redis.link import RedisLink
+    from .redis.purgechannel import announce
 
     settings = load_settings(args.config)
-    if not redisconn.enabled(settings.cache):
+    if not connection.enabled(settings.cache):
         raise ConfigError(["cache.redis_url: empty; each process's memory tier is private: "
                            "restart the service to forget cached photos"])
-    problems = redisconn.check(settings.cache)
+    problems = connection.check(settings.cache)
     if problems:
         raise ConfigError(problems)
     subjects = []
@@ -158,16 +159,16 @@ async def _purge(args: argparse.Namespace) -> int:
             subjects.append(parse_subject(text))
         except BadRequest as exc:
             print(f"avatarproxy: purge: {text!r}: {exc.public}", file=sys.stderr)
-    cache = AvatarCache(settings.cache, [RedisTier(redisconn.connect(settings.cache))])
+    cache = AvatarCache(settings.cache, [RedisTier(RedisLink(connection.connect(settings.cache)))])
     # Where the replicas listen (in a Cluster, the node they subscribed on).
-    channel = redisconn.subscriber(settings.cache)
+    channel = connection.subscriber(settings.cache)
     try:
         for subject in subjects:
             deleted = await cache.purge(subject)
             replicas = await announce(channel.client, settings.cache.key_prefix, subject.key)
             print(f"{subject.key}: {deleted} cached entries deleted, "
                   f"{replicas} running replicas told")
-    except redisconn.REDIS_FAILURES as exc:  # a Cluster's unreachable error included
+    except connection.REDIS_FAILURES as exc:  # a Cluster's unreachable error included
         print(f"avatarproxy: purge: {explain_redis(settings.cache, exc)}", file=sys.stderr)
         return 1
     finally:

@@ -15,6 +15,9 @@ time only bounds how long a holder that died keeps the others waiting.
 
 A miss waits for each round trip to Redis, so the lock is asked for together
 with a look at the image key, and released together with the image's write.
+
+This module is the policy (wait, take over, renew); the locks' commands and
+key names are ``redis.coordination.DownloadLocks``.
 """
 
 from __future__ import annotations
@@ -25,73 +28,70 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
-from .cache import RedisTier
+from .redis.coordination import DownloadLocks
 
 _POLL_SECONDS = 0.02
 T = TypeVar("T")
 
 
 class ReplicaCoalescer:
-    def __init__(self, redis: RedisTier | None, wait_seconds: float, lock_seconds: float,
-                 guarded_key: Callable[[str], str] | None = None) -> None:
-        self._redis = redis
+    def __init__(self, locks: DownloadLocks | None, wait_seconds: float,
+                 lock_seconds: float) -> None:
+        self._locks = locks
         self._wait = wait_seconds
         # How long a dead holder blocks the others; a live one renews its lock.
         self._lock_seconds = lock_seconds
-        # The key a lock key guards; without it ``lookup`` runs after every lock.
-        self._guarded_key = guarded_key
 
-    async def run(self, lock_key: str, fetch: Callable[[], Awaitable[T]],
+    async def run(self, key: str, fetch: Callable[[], Awaitable[T]],
                   lookup: Callable[[], Awaitable[T | None]]) -> T:
-        """``fetch`` under the lock, or the holder's result found by ``lookup``."""
+        """``fetch`` (which stores its result at cache key ``key``) under the lock of
+        ``key``, or the holder's result found by ``lookup``."""
         # Another flight may have finished between our miss and now.
-        if self._redis is None:
+        if self._locks is None:
             return await lookup() or await fetch()
         token = secrets.token_hex(16)
         deadline = time.monotonic() + self._wait
-        guarded = self._guarded_key(lock_key) if self._guarded_key else None
         while True:
-            attempt = await self._redis.try_lock(lock_key, token, self._lock_seconds, guarded)
+            attempt = await self._locks.try_lock(key, token, self._lock_seconds)
             if attempt is None:
                 return await lookup() or await fetch()  # Redis unavailable: no lock to take
             locked, stored = attempt
             if locked:
-                if guarded is not None:
-                    # Storing what the lock guards releases it, in the same round trip.
-                    self._redis.release_on_write(guarded, lock_key, token)
-                renewal = asyncio.create_task(self._renew(lock_key, token))
+                # Storing what the lock guards releases it, in the same round trip.
+                self._locks.release_on_write(key, token)
+                renewal = asyncio.create_task(self._renew(key, token))
                 try:
                     # Only if a holder stored it between our miss and our lock: usually
                     # not, and the miss costs one round trip to Redis, not two.
                     return (await lookup() if stored else None) or await fetch()
                 finally:
                     renewal.cancel()
-                    await self._redis.unlock(lock_key, token, guarded)
+                    await self._locks.unlock(key, token)
             if time.monotonic() >= deadline:
                 return await fetch()  # waited long enough
-            found = await self._await_holder(lock_key, lookup, deadline)
+            found = await self._await_holder(key, lookup, deadline)
             if found is not None:
                 return found
 
-    async def _renew(self, lock_key: str, token: str) -> None:
+    async def _renew(self, key: str, token: str) -> None:
         """Keep our lock while the fetch runs (cancelled when it ends); most fetches
         end before the first renewal. No longer ours (it expired): stop. Redis not
         answering: try again at the next tick, the lock may well still be ours."""
-        assert self._redis is not None
+        assert self._locks is not None
         while True:
             await asyncio.sleep(self._lock_seconds / 3)
-            if await self._redis.extend_lock(lock_key, token, self._lock_seconds) is False:
+            if await self._locks.extend(key, token, self._lock_seconds) is False:
                 return
 
-    async def _await_holder(self, lock_key: str, lookup: Callable[[], Awaitable[T | None]],
+    async def _await_holder(self, key: str, lookup: Callable[[], Awaitable[T | None]],
                             deadline: float) -> T | None:
         """The holder's result; None once its lock is gone (it failed or died) or time is up."""
-        assert self._redis is not None
+        assert self._locks is not None
         while time.monotonic() < deadline:
             await asyncio.sleep(_POLL_SECONDS)
             found = await lookup()
             if found is not None:
                 return found
-            if not await self._redis.exists(lock_key):
+            if not await self._locks.held(key):
                 return await lookup()  # it may have stored the image just before releasing
         return None

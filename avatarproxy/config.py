@@ -454,7 +454,7 @@ def load_settings(
     return Settings(**sections)
 
 
-# (cache.redis_url: redisconn.check, with advice about passwords.)
+# (cache.redis_url: redis.connection.check, with advice about passwords.)
 _URL_OPTIONS = (("graph", "base_url"), ("auth", "authority"))
 
 

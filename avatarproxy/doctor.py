@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from PIL import Image, features
 
-from . import imaging, preflight, redisconn
+from . import imaging, preflight
 from .app import Builder
 from .config import CacheSettings, Settings, check_credentials, load_settings
 from .errors import (
@@ -38,6 +38,7 @@ from .graph.authproblems import as_problem, default_authority
 from .graph.client import GraphClient
 from .initials import InitialsRenderer
 from .models import Subject
+from .redis import connection
 from .security import Policy
 
 Status = Literal["pass", "warn", "fail"]
@@ -122,23 +123,23 @@ def check_imaging(settings: Settings) -> list[Finding]:
 
 
 async def check_redis(cache: CacheSettings) -> list[Finding]:
-    if not redisconn.enabled(cache):
+    if not connection.enabled(cache):
         return [Finding("redis", "pass", "not configured: in-process memory cache only")]
-    problems = redisconn.check(cache)
+    problems = connection.check(cache)
     if problems:
         return [Finding("redis", "fail", problem) for problem in problems]
     timings = []
     try:
         # The service's own client (single server, Sentinel or Cluster).
-        connection = redisconn.connect(cache)
+        redis = connection.connect(cache)
         try:
             for _ in range(5):
                 started = time.perf_counter()
-                await connection.client.ping()
+                await redis.client.ping()
                 timings.append((time.perf_counter() - started) * 1000)
         finally:
-            await connection.aclose()
-    except redisconn.REDIS_FAILURES as exc:  # a Cluster's unreachable error included
+            await redis.aclose()
+    except connection.REDIS_FAILURES as exc:  # a Cluster's unreachable error included
         problem = preflight.explain_redis(cache, exc)
         policy = ("serve refuses to start" if problem.misconfigured else
                   "serve starts on the memory tier and uses Redis once it answers")

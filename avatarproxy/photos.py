@@ -59,7 +59,7 @@ class Photos:
         if raw is None:
             # One download per photo version and HD size, across sizes and replicas.
             raw = await self._flights.join(source_key, lambda: self._coalescer.run(
-                self._cache.lock_key(source_key),
+                source_key,
                 lambda: self._download(subject, plan.hd_size, source_key),
                 lambda: self._cache.get_image(source_key)))
         body: bytes = await self._pool.run(imaging.render_photo, raw, plan.target, fmt)

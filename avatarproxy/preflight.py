@@ -25,19 +25,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from redis.exceptions import AuthenticationError, NoPermissionError, OutOfMemoryError, ResponseError
 
-from . import redisconn
 from .config import CacheSettings, ServerSettings, Settings, file_problem
 from .errors import AuthError
 from .graph.auth import fetch_token, scope_for
 from .graph.authproblems import as_problem
+from .redis import connection
 
 # How long the start-up check may wait for Redis in all (a Cluster tries each node).
 _REDIS_CHECK_SECONDS = 5.0
-_REDIS_PROBE_FAILURES: tuple[type[Exception], ...] = (*redisconn.REDIS_FAILURES, ValueError)
+_REDIS_PROBE_FAILURES: tuple[type[Exception], ...] = (*connection.REDIS_FAILURES, ValueError)
 
 
 def file_problems(settings: Settings) -> list[str]:
-    """Every configured file outside ``cache`` (redisconn checks those) exists and is
+    """Every configured file outside ``cache`` (redis.connection checks those) exists and is
     readable; CA bundles hold certificates; a client certificate file holds a
     certificate and its private key."""
     auth, graph = settings.auth, settings.graph
@@ -139,12 +139,12 @@ async def _probe_token(settings: Settings, report: Report) -> None:
 
 
 async def _probe_redis(settings: Settings, report: Report) -> None:
-    if not redisconn.enabled(settings.cache):
+    if not connection.enabled(settings.cache):
         return
-    connection = redisconn.connect(settings.cache)
+    redis = connection.connect(settings.cache)
     try:
         async with asyncio.timeout(_REDIS_CHECK_SECONDS):
-            await redisconn.command(connection.client.ping())
+            await connection.command(redis.client.ping())
     except _REDIS_PROBE_FAILURES as exc:
         problem = explain_redis(settings.cache, exc)
         if problem.misconfigured:
@@ -153,7 +153,7 @@ async def _probe_redis(settings: Settings, report: Report) -> None:
             report.degraded.append(f"Redis: {problem}; each process serves from its memory "
                                    "tier and uses Redis once it answers")
     finally:
-        await connection.aclose()
+        await redis.aclose()
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +173,7 @@ class RedisProblem:
 def explain_redis(cache: CacheSettings, exc: BaseException) -> RedisProblem:
     """What a failed command (``serve``'s PING, ``doctor``'s, ``purge``'s) means."""
     text = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else ""
-    advice = redisconn.advice(exc)
+    advice = connection.advice(exc)
     if isinstance(exc, AuthenticationError):  # WRONGPASS, NOAUTH, a disabled user
         key = "cache.redis_password_file" if cache.redis_password_file else "cache.redis_url"
         return RedisProblem(key, f"authentication failed ({text}): {advice}", True)
@@ -194,10 +194,10 @@ def summary(settings: Settings, workers: int) -> str:
     memory = settings.cache.memory_max_bytes / (1024 * 1024)
     cache = settings.cache
     redis = "none (memory tier only)"
-    if redisconn.enabled(cache):
+    if connection.enabled(cache):
         tls = " over TLS" if urlsplit(cache.redis_url).scheme == "rediss" else ""
         mode = {"cluster": "cluster via ", "sentinel": ""}.get(cache.redis_mode, "")
-        redis = f"{mode}{redisconn.where(cache)}{tls}"
+        redis = f"{mode}{connection.where(cache)}{tls}"
     return (f"start-up: Graph {settings.graph.base_url}, authority {authority.netloc}"
             f"{authority.path.rstrip('/')}, Redis {redis}, memory "
             f"tier {memory:g} MiB per worker, {workers} worker{'s' if workers != 1 else ''}, "

@@ -5,49 +5,22 @@ A request pays for what it will cost: one token per Graph call and per render
 token, and may leave the bucket in debt, which the refill repays before the
 next: so a client's Graph calls and renders over time stay within the rate.
 
-With Redis configured the buckets live there, updated by one Lua script (atomic,
-on Redis's clock), so the limit holds across replicas. Without Redis, or while
-it fails, each process keeps its own buckets: the limit then applies per
-replica, which is looser but never an outage.
+With Redis configured the buckets live there (``redis.coordination.RateBuckets``:
+one Lua script, atomic, on Redis's clock), so the limit holds across replicas.
+Without Redis, or while it fails (as the process's one link to Redis sees it:
+``cache.redis_retry_seconds`` after a failure), each process keeps its own
+buckets: the limit then applies per replica, which is looser but never an outage.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections import OrderedDict
 
-from .redisconn import REDIS_FAILURES, RedisConnection, command
-
-log = logging.getLogger(__name__)
+from .redis.coordination import RateBuckets
 
 # Enough buckets for a large intranet; beyond it the least recently seen go.
 MAX_LOCAL_BUCKETS = 100_000
-# After a Redis failure, limit locally for this long instead of waiting for a
-# timeout on every miss.
-REDIS_RETRY_SECONDS = 5.0
-
-# KEYS[1] bucket; ARGV rate (tokens/s), burst, cost. Returns 1 if admitted.
-# TIME is Redis's clock: replicas with skewed clocks still agree.
-_SCRIPT = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local tokens = tonumber(b[1]) or burst
-local at = tonumber(b[2]) or now
-tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
-local taken = 0
-if tokens >= 1 then
-  tokens = tokens - cost
-  taken = 1
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'at', tostring(now))
-redis.call('EXPIRE', KEYS[1], math.ceil((burst - tokens) / rate) + 1)
-return taken
-"""
 
 
 class LocalBuckets:
@@ -74,41 +47,22 @@ class RateLimiter:
     """``allow(client, cost)``: may this client cause ``cost`` more Graph calls or
     renders now? Yes while it holds a token; the cost is then taken in full."""
 
-    def __init__(self, rate: float, burst: int, redis: RedisConnection | None = None,
-                 key_prefix: str = "avatarproxy:") -> None:
+    def __init__(self, rate: float, burst: int, shared: RateBuckets | None = None) -> None:
         self.enabled = rate > 0
         self._rate = rate
         self._burst = burst
-        self._prefix = f"{key_prefix}rl:"
         self._local = LocalBuckets(rate, burst) if self.enabled else None
-        self._redis = redis if self.enabled else None
-        if self._redis is not None:
-            # EVALSHA, loading the script again if Redis restarted and forgot it.
-            self._take = self._redis.client.register_script(_SCRIPT)
-        self._last_error_log = 0.0
-        self._redis_retry_at = 0.0
+        self._shared = shared
 
     async def allow(self, client: str, cost: int = 1) -> bool:
         if self._local is None:
             return True
-        if self._redis is not None and time.monotonic() >= self._redis_retry_at:
-            pending = self._take(keys=[self._prefix + client],
-                                 args=[repr(self._rate), str(self._burst), str(cost)])
-            try:
-                taken = await command(pending)
-            except REDIS_FAILURES as exc:
-                self._redis_retry_at = time.monotonic() + REDIS_RETRY_SECONDS
-                self._log_error(self._redis.failure(exc))
-            else:
-                return bool(taken)
+        if self._shared is not None:
+            taken = await self._shared.take(client, self._rate, self._burst, cost)
+            if taken is not None:
+                return taken
         return self._local.take(client, cost)
 
-    def _log_error(self, failure: str) -> None:
-        now = time.monotonic()
-        if now - self._last_error_log > 60:
-            self._last_error_log = now
-            log.warning("redis rate limit failed, limiting per process: %s", failure)
-
     async def close(self) -> None:
-        if self._redis is not None:
-            await self._redis.aclose()
+        if self._shared is not None:
+            await self._shared.close()

@@ -227,7 +227,7 @@ class AvatarService:
                 return cached  # stale, and no refresh on this client's account
             raise RateLimited()
         refresh = self._flights.start("meta:" + subject.cache_id, lambda: self._coalescer.run(
-            self._cache.lock_key(self._cache.meta_key(subject)),
+            self._cache.meta_key(subject),
             lambda: self._fetch_metadata(subject), lambda: self._fresh_metadata(subject)))
         if cached is not None:
             # Stale: serve it now and refresh once in the background (single flight).

@@ -21,7 +21,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import imaging, logs, redisconn
+from . import imaging, logs
 from .app import WARM, Builder
 from .cache import AvatarCache
 from .config import Settings
@@ -42,6 +42,7 @@ from .graph.resources import meta_from_json, profile_from_json
 from .graph.urls import subject_path
 from .models import PhotoMeta, Subject
 from .negotiation import OutputFormats, choose
+from .redis import connection
 from .security import Policy
 from .service import AvatarService
 from .sizing import plan_fetch
@@ -345,7 +346,7 @@ async def open_warmer(settings: Settings, sizes: Sequence[int], pacer: Pacer,
                       formats: Sequence[str] = ()) -> AsyncIterator[Warmer]:
     """The service's own parts, built as serving builds them (``app.Builder``), on
     the shared Redis only, with a rate-capped Graph client."""
-    if not redisconn.enabled(settings.cache):
+    if not connection.enabled(settings.cache):
         raise ConfigError(["cache.redis_url: warm fills the shared Redis; it is empty"])
     builder = Builder(settings, WARM, tokens=tokens, pacer=pacer)
     builder.check_redis()

@@ -16,10 +16,11 @@ from appclient import Client, client_factory, get
 from appclient import MakeClient as Serve
 from prometheus_client.parser import text_string_to_metric_families
 
-from avatarproxy import redisconn
+from avatarproxy.cache import SCHEMA_VERSION
 from avatarproxy.config import load_settings
 from avatarproxy.graph.auth import StaticTokenProvider
 from avatarproxy.ratelimit import RateLimiter
+from avatarproxy.redis.coordination import Coordination
 
 UNKNOWN = "nobody.at.all@contoso.com"  # no user, no photo, nobody's address: initials
 ADELE = "adele.vance@contoso.com"  # has a photo
@@ -110,7 +111,8 @@ async def flood(client: Client, path: str, count: int, at_once: int) -> dict[str
 async def test_a_step_goes_ahead_while_a_token_is_left_and_pays_its_whole_cost(
         redis_url: str, shared: bool) -> None:
     cache = load_settings(env={}, overrides={"cache.redis_url": redis_url}).cache
-    limiter = RateLimiter(0.001, 5, redisconn.connect(cache) if shared else None)
+    limiter = RateLimiter(0.001, 5,
+                          Coordination.connect(cache, SCHEMA_VERSION).buckets if shared else None)
     try:
         assert await limiter.allow("10.0.0.1", 4)  # 5 tokens, 1 left
         assert await limiter.allow("10.0.0.1", 3)  # 1 left: in, and 2 in debt

@@ -13,11 +13,12 @@ import redis.asyncio as aioredis
 from loopback import free_port
 from redisservers import Topology
 
-from avatarproxy import redisconn
 from avatarproxy.cache import AvatarCache, CacheTier, MemoryTier, RedisTier
 from avatarproxy.config import load_settings
 from avatarproxy.memory import INITIALS_MARK
 from avatarproxy.models import PhotoMeta, Profile, Subject
+from avatarproxy.redis import connection
+from avatarproxy.redis.link import RedisLink
 
 SETTINGS = load_settings(env={}).cache
 
@@ -25,7 +26,7 @@ SETTINGS = load_settings(env={}).cache
 def redis_tier(url: str, timeout: float = 1.0, **overrides: Any) -> RedisTier:
     settings = load_settings(env={}, overrides={
         "cache.redis_url": url, "cache.redis_timeout_seconds": timeout, **overrides}).cache
-    return RedisTier(redisconn.connect(settings))
+    return RedisTier(RedisLink(connection.connect(settings)))
 
 
 @pytest.fixture(params=["memory", "redis", "redis_tls", "redis_sentinel", "redis_cluster"])
@@ -168,7 +169,7 @@ async def test_a_type_error_of_ours_under_a_redis_command_is_raised_not_taken_fo
     def broken(self: object) -> tuple[str]:
         raise TypeError("a bug of ours")
 
-    monkeypatch.setattr(redisconn._PasswordFile, "get_credentials", broken)
+    monkeypatch.setattr(connection._PasswordFile, "get_credentials", broken)
     try:
         with pytest.raises(TypeError, match="a bug of ours"):
             await tier.get(P + "k")

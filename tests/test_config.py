@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from loopback import free_port
 
-from avatarproxy import redisconn
 from avatarproxy.config import OPTIONS, check_credentials, load_settings, render_example
 from avatarproxy.errors import ConfigError
+from avatarproxy.redis import connection
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -184,6 +184,6 @@ def test_a_url_that_cannot_be_split_is_one_line_naming_its_key(key: str, value: 
 def test_redis_url_query_options_that_override_the_service_are_refused(query: str) -> None:
     settings = load_settings(env={}, overrides={
         "cache.redis_url": f"redis://:hunter2@127.0.0.1:6390/0?{query}"})
-    problems = redisconn.check(settings.cache)
+    problems = connection.check(settings.cache)
     assert len(problems) == 1 and problems[0].startswith("cache.redis_url: no query options")
     assert "hunter2" not in problems[0]

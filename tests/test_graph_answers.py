@@ -14,15 +14,17 @@ import redis.asyncio as aioredis
 from aiohttp import ClientSession, web
 from appclient import MakeClient, get
 
-from avatarproxy.cache import AvatarCache
+from avatarproxy.cache import SCHEMA_VERSION, AvatarCache
 from avatarproxy.config import load_settings
 from avatarproxy.demo.graphanswers import GATEWAY_HTML, REAL_ERRORS
 from avatarproxy.graph.replies import read_capped
 from avatarproxy.models import Subject
+from avatarproxy.redis.coordination import SharedKeys
 
 ADELE = "adele.vance@contoso.com"  # 648x648 photo
 ALEX = "alex.wilber@contoso.com"  # 240x240 photo
 KEYS = AvatarCache(load_settings(env={}).cache, [])  # key names only
+SHARED = SharedKeys(load_settings(env={}).cache.key_prefix, SCHEMA_VERSION)
 APP_SCOPE = "Application/ApplicationAndTenant/app-id/tenant-id"
 
 
@@ -105,7 +107,7 @@ async def test_a_far_future_retry_after_pauses_graph_for_five_minutes_at_most(
     assert headers["X-Avatar-Source"] == "initials"
     store = aioredis.Redis.from_url(redis_url)
     try:  # shared by every replica: an absurd date must not stop Graph for good
-        assert 0 < await store.pttl(KEYS.pause_key("app")) <= 300_000
+        assert 0 < await store.pttl(SHARED.pause("app")) <= 300_000
     finally:
         await store.aclose()
 

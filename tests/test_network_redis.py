@@ -23,7 +23,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redisservers import start_server
 
 from avatarproxy.cli import main
-from avatarproxy.purge import LISTENER, PurgeListener
+from avatarproxy.purge import LISTENER
+from avatarproxy.redis.purgechannel import PurgeListener
 from avatarproxy.web import SERVICE
 
 ADELE = "adele.vance@contoso.com"  # 648x648 photo
@@ -189,18 +190,19 @@ async def test_a_redis_outage_is_logged_once_with_where_and_what_to_check_and_it
     assert (await get(client, f"/avatar/{ALEX}/48"))[1]["X-Avatar-Source"] == "photo"
     where = f"127.0.0.1:{redis_proxy.port}"
     # Twenty failed attempts, one line for the outage, one for its end.
-    down = _lines(caplog, "avatarproxy.purge", logging.WARNING)
+    down = _lines(caplog, "avatarproxy.redis.purgechannel", logging.WARNING)
     assert len(down) == 1, down
     assert down[0].startswith(f"purge channel unavailable on {where}: ")
     assert "check cache.redis_url" in down[0]
-    up = _lines(caplog, "avatarproxy.purge", logging.INFO)
+    up = _lines(caplog, "avatarproxy.redis.purgechannel", logging.INFO)
     assert len(up) == 1 and re.fullmatch(
         rf"purge channel subscribed again on {re.escape(where)} after \d+ s", up[0]), up
-    # The cache tier's lines name Redis and the setting as well.
-    cache_down = _lines(caplog, "avatarproxy.cache", logging.WARNING)
+    # The lines of Redis' health (the cache tier's, among others) name Redis and the
+    # setting as well.
+    cache_down = _lines(caplog, "avatarproxy.redis.link", logging.WARNING)
     assert cache_down and all(f"{where}: " in line and "check cache.redis_url" in line
                               for line in cache_down), cache_down
-    assert _lines(caplog, "avatarproxy.cache", logging.INFO) == [f"redis is back at {where}"]
+    assert _lines(caplog, "avatarproxy.redis.link", logging.INFO) == [f"redis is back at {where}"]
 
 
 async def test_redis_errors_name_the_password_setting_and_never_the_password(
@@ -214,12 +216,14 @@ async def test_redis_errors_name_the_password_setting_and_never_the_password(
         listener = client.app[LISTENER]
         listener.retry_seconds = 0.05
         assert (await get(client, f"/avatar/{ADELE}/48"))[1]["X-Avatar-Source"] == "photo"
-        await _until(lambda: _lines(caplog, "avatarproxy.purge", logging.WARNING),
+        await _until(lambda: _lines(caplog, "avatarproxy.redis.purgechannel", logging.WARNING),
                      "the purge listener's warning")
     finally:
         server.stop()
+    # The purge listener's line, and the one line of Redis' health (which the cache tier,
+    # the rate limiter, the locks and the pauses share).
     lines = {name: _lines(caplog, f"avatarproxy.{name}", logging.WARNING)
-             for name in ("purge", "cache", "ratelimit")}
+             for name in ("redis.purgechannel", "redis.link")}
     assert all(lines.values()), lines
     for line in (line for found in lines.values() for line in found):
         assert f"127.0.0.1:{server.port}: AuthenticationError" in line, line

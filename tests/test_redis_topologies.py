@@ -18,7 +18,6 @@ from loopback import free_port, wait_for
 from redis.crc import key_slot
 from redisservers import Server, Topology, sentinel_master_port, start_cluster
 
-from avatarproxy import redisconn
 from avatarproxy.app import create_app
 from avatarproxy.cache import AvatarCache, RedisTier
 from avatarproxy.cli import main
@@ -26,7 +25,9 @@ from avatarproxy.config import load_settings
 from avatarproxy.errors import ConfigError
 from avatarproxy.models import Subject
 from avatarproxy.purge import LISTENER
-from avatarproxy.purge import channel as purge_channel
+from avatarproxy.redis import connection
+from avatarproxy.redis.link import RedisLink
+from avatarproxy.redis.purgechannel import channel as purge_channel
 
 PEOPLE = ["adele.vance@contoso.com", "alex.wilber@contoso.com", "megan.bowen@contoso.com",
           "lee.gu@contoso.com"]
@@ -272,7 +273,8 @@ async def test_two_deployments_with_their_own_prefix_share_one_redis(redis_url: 
     settings = [load_settings(env={}, overrides={
         "cache.redis_url": redis_url, "cache.key_prefix": prefix}).cache
         for prefix in ("intranet:", "extranet:")]
-    intranet, extranet = (AvatarCache(s, [RedisTier(redisconn.connect(s))]) for s in settings)
+    intranet, extranet = (AvatarCache(s, [RedisTier(RedisLink(connection.connect(s)))])
+                          for s in settings)
     subject = Subject(PEOPLE[0])
     await intranet.put_image(intranet.photo_key(subject, '"E"', 48, "jpeg", "1"), b"intranet")
     assert await extranet.get_image(extranet.photo_key(subject, '"E"', 48, "jpeg", "1")) is None
@@ -294,7 +296,7 @@ def _digest_of(cache: AvatarCache, subject: Subject) -> str:
 async def test_a_write_refused_for_lack_of_memory_is_counted_and_ignored(
         redis_url: str) -> None:
     settings = load_settings(env={}, overrides={"cache.redis_url": redis_url}).cache
-    tier = RedisTier(redisconn.connect(settings))
+    tier = RedisTier(RedisLink(connection.connect(settings)))
     with redis.Redis.from_url(redis_url) as admin:
         policy = admin.config_get("maxmemory-policy")["maxmemory-policy"]
         admin.config_set("maxmemory-policy", "noeviction")
@@ -316,7 +318,7 @@ async def test_a_redis_whose_certificate_is_not_trusted_reads_as_a_miss(
         redis_tls: Topology) -> None:
     overrides = {**redis_tls.overrides, "cache.redis_ca_file": ""}  # system trust only
     settings = load_settings(env={}, overrides=overrides).cache
-    tier = RedisTier(redisconn.connect(settings))
+    tier = RedisTier(RedisLink(connection.connect(settings)))
     await tier.set("k", b"v", 60)
     assert await tier.get("k") is None
     await tier.close()
@@ -328,7 +330,7 @@ async def test_a_rotated_password_file_is_used_when_redis_drops_the_connection(
         redis_tls: Topology) -> None:
     password_file = Path(redis_tls.overrides["cache.redis_password_file"])
     settings = load_settings(env={}, overrides=redis_tls.overrides).cache
-    tier = RedisTier(redisconn.connect(settings))
+    tier = RedisTier(RedisLink(connection.connect(settings)))
     await tier.set("avatarproxy:rotated", b"before", 60)  # the ACL user's keys
     with redis_tls.servers[0].client() as admin:
         old = _rotate(admin, password_file, "new-secret")

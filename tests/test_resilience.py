@@ -15,14 +15,14 @@ import redis.asyncio as aioredis
 from appclient import MakeClient, get
 from PIL import Image
 
-from avatarproxy import redisconn
-from avatarproxy.cache import AvatarCache, RedisTier
+from avatarproxy.cache import SCHEMA_VERSION, AvatarCache
 from avatarproxy.config import load_settings
 from avatarproxy.demo.photos import portrait
 from avatarproxy.errors import GraphUnavailable, Overloaded
 from avatarproxy.graph.throttle import GraphGate
 from avatarproxy.limits import LoadLimits
 from avatarproxy.models import Subject
+from avatarproxy.redis.coordination import Coordination, SharedKeys
 from avatarproxy.web import SERVICE
 
 ADELE = "adele.vance@contoso.com"
@@ -30,6 +30,7 @@ ALEX = "alex.wilber@contoso.com"
 MEGAN = "megan.bowen@contoso.com"
 APP_SCOPE = "Application/ApplicationAndTenant/app-id/tenant-id"
 KEYS = AvatarCache(load_settings(env={}).cache, [])  # key names only
+SHARED = SharedKeys(load_settings(env={}).cache.key_prefix, SCHEMA_VERSION)
 
 
 def downloads(fake_graph: Any, who: str = "") -> int:
@@ -59,7 +60,7 @@ async def test_app_wide_throttle_pauses_every_call_on_every_replica(
     store = aioredis.Redis.from_url(redis_url)
     try:  # the throttled answer is not remembered as "no photo"
         assert await store.get(KEYS.meta_key(Subject(ADELE))) is None
-        assert 29 < await store.pttl(KEYS.pause_key("app")) / 1000 <= 30
+        assert 29 < await store.pttl(SHARED.pause("app")) / 1000 <= 30
     finally:
         await store.aclose()
 
@@ -105,8 +106,9 @@ async def test_one_persons_throttle_without_scope_pauses_only_that_person(
 async def test_a_shorter_throttle_pause_from_another_replica_keeps_the_longer_one(
         redis_url: str) -> None:
     settings = load_settings(env={}, overrides={"cache.redis_url": redis_url})
-    redis = RedisTier(redisconn.connect(settings.cache))
-    one, two, three = (GraphGate(settings.graph, redis, KEYS.pause_key) for _ in range(3))
+    shared = Coordination.connect(settings.cache, SCHEMA_VERSION)
+    assert shared.link is not None
+    one, two, three = (GraphGate(settings.graph, shared.pauses) for _ in range(3))
     try:
         # Two replicas' calls were in flight together; Graph throttles both, the
         # second answer with a shorter Retry-After than the first.
@@ -118,7 +120,7 @@ async def test_a_shorter_throttle_pause_from_another_replica_keeps_the_longer_on
             await three.admit(MEGAN)
         assert paused.value.retry_after is not None and paused.value.retry_after > 25
     finally:
-        await redis.close()
+        await shared.link.close()
 
 
 async def test_circuit_breaker_stops_calling_a_failing_graph_then_probes_it(
@@ -272,7 +274,7 @@ async def test_a_dead_holders_lock_expires_and_the_waiter_fetches_itself(
         make_client: MakeClient, fake_graph: Any, redis_url: str) -> None:
     client = await make_client()
     etag = fake_graph.graph.person(ADELE).media_etag
-    lock = KEYS.lock_key(KEYS.source_key(Subject(ADELE), etag, 48))
+    lock = SHARED.lock(KEYS.source_key(Subject(ADELE), etag, 48))
     store = aioredis.Redis.from_url(redis_url)
     try:  # another replica took the download lock, then died
         await store.set(lock, "dead-holder", px=300)

@@ -24,13 +24,14 @@ from loopback import free_port
 from PIL import Image
 from redisservers import OTHER_PREFIX, Topology
 
-from avatarproxy import redisconn
 from avatarproxy.app import create_app
+from avatarproxy.cache import SCHEMA_VERSION
 from avatarproxy.cli import main
 from avatarproxy.config import load_settings
 from avatarproxy.graph.auth import StaticTokenProvider
 from avatarproxy.purge import LISTENER
 from avatarproxy.ratelimit import RateLimiter
+from avatarproxy.redis.coordination import Coordination
 from avatarproxy.security import ClientAddress, Policy, sign_url, signature
 
 ADELE = "adele.vance@contoso.com"  # has a photo
@@ -450,7 +451,7 @@ async def test_a_silent_redis_costs_the_limiter_one_timeout_not_one_per_miss() -
         port = silent.getsockname()[1]
         cache = load_settings(env={}, overrides={"cache.redis_url": f"redis://127.0.0.1:{port}/0",
                                                  "cache.redis_timeout_seconds": 0.2}).cache
-        limiter = RateLimiter(1000.0, 1000, redisconn.connect(cache))
+        limiter = RateLimiter(1000.0, 1000, Coordination.connect(cache, SCHEMA_VERSION).buckets)
         try:
             started = time.monotonic()
             assert all([await limiter.allow("10.0.0.1") for _ in range(20)])

@@ -18,12 +18,11 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
 
 from .. import logs
-from ..cache import RedisTier
 from ..config import GraphSettings
 from ..errors import GraphUnavailable
+from ..redis.coordination import ThrottlePauses
 
 # Named as before the move into graph/: operators' log queries may use it.
 log = logging.getLogger("avatarproxy.throttle")
@@ -43,10 +42,8 @@ def scope_of(mailbox: str, header: str | None) -> str:
 
 
 class GraphGate:
-    def __init__(self, settings: GraphSettings, redis: RedisTier | None = None,
-                 pause_key: Callable[[str], str] = str) -> None:
-        self._redis = redis
-        self._key = pause_key
+    def __init__(self, settings: GraphSettings, shared: ThrottlePauses | None = None) -> None:
+        self._shared = shared  # the other replicas' pauses, in Redis
         self._threshold = settings.breaker_threshold
         self._cooldown = settings.breaker_cooldown_seconds
         self._paused: dict[str, float] = {}  # scope -> wall-clock end (shared with replicas)
@@ -109,16 +106,15 @@ class GraphGate:
             self._paused = {s: u for s, u in self._paused.items() if u > now}
         log.warning("Graph throttled %s: pausing its calls for %.3g s", _scope_ref(scope),
                     seconds)
-        if self._redis is not None and seconds > 0:
+        if self._shared is not None and seconds > 0:
             # Another replica may have stored a longer pause: the later end stays.
-            await self._redis.keep_later(self._key(scope), until, seconds)
+            await self._shared.keep_later(scope, until, seconds)
 
     async def _pause_left(self, scopes: list[str]) -> float:
         now = time.time()
         until = max(self._paused.get(scope, 0.0) for scope in scopes)
-        if until <= now and self._redis is not None and self._redis.available:
-            for raw in await self._redis.get_many([self._key(scope) for scope in scopes]):
-                until = max(until, _float(raw))
+        if until <= now and self._shared is not None:
+            until = max(until, await self._shared.latest(scopes))
         return max(0.0, until - now)
 
     def _record_failure(self) -> None:
@@ -149,10 +145,3 @@ def _scope_ref(scope: str) -> str:
     """A scope as log lines name it: a mailbox is a person (``logging.log_upn``)."""
     kind, _, mailbox = scope.partition(":")
     return f"{kind}:{logs.subject_ref(mailbox)}" if kind == "mailbox" else scope
-
-
-def _float(raw: bytes | None) -> float:
-    try:
-        return float(raw) if raw is not None else 0.0
-    except ValueError:
-        return 0.0

@@ -36,10 +36,10 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.typing import EncodableT
 
-from .config import CacheSettings, file_problem
+from ..config import CacheSettings, file_problem
 
 T = TypeVar("T")
-_PACKAGE = __name__.rpartition(".")[0] + "."
+_PACKAGE = __name__.partition(".")[0] + "."  # avatarproxy., not avatarproxy.redis.
 
 RedisClient = Redis | RedisCluster
 

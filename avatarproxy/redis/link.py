@@ -1,0 +1,130 @@
+"""A process's one link to the shared Redis, and the one view of whether Redis is up.
+
+Every part that keeps state in the shared Redis (the avatar cache's Redis tier,
+the download locks, the Graph throttling pauses, the rate-limit buckets) sends
+its commands through one ``RedisLink``: one connection pool, and one health
+state. So they agree: after a failure seen by any of them, all of them go
+without Redis for ``cache.redis_retry_seconds`` (``healthy`` is False
+meanwhile), and a Redis outage costs requests nothing and does not pile up
+coroutines waiting on timeouts; the next command after that is the probe that
+reconnects. An outage is logged at most once a minute, its end once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
+from redis.exceptions import OutOfMemoryError
+
+from .. import metrics
+from .connection import REDIS_FAILURES, RedisClient, RedisConnection, command
+
+log = logging.getLogger(__name__)
+
+RedisPipeline = Pipeline | ClusterPipeline
+# Adds commands to the pipeline that writes a key (see ``RedisLink.attach_to_write``).
+WriteRider = Callable[[RedisPipeline], object]
+_WARN_EVERY_SECONDS = 60  # one line a minute is enough to tell an operator Redis is down
+
+
+class RedisLink:
+    """Redis with short timeouts; errors are logged and read as "no answer" (None).
+
+    A write Redis refuses for lack of memory (maxmemory reached under a
+    no-eviction policy) is counted and ignored: the value is simply not kept,
+    and Redis is not taken for down.
+    """
+
+    def __init__(self, connection: RedisConnection, retry_after: float = 1.0) -> None:
+        self.connection = connection
+        self.client: RedisClient = connection.client
+        self._retry_after = retry_after
+        self._skip_until = 0.0
+        self._last_warning = 0.0
+        self.writes_refused_for_memory = 0
+        self.healthy = True
+        self._closed = False
+        self._busy = 0  # commands in flight; close() lets them finish first
+        self._idle = asyncio.Event()
+        self._idle.set()
+        # key -> what rides along with its next write (a lock released by storing what
+        # it guarded); see attach_to_write.
+        self._riders: dict[str, WriteRider] = {}
+
+    @property
+    def available(self) -> bool:
+        """Whether a command would be sent now (not closed, not skipped after a failure)."""
+        # Closed: a late background task must not open a fresh connection that
+        # nobody will ever close (redis-py reconnects on the next command).
+        return not self._closed and (self.healthy or time.monotonic() >= self._skip_until)
+
+    async def call(self, name: str, pending: Awaitable[Any]) -> Any:
+        """``pending``'s answer; None if Redis failed, is skipped, or refused for memory.
+
+        ``name`` (the command, ``GET``, ``EVAL``...) is for the log line.
+        """
+        if not self.available:
+            _discard(pending)
+            return None
+        self._busy += 1
+        self._idle.clear()
+        try:
+            result = await command(pending)
+        except OutOfMemoryError as exc:
+            self.writes_refused_for_memory += 1
+            metrics.cache_write_refused()
+            self._warn(name, exc)
+            return None
+        except REDIS_FAILURES as exc:
+            self.healthy = False
+            self._skip_until = time.monotonic() + self._retry_after
+            self._warn(name, exc)
+            return None
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
+        if not self.healthy:
+            log.info("redis is back at %s", self.connection.where())
+            self.healthy = True
+        return result
+
+    def attach_to_write(self, key: str, rider: WriteRider) -> None:
+        """Send ``rider``'s commands in the same round trip as the next write of ``key``."""
+        self._riders[key] = rider
+
+    def detach_from_write(self, key: str) -> WriteRider | None:
+        """What rides along with the next write of ``key``; it is that write's now."""
+        return self._riders.pop(key, None)
+
+    def _warn(self, command: str, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_warning > _WARN_EVERY_SECONDS:
+            self._last_warning = now
+            log.warning("redis %s failed, serving without it: %s", command,
+                        self.connection.failure(exc))
+
+    async def close(self) -> None:
+        """Close the connection once, after the commands in flight (each user may call it)."""
+        if self._closed:
+            return
+        self._closed = True
+        # A command cut off by the pool's disconnect would be retried by
+        # redis-py on a fresh socket that nobody closes: let them finish.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout=2.0)
+        await self.connection.aclose()
+
+
+def _discard(pending: Awaitable[Any]) -> None:
+    """Close a coroutine we decided not to run (no 'never awaited' warning)."""
+    close = getattr(pending, "close", None)
+    if close is not None:
+        close()
