@@ -1,11 +1,12 @@
 """The one place that reads configuration: TOML file, environment, flags.
 
-Every option is declared once in ``OPTIONS`` (section, key, type, default,
-help); ``config.example.toml`` is generated from the declarations and a test
-keeps the committed copy identical. Precedence, lowest first: defaults, the
-file, ``AZURE_*`` (Azure SDK / workload-identity conventions),
-``AVATARPROXY_<SECTION>_<KEY>``, command-line flags. Every problem is
-reported at once, one line each, naming the key.
+Each component declares its options once, as the fields of its settings class
+(``options.settings``); this module only loads, merges and reports them.
+``OPTIONS`` lists the declarations, from which ``config.example.toml`` and
+docs/configuration.md are generated (tests keep the committed copies identical).
+Precedence, lowest first: defaults, the file, ``AZURE_*`` (Azure SDK /
+workload-identity conventions), ``AVATARPROXY_<SECTION>_<KEY>``, command-line flags.
+Every problem is reported at once, one line each, naming the key.
 """
 
 from __future__ import annotations
@@ -13,197 +14,249 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
 from .graph.clouds import API_VERSIONS, CLOUDS, authority, graph_base_url
+from .options import Option, declared, option, settings
 
 _MiB = 1024 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class Option:
-    section: str
-    key: str
-    kind: type  # str, int, float, bool or list (of str)
-    default: Any
-    help: str
-    minimum: float | None = None
-    choices: tuple[str, ...] = ()
-    secret: bool = False
+@settings("server")
+class ServerSettings:
+    host: str = option("0.0.0.0", "Address to listen on.")  # noqa: S104
+    port: int = option(8080, "TCP port to listen on.", minimum=1)
+    metrics_port: int = option(
+        0,
+        "TCP port serving /metrics (and /healthz, /readyz) alone, so a NetworkPolicy can "
+        "open it to Prometheus only; 0: /metrics is served on server.port.", minimum=0)
+    workers: int = option(
+        0,
+        "Worker processes sharing the port; 0: the CPUs this container may use (cgroup "
+        "quota and CPU affinity).", minimum=0)
+    drain_seconds: float = option(
+        5.0,
+        "After SIGTERM: seconds to keep accepting while unready, so endpoints drop the pod.",
+        minimum=0)
+    grace_seconds: float = option(
+        20.0,
+        "After draining: seconds in-flight requests and the Graph fetches still running "
+        "get to finish.", minimum=0.1)
+    cors_origins: tuple[str, ...] = option(
+        (),
+        "Origins allowed to read avatars from scripts (canvas, fetch), e.g. "
+        "https://intranet.contoso.com; \"*\" for any; empty: CORS off.")
+    intranet_origins: tuple[str, ...] = option(
+        (),
+        "Origins of pages on other sites that show avatars, as browsers send them "
+        "(https://intranet.contoso.com): they get ?fallback=404 and the usual caching, as "
+        "same-site pages do. Other websites' pages get initials for ?fallback=404 and "
+        "photos cached like initials, so they cannot tell who has a photo; \"*\": every "
+        "site. Origins in cors_origins count as listed.")
+    cross_origin_resource_policy: str = option(
+        "cross-origin",
+        "Cross-Origin-Resource-Policy of avatars: which sites may embed them.",
+        choices=("cross-origin", "same-site", "same-origin"))
+    request_deadline_seconds: float = option(
+        3.0,
+        "Longest a request waits for Graph; past it the answer is initials with no-store.",
+        minimum=0.05)
+    max_inflight: int = option(
+        512,
+        "Avatar requests waiting on Graph, Redis or images at once per process; past it: "
+        "initials with no-store (avatars the process holds are still served).", minimum=1)
+    max_queued_images: int = option(
+        64,
+        "Image jobs (decode, resize, encode) queued at once; past it: initials, no-store.",
+        minimum=1)
+    trusted_proxies: tuple[str, ...] = option(
+        (),
+        "Addresses or CIDR networks of reverse proxies whose X-Forwarded-For is believed.")
 
-    @property
-    def env_name(self) -> str:
-        return f"AVATARPROXY_{self.section}_{self.key}".upper()
+
+@settings("graph")
+class GraphSettings:
+    cloud: str = option(
+        "global",
+        "National cloud: selects the Graph endpoint, the authority host and the token "
+        "scope.", choices=tuple(CLOUDS))
+    api_version: str = option(
+        "v1.0",
+        "Graph API version appended to the cloud's endpoint.", choices=API_VERSIONS)
+    base_url: str = option(
+        "",
+        "Microsoft Graph root, API version included; empty: from graph.cloud and "
+        "graph.api_version.")
+    timeout_seconds: float = option(10.0, "Total timeout of one Graph request.", minimum=0.1)
+    max_concurrency: int = option(16, "Graph requests in flight at once, per process.", minimum=1)
+    ca_file: str = option(
+        "",
+        "CA bundle to trust for Graph (private PKI, test servers); empty: system trust.")
+    max_retries: int = option(
+        2,
+        "Retries of a throttled or failed Graph call, if the wait fits "
+        "retry_max_wait_seconds.", minimum=0)
+    retry_max_wait_seconds: float = option(
+        1.0,
+        "Longest Retry-After (or backoff) a request waits for before retrying.", minimum=0)
+    breaker_threshold: int = option(
+        5,
+        "Consecutive Graph failures (5xx, timeouts) that open the circuit breaker.", minimum=1)
+    breaker_cooldown_seconds: float = option(
+        10.0,
+        "How long an open circuit breaker stops Graph calls before one probe.", minimum=0.01)
 
 
-OPTIONS: tuple[Option, ...] = (
-    Option("server", "host", str, "0.0.0.0", "Address to listen on.",),  # noqa: S104
-    Option("server", "port", int, 8080, "TCP port to listen on.", minimum=1),
-    Option("server", "metrics_port", int, 0,
-           "TCP port serving /metrics (and /healthz, /readyz) alone, so a NetworkPolicy can "
-           "open it to Prometheus only; 0: /metrics is served on server.port.", minimum=0),
-    Option("server", "workers", int, 0,
-           "Worker processes sharing the port; 0: the CPUs this container may use "
-           "(cgroup quota and CPU affinity).", minimum=0),
-    Option("server", "drain_seconds", float, 5.0,
-           "After SIGTERM: seconds to keep accepting while unready, so endpoints drop the pod.",
-           minimum=0),
-    Option("server", "grace_seconds", float, 20.0,
-           "After draining: seconds in-flight requests and the Graph fetches still running "
-           "get to finish.", minimum=0.1),
-    Option("server", "cors_origins", list, [],
-           "Origins allowed to read avatars from scripts (canvas, fetch), e.g. "
-           "https://intranet.contoso.com; \"*\" for any; empty: CORS off."),
-    Option("server", "intranet_origins", list, [],
-           "Origins of pages on other sites that show avatars, as browsers send them "
-           "(https://intranet.contoso.com): they get ?fallback=404 and the usual caching, as "
-           "same-site pages do. Other websites' pages get initials for ?fallback=404 and "
-           "photos cached like initials, so they cannot tell who has a photo; \"*\": every "
-           "site. Origins in cors_origins count as listed."),
-    Option("server", "cross_origin_resource_policy", str, "cross-origin",
-           "Cross-Origin-Resource-Policy of avatars: which sites may embed them.",
-           choices=("cross-origin", "same-site", "same-origin")),
-    Option("server", "request_deadline_seconds", float, 3.0,
-           "Longest a request waits for Graph; past it the answer is initials with no-store.",
-           minimum=0.05),
-    Option("server", "max_inflight", int, 512,
-           "Avatar requests waiting on Graph, Redis or images at once per process; past it: "
-           "initials with no-store (avatars the process holds are still served).",
-           minimum=1),
-    Option("server", "max_queued_images", int, 64,
-           "Image jobs (decode, resize, encode) queued at once; past it: initials, no-store.",
-           minimum=1),
-    Option("server", "trusted_proxies", list, [],
-           "Addresses or CIDR networks of reverse proxies whose X-Forwarded-For is believed."),
-    Option("graph", "cloud", str, "global",
-           "National cloud: selects the Graph endpoint, the authority host and the token scope.",
-           choices=tuple(CLOUDS)),
-    Option("graph", "api_version", str, "v1.0",
-           "Graph API version appended to the cloud's endpoint.", choices=API_VERSIONS),
-    Option("graph", "base_url", str, "",
-           "Microsoft Graph root, API version included; empty: from graph.cloud and "
-           "graph.api_version."),
-    Option("graph", "timeout_seconds", float, 10.0,
-           "Total timeout of one Graph request.", minimum=0.1),
-    Option("graph", "max_concurrency", int, 16,
-           "Graph requests in flight at once, per process.", minimum=1),
-    Option("graph", "ca_file", str, "",
-           "CA bundle to trust for Graph (private PKI, test servers); empty: system trust."),
-    Option("graph", "max_retries", int, 2,
-           "Retries of a throttled or failed Graph call, if the wait fits retry_max_wait_seconds.",
-           minimum=0),
-    Option("graph", "retry_max_wait_seconds", float, 1.0,
-           "Longest Retry-After (or backoff) a request waits for before retrying.", minimum=0),
-    Option("graph", "breaker_threshold", int, 5,
-           "Consecutive Graph failures (5xx, timeouts) that open the circuit breaker.",
-           minimum=1),
-    Option("graph", "breaker_cooldown_seconds", float, 10.0,
-           "How long an open circuit breaker stops Graph calls before one probe.", minimum=0.01),
-    Option("auth", "tenant_id", str, "", "Entra ID tenant (directory) id. AZURE_TENANT_ID."),
-    Option("auth", "client_id", str, "", "Application (client) id. AZURE_CLIENT_ID."),
-    Option("auth", "client_secret", str, "",
-           "Client secret. Prefer client_secret_file. AZURE_CLIENT_SECRET.", secret=True),
-    Option("auth", "client_secret_file", str, "",
-           "File holding the client secret (a mounted Kubernetes secret)."),
-    Option("auth", "certificate_path", str, "",
-           "PEM file with the certificate and its private key. AZURE_CLIENT_CERTIFICATE_PATH."),
-    Option("auth", "federated_token_file", str, "",
-           "Workload-identity token file, re-read on each token request. "
-           "AZURE_FEDERATED_TOKEN_FILE."),
-    Option("auth", "authority", str, "",
-           "Token authority; empty: https://login.microsoftonline.com/<tenant_id> "
-           "(AZURE_AUTHORITY_HOST replaces the host)."),
-    Option("auth", "ca_file", str, "",
-           "CA bundle to trust for the authority (private PKI, test identity providers)."),
-    Option("cache", "redis_url", str, "",
-           "Shared Redis: redis://, rediss:// (TLS) or unix://, user:password@ allowed; "
-           "cluster mode: any one node; sentinel mode: scheme, user and db only (host "
-           "ignored). Empty (standalone): in-process memory only."),
-    Option("cache", "redis_timeout_seconds", float, 0.5,
-           "Timeout of one Redis command; a slow Redis counts as a miss.", minimum=0.01),
-    Option("cache", "redis_mode", str, "standalone",
-           "How redis_url is reached: one server, a Sentinel-managed master, or a Cluster.",
-           choices=("standalone", "sentinel", "cluster")),
-    Option("cache", "redis_password_file", str, "",
-           "File holding the Redis password (re-read on each new connection); "
-           "the user name stays in redis_url."),
-    Option("cache", "redis_ca_file", str, "",
-           "CA bundle to trust for rediss:// (private PKI); empty: system trust."),
-    Option("cache", "redis_sentinels", list, [],
-           "Sentinel mode: the Sentinels, as host:port."),
-    Option("cache", "redis_sentinel_master", str, "mymaster",
-           "Sentinel mode: the name the Sentinels monitor the master under."),
-    Option("cache", "redis_sentinel_password_file", str, "",
-           "Sentinel mode: file holding the Sentinels' own password, if they require one."),
-    Option("cache", "key_prefix", str, "avatarproxy:",
-           "Prefix of every Redis key, so deployments can share one Redis."),
-    Option("cache", "redis_retry_seconds", float, 1.0,
-           "After a Redis failure, how long to skip Redis before trying it again.", minimum=0.01),
-    Option("cache", "purge_ping_seconds", float, 30.0,
-           "Purge subscription: PING it after this long without traffic, and subscribe again "
-           "if no PONG comes within as long again (a NAT may drop idle flows silently).",
-           minimum=0.1),
-    Option("cache", "coalesce_wait_seconds", float, 2.0,
-           "How long a replica waits for another replica's download of the same image.",
-           minimum=0),
-    Option("cache", "memory_max_bytes", int, 64 * _MiB,
-           "Size of the in-process cache tier in bytes, per worker process.", minimum=0),
-    Option("cache", "metadata_ttl_seconds", int, 3600,
-           "How long photo metadata (sizes, mediaEtag) is fresh.", minimum=1),
-    Option("cache", "negative_ttl_seconds", int, 900,
-           "How long a \"no photo\" answer is fresh.", minimum=1),
-    Option("cache", "stale_ttl_seconds", int, 7 * 86400,
-           "How long metadata is kept for serving stale.", minimum=1),
-    Option("cache", "image_ttl_seconds", int, 30 * 86400,
-           "How long encoded images are kept (they are immutable).", minimum=1),
-    Option("cache", "browser_max_age", int, 3600,
-           "Cache-Control max-age for photos, in seconds.", minimum=0),
-    Option("cache", "stale_while_revalidate", int, 86400,
-           "Cache-Control stale-while-revalidate for photos: how long a browser may show "
-           "an expired photo while it revalidates; 0: off.", minimum=0),
-    Option("cache", "initials_max_age", int, 300,
-           "Cache-Control max-age for initials (the person may upload a photo).", minimum=0),
-    Option("avatar", "max_size", int, 1024, "Largest size a client may request, in pixels.",
-           minimum=1),
-    Option("avatar", "default_format", str, "jpeg",
-           "Format of photos for clients whose Accept lists neither AVIF nor WebP.",
-           choices=("jpeg", "png", "webp", "avif")),
-    Option("avatar", "extra_fonts", list, [],
-           "Font files for initials in scripts the bundled font lacks (CJK, Thai...)."),
-    Option("avatar", "svg_title", bool, False,
-           "Write the display name into the <title> of SVG initials (read by screen readers); "
-           "false: the initials. Anyone who can reach the service (unsigned URLs) can then "
-           "turn addresses into names."),
-    Option("logging", "format", str, "json", "json (one object per line) or text (for humans).",
-           choices=("json", "text")),
-    Option("logging", "level", str, "info", "Lowest level logged.",
-           choices=("debug", "info", "warning", "error")),
-    Option("logging", "access", float, 0.0,
-           "Share of requests given an access line: 0 off (the ingress logs them), 1 all.",
-           minimum=0),
-    Option("logging", "log_upn", bool, False,
-           "Log UPNs in clear; false: a short hash (UPNs are personal data)."),
-    Option("security", "allowed_domains", list, [],
-           "UPN domains served (an object id: its owner's UPN); empty: every domain."),
-    Option("security", "allow_guests", bool, True,
-           "Serve guests (#EXT# UPNs); false: they get 404, by UPN without a Graph call."),
-    Option("security", "url_signing_keys", list, [],
-           "HMAC keys; when set, every request needs ?sig= made with one of them "
-           "(the first signs, all verify).", secret=True),
-    Option("security", "blocked", list, [],
-           "UPNs or object ids that always get initials, never their photo."),
-    Option("security", "rate_limit_per_second", float, 50.0,
-           "Graph calls and renders per second allowed per client address (0: no limit).",
-           minimum=0),
-    Option("security", "rate_limit_burst", int, 500,
-           "Graph calls and renders a client address may cause at once before the rate "
-           "applies.",
-           minimum=1),
-)
+@settings("auth")
+class AuthSettings:
+    tenant_id: str = option("", "Entra ID tenant (directory) id. AZURE_TENANT_ID.")
+    client_id: str = option("", "Application (client) id. AZURE_CLIENT_ID.")
+    client_secret: str = option(
+        "",
+        "Client secret. Prefer client_secret_file. AZURE_CLIENT_SECRET.", secret=True)
+    client_secret_file: str = option(
+        "",
+        "File holding the client secret (a mounted Kubernetes secret).")
+    certificate_path: str = option(
+        "",
+        "PEM file with the certificate and its private key. AZURE_CLIENT_CERTIFICATE_PATH.")
+    federated_token_file: str = option(
+        "",
+        "Workload-identity token file, re-read on each token request. "
+        "AZURE_FEDERATED_TOKEN_FILE.")
+    authority: str = option(
+        "",
+        "Token authority; empty: https://login.microsoftonline.com/<tenant_id> "
+        "(AZURE_AUTHORITY_HOST replaces the host).")
+    ca_file: str = option(
+        "",
+        "CA bundle to trust for the authority (private PKI, test identity providers).")
+
+
+@settings("cache")
+class CacheSettings:
+    redis_url: str = option(
+        "",
+        "Shared Redis: redis://, rediss:// (TLS) or unix://, user:password@ allowed; "
+        "cluster mode: any one node; sentinel mode: scheme, user and db only (host "
+        "ignored). Empty (standalone): in-process memory only.")
+    redis_timeout_seconds: float = option(
+        0.5,
+        "Timeout of one Redis command; a slow Redis counts as a miss.", minimum=0.01)
+    redis_mode: str = option(
+        "standalone",
+        "How redis_url is reached: one server, a Sentinel-managed master, or a Cluster.",
+        choices=("standalone", "sentinel", "cluster"))
+    redis_password_file: str = option(
+        "",
+        "File holding the Redis password (re-read on each new connection); the user name "
+        "stays in redis_url.")
+    redis_ca_file: str = option(
+        "",
+        "CA bundle to trust for rediss:// (private PKI); empty: system trust.")
+    redis_sentinels: tuple[str, ...] = option((), "Sentinel mode: the Sentinels, as host:port.")
+    redis_sentinel_master: str = option(
+        "mymaster",
+        "Sentinel mode: the name the Sentinels monitor the master under.")
+    redis_sentinel_password_file: str = option(
+        "",
+        "Sentinel mode: file holding the Sentinels' own password, if they require one.")
+    key_prefix: str = option(
+        "avatarproxy:",
+        "Prefix of every Redis key, so deployments can share one Redis.")
+    redis_retry_seconds: float = option(
+        1.0,
+        "After a Redis failure, how long to skip Redis before trying it again.", minimum=0.01)
+    purge_ping_seconds: float = option(
+        30.0,
+        "Purge subscription: PING it after this long without traffic, and subscribe again "
+        "if no PONG comes within as long again (a NAT may drop idle flows silently).", minimum=0.1)
+    coalesce_wait_seconds: float = option(
+        2.0,
+        "How long a replica waits for another replica's download of the same image.", minimum=0)
+    memory_max_bytes: int = option(
+        64 * _MiB,
+        "Size of the in-process cache tier in bytes, per worker process.", minimum=0)
+    metadata_ttl_seconds: int = option(
+        3600,
+        "How long photo metadata (sizes, mediaEtag) is fresh.", minimum=1)
+    negative_ttl_seconds: int = option(900, "How long a \"no photo\" answer is fresh.", minimum=1)
+    stale_ttl_seconds: int = option(
+        7 * 86400,
+        "How long metadata is kept for serving stale.", minimum=1)
+    image_ttl_seconds: int = option(
+        30 * 86400,
+        "How long encoded images are kept (they are immutable).", minimum=1)
+    browser_max_age: int = option(3600, "Cache-Control max-age for photos, in seconds.", minimum=0)
+    stale_while_revalidate: int = option(
+        86400,
+        "Cache-Control stale-while-revalidate for photos: how long a browser may show an "
+        "expired photo while it revalidates; 0: off.", minimum=0)
+    initials_max_age: int = option(
+        300,
+        "Cache-Control max-age for initials (the person may upload a photo).", minimum=0)
+
+
+@settings("avatar")
+class AvatarSettings:
+    max_size: int = option(1024, "Largest size a client may request, in pixels.", minimum=1)
+    default_format: str = option(
+        "jpeg",
+        "Format of photos for clients whose Accept lists neither AVIF nor WebP.",
+        choices=("jpeg", "png", "webp", "avif"))
+    extra_fonts: tuple[str, ...] = option(
+        (),
+        "Font files for initials in scripts the bundled font lacks (CJK, Thai...).")
+    svg_title: bool = option(
+        False,
+        "Write the display name into the <title> of SVG initials (read by screen readers); "
+        "false: the initials. Anyone who can reach the service (unsigned URLs) can then "
+        "turn addresses into names.")
+
+
+@settings("logging")
+class LoggingSettings:
+    format: str = option(
+        "json",
+        "json (one object per line) or text (for humans).", choices=("json", "text"))
+    level: str = option(
+        "info",
+        "Lowest level logged.", choices=("debug", "info", "warning", "error"))
+    access: float = option(
+        0.0,
+        "Share of requests given an access line: 0 off (the ingress logs them), 1 all.", minimum=0)
+    log_upn: bool = option(
+        False,
+        "Log UPNs in clear; false: a short hash (UPNs are personal data).")
+
+
+@settings("security")
+class SecuritySettings:
+    allowed_domains: tuple[str, ...] = option(
+        (),
+        "UPN domains served (an object id: its owner's UPN); empty: every domain.")
+    allow_guests: bool = option(
+        True,
+        "Serve guests (#EXT# UPNs); false: they get 404, by UPN without a Graph call.")
+    url_signing_keys: tuple[str, ...] = option(
+        (),
+        "HMAC keys; when set, every request needs ?sig= made with one of them (the first "
+        "signs, all verify).", secret=True)
+    blocked: tuple[str, ...] = option(
+        (),
+        "UPNs or object ids that always get initials, never their photo.")
+    rate_limit_per_second: float = option(
+        50.0,
+        "Graph calls and renders per second allowed per client address (0: no limit).", minimum=0)
+    rate_limit_burst: int = option(
+        500,
+        "Graph calls and renders a client address may cause at once before the rate "
+        "applies.", minimum=1)
+
 
 # Azure SDK environment conventions (also what the workload-identity webhook injects).
 AZURE_ENV: Mapping[str, tuple[str, str]] = {
@@ -216,100 +269,9 @@ AZURE_ENV: Mapping[str, tuple[str, str]] = {
 
 
 @dataclass(frozen=True, slots=True)
-class ServerSettings:
-    host: str
-    port: int
-    metrics_port: int
-    workers: int
-    drain_seconds: float
-    grace_seconds: float
-    cors_origins: tuple[str, ...]
-    intranet_origins: tuple[str, ...]
-    cross_origin_resource_policy: str
-    request_deadline_seconds: float
-    max_inflight: int
-    max_queued_images: int
-    trusted_proxies: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class GraphSettings:
-    cloud: str
-    api_version: str
-    base_url: str
-    timeout_seconds: float
-    max_concurrency: int
-    ca_file: str
-    max_retries: int
-    retry_max_wait_seconds: float
-    breaker_threshold: int
-    breaker_cooldown_seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class AuthSettings:
-    tenant_id: str
-    client_id: str
-    client_secret: str
-    client_secret_file: str
-    certificate_path: str
-    federated_token_file: str
-    authority: str
-    ca_file: str
-
-
-@dataclass(frozen=True, slots=True)
-class CacheSettings:
-    redis_url: str
-    redis_timeout_seconds: float
-    redis_mode: str
-    redis_password_file: str
-    redis_ca_file: str
-    redis_sentinels: tuple[str, ...]
-    redis_sentinel_master: str
-    redis_sentinel_password_file: str
-    key_prefix: str
-    redis_retry_seconds: float
-    purge_ping_seconds: float
-    coalesce_wait_seconds: float
-    memory_max_bytes: int
-    metadata_ttl_seconds: int
-    negative_ttl_seconds: int
-    stale_ttl_seconds: int
-    image_ttl_seconds: int
-    browser_max_age: int
-    stale_while_revalidate: int
-    initials_max_age: int
-
-
-@dataclass(frozen=True, slots=True)
-class AvatarSettings:
-    max_size: int
-    default_format: str
-    extra_fonts: tuple[str, ...]
-    svg_title: bool
-
-
-@dataclass(frozen=True, slots=True)
-class LoggingSettings:
-    format: str
-    level: str
-    access: float
-    log_upn: bool
-
-
-@dataclass(frozen=True, slots=True)
-class SecuritySettings:
-    allowed_domains: tuple[str, ...]
-    allow_guests: bool
-    url_signing_keys: tuple[str, ...]
-    blocked: tuple[str, ...]
-    rate_limit_per_second: float
-    rate_limit_burst: int
-
-
-@dataclass(frozen=True, slots=True)
 class Settings:
+    """Every component's settings: ``settings.<attribute>`` as in ``SECTIONS``."""
+
     server: ServerSettings
     graph: GraphSettings
     auth: AuthSettings
@@ -319,30 +281,12 @@ class Settings:
     security: SecuritySettings
 
 
-_SECTIONS: dict[str, type] = {
-    "server": ServerSettings, "graph": GraphSettings, "auth": AuthSettings,
-    "cache": CacheSettings, "avatar": AvatarSettings, "logging": LoggingSettings,
-    "security": SecuritySettings,
-}
+# Settings' attributes and the settings class each holds (a TOML section may be
+# declared by more than one component: each declares the keys it uses).
+SECTIONS: tuple[tuple[str, type], ...] = tuple(get_type_hints(Settings).items())
+OPTIONS: tuple[Option, ...] = tuple(o for _, cls in SECTIONS for o in declared(cls))
 _BY_NAME = {(o.section, o.key): o for o in OPTIONS}
-
-
-def _masked_repr(self: Any) -> str:
-    """Like the dataclass repr, but options declared ``secret`` show as ``'***'``."""
-    section = next(name for name, cls in _SECTIONS.items() if isinstance(self, cls))
-    parts = []
-    for f in fields(self):
-        value = getattr(self, f.name)
-        option = _BY_NAME.get((section, f.name))
-        if option is not None and option.secret and value:
-            value = "***"
-        parts.append(f"{f.name}={value!r}")
-    return f"{type(self).__name__}({', '.join(parts)})"
-
-
-# Settings end up in tracebacks, debuggers and log lines: never show a secret.
-for _cls in _SECTIONS.values():
-    setattr(_cls, "__repr__", _masked_repr)  # noqa: B010
+_SECTION_NAMES = {o.section for o in OPTIONS}
 
 
 def _convert(option: Option, raw: Any, origin: str, problems: list[str]) -> Any:
@@ -399,7 +343,7 @@ def _read_file(path: Path, problems: list[str]) -> dict[tuple[str, str], Any]:
         return {}
     values: dict[tuple[str, str], Any] = {}
     for section, table in data.items():
-        if section not in _SECTIONS or not isinstance(table, dict):
+        if section not in _SECTION_NAMES or not isinstance(table, dict):
             problems.append(f"[{section}]: unknown section in {path}")
             continue
         for key, raw in table.items():
@@ -430,9 +374,10 @@ def load_settings(
     for var, name in AZURE_ENV.items():
         if env.get(var):
             raw[name] = (env[var], f"from {var}")
-    for option in OPTIONS:
-        if option.env_name in env:
-            raw[(option.section, option.key)] = (env[option.env_name], f"from {option.env_name}")
+    for declared_option in OPTIONS:
+        if declared_option.env_name in env:
+            var = declared_option.env_name
+            raw[(declared_option.section, declared_option.key)] = (env[var], f"from {var}")
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".", 1)
         raw[(section, key)] = (value, "from the command line")
@@ -447,11 +392,10 @@ def load_settings(
     if problems:
         raise ConfigError(problems)
     _apply_cloud(values)
-    sections = {
-        section: cls(**{f.name: values[(section, f.name)] for f in fields(cls)})
-        for section, cls in _SECTIONS.items()
-    }
-    return Settings(**sections)
+    return Settings(**{
+        attribute: cls(**{o.key: values[(o.section, o.key)] for o in declared(cls)})
+        for attribute, cls in SECTIONS
+    })
 
 
 # (cache.redis_url: redis.connection.check, with advice about passwords.)
@@ -549,13 +493,11 @@ def render_example() -> str:
     lines = ["# avatarproxy configuration. Every key is shown with its default.",
              "# Each can be overridden by AVATARPROXY_<SECTION>_<KEY> (lists comma-separated).",
              "# Generated by `avatarproxy config-example`; do not edit by hand."]
-    section = ""
-    for option in OPTIONS:
-        if option.section != section:
-            section = option.section
-            lines += ["", f"[{section}]"]
-        lines.append(f"# {option.help}")
-        lines.append(f"{option.key} = {_toml_value(option.default)}")
+    for section in dict.fromkeys(o.section for o in OPTIONS):
+        lines += ["", f"[{section}]"]
+        for declared_option in (o for o in OPTIONS if o.section == section):
+            lines.append(f"# {declared_option.help}")
+            lines.append(f"{declared_option.key} = {_toml_value(declared_option.default)}")
     return "\n".join(lines) + "\n"
 
 

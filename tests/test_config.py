@@ -187,3 +187,41 @@ def test_redis_url_query_options_that_override_the_service_are_refused(query: st
     problems = connection.check(settings.cache)
     assert len(problems) == 1 and problems[0].startswith("cache.redis_url: no query options")
     assert "hunter2" not in problems[0]
+
+
+def test_a_new_option_is_one_field_loaded_from_file_env_and_documented(tmp_path: Path) -> None:
+    # The declaration is the whole story: the loader reads it from every source,
+    # checks its bounds, masks it if secret, and the example shows it.
+    from avatarproxy.options import declared, option, settings
+
+    @settings("server")
+    class Extra:
+        answer: int = option(42, "The answer.", minimum=1)
+        names: tuple[str, ...] = option((), "Some names.")
+        token: str = option("", "A token.", secret=True)
+
+    options = declared(Extra)
+    assert [(o.name, o.kind, o.default) for o in options] == [
+        ("server.answer", int, 42), ("server.names", list, []), ("server.token", str, "")]
+    assert options[0].env_name == "AVATARPROXY_SERVER_ANSWER"
+    assert "token='***'" in repr(Extra(answer=1, names=("a",), token="s3cret"))
+    assert "s3cret" not in repr(Extra(answer=1, names=("a",), token="s3cret"))
+
+
+def test_a_settings_field_that_is_not_an_option_is_refused() -> None:
+    import dataclasses
+
+    from avatarproxy.options import declared, option, settings
+
+    @settings("server")
+    class Loose:
+        declared_one: int = option(1, "Declared.")
+        loose: int = dataclasses.field(default=2)
+
+    with pytest.raises(TypeError, match="Loose.loose: declare it with option"):
+        declared(Loose)
+
+
+def test_every_option_is_declared_once() -> None:
+    names = [o.name for o in OPTIONS]
+    assert len(names) == len(set(names))
