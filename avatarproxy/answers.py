@@ -15,8 +15,8 @@ import functools
 import hashlib
 
 from . import imaging, svg, tiles
-from .cache import AvatarCache
-from .config import AvatarSettings, CacheSettings
+from .cache import AvatarCache, CacheSettings
+from .imaging import AvatarSettings
 from .initials import InitialsRenderer, text_colour
 from .models import Avatar, PhotoMeta, Profile, Subject
 from .negotiation import OutputFormats

@@ -34,10 +34,11 @@ from aiohttp import web
 from . import logs, ops, preflight, purge
 from .cache import SCHEMA_VERSION, AvatarCache, CacheTier, MemoryTier, RedisTier
 from .coalesce import ReplicaCoalescer
-from .config import GraphSettings, Settings
+from .config import Settings
 from .errors import ConfigError
 from .graph.auth import MsalTokenProvider, TokenProvider, scope_for
 from .graph.client import GraphClient, Pacer
+from .graph.settings import GraphSettings
 from .graph.throttle import GraphGate
 from .initials import InitialsRenderer
 from .limits import LoadLimits
@@ -113,7 +114,7 @@ class Builder:
 
     def check_redis(self) -> None:
         """``ConfigError`` naming every problem of the Redis settings."""
-        problems = connection.check(self.settings.cache)
+        problems = connection.check(self.settings.redis)
         if problems:
             raise ConfigError(problems)
 
@@ -128,7 +129,7 @@ class Builder:
         of its health for the cache tier, the download locks, the throttling pauses and
         the rate limiter. Every part is None without Redis."""
         if self._shared is None:
-            self._shared = Coordination.connect(self.settings.cache, SCHEMA_VERSION)
+            self._shared = Coordination.connect(self.settings.redis, SCHEMA_VERSION)
             if self._shared.link is not None:
                 stack.push_async_callback(self._shared.link.close)
         return self._shared
@@ -143,7 +144,7 @@ class Builder:
         link = self.shared(stack).link
         if link is not None:
             tiers.append(RedisTier(link))
-        cache = AvatarCache(settings, tiers)
+        cache = AvatarCache(settings, tiers, self.settings.redis.key_prefix)
         stack.push_async_callback(cache.close)
         return cache
 
@@ -242,7 +243,7 @@ class _Grace:
 def startup_problems(settings: Settings) -> list[str]:
     """What ``create_app`` or a worker would stop on, all at once: ``serve`` reports
     these before any worker starts, like the problems ``load_settings`` finds."""
-    problems = (connection.check(settings.cache) + preflight.file_problems(settings)
+    problems = (connection.check(settings.redis) + preflight.file_problems(settings)
                 + preflight.listen_problems(settings.server))
     for build in (partial(ClientAddress, settings.server.trusted_proxies),
                   partial(InitialsRenderer, settings.avatar.extra_fonts)):
@@ -274,7 +275,7 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
 
     app.cleanup_ctx.append(serving)
     add_routes(app)
-    ops.add_routes(app, redis_configured=connection.enabled(settings.cache),
+    ops.add_routes(app, redis_configured=connection.enabled(settings.redis),
                    metrics_here=not settings.server.metrics_port)
     return app
 
@@ -294,9 +295,9 @@ async def _open_serving(app: web.Application, builder: Builder, stack: AsyncExit
     """Start-up: the cache, the purge listener, the rate limiter, then the service."""
     settings = builder.settings
     cache = builder.open_cache(stack)
-    if connection.enabled(settings.cache):
+    if connection.enabled(settings.redis):
         # `avatarproxy purge` reaches this replica's memory tier through Redis.
-        app[LISTENER] = purge.listener(settings.cache, cache)
+        app[LISTENER] = purge.listener(settings.redis, cache)
         stack.push_async_callback(app[LISTENER].close)
         await app[LISTENER].start()
     app[LIMITER] = RateLimiter(

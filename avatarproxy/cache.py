@@ -31,11 +31,42 @@ from dataclasses import asdict, fields
 from typing import Any, Protocol
 
 from . import metrics
-from .config import CacheSettings
 from .memory import MemoryTier as MemoryTier  # re-exported: one interface, both tiers
 from .models import NOBODY, Identity, PhotoMeta, Profile, Subject
+from .options import option, settings
 from .redis.connection import command
 from .redis.link import RedisLink
+
+
+@settings("cache")
+class CacheSettings:
+    """The ``[cache]`` options of the avatar tiers and of caching in browsers
+    (those of the connection to Redis are ``redis.settings.RedisSettings``)."""
+
+    coalesce_wait_seconds: float = option(
+        2.0,
+        "How long a replica waits for another replica's download of the same image.", minimum=0)
+    memory_max_bytes: int = option(
+        64 * 1024 * 1024,
+        "Size of the in-process cache tier in bytes, per worker process.", minimum=0)
+    metadata_ttl_seconds: int = option(
+        3600,
+        "How long photo metadata (sizes, mediaEtag) is fresh.", minimum=1)
+    negative_ttl_seconds: int = option(900, "How long a \"no photo\" answer is fresh.", minimum=1)
+    stale_ttl_seconds: int = option(
+        7 * 86400,
+        "How long metadata is kept for serving stale.", minimum=1)
+    image_ttl_seconds: int = option(
+        30 * 86400,
+        "How long encoded images are kept (they are immutable).", minimum=1)
+    browser_max_age: int = option(3600, "Cache-Control max-age for photos, in seconds.", minimum=0)
+    stale_while_revalidate: int = option(
+        86400,
+        "Cache-Control stale-while-revalidate for photos: how long a browser may show an "
+        "expired photo while it revalidates; 0: off.", minimum=0)
+    initials_max_age: int = option(
+        300,
+        "Cache-Control max-age for initials (the person may upload a photo).", minimum=0)
 
 # Bump when the key layout or stored value format changes: old entries are
 # then never read (they expire by their TTL). Not for a change of rendering:
@@ -130,10 +161,12 @@ def _digest(*parts: str) -> str:
 class AvatarCache:
     """Metadata and encoded images over the tiers, fastest first."""
 
-    def __init__(self, settings: CacheSettings, tiers: list[CacheTier]) -> None:
+    def __init__(self, settings: CacheSettings, tiers: list[CacheTier],
+                 key_prefix: str = "avatarproxy:") -> None:
+        """``key_prefix``: ``cache.key_prefix`` (``redis.settings``), before every key."""
         self._settings = settings
         self.tiers = tiers
-        self._prefix = f"{settings.key_prefix}{SCHEMA_VERSION}:"
+        self._prefix = f"{key_prefix}{SCHEMA_VERSION}:"
         self._memory = next((t for t in tiers if isinstance(t, MemoryTier)), None)
 
     def photo_key(self, subject: Subject, media_etag: str, size: int, fmt: str,

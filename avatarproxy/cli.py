@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from . import __version__, lifecycle, logs
-from .config import Settings, check_credentials, load_settings, render_example
+from .config import Settings, load_settings, render_example
 from .errors import AuthError, BadRequest, ConfigError, GraphError
 from .graph.authproblems import as_problem
+from .graph.settings import check_credentials
 
 if TYPE_CHECKING:  # imported where used: each command loads only what it needs
     from .models import Subject
@@ -147,10 +148,10 @@ async def _purge(args: argparse.Namespace) -> int:
     from .redis.purgechannel import announce
 
     settings = load_settings(args.config)
-    if not connection.enabled(settings.cache):
+    if not connection.enabled(settings.redis):
         raise ConfigError(["cache.redis_url: empty; each process's memory tier is private: "
                            "restart the service to forget cached photos"])
-    problems = connection.check(settings.cache)
+    problems = connection.check(settings.redis)
     if problems:
         raise ConfigError(problems)
     subjects = []
@@ -159,17 +160,18 @@ async def _purge(args: argparse.Namespace) -> int:
             subjects.append(parse_subject(text))
         except BadRequest as exc:
             print(f"avatarproxy: purge: {text!r}: {exc.public}", file=sys.stderr)
-    cache = AvatarCache(settings.cache, [RedisTier(RedisLink(connection.connect(settings.cache)))])
+    cache = AvatarCache(settings.cache, [RedisTier(RedisLink(connection.connect(settings.redis)))],
+                        settings.redis.key_prefix)
     # Where the replicas listen (in a Cluster, the node they subscribed on).
-    channel = connection.subscriber(settings.cache)
+    channel = connection.subscriber(settings.redis)
     try:
         for subject in subjects:
             deleted = await cache.purge(subject)
-            replicas = await announce(channel.client, settings.cache.key_prefix, subject.key)
+            replicas = await announce(channel.client, settings.redis.key_prefix, subject.key)
             print(f"{subject.key}: {deleted} cached entries deleted, "
                   f"{replicas} running replicas told")
     except connection.REDIS_FAILURES as exc:  # a Cluster's unreachable error included
-        print(f"avatarproxy: purge: {explain_redis(settings.cache, exc)}", file=sys.stderr)
+        print(f"avatarproxy: purge: {explain_redis(settings.redis, exc)}", file=sys.stderr)
         return 1
     finally:
         await cache.close()

@@ -24,7 +24,7 @@ from PIL import Image, features
 
 from . import imaging, preflight
 from .app import Builder
-from .config import CacheSettings, Settings, check_credentials, load_settings
+from .config import Settings, load_settings
 from .errors import (
     AuthError,
     ConfigError,
@@ -36,9 +36,11 @@ from .errors import (
 from .graph.auth import StaticTokenProvider, TokenProvider, fetch_token, scope_for
 from .graph.authproblems import as_problem, default_authority
 from .graph.client import GraphClient
+from .graph.settings import check_credentials
 from .initials import InitialsRenderer
 from .models import Subject
 from .redis import connection
+from .redis.settings import RedisSettings
 from .security import Policy
 
 Status = Literal["pass", "warn", "fail"]
@@ -75,7 +77,7 @@ async def diagnose(config_path: str | None, subjects: Iterable[Subject] = (),
     except ConfigError as exc:
         return [Finding("config", "fail", problem) for problem in exc.problems]
     findings = [*check_config(settings, config_path), *check_imaging(settings)]
-    findings += await check_redis(settings.cache)
+    findings += await check_redis(settings.redis)
     if any(f.check == "config" and f.status == "fail" for f in findings):
         return findings
     tokens, token_findings = await check_token(settings)
@@ -122,7 +124,7 @@ def check_imaging(settings: Settings) -> list[Finding]:
     return findings
 
 
-async def check_redis(cache: CacheSettings) -> list[Finding]:
+async def check_redis(cache: RedisSettings) -> list[Finding]:
     if not connection.enabled(cache):
         return [Finding("redis", "pass", "not configured: in-process memory cache only")]
     problems = connection.check(cache)

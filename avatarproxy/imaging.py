@@ -19,6 +19,24 @@ from PIL.JpegImagePlugin import JpegImageFile
 
 from . import metrics
 from .errors import InvalidImage
+from .options import option, settings
+
+
+@settings("avatar")
+class AvatarSettings:
+    max_size: int = option(1024, "Largest size a client may request, in pixels.", minimum=1)
+    default_format: str = option(
+        "jpeg",
+        "Format of photos for clients whose Accept lists neither AVIF nor WebP.",
+        choices=("jpeg", "png", "webp", "avif"))
+    extra_fonts: tuple[str, ...] = option(
+        (),
+        "Font files for initials in scripts the bundled font lacks (CJK, Thai...).")
+    svg_title: bool = option(
+        False,
+        "Write the display name into the <title> of SVG initials (read by screen readers); "
+        "false: the initials. Anyone who can reach the service (unsigned URLs) can then "
+        "turn addresses into names.")
 
 # Bump whenever the bytes produced for the same input change (encoder settings,
 # filters, fonts, layout; here or in ``initials``): it is part of every ETag and cache key.

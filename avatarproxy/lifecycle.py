@@ -34,9 +34,10 @@ from typing import Any
 from aiohttp import web
 
 from . import metrics
-from .config import ServerSettings, Settings
+from .config import Settings
 from .errors import ConfigError
 from .ops import READINESS, metrics_app
+from .server import ServerSettings
 
 log = logging.getLogger(__name__)
 AppFactory = Callable[[], Awaitable[web.Application]]

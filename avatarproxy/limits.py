@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from .config import ServerSettings
 from .errors import Overloaded
+from .server import ServerSettings
 
 
 class LoadLimits:

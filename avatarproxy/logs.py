@@ -37,7 +37,23 @@ from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
 
-from .config import LoggingSettings
+from .options import option, settings
+
+
+@settings("logging")
+class LoggingSettings:
+    format: str = option(
+        "json",
+        "json (one object per line) or text (for humans).", choices=("json", "text"))
+    level: str = option(
+        "info",
+        "Lowest level logged.", choices=("debug", "info", "warning", "error"))
+    access: float = option(
+        0.0,
+        "Share of requests given an access line: 0 off (the ingress logs them), 1 all.", minimum=0)
+    log_upn: bool = option(
+        False,
+        "Log UPNs in clear; false: a short hash (UPNs are personal data).")
 
 REQUEST_ID: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 ACCESS = logging.getLogger("avatarproxy.access")

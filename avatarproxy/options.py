@@ -113,3 +113,19 @@ def _masked_repr(self: Any) -> str:
             value = "***"
         parts.append(f"{f.name}={value!r}")
     return f"{type(self).__name__}({', '.join(parts)})"
+
+
+def file_problem(key: str, path: str) -> str | None:
+    """``key: no such file: path`` (or why it cannot be read); None when readable or unset."""
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except FileNotFoundError:
+        return f"{key}: no such file: {path}"
+    except IsADirectoryError:
+        return f"{key}: a directory, not a file: {path}"
+    except OSError as exc:
+        return f"{key}: cannot read {path}: {exc.strerror}"
+    return None

@@ -25,11 +25,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from redis.exceptions import AuthenticationError, NoPermissionError, OutOfMemoryError, ResponseError
 
-from .config import CacheSettings, ServerSettings, Settings, file_problem
+from .config import Settings
 from .errors import AuthError
 from .graph.auth import fetch_token, scope_for
 from .graph.authproblems import as_problem
+from .options import file_problem
 from .redis import connection
+from .redis.settings import RedisSettings
+from .server import ServerSettings
 
 # How long the start-up check may wait for Redis in all (a Cluster tries each node).
 _REDIS_CHECK_SECONDS = 5.0
@@ -139,14 +142,14 @@ async def _probe_token(settings: Settings, report: Report) -> None:
 
 
 async def _probe_redis(settings: Settings, report: Report) -> None:
-    if not connection.enabled(settings.cache):
+    if not connection.enabled(settings.redis):
         return
-    redis = connection.connect(settings.cache)
+    redis = connection.connect(settings.redis)
     try:
         async with asyncio.timeout(_REDIS_CHECK_SECONDS):
             await connection.command(redis.client.ping())
     except _REDIS_PROBE_FAILURES as exc:
-        problem = explain_redis(settings.cache, exc)
+        problem = explain_redis(settings.redis, exc)
         if problem.misconfigured:
             report.problems.append(str(problem))
         else:
@@ -170,7 +173,7 @@ class RedisProblem:
         return f"{self.key}: {self.message}"
 
 
-def explain_redis(cache: CacheSettings, exc: BaseException) -> RedisProblem:
+def explain_redis(cache: RedisSettings, exc: BaseException) -> RedisProblem:
     """What a failed command (``serve``'s PING, ``doctor``'s, ``purge``'s) means."""
     text = str(exc).strip().splitlines()[0].rstrip(".") if str(exc).strip() else ""
     advice = connection.advice(exc)
@@ -192,7 +195,7 @@ def summary(settings: Settings, workers: int) -> str:
     """The one start-up line: what this process will talk to, without secrets."""
     authority = urlsplit(settings.auth.authority)
     memory = settings.cache.memory_max_bytes / (1024 * 1024)
-    cache = settings.cache
+    cache = settings.redis
     redis = "none (memory tier only)"
     if connection.enabled(cache):
         tls = " over TLS" if urlsplit(cache.redis_url).scheme == "rediss" else ""

@@ -18,18 +18,18 @@ from __future__ import annotations
 from aiohttp import web
 
 from .cache import AvatarCache
-from .config import CacheSettings
 from .errors import BadRequest
 from .inputs import parse_subject
 from .redis import connection
 from .redis.purgechannel import OnPurge, PurgeListener, channel
+from .redis.settings import RedisSettings
 
 
-def listener(cache_settings: CacheSettings, cache: AvatarCache) -> PurgeListener:
+def listener(redis: RedisSettings, cache: AvatarCache) -> PurgeListener:
     """The subscription through which `avatarproxy purge` reaches ``cache``'s memory tier."""
     # connection.subscriber: the service's TLS and credentials, no read timeout.
-    return PurgeListener(connection.subscriber(cache_settings), channel(cache_settings.key_prefix),
-                         forgetter(cache), ping_seconds=cache_settings.purge_ping_seconds)
+    return PurgeListener(connection.subscriber(redis), channel(redis.key_prefix),
+                         forgetter(cache), ping_seconds=redis.purge_ping_seconds)
 
 
 def forgetter(cache: AvatarCache) -> OnPurge:

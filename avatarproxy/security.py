@@ -22,10 +22,34 @@ from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from .blocking import BlockedPeople
-from .config import SecuritySettings
 from .errors import Blocked, ConfigError, Forbidden, NotFound, RefusedPerson
 from .inputs import check_avatar_request
 from .models import Identity, PhotoMeta, Subject
+from .options import option, settings
+
+
+@settings("security")
+class SecuritySettings:
+    allowed_domains: tuple[str, ...] = option(
+        (),
+        "UPN domains served (an object id: its owner's UPN); empty: every domain.")
+    allow_guests: bool = option(
+        True,
+        "Serve guests (#EXT# UPNs); false: they get 404, by UPN without a Graph call.")
+    url_signing_keys: tuple[str, ...] = option(
+        (),
+        "HMAC keys; when set, every request needs ?sig= made with one of them (the first "
+        "signs, all verify).", secret=True)
+    blocked: tuple[str, ...] = option(
+        (),
+        "UPNs or object ids that always get initials, never their photo.")
+    rate_limit_per_second: float = option(
+        50.0,
+        "Graph calls and renders per second allowed per client address (0: no limit).", minimum=0)
+    rate_limit_burst: int = option(
+        500,
+        "Graph calls and renders a client address may cause at once before the rate "
+        "applies.", minimum=1)
 
 # 32 bytes of SHA-256 in URL-safe base64 without "=" padding. Only this
 # spelling verifies: the last character's two unused bits and a trailing "="

@@ -24,9 +24,8 @@ from typing import Any
 
 from . import logs, metrics
 from .answers import Answers, initials_look
-from .cache import AvatarCache
+from .cache import AvatarCache, CacheSettings
 from .coalesce import ReplicaCoalescer
-from .config import AvatarSettings, CacheSettings
 from .costs import ADDRESS_LOOKUP, Admit, admitted, render_cost
 from .errors import (
     GraphError,
@@ -39,6 +38,7 @@ from .errors import (
 )
 from .flights import Flights, ImagePool
 from .graph.client import GraphClient
+from .imaging import AvatarSettings
 from .initials import InitialsRenderer
 from .limits import LoadLimits
 from .models import Avatar, PhotoMeta, Profile, Subject

@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 
 from multidict import CIMultiDictProxy
 
-from .config import CacheSettings, ServerSettings
+from .cache import CacheSettings
+from .server import ServerSettings
 
 Headers = CIMultiDictProxy[str]
 

@@ -346,7 +346,7 @@ async def open_warmer(settings: Settings, sizes: Sequence[int], pacer: Pacer,
                       formats: Sequence[str] = ()) -> AsyncIterator[Warmer]:
     """The service's own parts, built as serving builds them (``app.Builder``), on
     the shared Redis only, with a rate-capped Graph client."""
-    if not connection.enabled(settings.cache):
+    if not connection.enabled(settings.redis):
         raise ConfigError(["cache.redis_url: warm fills the shared Redis; it is empty"])
     builder = Builder(settings, WARM, tokens=tokens, pacer=pacer)
     builder.check_redis()

@@ -23,7 +23,6 @@ from multidict import CIMultiDict
 
 from . import logs, metrics
 from .conditional import none_match
-from .config import ServerSettings
 from .costs import Admit
 from .errors import AvatarProxyError, BadRequest, Blocked, Forbidden, NotFound, RefusedPerson
 from .inputs import known_params, parse_fallback, parse_object_id, parse_size, parse_subject
@@ -31,6 +30,7 @@ from .models import Avatar, Subject
 from .negotiation import OutputFormats, choose, parse_format
 from .ratelimit import RateLimiter
 from .security import ClientAddress, Policy
+from .server import ServerSettings
 from .service import AvatarService
 from .sites import Sites
 

@@ -110,7 +110,7 @@ async def flood(client: Client, path: str, count: int, at_once: int) -> dict[str
 @pytest.mark.parametrize("shared", [False, True], ids=["per process", "redis"])
 async def test_a_step_goes_ahead_while_a_token_is_left_and_pays_its_whole_cost(
         redis_url: str, shared: bool) -> None:
-    cache = load_settings(env={}, overrides={"cache.redis_url": redis_url}).cache
+    cache = load_settings(env={}, overrides={"cache.redis_url": redis_url}).redis
     limiter = RateLimiter(0.001, 5,
                           Coordination.connect(cache, SCHEMA_VERSION).buckets if shared else None)
     try:

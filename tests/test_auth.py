@@ -15,9 +15,10 @@ from appclient import client_factory, get
 from faultproxy import NONE, FaultProxy, Faults
 from tlsutil import make_client_certificate
 
-from avatarproxy.config import AuthSettings, load_settings
+from avatarproxy.config import load_settings
 from avatarproxy.errors import AuthError
 from avatarproxy.graph.auth import Backoff, MsalTokenProvider, scope_for
+from avatarproxy.graph.settings import AuthSettings
 
 SCOPE = "https://graph.microsoft.com/.default"
 STALL = Faults(stall=True)

@@ -25,7 +25,7 @@ SETTINGS = load_settings(env={}).cache
 
 def redis_tier(url: str, timeout: float = 1.0, **overrides: Any) -> RedisTier:
     settings = load_settings(env={}, overrides={
-        "cache.redis_url": url, "cache.redis_timeout_seconds": timeout, **overrides}).cache
+        "cache.redis_url": url, "cache.redis_timeout_seconds": timeout, **overrides}).redis
     return RedisTier(RedisLink(connection.connect(settings)))
 
 
@@ -48,7 +48,7 @@ async def tier(request: pytest.FixtureRequest) -> AsyncIterator[CacheTier]:
 # -- the contract every tier keeps --------------------------------------------
 
 # Under the service's key prefix: the TLS server's ACL user may touch nothing else.
-P = SETTINGS.key_prefix + "test:"
+P = load_settings(env={}).redis.key_prefix + "test:"
 
 async def test_missing_key_reads_as_none(tier: CacheTier) -> None:
     assert await tier.get(P + "nothing-here") is None

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from loopback import free_port
 
-from avatarproxy.config import OPTIONS, check_credentials, load_settings, render_example
+from avatarproxy.config import OPTIONS, load_settings, render_example
 from avatarproxy.errors import ConfigError
+from avatarproxy.graph.settings import check_credentials
 from avatarproxy.redis import connection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -16,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_defaults_give_the_embedded_in_memory_setup() -> None:
     settings = load_settings(env={})
-    assert settings.cache.redis_url == ""
+    assert settings.redis.redis_url == ""
     assert settings.avatar.max_size == 1024
     assert settings.graph.base_url == "https://graph.microsoft.com/v1.0"
     assert settings.cache.metadata_ttl_seconds == 3600
@@ -184,7 +185,7 @@ def test_a_url_that_cannot_be_split_is_one_line_naming_its_key(key: str, value: 
 def test_redis_url_query_options_that_override_the_service_are_refused(query: str) -> None:
     settings = load_settings(env={}, overrides={
         "cache.redis_url": f"redis://:hunter2@127.0.0.1:6390/0?{query}"})
-    problems = connection.check(settings.cache)
+    problems = connection.check(settings.redis)
     assert len(problems) == 1 and problems[0].startswith("cache.redis_url: no query options")
     assert "hunter2" not in problems[0]
 
@@ -218,7 +219,7 @@ def test_a_settings_field_that_is_not_an_option_is_refused() -> None:
         declared_one: int = option(1, "Declared.")
         loose: int = dataclasses.field(default=2)
 
-    with pytest.raises(TypeError, match="Loose.loose: declare it with option"):
+    with pytest.raises(TypeError, match=r"Loose\.loose: declare it with option"):
         declared(Loose)
 
 

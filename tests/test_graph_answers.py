@@ -24,7 +24,7 @@ from avatarproxy.redis.coordination import SharedKeys
 ADELE = "adele.vance@contoso.com"  # 648x648 photo
 ALEX = "alex.wilber@contoso.com"  # 240x240 photo
 KEYS = AvatarCache(load_settings(env={}).cache, [])  # key names only
-SHARED = SharedKeys(load_settings(env={}).cache.key_prefix, SCHEMA_VERSION)
+SHARED = SharedKeys(load_settings(env={}).redis.key_prefix, SCHEMA_VERSION)
 APP_SCOPE = "Application/ApplicationAndTenant/app-id/tenant-id"
 
 

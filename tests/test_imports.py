@@ -160,3 +160,17 @@ def test_the_avatar_cache_never_reaches_the_graph_adapter() -> None:
 
 def test_no_modules_import_each_other_in_a_circle() -> None:
     assert cycles(import_graph()) == []
+
+
+# The commands and the composition root: they load configuration for the rest.
+LOADS_CONFIGURATION = {"app", "cli", "doctor", "warm", "lifecycle", "preflight", "demo.serve"}
+
+
+def test_components_declare_their_options_and_never_import_the_loader() -> None:
+    # Each component declares its options next to itself (options.settings); config.py
+    # imports those declarations, so a component importing config would be a circle,
+    # and would mean an option declared far from the code that reads it.
+    graph = import_graph()
+    importers = {module for module, targets in graph.items() if "config" in targets}
+    assert importers <= LOADS_CONFIGURATION, sorted(importers - LOADS_CONFIGURATION)
+    assert graph["options"] == set()  # declaring an option costs nothing else

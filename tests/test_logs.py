@@ -15,9 +15,10 @@ from appclient import MakeClient, get
 from logwatch import Lines
 
 from avatarproxy import logs
-from avatarproxy.config import LoggingSettings, load_settings
+from avatarproxy.config import load_settings
 from avatarproxy.demo.people import FakePerson
 from avatarproxy.demo.photos import portrait
+from avatarproxy.logs import LoggingSettings
 from avatarproxy.models import Subject
 from avatarproxy.security import sign_url
 from avatarproxy.warm import Pacer, WarmStats, listed, open_warmer

@@ -358,19 +358,19 @@ def test_the_config_listens_and_dials_where_the_manifests_lead(kustomization: st
     settings = config(w.objects, tmp_path)
     assert settings.server.port == w.serving_port, "the Service forwards to a closed port"
     assert settings.server.metrics_port == w.metrics_port, "Prometheus scrapes a closed port"
-    url = urlsplit(settings.cache.redis_url)
+    url = urlsplit(settings.redis.redis_url)
     services = {s["metadata"]["name"]: s for s in w.objects if s["kind"] == "Service"}
     if url.hostname in services and isinstance(w.redis, Pod):  # in-cluster, by its Service
         port = next(p for p in services[url.hostname]["spec"]["ports"] if p["port"] == url.port)
         dialled = target_port(services[url.hostname], port["name"], w.redis)
     else:
         dialled = url.port or 6379
-    assert dialled == w.site.redis_port, f"{settings.cache.redis_url}: not the port let out"
+    assert dialled == w.site.redis_port, f"{settings.redis.redis_url}: not the port let out"
     if w.site.redis_ip is not None:
         assert url.scheme == "rediss", "Azure's caches take TLS only"
     server = find(w.objects, "Deployment", "avatarproxy")
     files = mounted_files(server)
-    for path in (settings.auth.client_secret_file, settings.cache.redis_password_file):
+    for path in (settings.auth.client_secret_file, settings.redis.redis_password_file):
         assert not path or path in files, f"{path} is not mounted"
 
 

@@ -19,8 +19,8 @@ from loopback import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from avatarproxy import logs
-from avatarproxy.config import LoggingSettings
 from avatarproxy.lifecycle import usable_cpus
+from avatarproxy.logs import LoggingSettings
 from avatarproxy.ops import READINESS, metrics_app
 from avatarproxy.security import signature
 

@@ -271,9 +271,10 @@ def test_every_key_of_one_person_shares_a_cluster_slot() -> None:
 
 async def test_two_deployments_with_their_own_prefix_share_one_redis(redis_url: str) -> None:
     settings = [load_settings(env={}, overrides={
-        "cache.redis_url": redis_url, "cache.key_prefix": prefix}).cache
+        "cache.redis_url": redis_url, "cache.key_prefix": prefix})
         for prefix in ("intranet:", "extranet:")]
-    intranet, extranet = (AvatarCache(s, [RedisTier(RedisLink(connection.connect(s)))])
+    intranet, extranet = (AvatarCache(s.cache, [RedisTier(RedisLink(connection.connect(s.redis)))],
+                                      s.redis.key_prefix)
                           for s in settings)
     subject = Subject(PEOPLE[0])
     await intranet.put_image(intranet.photo_key(subject, '"E"', 48, "jpeg", "1"), b"intranet")
@@ -295,7 +296,7 @@ def _digest_of(cache: AvatarCache, subject: Subject) -> str:
 
 async def test_a_write_refused_for_lack_of_memory_is_counted_and_ignored(
         redis_url: str) -> None:
-    settings = load_settings(env={}, overrides={"cache.redis_url": redis_url}).cache
+    settings = load_settings(env={}, overrides={"cache.redis_url": redis_url}).redis
     tier = RedisTier(RedisLink(connection.connect(settings)))
     with redis.Redis.from_url(redis_url) as admin:
         policy = admin.config_get("maxmemory-policy")["maxmemory-policy"]
@@ -317,7 +318,7 @@ async def test_a_write_refused_for_lack_of_memory_is_counted_and_ignored(
 async def test_a_redis_whose_certificate_is_not_trusted_reads_as_a_miss(
         redis_tls: Topology) -> None:
     overrides = {**redis_tls.overrides, "cache.redis_ca_file": ""}  # system trust only
-    settings = load_settings(env={}, overrides=overrides).cache
+    settings = load_settings(env={}, overrides=overrides).redis
     tier = RedisTier(RedisLink(connection.connect(settings)))
     await tier.set("k", b"v", 60)
     assert await tier.get("k") is None
@@ -329,7 +330,7 @@ async def test_a_redis_whose_certificate_is_not_trusted_reads_as_a_miss(
 async def test_a_rotated_password_file_is_used_when_redis_drops_the_connection(
         redis_tls: Topology) -> None:
     password_file = Path(redis_tls.overrides["cache.redis_password_file"])
-    settings = load_settings(env={}, overrides=redis_tls.overrides).cache
+    settings = load_settings(env={}, overrides=redis_tls.overrides).redis
     tier = RedisTier(RedisLink(connection.connect(settings)))
     await tier.set("avatarproxy:rotated", b"before", 60)  # the ACL user's keys
     with redis_tls.servers[0].client() as admin:

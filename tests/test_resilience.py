@@ -30,7 +30,7 @@ ALEX = "alex.wilber@contoso.com"
 MEGAN = "megan.bowen@contoso.com"
 APP_SCOPE = "Application/ApplicationAndTenant/app-id/tenant-id"
 KEYS = AvatarCache(load_settings(env={}).cache, [])  # key names only
-SHARED = SharedKeys(load_settings(env={}).cache.key_prefix, SCHEMA_VERSION)
+SHARED = SharedKeys(load_settings(env={}).redis.key_prefix, SCHEMA_VERSION)
 
 
 def downloads(fake_graph: Any, who: str = "") -> int:
@@ -106,7 +106,7 @@ async def test_one_persons_throttle_without_scope_pauses_only_that_person(
 async def test_a_shorter_throttle_pause_from_another_replica_keeps_the_longer_one(
         redis_url: str) -> None:
     settings = load_settings(env={}, overrides={"cache.redis_url": redis_url})
-    shared = Coordination.connect(settings.cache, SCHEMA_VERSION)
+    shared = Coordination.connect(settings.redis, SCHEMA_VERSION)
     assert shared.link is not None
     one, two, three = (GraphGate(settings.graph, shared.pauses) for _ in range(3))
     try:

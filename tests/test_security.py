@@ -450,7 +450,7 @@ async def test_a_silent_redis_costs_the_limiter_one_timeout_not_one_per_miss() -
         silent.listen(64)
         port = silent.getsockname()[1]
         cache = load_settings(env={}, overrides={"cache.redis_url": f"redis://127.0.0.1:{port}/0",
-                                                 "cache.redis_timeout_seconds": 0.2}).cache
+                                                 "cache.redis_timeout_seconds": 0.2}).redis
         limiter = RateLimiter(1000.0, 1000, Coordination.connect(cache, SCHEMA_VERSION).buckets)
         try:
             started = time.monotonic()

@@ -32,9 +32,9 @@ from cryptography import x509
 from msal.exceptions import MsalError
 
 from .. import metrics
-from ..config import AuthSettings
 from ..errors import AuthError
 from .authproblems import as_problem, default_authority, failure, no_answer, refusal
+from .settings import AuthSettings
 
 T = TypeVar("T")
 

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import requests
 from msal.exceptions import MsalError
 
-from ..config import AuthSettings
 from ..errors import AuthError
+from .settings import AuthSettings
 
 # OAuth error codes that a retry cannot fix, and the setting each points at
 # ("" : the credential in use).

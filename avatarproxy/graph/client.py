@@ -19,12 +19,12 @@ from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from .. import metrics
-from ..config import GraphSettings
 from ..errors import GraphNotFound, GraphPermissionDenied, GraphUnavailable
 from ..models import NOBODY, Identity, PhotoMeta, Profile, Subject
 from .auth import TokenProvider
 from .replies import Reply, check, json_object, read_capped
 from .resources import identity_from_json, meta_from_json, profile_from_json
+from .settings import GraphSettings
 from .throttle import GraphGate
 from .urls import graph_url, mail_lookup_query, subject_path
 

@@ -20,9 +20,9 @@ import random
 import time
 
 from .. import logs
-from ..config import GraphSettings
 from ..errors import GraphUnavailable
 from ..redis.coordination import ThrottlePauses
+from .settings import GraphSettings
 
 # Named as before the move into graph/: operators' log queries may use it.
 log = logging.getLogger("avatarproxy.throttle")

@@ -36,7 +36,8 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.typing import EncodableT
 
-from ..config import CacheSettings, file_problem
+from ..options import file_problem
+from .settings import RedisSettings
 
 T = TypeVar("T")
 _PACKAGE = __name__.partition(".")[0] + "."  # avatarproxy., not avatarproxy.redis.
@@ -185,7 +186,7 @@ def advice(exc: BaseException, settings: str = "cache.redis_url") -> str:
             "NetworkPolicy avatarproxy-to-redis)")
 
 
-def _target(cache: CacheSettings) -> tuple[str, str]:
+def _target(cache: RedisSettings) -> tuple[str, str]:
     """Where Redis is and the settings saying so, for log lines: never credentials."""
     if cache.redis_mode == "sentinel":
         return (f"master {cache.redis_sentinel_master!r} of the Sentinels "
@@ -198,11 +199,11 @@ def _target(cache: CacheSettings) -> tuple[str, str]:
     return f"{f'[{host}]' if ':' in host else host}:{options.get('port', 6379)}", "cache.redis_url"
 
 
-def enabled(cache: CacheSettings) -> bool:
+def enabled(cache: RedisSettings) -> bool:
     return bool(cache.redis_url) or cache.redis_mode == "sentinel"
 
 
-def check(cache: CacheSettings) -> list[str]:
+def check(cache: RedisSettings) -> list[str]:
     """Problems with the Redis settings, one line each, naming the key."""
     if not enabled(cache):
         return []
@@ -261,17 +262,17 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
-def where(cache: CacheSettings) -> str:
+def where(cache: RedisSettings) -> str:
     """Where Redis is, for the start-up line: no user, no password."""
     return _target(cache)[0]
 
 
-def connect(cache: CacheSettings) -> RedisConnection:
+def connect(cache: RedisSettings) -> RedisConnection:
     """The client for ``cache``'s mode (no I/O yet: connections open on first use)."""
     return _connect(cache, pubsub=False)
 
 
-def subscriber(cache: CacheSettings) -> RedisConnection:
+def subscriber(cache: RedisSettings) -> RedisConnection:
     """Clients for Pub/Sub (the purge channel), with the same TLS and credentials.
 
     No read timeout: a subscription is idle most of the time. Sentinel: the
@@ -292,7 +293,7 @@ def subscriber(cache: CacheSettings) -> RedisConnection:
                            seed=(options["host"], options["port"]), target=_target(cache)[0])
 
 
-def _pubsub_options(cache: CacheSettings) -> dict[str, Any]:
+def _pubsub_options(cache: RedisSettings) -> dict[str, Any]:
     """A Pub/Sub connection to one server: the service's TLS and credentials, and no
     read timeout (a subscription is idle most of the time)."""
     options = _url_options(cache.redis_url or "redis://", cache)
@@ -301,7 +302,7 @@ def _pubsub_options(cache: CacheSettings) -> dict[str, Any]:
     return options
 
 
-def _connect(cache: CacheSettings, pubsub: bool) -> RedisConnection:
+def _connect(cache: RedisSettings, pubsub: bool) -> RedisConnection:
     target, settings = _target(cache)
     if pubsub and cache.redis_mode != "sentinel":
         return RedisConnection(_Subscriber.from_pool(ConnectionPool(**_pubsub_options(cache))),
@@ -344,7 +345,7 @@ def _connect(cache: CacheSettings, pubsub: bool) -> RedisConnection:
         timeout=cache.redis_timeout_seconds)), target=target, settings=settings)
 
 
-def _url_options(url: str, cache: CacheSettings) -> dict[str, Any]:
+def _url_options(url: str, cache: RedisSettings) -> dict[str, Any]:
     options: dict[str, Any] = dict(parse_url(url))
     username = options.pop("username", None)
     if cache.redis_password_file:
@@ -361,7 +362,7 @@ def _url_options(url: str, cache: CacheSettings) -> dict[str, Any]:
     return options
 
 
-def _tls_options(cache: CacheSettings, tls: bool) -> dict[str, Any]:
+def _tls_options(cache: RedisSettings, tls: bool) -> dict[str, Any]:
     return {"ssl_ca_certs": cache.redis_ca_file} if tls and cache.redis_ca_file else {}
 
 

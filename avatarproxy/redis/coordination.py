@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import CacheSettings
 from . import connection
 from .link import RedisLink, RedisPipeline
+from .settings import RedisSettings
 
 # Delete a lock only if we still hold it: a lock that expired and was taken
 # by another replica must not be released by the late first holder.
@@ -214,7 +214,7 @@ class Coordination:
     buckets: RateBuckets | None = None
 
     @classmethod
-    def connect(cls, cache: CacheSettings, schema: str) -> Coordination:
+    def connect(cls, cache: RedisSettings, schema: str) -> Coordination:
         """The shared state as ``cache`` configures it (``schema``: ``cache.SCHEMA_VERSION``).
         No I/O yet: connections open on first use."""
         if not connection.enabled(cache):
