@@ -5,9 +5,10 @@ network hop; Redis, when configured, is shared by every replica and
 survives restarts. Image keys contain the photo's mediaEtag: a changed photo
 has new keys, so nothing is ever invalidated, and image entries are
 immutable. A failing Redis counts as a miss: avatars are decoration, never
-worth an error. The Redis tier goes through the process's one link to Redis
-(``redis.link``), which the state replicas share besides avatars (download
-locks, throttling pauses, rate-limit buckets: ``redis.coordination``) uses too.
+worth an error. The Redis tier goes through the process's link to Redis
+(``redis.link``), whose view of Redis's health it shares with what else the
+replicas keep there (download locks, throttling pauses, rate-limit buckets:
+``redis.coordination``).
 
 Keys are ``<cache.key_prefix><schema>:<kind>:{<tag>}...``: the hash tag puts
 every key of one person (one initials image) in one Redis Cluster slot, so
@@ -118,7 +119,8 @@ class RedisTier:
             metrics.cache_lookup(self.name, "hit")
         else:
             # Not healthy: the command failed, or Redis is being skipped after a failure.
-            metrics.cache_lookup(self.name, "miss" if self._link.healthy else "error")
+            failed = self._link.refused or not self._link.healthy
+            metrics.cache_lookup(self.name, "error" if failed else "miss")
         return value if isinstance(value, bytes) else None
 
     async def set(self, key: str, value: bytes, ttl: int,

@@ -228,10 +228,6 @@ def _apply_cloud(values: dict[tuple[str, str], Any]) -> None:
         values[("auth", "authority")] = authority(cloud, tenant)
 
 
-
-
-
-
 def render_example() -> str:
     """The text of ``config.example.toml``: every option, its default and help."""
     lines = ["# avatarproxy configuration. Every key is shown with its default.",

@@ -18,7 +18,7 @@ import hmac
 import ipaddress
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from .blocking import BlockedPeople
@@ -89,7 +89,7 @@ def sign_url(key: str, url: str, max_size: int | None = None) -> str:
 class Policy:
     """The operator's security choices, normalised once at start-up."""
 
-    signing_keys: tuple[bytes, ...]
+    signing_keys: tuple[bytes, ...] = field(repr=False)  # never in a repr or a log line
     allowed_domains: frozenset[str]
     allow_guests: bool
     blocked: BlockedPeople

@@ -244,3 +244,46 @@ def test_photo_keys_change_with_the_media_etag_and_renderer_and_ignore_case_of_u
     assert a != cache.photo_key(Subject("a@contoso.com"), '"E1"', 48, "jpeg", "2")
     assert a == cache.photo_key(Subject("A@Contoso.com".lower()), '"E1"', 48, "jpeg", "1")
     assert a.startswith("avatarproxy:v2:")
+
+
+async def test_a_command_the_acl_refuses_fails_alone_and_leaves_redis_to_the_others(
+        redis_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    # The documented ACL less +hset, which only the rate-limit script needs: Redis still
+    # answers every cache command, so the cache tier and the download locks keep using it
+    # (one health for every Redis user must not read a refusal as "Redis is down").
+    import logging
+
+    import redis as syncredis
+
+    from avatarproxy.cache import SCHEMA_VERSION
+    from avatarproxy.ratelimit import RateLimiter
+    from avatarproxy.redis.coordination import Coordination
+
+    user = "nohset-" + str(free_port())
+    with syncredis.Redis.from_url(redis_url) as admin:
+        admin.execute_command(
+            "ACL", "SETUSER", user, "on", ">pw", "~avatarproxy:*", "-@all", "+get", "+set",
+            "+exists", "+expire", "+sadd", "+ping", "+eval", "+evalsha", "+script|load",
+            "+hmget", "+time")
+    settings = load_settings(env={}, overrides={
+        "cache.redis_url": redis_url.replace("redis://", f"redis://{user}:pw@")})
+    shared = Coordination.connect(settings.redis, SCHEMA_VERSION)
+    assert shared.link is not None and shared.locks is not None
+    tier = RedisTier(shared.link)
+    limiter = RateLimiter(50, 500, shared.buckets)
+    key = f"avatarproxy:{SCHEMA_VERSION}:img:{{acl}}:e:48:jpeg"
+    caplog.set_level(logging.INFO)
+    try:
+        await tier.set(key, b"photo", 60)
+        assert await limiter.allow("192.0.2.1")  # refused in Redis: limited in-process
+        assert shared.link.healthy
+        assert await tier.get(key) == b"photo"
+        assert await shared.locks.try_lock(key, "token", 5) == (True, True)
+        lines = [r.getMessage() for r in caplog.records if r.name == "avatarproxy.redis.link"]
+        assert any("EVALSHA failed" in line for line in lines), lines
+        assert not any(line.startswith("redis is back") for line in lines), lines
+    finally:
+        await limiter.close()
+        await tier.close()
+        with syncredis.Redis.from_url(redis_url) as admin:
+            admin.execute_command("ACL", "DELUSER", user)

@@ -20,7 +20,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "avatarproxy"
 # name is it or ends with ".<name>", so ``throttle`` finds ``graph.throttle`` too.
 # Add a module here when it joins a side; a name that matches nothing fails the test.
 GRAPH_ADAPTER = (("graph", "graph.client"), ("throttle",), ("auth",), ("authproblems",),
-                 ("directory",))
+                 ("directory",), ("urls",), ("replies",), ("resources",), ("clouds",),
+                 ("graph.settings",))
 AVATAR_CACHE = (("cache",), ("memory",), ("coalesce",))
 
 
@@ -177,8 +178,8 @@ def test_components_declare_their_options_and_never_import_the_loader() -> None:
 
 
 def test_modules_and_functions_stay_small_enough_to_read() -> None:
-    # STYLE.md: modules under 400 lines, functions under 50 (a newcomer reads one
-    # concern at a time). A split along a real seam beats raising these numbers.
+    # Our style: modules under 400 lines, functions under 50 (a newcomer reads one
+    # concern at a time; CONTRIBUTING.md). A split along a real seam beats raising these numbers.
     long_modules, long_functions = [], []
     for name, path in sources().items():
         text = path.read_text(encoding="utf-8")

@@ -19,6 +19,6 @@ It owns:
 Nothing here knows HTTP serving or pixels, and this package and the avatar cache
 never import each other, directly or through a third module. Import from the
 module that owns a name (``from avatarproxy.graph.client import GraphClient``):
-this file re-exports nothing, so that ``config`` can import ``graph.clouds``
-without loading the client, which itself needs ``config``.
+this file re-exports nothing, so that importing ``graph.settings`` or
+``graph.clouds`` (as ``config`` does) does not load the client.
 """

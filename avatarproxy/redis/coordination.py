@@ -7,9 +7,10 @@
 - **Rate-limit buckets** (used by ``ratelimit``): a client's token bucket, the same
   whichever replica it reaches.
 
-All three go through the process's one ``RedisLink``, so they and the avatar
-cache's Redis tier agree on whether Redis is up; each answers "no Redis" (None)
-rather than fail, and its user goes on without it.
+All three share the process's one ``RedisHealth`` with the avatar cache's Redis
+tier (locks and pauses over the cache's ``RedisLink``, the buckets over
+connections of their own), so they agree on whether Redis is up; each answers
+"no Redis" (None) rather than fail, and its user goes on without it.
 
 Keys (``SharedKeys``): a lock is named after the key it guards (``...lock:`` in
 place of the cache's ``...``), so it carries the same hash tag and shares its
@@ -23,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import connection
-from .link import RedisLink, RedisPipeline
+from .link import RedisHealth, RedisLink, RedisPipeline
 from .settings import RedisSettings
 
 # Delete a lock only if we still hold it: a lock that expired and was taken
@@ -191,6 +192,7 @@ class RateBuckets:
         return None if taken is None else bool(taken)
 
     async def close(self) -> None:
+        """Close the rate limiter's own connections."""
         await self._link.close()
 
 
@@ -219,7 +221,10 @@ class Coordination:
         No I/O yet: connections open on first use."""
         if not connection.enabled(cache):
             return cls()
-        link = RedisLink(connection.connect(cache), cache.redis_retry_seconds)
+        health = RedisHealth(cache.redis_retry_seconds)
+        link = RedisLink(connection.connect(cache), health=health)
         keys = SharedKeys(cache.key_prefix, schema)
-        return cls(link, DownloadLocks(link, keys), ThrottlePauses(link, keys),
-                   RateBuckets(link, keys))
+        # The rate limiter gets its own connections (one health): a request's
+        # rate check must not queue behind the cache's commands for a connection.
+        buckets = RateBuckets(RedisLink(connection.connect(cache), health=health), keys)
+        return cls(link, DownloadLocks(link, keys), ThrottlePauses(link, keys), buckets)

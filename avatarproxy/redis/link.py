@@ -2,12 +2,16 @@
 
 Every part that keeps state in the shared Redis (the avatar cache's Redis tier,
 the download locks, the Graph throttling pauses, the rate-limit buckets) sends
-its commands through one ``RedisLink``: one connection pool, and one health
-state. So they agree: after a failure seen by any of them, all of them go
+its commands through a ``RedisLink`` sharing one ``RedisHealth``. So they
+agree: after a failure to reach Redis seen by any of them, all of them go
 without Redis for ``cache.redis_retry_seconds`` (``healthy`` is False
 meanwhile), and a Redis outage costs requests nothing and does not pile up
 coroutines waiting on timeouts; the next command after that is the probe that
 reconnects. An outage is logged at most once a minute, its end once.
+
+A reply error (``NOPERM`` from an ACL that lacks one command, a full Redis
+refusing a write) is no outage: Redis answered. It fails that command alone,
+is logged at most once a minute, and never switches Redis off for the others.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
-from redis.exceptions import OutOfMemoryError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from .. import metrics
 from .connection import REDIS_FAILURES, RedisClient, RedisConnection, command
@@ -34,6 +38,29 @@ WriteRider = Callable[[RedisPipeline], object]
 _WARN_EVERY_SECONDS = 60  # one line a minute is enough to tell an operator Redis is down
 
 
+class RedisHealth:
+    """Whether Redis is up, as every user of the shared Redis in this process sees it."""
+
+    def __init__(self, retry_after: float = 1.0) -> None:
+        self.retry_after = retry_after
+        self.healthy = True
+        self.skip_until = 0.0
+        self.last_warning = 0.0
+        self.writes_refused_for_memory = 0
+
+    def failed(self) -> None:
+        self.healthy = False
+        self.skip_until = time.monotonic() + self.retry_after
+
+    def should_warn(self) -> bool:
+        """At most one warning a minute per process, whoever fails."""
+        now = time.monotonic()
+        if now - self.last_warning > _WARN_EVERY_SECONDS:
+            self.last_warning = now
+            return True
+        return False
+
+
 class RedisLink:
     """Redis with short timeouts; errors are logged and read as "no answer" (None).
 
@@ -42,14 +69,13 @@ class RedisLink:
     and Redis is not taken for down.
     """
 
-    def __init__(self, connection: RedisConnection, retry_after: float = 1.0) -> None:
+    def __init__(self, connection: RedisConnection, retry_after: float = 1.0,
+                 health: RedisHealth | None = None) -> None:
+        """``health``: shared with the other links of the process (else its own)."""
         self.connection = connection
         self.client: RedisClient = connection.client
-        self._retry_after = retry_after
-        self._skip_until = 0.0
-        self._last_warning = 0.0
-        self.writes_refused_for_memory = 0
-        self.healthy = True
+        self.health = health if health is not None else RedisHealth(retry_after)
+        self.refused = False  # the last command got a reply error (see ``call``)
         self._closed = False
         self._busy = 0  # commands in flight; close() lets them finish first
         self._idle = asyncio.Event()
@@ -59,11 +85,20 @@ class RedisLink:
         self._riders: dict[str, WriteRider] = {}
 
     @property
+    def healthy(self) -> bool:
+        return self.health.healthy
+
+    @property
+    def writes_refused_for_memory(self) -> int:
+        return self.health.writes_refused_for_memory
+
+    @property
     def available(self) -> bool:
         """Whether a command would be sent now (not closed, not skipped after a failure)."""
         # Closed: a late background task must not open a fresh connection that
         # nobody will ever close (redis-py reconnects on the next command).
-        return not self._closed and (self.healthy or time.monotonic() >= self._skip_until)
+        health = self.health
+        return not self._closed and (health.healthy or time.monotonic() >= health.skip_until)
 
     async def call(self, name: str, pending: Awaitable[Any]) -> Any:
         """``pending``'s answer; None if Redis failed, is skipped, or refused for memory.
@@ -75,25 +110,32 @@ class RedisLink:
             return None
         self._busy += 1
         self._idle.clear()
+        self.refused = False
         try:
             result = await command(pending)
         except OutOfMemoryError as exc:
-            self.writes_refused_for_memory += 1
+            self.health.writes_refused_for_memory += 1
             metrics.cache_write_refused()
             self._warn(name, exc)
             return None
+        except ResponseError as exc:
+            # Redis answered: this command is refused (an ACL without it, a script
+            # error), not Redis down. Taking it for an outage would switch off every
+            # other user of Redis for each refusal.
+            self.refused = True
+            self._warn(name, exc)
+            return None
         except REDIS_FAILURES as exc:
-            self.healthy = False
-            self._skip_until = time.monotonic() + self._retry_after
+            self.health.failed()
             self._warn(name, exc)
             return None
         finally:
             self._busy -= 1
             if not self._busy:
                 self._idle.set()
-        if not self.healthy:
+        if not self.health.healthy:
             log.info("redis is back at %s", self.connection.where())
-            self.healthy = True
+            self.health.healthy = True
         return result
 
     def attach_to_write(self, key: str, rider: WriteRider) -> None:
@@ -105,9 +147,7 @@ class RedisLink:
         return self._riders.pop(key, None)
 
     def _warn(self, command: str, exc: BaseException) -> None:
-        now = time.monotonic()
-        if now - self._last_warning > _WARN_EVERY_SECONDS:
-            self._last_warning = now
+        if self.health.should_warn():
             log.warning("redis %s failed, serving without it: %s", command,
                         self.connection.failure(exc))
 

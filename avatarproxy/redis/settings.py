@@ -19,7 +19,8 @@ class RedisSettings:
         "",
         "Shared Redis: redis://, rediss:// (TLS) or unix://, user:password@ allowed; "
         "cluster mode: any one node; sentinel mode: scheme, user and db only (host "
-        "ignored). Empty (standalone): in-process memory only.")
+        "ignored). Empty (standalone): in-process memory only.",
+        secret=True)  # it may hold a password: never shown in a repr
     redis_timeout_seconds: float = option(
         0.5,
         "Timeout of one Redis command; a slow Redis counts as a miss.", minimum=0.01)
