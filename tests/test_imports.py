@@ -20,7 +20,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "avatarproxy"
 # name is it or ends with ".<name>", so ``throttle`` finds ``graph.throttle`` too.
 # Add a module here when it joins a side; a name that matches nothing fails the test.
 GRAPH_ADAPTER = (("graph", "graph.client"), ("throttle",), ("auth",), ("authproblems",),
-                 ("directory",))
+                 ("directory",), ("usersdelta",))
 AVATAR_CACHE = (("cache",), ("memory",), ("coalesce",))
 
 
