@@ -102,7 +102,7 @@ class IndexKeys:
                                     hashlib.sha256).hexdigest()[:16]
 
     def of_digest(self, digest: bytes) -> bytes:
-        return hmac.new(self._secret, digest, hashlib.sha256).digest()[:KEY_BYTES]
+        return hmac.digest(self._secret, digest, "sha256")[:KEY_BYTES]
 
     def of_addresses(self, addresses: Iterable[str]) -> frozenset[bytes]:
         """Both hashes of each address, as index keys."""
@@ -156,7 +156,8 @@ class MemoryIndex:
 
     def __init__(self) -> None:
         self._owner: dict[bytes, str] = {}  # index key -> object id
-        self._keys: dict[str, frozenset[bytes]] = {}  # object id -> its index keys
+        # object id -> its index keys, concatenated (a bytes is a third of a frozenset's size)
+        self._keys: dict[str, bytes] = {}
         self._state: SyncState | None = None
 
     def __len__(self) -> int:
@@ -168,12 +169,12 @@ class MemoryIndex:
     async def apply(self, entries: Sequence[Entry]) -> None:
         for entry in entries:
             object_id = entry.object_id
-            for key in self._keys.pop(object_id, frozenset()) - entry.keys:
+            for key in split_keys(self._keys.pop(object_id, b"")) - entry.keys:
                 # An address that moved to someone else is theirs now: only ours goes.
                 if self._owner.get(key) == object_id:
                     del self._owner[key]
             if entry.keys:
-                self._keys[object_id] = entry.keys
+                self._keys[object_id] = b"".join(sorted(entry.keys))
                 self._owner.update(dict.fromkeys(entry.keys, object_id))
 
     async def owners(self) -> set[str]:
@@ -198,6 +199,11 @@ class MemoryIndex:
 
     async def release(self) -> None:
         return None
+
+
+def split_keys(joined: bytes) -> frozenset[bytes]:
+    """Index keys stored one after another (what a user has, in both stores)."""
+    return frozenset(joined[i:i + KEY_BYTES] for i in range(0, len(joined), KEY_BYTES))
 
 
 class HashIndex:

@@ -319,6 +319,24 @@ async def test_the_index_works_in_a_redis_cluster(redis_cluster: Any, fake_graph
         assert await owner(index, "p.gupta@contoso.com") == (PRADEEP, PRADEEP)
 
 
+async def test_the_index_needs_only_the_commands_docs_redis_md_grants(
+        redis_tls: Any, fake_graph: Any) -> None:
+    # The least-privilege ACL user, over TLS: a round, a lookup, the lease, a rebuild.
+    async with redis_link("", **redis_tls.overrides) as link, \
+            graph_client(fake_graph.base_url) as graph:
+        store = RedisIndex(link, "avatarproxy:")
+        await store.clear()
+        index = HashIndex(store, IndexKeys(KEY))
+        assert await IndexSync(graph, index, interval=0.0).sync_once()
+        adele = fake_graph.graph.person("adele.vance@contoso.com")
+        assert await index.lookup(md5("adele.vance@contoso.com")) == adele.object_id
+        fake_graph.graph.remove(adele.object_id)
+        fake_graph.graph.delta.expire_tokens()
+        assert await IndexSync(graph, index, interval=0.0).sync_once()
+        assert await index.lookup(md5("adele.vance@contoso.com")) is None
+        assert link.healthy
+
+
 def test_sync_state_is_fresh_for_one_interval_after_a_round() -> None:
     import time
     assert SyncState("link", "k", time.time()).fresh(60)

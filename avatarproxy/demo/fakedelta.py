@@ -14,7 +14,7 @@ refuses a delta link over seven days old: 400 ``syncStateNotFound``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote
 
@@ -40,6 +40,8 @@ class DeltaLog:
         self._removed: dict[str, int] = {}  # object id -> sequence of its deletion
         self._epoch = 0  # tokens of an earlier epoch are refused (expired)
         self.page_size = 100
+        # A round's entries, built once for all its pages (a large tenant has hundreds).
+        self._round: tuple[tuple[int, int, int, str], list[dict[str, Any]]] | None = None
 
     def record(self, object_id: str, *, removed: bool = False) -> None:
         self.sequence += 1
@@ -51,8 +53,9 @@ class DeltaLog:
         """Every delta link handed out so far is refused from now on."""
         self._epoch += 1
 
-    def answer(self, root: str, people: Iterable[FakePerson],
+    def answer(self, root: str, people: Callable[[], Iterable[FakePerson]],
                query: dict[str, list[str]]) -> web.Response:
+        """``people()``: the tenant's users now (asked once a round, not once a page)."""
         skip, delta = query.get("$skiptoken"), query.get("$deltatoken")
         try:
             epoch = self._epoch
@@ -72,7 +75,10 @@ class DeltaLog:
         if unknown:
             return error_response(400, "Request_BadRequest", f"Could not find a property "
                                   f"named '{unknown[0]}' on type 'microsoft.graph.user'.")
-        entries = self._entries(people, since, upto, select)
+        round_key = (since, upto, self.sequence, select)
+        if self._round is None or self._round[0] != round_key:
+            self._round = (round_key, self._entries(people(), since, upto, select))
+        entries = self._round[1]
         page = entries[offset:offset + self.page_size]
         body: dict[str, Any] = {"@odata.context": f"{root}/$metadata#users({select})",
                                 "value": page}

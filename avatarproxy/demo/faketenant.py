@@ -128,7 +128,7 @@ class FakeTenant:
         if segments == ["users"]:
             return self._list_users(root, query)
         if segments == ["users", "delta"]:
-            return self.delta.answer(root, self.people, query)
+            return self.delta.answer(root, lambda: self.people, query)
         found = _parse_user(segments)
         if isinstance(found, web.Response):
             return found

@@ -27,7 +27,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from ..hashindex import KEY_BYTES, Entry, IndexUnavailable, SyncState
+from ..hashindex import Entry, IndexUnavailable, SyncState, split_keys
 from .link import RedisLink
 
 KEY_SHARDS = 8192  # ~73 entries each for 300,000 addresses (two keys an address)
@@ -77,7 +77,8 @@ class RedisIndex:
         before = await self._call("HGET", read.execute())
         write = self._client.pipeline(transaction=False)
         for entry, object_id, stored in zip(entries, ids, before, strict=True):
-            for key in _split(stored) - entry.keys:
+            had = split_keys(stored) if isinstance(stored, bytes) else frozenset()
+            for key in had - entry.keys:
                 write.eval(_DELETE_IF_OWNER, 1, self.key_shard(key), key, object_id)
             # Every key, not only new ones: one another user had taken comes back.
             for key in entry.keys:
@@ -141,12 +142,6 @@ class RedisIndex:
         if answer is None and not (sent and self._link.healthy):
             raise IndexUnavailable("redis unavailable")
         return answer
-
-
-def _split(stored: object) -> frozenset[bytes]:
-    if not isinstance(stored, bytes):
-        return frozenset()
-    return frozenset(stored[i:i + KEY_BYTES] for i in range(0, len(stored), KEY_BYTES))
 
 
 def _text(value: object) -> str:
