@@ -42,7 +42,9 @@ from .service import AvatarService
 
 log = logging.getLogger(__name__)
 
-_DRAWN_MEMORY = 1024  # defaults kept in this process (a few KB each at most)
+# Defaults kept drawn in this process: mp is the same for every hash (one per size and
+# format), an identicon a few hundred bytes; mp at 1024 px is the largest, 36 KB.
+_DRAWN_BYTES = 4 * 1024 * 1024
 
 
 class HashAvatars:
@@ -56,6 +58,7 @@ class HashAvatars:
         self._index = index
         self._max_age = max_age
         self._drawn: OrderedDict[tuple[str, bytes, int, str], bytes] = OrderedDict()
+        self._drawn_bytes = 0
 
     @property
     def index(self) -> HashIndex:
@@ -132,9 +135,13 @@ class HashAvatars:
                       "default", 0, no_store=True)
 
     def _remember(self, key: tuple[str, bytes, int, str], body: bytes) -> None:
+        """Keep ``body`` drawn, least recently used out first past ``_DRAWN_BYTES``."""
+        if key in self._drawn:
+            return  # drawn twice at once: the first copy stays
         self._drawn[key] = body
-        if len(self._drawn) > _DRAWN_MEMORY:
-            self._drawn.popitem(last=False)
+        self._drawn_bytes += len(body)
+        while self._drawn_bytes > _DRAWN_BYTES:
+            self._drawn_bytes -= len(self._drawn.popitem(last=False)[1])
 
 
 def _nameless(default: str) -> str:
