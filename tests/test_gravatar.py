@@ -144,6 +144,18 @@ async def test_bitbucket_jpg_suffix_and_a_fallback_url_get_mp_never_a_redirect(
     assert (mp["ETag"], same) == (headers["ETag"], body)
 
 
+async def test_gitea_source_url_and_bitbuckets_unhashed_address(serve: MakeClient) -> None:
+    client = await serve()
+    # Gitea: GRAVATAR_SOURCE + the MD5, then ?d=identicon&s=<size>.
+    status, headers, body = await fetch(client, f"/avatar/{md5('pradeep@contoso.com')}"
+                                                "?d=identicon&s=56")
+    assert (status, headers["X-Avatar-Source"], size_of(body)) == (200, "photo", (56, 56))
+    # Bitbucket: avatar.url.format.https=https://avatars.intranet/avatar/%4$s/%2$d
+    status, headers, _ = await fetch(client, "/avatar/p.gupta@contoso.com/64")
+    assert (status, headers["X-Avatar-Source"]) == (200, "photo")
+    assert (await fetch(client, "/avatar//64"))[0] == 404  # a user without an address
+
+
 # -- hashes nobody has -----------------------------------------------------------------
 
 async def test_an_unknown_hash_gets_its_default_from_the_hash_alone_without_graph(
