@@ -40,11 +40,15 @@ from .graph.auth import MsalTokenProvider, TokenProvider, scope_for
 from .graph.client import GraphClient, Pacer
 from .graph.settings import GraphSettings
 from .graph.throttle import GraphGate
+from .hashavatars import HashAvatars
+from .hashindex import HashIndex, IndexKeys, IndexStore, MemoryIndex
+from .indexsync import IndexSync
 from .initials import InitialsRenderer
 from .limits import LoadLimits
 from .purge import LISTENER
 from .ratelimit import RateLimiter
 from .redis import connection
+from .redis.addressindex import RedisIndex
 from .redis.coordination import Coordination
 from .security import ClientAddress, Policy
 from .service import AvatarService
@@ -52,12 +56,14 @@ from .sites import Sites
 from .web import (
     CLIENTS,
     DEFAULT_FORMAT,
+    HASHES,
     LIMITER,
     MAX_SIZE,
     POLICY,
     SERVER,
     SERVICE,
     SITES,
+    add_hash_route,
     add_routes,
     error_middleware,
     security_headers,
@@ -177,6 +183,22 @@ class Builder:
         stack.push_async_callback(_drain, service, drain_within)
         return Parts(self.policy, cache, graph, service)
 
+    async def open_hashes(self, stack: AsyncExitStack, parts: Parts) -> HashAvatars:
+        """Gravatar URLs (``directory.gravatar``): the hash index, in Redis when it is
+        configured (shared, one syncer at a time) else in this process, kept current
+        by users delta rounds from now on (start-up waits ``graph.timeout_seconds``
+        at most for the first), and the answers over it."""
+        directory = self.settings.directory
+        link = self.shared(stack).link
+        store: IndexStore = (MemoryIndex() if link is None
+                             else RedisIndex(link, self.settings.redis.key_prefix))
+        index = HashIndex(store, IndexKeys(directory.index_key))
+        sync = IndexSync(parts.graph, index, directory.sync_interval_seconds)
+        stack.push_async_callback(sync.close)
+        await sync.start(wait=self.settings.graph.timeout_seconds)
+        return HashAvatars(parts.service, self.policy, index,
+                           self.settings.cache.initials_max_age)
+
     def _limits(self) -> LoadLimits:
         server = self.settings.server
         if server.request_deadline_seconds < self.role.min_deadline_seconds:
@@ -275,6 +297,8 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
 
     app.cleanup_ctx.append(serving)
     add_routes(app)
+    if settings.directory.gravatar:
+        add_hash_route(app)
     ops.add_routes(app, redis_configured=connection.enabled(settings.redis),
                    metrics_here=not settings.server.metrics_port)
     return app
@@ -311,3 +335,5 @@ async def _open_serving(app: web.Application, builder: Builder, stack: AsyncExit
     # a Graph outage must not hold start-up for long (addresses wait).
     await builder.policy.blocked.start(parts.graph, every=settings.cache.metadata_ttl_seconds,
                                        wait=settings.graph.timeout_seconds)
+    if settings.directory.gravatar:
+        app[HASHES] = await builder.open_hashes(stack, parts)

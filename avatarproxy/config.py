@@ -23,6 +23,7 @@ from .cache import CacheSettings
 from .errors import ConfigError
 from .graph.clouds import authority, graph_base_url
 from .graph.settings import AuthSettings, GraphSettings
+from .hashindex import DirectorySettings, settings_problems
 from .imaging import AvatarSettings
 from .logs import LoggingSettings
 from .options import Option, declared
@@ -52,6 +53,7 @@ class Settings:
     avatar: AvatarSettings
     logging: LoggingSettings
     security: SecuritySettings
+    directory: DirectorySettings
 
 
 # Settings' attributes and the settings class each holds (a TOML section may be
@@ -212,6 +214,9 @@ def _cross_field(values: Mapping[tuple[str, str], Any],
         # Without this, an empty URL would quietly mean no Redis at all.
         problems.append("cache.redis_url: cluster mode needs redis:// or rediss://host:port of "
                         "any one node")
+    problems += settings_problems(values[("directory", "gravatar")],
+                                  values[("directory", "index_key")],
+                                  values[("security", "url_signing_keys")])
     if values[("cache", "redis_sentinels")] and mode not in ("sentinel", None):
         problems.append(f"cache.redis_sentinels: used only when cache.redis_mode is sentinel, "
                         f"which is {mode!r} ({origins[('cache', 'redis_mode')]})")

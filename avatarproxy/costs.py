@@ -18,6 +18,9 @@ Admit = Callable[[int], Awaitable[bool]]
 
 DOWNLOAD = 1
 ADDRESS_LOOKUP = 1
+# A Gravatar hash looked up in the index, found or not: a miss calls nothing, so
+# without this a client trying hashes would never reach its limit.
+HASH_LOOKUP = 1
 _RENDER_PIXELS = 256 * 256
 
 

@@ -65,7 +65,7 @@ OPTIONAL_ROLES: Mapping[str, tuple[tuple[str, ...], str]] = {
         "group names for initials"),
     "Team.ReadBasic.All": (("Team.ReadBasic.All",), "team photos and names"),
     "User.Read.All": (("User.Read.All", "User.ReadWrite.All", "Directory.Read.All"),
-                      "`warm --all` skipping disabled accounts"),
+                      "`warm --all` skipping disabled accounts and directory.gravatar"),
 }
 
 
@@ -171,8 +171,11 @@ async def check_token(settings: Settings) -> tuple[TokenProvider | None, list[Fi
                                     "application permission and admin consent"))
     for permission, (granting, purpose) in OPTIONAL_ROLES.items():
         if not set(granting) & set(roles):
-            findings.append(Finding("permission", "warn",
-                                    f"{permission} is missing: needed for {purpose}"))
+            # The Gravatar index cannot be built without it: no longer optional then.
+            needed = permission == "User.Read.All" and settings.directory.gravatar
+            findings.append(Finding("permission", "fail" if needed else "warn", (
+                f"{permission} is missing: directory.gravatar's index needs it" if needed
+                else f"{permission} is missing: needed for {purpose}")))
     return provider, findings
 
 

@@ -71,15 +71,17 @@ class GraphError(AvatarProxyError):
     """Base for failures talking to Microsoft Graph or the identity provider.
 
     ``detail`` is Graph's own error message, when it sent one: for operators'
-    commands, never for log lines (it may name the person).
+    commands, never for log lines (it may name the person). ``code`` is its
+    error code, for callers that must tell one 400 from another.
     """
 
     public = "upstream error"
     detail = ""
+    code = ""  # Graph's error code (``syncStateNotFound``...), when it sent one
 
 
 class GraphNotFound(GraphError):
-    """Graph says the user or photo does not exist (any 404). Cacheable: "no photo"."""
+    """Graph says the user or photo does not exist (any 404, 410). Cacheable: "no photo"."""
 
 
 class GraphPermissionDenied(GraphError):

@@ -6,7 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-Source = Literal["photo", "initials"]
+# "default": a Gravatar default image (``placeholders``), drawn from a hash alone.
+Source = Literal["photo", "initials", "default"]
 # What kind of directory object: users by UPN or id, groups and teams by id.
 SubjectKind = Literal["user", "group", "team"]
 

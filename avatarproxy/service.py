@@ -276,6 +276,11 @@ class AvatarService:
             await self._cache.put_image(key, cached)
         return self._answers.initials(cached, key, fmt, meta)
 
+    async def draw(self, render: Callable[..., bytes], *args: Any) -> bytes:
+        """``render(*args)`` in the image pool, within its caps (``Overloaded`` past
+        them): pictures the service does not own (the Gravatar defaults)."""
+        return await self._pool.run(render, *args)
+
     def limited(self, subject: Subject, size: int, formats: OutputFormats) -> Avatar:
         """The answer to a client over its rate (``Answers.limited``): never stored."""
         return self._answers.limited(subject, size, formats)

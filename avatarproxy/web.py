@@ -25,6 +25,8 @@ from . import logs, metrics
 from .conditional import none_match
 from .costs import Admit
 from .errors import AvatarProxyError, BadRequest, Blocked, Forbidden, NotFound, RefusedPerson
+from .gravatar import ROUTE_PATTERN, parse_hash_request
+from .hashavatars import HashAvatars
 from .inputs import known_params, parse_fallback, parse_object_id, parse_size, parse_subject
 from .models import Avatar, Subject
 from .negotiation import OutputFormats, choose, parse_format
@@ -44,6 +46,7 @@ POLICY: web.AppKey[Policy] = web.AppKey("policy", Policy)
 CLIENTS: web.AppKey[ClientAddress] = web.AppKey("clients", ClientAddress)
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
 SITES: web.AppKey[Sites] = web.AppKey("sites", Sites)
+HASHES: web.AppKey[HashAvatars] = web.AppKey("hashes", HashAvatars)  # directory.gravatar
 # What was wrong with a refused request, for its access line.
 REASON: web.RequestKey[str] = web.RequestKey("reason", str)
 
@@ -165,6 +168,27 @@ async def _answer(request: web.Request, service: AvatarService, subject: Subject
         # from the name it asked for, like anyone Graph does not know.
         return _respond(request, await service.initials_only(
             subject, size, formats, transient=True, admit=admit), formats)
+    return _respond(request, result, formats)
+
+
+async def hash_avatar(request: web.Request) -> web.StreamResponse:
+    """A Gravatar or Libravatar URL (``gravatar``, ``hashavatars``): the person whose
+    address hashes to it, or a default drawn from the hash."""
+    # Never reached with signing on (the configuration refuses the pair): one rule anyway.
+    request.app[POLICY].check_signature(request.path, request.query.get("sig"))
+    ask = parse_hash_request(request.match_info["hash"], request.query, request.app[MAX_SIZE])
+    formats = choose(ask.format, request.headers.get("Accept", ""), ask.size,
+                     request.app[DEFAULT_FORMAT])
+    hashes = request.app[HASHES]
+    try:
+        result = await hashes.answer(ask, formats, _admit(request),
+                                     foreign=request.app[SITES].foreign(request.headers))
+    except NotFound:
+        raise
+    except Exception as exc:  # as for a UPN: still a picture, never a 5xx
+        log.error("answering a hash with the default tile after an unexpected %s",
+                  type(exc).__name__, exc_info=exc)
+        result = hashes.limited(ask, "mp")
     return _respond(request, result, formats)
 
 
@@ -293,6 +317,14 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
     response.headers["X-Content-Type-Options"] = "nosniff"
     response.headers["Referrer-Policy"] = "no-referrer"
     response.headers.popall("Server", None)
+
+
+def add_hash_route(app: web.Application) -> None:
+    """``/avatar/<md5 or sha256>[.png|.jpg]`` (``directory.gravatar``): one segment after
+    ``/avatar/``, where a person's route has two and a group's or team's three."""
+    path = "/avatar/{hash:" + ROUTE_PATTERN + "}"
+    app.router.add_get(path, hash_avatar)
+    app.router.add_route("OPTIONS", path, preflight)
 
 
 def add_routes(app: web.Application) -> None:

@@ -142,7 +142,8 @@ def service_acl(key_prefix: str = "avatarproxy:") -> tuple[str, ...]:
     return ("resetchannels", f"~{key_prefix}*", f"&{key_prefix}purge", "-@all",
             "+get", "+set", "+exists", "+expire", "+sadd", "+smembers", "+del",
             "+eval", "+evalsha", "+script|load", "+publish", "+subscribe", "+unsubscribe",
-            "+hmget", "+hset", "+time", "+ping")
+            "+hmget", "+hset", "+time", "+ping",
+            "+hget", "+hdel", "+hkeys")  # the Gravatar index (directory.gravatar)
 
 
 # A second deployment sharing the TLS Redis: its own key prefix, and ACL user of that name.

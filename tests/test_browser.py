@@ -35,6 +35,7 @@ FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 IMAGES_JS = """return Array.from(document.images).map(i => ({
     upn: i.dataset.upn, size: +i.dataset.size, source: i.dataset.source,
     srcset: 'srcset' in i.dataset, svg: 'svg' in i.dataset, complete: i.complete,
+    gravatar: 'gravatar' in i.dataset,
     width: i.naturalWidth,
     height: i.naturalHeight, url: i.currentSrc,
     caption: i.nextElementSibling.textContent}))"""
@@ -127,7 +128,8 @@ async def test_demo_page_in_chromium_shows_every_avatar_and_reload_uses_the_cach
     visit = await _load_demo_page(aiohttp_server, tmp_path, {}, screenshot)
 
     people = {p.upn: p for p in demo_people()}
-    assert len(visit.images) == len(people) * 6
+    assert len(visit.images) == len(people) * 7  # six columns, and one Gravatar URL
+    assert sum(image["gravatar"] for image in visit.images) == len(people)
     for image in visit.images:
         assert image["upn"] in people
         assert image["complete"] and image["caption"] == image["source"], image

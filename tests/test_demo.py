@@ -84,6 +84,22 @@ def test_demo_serves_photos_and_initials_as_its_people_have_them(
         assert response.headers["X-Avatar-Source"] == expected, person.upn
 
 
+def test_demo_page_shows_gravatar_urls_working(demo: tuple[str, list[str]]) -> None:
+    base, _ = demo
+    session = requests.Session()
+    session.trust_env = False
+    page = session.get(base + "/", timeout=10).text
+    images = re.findall(r'<img src="(/avatar/[0-9a-f]{32}\?[^"]+)"[^>]*data-upn="([^"]+)"'
+                        r'[^>]*data-source="([^"]+)"[^>]*data-gravatar>', page)
+    assert len(images) == len(demo_people())
+    for src, upn, source in images:
+        response = session.get(base + src.replace("&amp;", "&"), timeout=10)
+        assert response.status_code == 200, upn
+        assert response.headers["X-Avatar-Source"] == source, upn
+        assert Image.open(io.BytesIO(response.content)).size == (48, 48), upn
+    assert {source for _, _, source in images} == {"photo", "initials"}
+
+
 def test_demo_takes_a_config_and_the_environment_but_keeps_its_tenant(tmp_path: Path) -> None:
     # What people try on the demo tenant: signing, domains, the blocked list.
     # A production file's Redis and credentials must not matter: memory only.

@@ -205,3 +205,14 @@ async def test_a_tenant_id_the_authority_overrides_is_a_warning(
     assert (f"WARN  config: auth.tenant_id: 'fabrikam-tenant' is not the tenant of "
             f"auth.authority ('{fake_idp.tenant}'); auth.authority is used and auth.tenant_id "
             "ignored") in out.splitlines()
+
+
+async def test_the_gravatar_index_makes_user_read_all_required(
+        tmp_path: Path, tenant: tuple[Any, Any], redis_url: str) -> None:
+    fake_graph, fake_idp = tenant
+    fake_idp.roles = [r for r in ALL_ROLES if r != "User.Read.All"]
+    config = write_config(tmp_path, fake_graph, fake_idp, redis_url, cache=(
+        '[directory]\ngravatar = true\nindex_key = "' + "k" * 32 + '"\n'))
+    text = render(await diagnose(config, [], env={}))
+    assert "FAIL  permission: User.Read.All is missing: directory.gravatar's index needs it" \
+        in text

@@ -21,7 +21,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "avatarproxy"
 # Add a module here when it joins a side; a name that matches nothing fails the test.
 GRAPH_ADAPTER = (("graph", "graph.client"), ("throttle",), ("auth",), ("authproblems",),
                  ("directory",), ("urls",), ("replies",), ("resources",), ("clouds",),
-                 ("graph.settings",))
+                 ("graph.settings",), ("usersdelta",))
 AVATAR_CACHE = (("cache",), ("memory",), ("coalesce",))
 
 

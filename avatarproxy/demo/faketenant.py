@@ -4,9 +4,10 @@
 decoded into segments) as the profilePhoto and user reference pages
 describe, quirks included: ids spelled ``240X240`` or ``240x240``, the ``1x1``
 answer for a size that is absent, the OData key form ``/users('...')``, the
-few ``$filter`` forms avatarproxy sends, paged listings, and a 403 for a call
-needing an application permission the tenant ``denied``. ``FakeGraph`` serves
-it over HTTP.
+few ``$filter`` forms avatarproxy sends, paged listings, users delta query
+(``fakedelta``: ``change`` and ``remove`` a person between rounds), and a 403 for
+a call needing an application permission the tenant ``denied``. ``FakeGraph``
+serves it over HTTP.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from urllib.parse import quote, urlencode
 from aiohttp import web
 from PIL import Image
 
+from .fakedelta import DeltaLog
 from .graphanswers import (
     DEFAULT_ERRORS,
     ONE_PIXEL_GIF,
@@ -49,6 +51,7 @@ class FakeTenant:
         # one of them answer 403 (see ``_required_permissions``).
         self.denied: set[str] = set()
         self.page_size = 100  # users per page of the /users listing
+        self.delta = DeltaLog()  # what /users/delta answers; its own page_size
         for person in people:
             self.add(person)
 
@@ -56,7 +59,24 @@ class FakeTenant:
         # UPNs and object ids both match case-insensitively in Entra ID.
         self._people[person.upn.lower()] = person
         self._people[person.object_id.lower()] = person
+        self.delta.record(person.object_id)
         return person
+
+    def change(self, upn_or_id: str, **fields: object) -> FakePerson:
+        """Set a person's fields (``mail``, ``proxy_addresses``...), as an admin would:
+        the next users delta round reports them."""
+        person = self.person(upn_or_id)
+        self._people.pop(person.upn.lower(), None)  # the UPN may be one of the fields
+        for name, value in fields.items():
+            setattr(person, name, value)
+        return self.add(person)
+
+    def remove(self, upn_or_id: str) -> None:
+        """Delete a person: gone from every answer, reported by users delta as removed."""
+        person = self.person(upn_or_id)
+        self._people.pop(person.upn.lower(), None)
+        self._people.pop(person.object_id.lower(), None)
+        self.delta.record(person.object_id, removed=True)
 
     def person(self, upn_or_id: str) -> FakePerson:
         return self._people[upn_or_id.lower()]
@@ -107,6 +127,8 @@ class FakeTenant:
             return self._answer_group(root, segments)
         if segments == ["users"]:
             return self._list_users(root, query)
+        if segments == ["users", "delta"]:
+            return self.delta.answer(root, lambda: self.people, query)
         found = _parse_user(segments)
         if isinstance(found, web.Response):
             return found
@@ -271,6 +293,8 @@ def _required_permissions(segments: list[str], query: dict[str, list[str]]) -> t
     if head == "groups":
         return (("ProfilePhoto.Read.All",) if photo
                 else ("Group.Read.All", "GroupMember.Read.All"))
+    if segments == ["users", "delta"]:
+        return ("User.Read.All",)  # proxyAddresses is not a basic property
     if segments == ["users"]:
         if "accountenabled" in ",".join(query.get("$filter", [])).lower():
             return ("User.Read.All",)  # filtering on accountEnabled needs the full profile

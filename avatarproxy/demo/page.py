@@ -6,10 +6,13 @@ UPN percent-encoded (guests' ``#`` must not become a fragment). With a
 configuration (``avatarproxy demo --config``) the page follows it: URLs are
 signed with the first ``security.url_signing_keys``, and the captions say what
 ``security.blocked``, ``allowed_domains`` and ``allow_guests`` make of each person.
+With ``directory.gravatar`` (the demo's default unless URLs are signed) a last
+column asks for each person as a tool would, by the MD5 of their address.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from html import escape
 from urllib.parse import quote
@@ -25,6 +28,7 @@ from .people import FakePerson
 SIZES = (32, 48, 96, 160)
 SRCSET_SIZE = 48  # shown with 1x/2x/3x candidates
 SVG_SIZE = 96  # shown with ?format=svg: vector initials, photos stay photos
+GRAVATAR_SIZE = 48  # the Gravatar URL column
 PAGE_POLICY = "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'"
 
 _STYLE = """
@@ -57,6 +61,19 @@ def avatar_path(person: FakePerson, size: int) -> str:
     return f"/avatar/{quote(person.upn, safe='@')}/{size}"
 
 
+def gravatar_path(person: FakePerson, size: int) -> str:
+    """What GitLab or Redmine would ask for this person: the MD5 of the address."""
+    digest = hashlib.md5(person.upn.strip().lower().encode(), usedforsecurity=False)
+    return f"/avatar/{digest.hexdigest()}?s={size}&d=initials"
+
+
+def expected_gravatar_source(person: FakePerson, policy: Policy | None = None) -> str:
+    """What the Gravatar column should show: a person the rules refuse looks like a
+    hash nobody has, the default picture."""
+    source = expected_source(person, policy)
+    return "default" if source == "not served" else source
+
+
 class _Page:
     """The page as the configuration has it: who is served how, and signed URLs."""
 
@@ -86,8 +103,16 @@ def _figure(page: _Page, person: FakePerson, size: int, *, srcset: bool = False,
             f"<figcaption>{source}</figcaption></figure>")
 
 
+def _gravatar_figure(page: _Page, person: FakePerson) -> str:
+    source = expected_gravatar_source(person, page.policy)
+    return (f'<figure><img src="{escape(gravatar_path(person, GRAVATAR_SIZE))}" '
+            f'width="{GRAVATAR_SIZE}" height="{GRAVATAR_SIZE}" alt="" '
+            f'data-upn="{escape(person.upn)}" data-size="{GRAVATAR_SIZE}" '
+            f'data-source="{source}" data-gravatar><figcaption>{source}</figcaption></figure>')
+
+
 def render(people: Sequence[FakePerson], policy: Policy | None = None,
-           key: str | None = None) -> str:
+           key: str | None = None, *, gravatar: bool = False) -> str:
     page = _Page(policy, key)
     head = "".join(f"<th>{s} px</th>" for s in SIZES)
     rows = []
@@ -95,6 +120,8 @@ def render(people: Sequence[FakePerson], policy: Policy | None = None,
         cells = "".join(f"<td>{_figure(page, person, s)}</td>" for s in SIZES)
         cells += f"<td>{_figure(page, person, SRCSET_SIZE, srcset=True)}</td>"
         cells += f"<td>{_figure(page, person, SVG_SIZE, query='?format=svg')}</td>"
+        if gravatar:
+            cells += f"<td>{_gravatar_figure(page, person)}</td>"
         rows.append(f'<tr><td class="who">{escape(person.display_name)}<br>'
                     f"<code>{escape(person.upn)}</code></td>{cells}</tr>")
     return (
@@ -107,20 +134,27 @@ def render(people: Sequence[FakePerson], policy: Policy | None = None,
         "says whether the person has a photo or gets initials. The next-to-last "
         "column uses <code>srcset</code> with 1x/2x/3x candidates; the last asks for "
         "<code>?format=svg</code>: vector initials, while people with a photo still get "
-        "their photo.</p>"
+        "their photo."
+        + (" The last column is a Gravatar URL, as GitLab, Gitea or Redmine write it: "
+           "<code>/avatar/{MD5 of the address}?s=48&amp;d=initials</code>, answered "
+           "from the index of every user's addresses." if gravatar else "")
+        + "</p>"
         f"<table><thead><tr><th>person</th>{head}<th>{SRCSET_SIZE} px, srcset</th>"
-        f"<th>{SVG_SIZE} px, svg</th></tr></thead>"
+        f"<th>{SVG_SIZE} px, svg</th>"
+        + (f"<th>{GRAVATAR_SIZE} px, Gravatar URL</th>" if gravatar else "")
+        + "</tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table></body></html>\n"
     )
 
 
-def page_handler(people: Sequence[FakePerson], key: str | None = None
-                 ) -> Callable[[web.Request], Awaitable[web.Response]]:
-    """``GET /``; ``key`` signs the avatar URLs (the first ``security.url_signing_keys``)."""
+def page_handler(people: Sequence[FakePerson], key: str | None = None, *,
+                 gravatar: bool = False) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``GET /``; ``key`` signs the avatar URLs (the first ``security.url_signing_keys``);
+    ``gravatar``: a column of Gravatar URLs (``directory.gravatar``)."""
 
     async def page(request: web.Request) -> web.Response:
         # Drawn per request: the blocked list resolves after start-up.
-        body = render(people, request.app[POLICY], key)
+        body = render(people, request.app[POLICY], key, gravatar=gravatar)
         return web.Response(text=body, content_type="text/html", headers={
             "Cache-Control": "no-cache", "Content-Security-Policy": PAGE_POLICY,
             "X-Content-Type-Options": "nosniff"})

@@ -5,6 +5,8 @@ loopback; a fixed token stands in for msal, and the cache is in memory.
 Nothing reaches the internet. It reads ``--config`` and ``AVATARPROXY_*``
 like ``serve`` (signing, domains, the blocked list, sizes, logging...), except
 what would leave the demo: Graph, the credentials and Redis are always its own.
+Gravatar URLs are on, with an index key of its own, unless URLs are signed
+(the two do not go together: ``hashindex.settings_problems``).
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 
 from ..app import configure_logging, create_app
-from ..config import load_settings
+from ..config import Settings, load_settings
 from ..graph.auth import StaticTokenProvider
 from ..lifecycle import run_loop, serve_until_stopped
 from .contoso import demo_groups, demo_people
@@ -48,15 +51,18 @@ async def demo_app(host: str, port: int, overrides: Mapping[str, Any] | None = N
     graph.accept_token = lambda presented: presented == token
     runner, base_url = await start_fake_graph(graph)
     try:
-        settings = load_settings(config, env={} if env is None else env, overrides={
-            **(overrides or {}), "server.host": host, "server.port": port,
-            **_own_tenant(base_url)})
+        settings = _with_gravatar(load_settings(config, env={} if env is None else env,
+                                                overrides={**(overrides or {}),
+                                                           "server.host": host,
+                                                           "server.port": port,
+                                                           **_own_tenant(base_url)}))
         app = create_app(settings, tokens=StaticTokenProvider(token))
     except BaseException:
         await runner.cleanup()
         raise
     keys = settings.security.url_signing_keys
-    app.router.add_get("/", page_handler(people, keys[0] if keys else None))
+    app.router.add_get("/", page_handler(people, keys[0] if keys else None,
+                                         gravatar=settings.directory.gravatar))
 
     async def stop_fake_graph(app: web.Application) -> AsyncIterator[None]:
         yield
@@ -71,6 +77,16 @@ async def demo_app(host: str, port: int, overrides: Mapping[str, Any] | None = N
         kind = "team" if group.team else "group"
         print(f"  http://{host}:{port}/avatar/{kind}/{group.object_id}/96", flush=True)
     return app
+
+
+def _with_gravatar(settings: Settings) -> Settings:
+    """Gravatar URLs on, with a random index key unless one is configured; not with
+    signed URLs, which tools cannot make."""
+    if any(settings.security.url_signing_keys):
+        return settings
+    directory = replace(settings.directory, gravatar=True,
+                        index_key=settings.directory.index_key or secrets.token_urlsafe(24))
+    return replace(settings, directory=directory)
 
 
 def run_demo(host: str, port: int, config: str | None = None) -> None:

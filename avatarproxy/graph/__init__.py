@@ -7,7 +7,7 @@ It owns:
   the national clouds' endpoints (``clouds``);
 - Graph calls, each through one client and one shared session (``client``),
   and the directory helpers on top of it: ``$batch`` and paged listings
-  (``directory``);
+  (``directory``), users delta rounds for the Gravatar index (``usersdelta``);
 - the one URL builder where user input becomes a Graph path (``urls``);
 - when not to call Graph: ``Retry-After`` pauses shared by replicas and the
   circuit breaker (``throttle``);

@@ -135,10 +135,10 @@ class GraphClient:
         return found[0] if len(found) == 1 else NOBODY
 
     async def get_json(self, operation: str, subject: Subject, path: str,
-                       query: str = "") -> dict[str, Any]:
-        """A JSON GET for other Graph helpers (listings, lookups); ``path`` already encoded."""
-        return json_object(await self._get(operation, subject, path, MAX_JSON_BYTES,
-                                           query=query))
+                       query: str = "", limit: int = MAX_JSON_BYTES) -> dict[str, Any]:
+        """A JSON GET for other Graph helpers (listings, lookups); ``path`` already encoded.
+        ``limit``: the largest answer read (pages of many users need more)."""
+        return json_object(await self._get(operation, subject, path, limit, query=query))
 
     async def post_json(self, operation: str, path: str, payload: Any,
                         cost: int = 1) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """Graph's answers as bytes or our exceptions: bodies read within a cap, statuses classified.
 
-A 400 or 404 is ``GraphNotFound``, a 403 ``GraphPermissionDenied`` naming the
+A 400, 404 or 410 is ``GraphNotFound``, a 403 ``GraphPermissionDenied`` naming the
 permission the app registration lacks, a 401 after a fresh token ``AuthError``,
 and anything else (5xx, 429, a gateway's HTML, invalid JSON, an answer over its
 cap) ``GraphUnavailable``, with the ``Retry-After`` it carried.
@@ -38,7 +38,7 @@ PERMISSIONS = {"metadata": "ProfilePhoto.Read.All", "photo": "ProfilePhoto.Read.
                "team": "Team.ReadBasic.All", "team metadata": "Team.ReadBasic.All",
                "team photo": "Team.ReadBasic.All", "batch": "ProfilePhoto.Read.All",
                "list": "User.ReadBasic.All", "list enabled": "User.Read.All",
-               "lookup": "User.ReadBasic.All"}
+               "lookup": "User.ReadBasic.All", "users delta": "User.Read.All"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +90,7 @@ def check(operation: str, reply: Reply) -> Reply:
     exc = _failure(operation, reply)
     # Kept out of str(): Graph's message may name the person (log lines must not).
     exc.detail = _error_field(reply, "message", 200)
+    exc.code = _error_code(reply)
     raise exc
 
 
@@ -106,8 +107,9 @@ def json_object(reply: Reply) -> dict[str, Any]:
 
 def _failure(operation: str, reply: Reply) -> GraphError:
     status = reply.status
-    # Graph answers 400 for a key it cannot parse as a user: nobody to show.
-    if status in (400, 404):
+    # Graph answers 400 for a key it cannot parse as a user: nobody to show. A 410
+    # (an expired delta link, ``usersdelta``) is Graph answering too: not an outage.
+    if status in (400, 404, 410):
         return GraphNotFound(f"{operation}: Graph {status} {_error_code(reply)}")
     if status == 403:
         return GraphPermissionDenied(f"{operation}: Graph 403 {_error_code(reply)}",

@@ -10,6 +10,8 @@
   Graph throttling pauses, rate-limit buckets) and its key names.
 - ``purgechannel``: the channel ``avatarproxy purge`` announces on, and the
   subscription each replica keeps to it.
+- ``addressindex``: the Gravatar hash index (``hashindex``) shared in Redis,
+  and the lease that lets one replica at a time sync it.
 
 Nothing here knows what an avatar or a Graph call is: ``cache``, ``coalesce``,
 ``throttle``, ``ratelimit`` and ``purge`` build on this package, never the
