@@ -25,6 +25,7 @@ from typing import Any
 
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import OutOfMemoryError, ResponseError
 
 from .. import metrics
@@ -126,6 +127,12 @@ class RedisLink:
             self._warn(name, exc)
             return None
         except REDIS_FAILURES as exc:
+            if _pool_exhausted(exc):
+                # Every connection of this pool is busy (a burst of requests): this
+                # command goes without Redis, the others still use it. Taken for an
+                # outage, it would hand the rate limiter fresh local buckets.
+                self.refused = True
+                return None
             self.health.failed()
             self._warn(name, exc)
             return None
@@ -161,6 +168,11 @@ class RedisLink:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), timeout=2.0)
         await self.connection.aclose()
+
+
+def _pool_exhausted(exc: BaseException) -> bool:
+    """redis-py's BlockingConnectionPool waited its timeout for a free connection."""
+    return isinstance(exc, RedisConnectionError) and str(exc) == "No connection available."
 
 
 def _discard(pending: Awaitable[Any]) -> None:
