@@ -121,7 +121,7 @@ class Builder:
     def initials(self) -> InitialsRenderer:
         """The renderer, fonts loaded on the first call (``ConfigError`` if one cannot be)."""
         if self._initials is None:
-            self._initials = InitialsRenderer(self.settings.avatar.extra_fonts)
+            self._initials = InitialsRenderer.from_settings(self.settings.avatar)
         return self._initials
 
     def shared(self, stack: AsyncExitStack) -> Coordination:
@@ -246,7 +246,7 @@ def startup_problems(settings: Settings) -> list[str]:
     problems = (connection.check(settings.redis) + preflight.file_problems(settings)
                 + preflight.listen_problems(settings.server))
     for build in (partial(ClientAddress, settings.server.trusted_proxies),
-                  partial(InitialsRenderer, settings.avatar.extra_fonts)):
+                  partial(InitialsRenderer.from_settings, settings.avatar)):
         try:
             build()
         except ConfigError as exc:
@@ -257,7 +257,7 @@ def startup_problems(settings: Settings) -> list[str]:
 def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.Application:
     """The aiohttp application. ``tokens`` replaces msal (the demo uses a fixed token)."""
     builder = Builder(settings, SERVE, tokens=tokens)
-    builder.initials()  # fonts now: a bad avatar.extra_fonts stops start-up, not a request
+    builder.initials()  # fonts now: a bad avatar.*_font(s) stops start-up, not a request
     builder.check_redis()
     # Process-wide (aiohttp and logging have no per-app hook for these); idempotent.
     take_over_aiohttp_answers()

@@ -100,9 +100,13 @@ def check_config(settings: Settings, path: str | None) -> list[Finding]:
 def check_imaging(settings: Settings) -> list[Finding]:
     findings: list[Finding] = []
     try:
-        renderer = InitialsRenderer(settings.avatar.extra_fonts)
+        renderer = InitialsRenderer.from_settings(settings.avatar)
         names = ", ".join(p.name for p in renderer.font_paths)
         findings.append(Finding("fonts", "pass", f"loaded {names}"))
+        if not renderer.draws_cjk:
+            findings.append(Finding("fonts", "warn", "no font covers Chinese, Japanese and "
+                                    "Korean: such names get the UPN's letters (avatar.cjk_font; "
+                                    "the container image sets it)"))
     except ConfigError as exc:
         findings += [Finding("fonts", "fail", problem) for problem in exc.problems]
     if features.check("raqm"):
