@@ -35,6 +35,7 @@ from . import logs, ops, preflight, purge
 from .cache import SCHEMA_VERSION, AvatarCache, CacheTier, MemoryTier, RedisTier
 from .coalesce import ReplicaCoalescer
 from .config import Settings
+from .contacts import ContactRules
 from .errors import ConfigError
 from .graph.auth import MsalTokenProvider, TokenProvider, scope_for
 from .graph.client import GraphClient, Pacer
@@ -51,6 +52,7 @@ from .service import AvatarService
 from .sites import Sites
 from .web import (
     CLIENTS,
+    CONTACTS,
     DEFAULT_FORMAT,
     LIMITER,
     MAX_SIZE,
@@ -288,6 +290,7 @@ def _keep_request_context(app: web.Application, settings: Settings, policy: Poli
     app[POLICY] = policy
     app[CLIENTS] = ClientAddress(settings.server.trusted_proxies)
     app[SITES] = Sites.from_settings(settings.server, settings.cache, bool(policy.signing_keys))
+    app[CONTACTS] = ContactRules.from_settings(settings.contacts, bool(policy.signing_keys))
 
 
 async def _open_serving(app: web.Application, builder: Builder, stack: AsyncExitStack,

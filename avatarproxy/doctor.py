@@ -102,11 +102,9 @@ def check_imaging(settings: Settings) -> list[Finding]:
     try:
         renderer = InitialsRenderer.from_settings(settings.avatar)
         names = ", ".join(p.name for p in renderer.font_paths)
-        findings.append(Finding("fonts", "pass", f"loaded {names}"))
-        if not renderer.draws_cjk:
-            findings.append(Finding("fonts", "warn", "no font covers Chinese, Japanese and "
-                                    "Korean: such names get the UPN's letters (avatar.cjk_font; "
-                                    "the container image sets it)"))
+        cjk = ("" if renderer.draws_cjk else "; none covers Chinese, Japanese and Korean: "
+               "such names get the UPN's letters (avatar.cjk_font)")
+        findings.append(Finding("fonts", "pass", f"loaded {names}{cjk}"))
     except ConfigError as exc:
         findings += [Finding("fonts", "fail", problem) for problem in exc.problems]
     if features.check("raqm"):

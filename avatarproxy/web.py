@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 
 from . import logs, metrics
 from .conditional import none_match
+from .contacts import ContactRules
 from .costs import Admit
 from .errors import AvatarProxyError, BadRequest, Blocked, Forbidden, NotFound, RefusedPerson
 from .inputs import known_params, parse_fallback, parse_object_id, parse_size, parse_subject
@@ -44,6 +45,7 @@ POLICY: web.AppKey[Policy] = web.AppKey("policy", Policy)
 CLIENTS: web.AppKey[ClientAddress] = web.AppKey("clients", ClientAddress)
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
 SITES: web.AppKey[Sites] = web.AppKey("sites", Sites)
+CONTACTS: web.AppKey[ContactRules] = web.AppKey("contacts", ContactRules)
 # What was wrong with a refused request, for its access line.
 REASON: web.RequestKey[str] = web.RequestKey("reason", str)
 
@@ -111,6 +113,12 @@ async def group_avatar(request: web.Request) -> web.StreamResponse:
 
 async def team_avatar(request: web.Request) -> web.StreamResponse:
     return await _serve(request, lambda: parse_object_id(request.match_info["id"], "team"))
+
+
+async def contact_avatar(request: web.Request) -> web.StreamResponse:
+    # A mailbox not listed (or the route off) is a 404 before anything is parsed.
+    return await _serve(request, lambda: request.app[CONTACTS].contact(
+        request.match_info["mailbox"], request.match_info["contact"]))
 
 
 async def _serve(request: web.Request, parse: Callable[[], Subject]) -> web.StreamResponse:
@@ -298,9 +306,11 @@ async def security_headers(request: web.Request, response: web.StreamResponse) -
 def add_routes(app: web.Application) -> None:
     # {subject} excludes "/" (aiohttp's default); percent-escapes are decoded,
     # so a guest's %23EXT%23 arrives as #EXT#.
-    # Group and team routes have three segments: never confused with the user route.
+    # Group and team routes have three segments, contacts four: never confused
+    # with the user route.
     for path, handler in (("/avatar/{subject}/{size}", avatar),
                           ("/avatar/group/{id}/{size}", group_avatar),
-                          ("/avatar/team/{id}/{size}", team_avatar)):
+                          ("/avatar/team/{id}/{size}", team_avatar),
+                          ("/avatar/contact/{mailbox}/{contact}/{size}", contact_avatar)):
         app.router.add_get(path, handler)
         app.router.add_route("OPTIONS", path, preflight)
