@@ -11,7 +11,7 @@ listed: 404 for any other, without asking Graph), only on signed URLs (a
 contact id is no secret: the service refuses to start without signing keys),
 and only for mailboxes whose owner the domain and guest rules allow. The
 operator scopes the permission to the same mailboxes in Exchange (RBAC for
-Applications): README, "Contacts".
+Applications): README, "Outlook contacts".
 """
 
 from __future__ import annotations

@@ -35,10 +35,10 @@ class AvatarSettings:
         "Font files for initials in scripts the bundled fonts lack (Thai, Devanagari...), "
         "tried before avatar.cjk_font.")
     cjk_font: str = option(
-        "",
-        "Font file (a .ttc collection: each language's glyph forms) for Chinese, Japanese "
-        "and Korean initials; the container image sets its Noto Sans CJK Bold. Empty: such "
-        "names get the UPN's letters.")
+        "auto",
+        "Font file for Chinese, Japanese and Korean initials (a .ttc collection: each "
+        "language's glyph forms); auto: Debian's Noto Sans CJK Bold if installed (the "
+        "container image has it); empty: none, such names get the UPN's letters.")
     han_names: str = option(
         "auto",
         "Initials of names in Chinese characters alone: chinese (the given name, the last two "

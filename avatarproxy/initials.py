@@ -90,7 +90,9 @@ class InitialsRenderer:
         problems: list[str] = []
         for key, path in wanted:
             try:
-                fonts.append(_load(path, regional=key == "avatar.cjk_font"))
+                stat = path.stat()
+                fonts.append(_load(path, stat.st_size, stat.st_mtime_ns,
+                                   regional=key == "avatar.cjk_font"))
             except _FONT_ERRORS as exc:
                 problems.append(f"{key}: cannot load {path}: {exc}")
         if problems:
@@ -104,7 +106,11 @@ class InitialsRenderer:
 
     @classmethod
     def from_settings(cls, avatar: AvatarSettings) -> InitialsRenderer:
-        return cls(avatar.extra_fonts, avatar.cjk_font)
+        """``avatar.cjk_font`` ``auto``: Debian's Noto Sans CJK when it is installed."""
+        cjk = avatar.cjk_font
+        if cjk == "auto":
+            cjk = str(DEBIAN_CJK_FONT) if DEBIAN_CJK_FONT.is_file() else ""
+        return cls(avatar.extra_fonts, cjk)
 
     @property
     def draws_cjk(self) -> bool:
@@ -202,9 +208,12 @@ class InitialsRenderer:
         return font
 
 
-def _load(path: Path, *, regional: bool) -> _Font:
+@functools.lru_cache(maxsize=16)
+def _load(path: Path, size: int, mtime_ns: int, *, regional: bool) -> _Font:
     """``path`` proven drawable, with its coverage (and with ``regional``, the faces of
-    a pan-CJK collection by language)."""
+    a pan-CJK collection by language). Kept for the process while the file is the
+    same (``size``, ``mtime_ns``): reading a CJK font's takes ~0.2 s, and start-up
+    checks, the server and each worker load the fonts."""
     faces = _regional_faces(path) if regional else {}
     by_face: dict[int, frozenset[int]] = {}
     for face in sorted({0, *faces.values()}):
@@ -213,7 +222,7 @@ def _load(path: Path, *, regional: bool) -> _Font:
         by_face[face] = next((known for known in by_face.values() if known == covered), covered)
     return _Font(path, by_face[0],
                  tuple((lang, face, by_face[face]) for lang, face in sorted(faces.items())),
-                 large=path.stat().st_size > _LARGE_FONT_BYTES)
+                 large=size > _LARGE_FONT_BYTES)
 
 
 def _regional_faces(path: Path) -> dict[str, int]:

@@ -5,8 +5,6 @@ loopback; a fixed token stands in for msal, and the cache is in memory.
 Nothing reaches the internet. It reads ``--config`` and ``AVATARPROXY_*``
 like ``serve`` (signing, domains, the blocked list, sizes, logging...), except
 what would leave the demo: Graph, the credentials and Redis are always its own.
-Without an ``avatar.cjk_font`` it uses Debian's Noto Sans CJK when installed,
-so the demo's Chinese, Japanese and Korean people show their initials.
 """
 
 from __future__ import annotations
@@ -14,16 +12,14 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 
 from ..app import configure_logging, create_app
-from ..config import Settings, load_settings
+from ..config import load_settings
 from ..graph.auth import StaticTokenProvider
-from ..initials import DEBIAN_CJK_FONT
 from ..lifecycle import run_loop, serve_until_stopped
 from .contoso import demo_groups, demo_people
 from .fakegraph import FakeGraph, start_fake_graph
@@ -35,12 +31,6 @@ def _own_tenant(graph_base_url: str) -> dict[str, Any]:
     memory only, so a production config never sends demo people into its Redis."""
     return {"graph.base_url": graph_base_url, "graph.ca_file": "", "cache.redis_url": "",
             "cache.redis_mode": "standalone", "cache.redis_sentinels": []}
-
-
-def _with_cjk_font(settings: Settings) -> Settings:
-    if settings.avatar.cjk_font or not DEBIAN_CJK_FONT.is_file():
-        return settings
-    return replace(settings, avatar=replace(settings.avatar, cjk_font=str(DEBIAN_CJK_FONT)))
 
 
 async def demo_app(host: str, port: int, overrides: Mapping[str, Any] | None = None, *,
@@ -58,9 +48,9 @@ async def demo_app(host: str, port: int, overrides: Mapping[str, Any] | None = N
     graph.accept_token = lambda presented: presented == token
     runner, base_url = await start_fake_graph(graph)
     try:
-        settings = _with_cjk_font(load_settings(config, env={} if env is None else env, overrides={
+        settings = load_settings(config, env={} if env is None else env, overrides={
             **(overrides or {}), "server.host": host, "server.port": port,
-            **_own_tenant(base_url)}))
+            **_own_tenant(base_url)})
         app = create_app(settings, tokens=StaticTokenProvider(token))
     except BaseException:
         await runner.cleanup()
