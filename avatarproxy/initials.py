@@ -39,8 +39,8 @@ _WHITE = (255, 255, 255)
 _DARK = (24, 24, 24)
 
 _BUNDLED_FONT = Path(__file__).resolve().parent / "fonts" / "DejaVuSans-Bold.ttf"
-# Where Debian's fonts-noto-cjk keeps Noto Sans CJK Bold, and where the container
-# image (deploy/Dockerfile) puts it and points avatar.cjk_font.
+# Where Debian's fonts-noto-cjk keeps Noto Sans CJK Bold, where the container image
+# (deploy/Dockerfile) puts it, and what avatar.cjk_font = "auto" uses if it is there.
 DEBIAN_CJK_FONT = Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Bold.ttc")
 # Without raqm Pillow draws Arabic unjoined and Hebrew/Arabic left to right.
 _LAYOUT = ImageFont.Layout.RAQM if features.check("raqm") else ImageFont.Layout.BASIC
