@@ -5,14 +5,15 @@ one looks like: its cache key, ETag, content type and caching. A photo is
 kept for ``cache.browser_max_age``; initials for ``cache.initials_max_age``,
 or at most ``TRANSIENT_MAX_AGE`` when Graph could not say whether a photo
 exists; the cheap answers past a cap or a client's rate (``stand_in``,
-``limited``) are never stored. Which letters and colour a subject's initials
-get is decided here too (``initials_look``), once per name.
+``limited``) are never stored. Which letters, colour and language a subject's
+initials get is decided here too (``initials_look``), once per name.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+from typing import NamedTuple
 
 from . import imaging, svg, tiles
 from .cache import AvatarCache, CacheSettings
@@ -20,7 +21,7 @@ from .imaging import AvatarSettings
 from .initials import InitialsRenderer, text_colour
 from .models import Avatar, PhotoMeta, Profile, Subject
 from .negotiation import OutputFormats
-from .sizing import FetchPlan, background_for, initials_candidates, xml_text
+from .sizing import FetchPlan, background_for, name_initials, xml_text
 
 # Initials served because Graph could not answer are re-asked soon.
 TRANSIENT_MAX_AGE = 60
@@ -30,12 +31,21 @@ TRANSIENT_MAX_AGE = 60
 STAND_IN_TEXT_MAX = 160
 
 
+class Look(NamedTuple):
+    """A subject's initials: the texts to try, best first, the background colour, and
+    the language whose glyph forms Chinese, Japanese or Korean ones take ("" for none)."""
+
+    texts: tuple[str, ...]
+    colour: tuple[int, int, int]
+    lang: str = ""
+
+
 @functools.lru_cache(maxsize=4096)
-def initials_look(subject: Subject, profile: Profile | None) -> tuple[
-        tuple[str, ...], tuple[int, int, int]]:
-    """The initials to try, best first, and the background colour (pure, memoised)."""
+def initials_look(subject: Subject, profile: Profile | None, han_names: str = "auto") -> Look:
+    """How ``subject``'s initials look (pure, memoised); ``han_names`` as ``avatar.han_names``."""
     colour = background_for((profile.object_id if profile else None) or subject.key)
-    return tuple(initials_candidates(profile, subject)), colour
+    texts, lang = name_initials(profile, subject, han_names)
+    return Look(tuple(texts), colour, lang)
 
 
 @functools.lru_cache(maxsize=8192)  # hit after hit for the same photos
@@ -64,9 +74,18 @@ class Answers:
         return Avatar(body, imaging.CONTENT_TYPES[fmt], etag, "photo", self._ttl.browser_max_age,
                       self._ttl.stale_while_revalidate)
 
-    def initials_key(self, texts: tuple[str, ...], colour: tuple[int, int, int], size: int,
-                     fmt: str) -> str:
-        return self._cache.initials_key(texts, colour, size, fmt, imaging.RENDERER_VERSION)
+    def look(self, subject: Subject, profile: Profile | None) -> Look:
+        """``initials_look`` under this service's ``avatar.han_names``."""
+        return initials_look(subject, profile, self._avatar.han_names)
+
+    def initials_key(self, look: Look, size: int, fmt: str) -> str:
+        # The language picks glyph forms, the fonts which names are drawn at all.
+        texts = (*look.texts, f"lang={look.lang}") if look.lang else look.texts
+        return self._cache.initials_key(texts, look.colour, size, fmt, self._renderer())
+
+    def _renderer(self) -> str:
+        fonts = self._initials.fonts_id
+        return f"{imaging.RENDERER_VERSION}/{fonts}" if fonts else imaging.RENDERER_VERSION
 
     def initials(self, body: bytes, key: str, fmt: str, meta: PhotoMeta | None) -> Avatar:
         # meta None: Graph could not say whether a photo exists; ask again soon.
@@ -77,15 +96,16 @@ class Answers:
 
     def svg(self, subject: Subject, profile: Profile | None, size: int) -> tuple[str, bytes]:
         """SVG initials and the key their ETag is made from."""
-        texts, colour = initials_look(subject, profile)
-        text = self._initials.first_covered(texts)
+        look = self.look(subject, profile)
+        text = self._initials.first_covered(look.texts)
         # The name only if the operator asked: unsigned, anyone could turn
         # addresses into names (avatar.svg_title).
         name = profile.display_name if profile and self._avatar.svg_title else None
         title = xml_text(name or "") or text
-        key = self._cache.initials_key([text, title], colour, size, "svg",
-                                       imaging.RENDERER_VERSION)
-        return key, svg.render(text, title, colour, text_colour(colour), size)
+        key = self._cache.initials_key([text, title, look.lang], look.colour, size, "svg",
+                                       self._renderer())
+        return key, svg.render(text, title, look.colour, text_colour(look.colour), size,
+                               look.lang)
 
     def limited(self, subject: Subject, size: int, formats: OutputFormats) -> Avatar:
         """The answer to a client over its rate: nothing it would have to pay for.
@@ -109,7 +129,7 @@ class Answers:
         Above ``STAND_IN_TEXT_MAX`` a plain tile in the same colour: drawing
         letters there costs the loop more than the request itself.
         """
-        texts, colour = initials_look(subject, None)
+        texts, colour, _ = initials_look(subject, None)  # the UPN's letters: no language
         body = (self._stand_ins(texts, colour, size) if size <= STAND_IN_TEXT_MAX
                 else tiles.png(size, colour))
         return Avatar(body, imaging.CONTENT_TYPES["png"], _etag("busy", subject.key, str(size)),

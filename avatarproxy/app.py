@@ -35,6 +35,7 @@ from . import logs, ops, preflight, purge
 from .cache import SCHEMA_VERSION, AvatarCache, CacheTier, MemoryTier, RedisTier
 from .coalesce import ReplicaCoalescer
 from .config import Settings
+from .contacts import ContactRules
 from .errors import ConfigError
 from .graph.auth import MsalTokenProvider, TokenProvider, scope_for
 from .graph.client import GraphClient, Pacer
@@ -55,6 +56,7 @@ from .service import AvatarService
 from .sites import Sites
 from .web import (
     CLIENTS,
+    CONTACTS,
     DEFAULT_FORMAT,
     HASHES,
     LIMITER,
@@ -127,7 +129,7 @@ class Builder:
     def initials(self) -> InitialsRenderer:
         """The renderer, fonts loaded on the first call (``ConfigError`` if one cannot be)."""
         if self._initials is None:
-            self._initials = InitialsRenderer(self.settings.avatar.extra_fonts)
+            self._initials = InitialsRenderer.from_settings(self.settings.avatar)
         return self._initials
 
     def shared(self, stack: AsyncExitStack) -> Coordination:
@@ -268,7 +270,7 @@ def startup_problems(settings: Settings) -> list[str]:
     problems = (connection.check(settings.redis) + preflight.file_problems(settings)
                 + preflight.listen_problems(settings.server))
     for build in (partial(ClientAddress, settings.server.trusted_proxies),
-                  partial(InitialsRenderer, settings.avatar.extra_fonts)):
+                  partial(InitialsRenderer.from_settings, settings.avatar)):
         try:
             build()
         except ConfigError as exc:
@@ -279,7 +281,7 @@ def startup_problems(settings: Settings) -> list[str]:
 def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.Application:
     """The aiohttp application. ``tokens`` replaces msal (the demo uses a fixed token)."""
     builder = Builder(settings, SERVE, tokens=tokens)
-    builder.initials()  # fonts now: a bad avatar.extra_fonts stops start-up, not a request
+    builder.initials()  # fonts now: a bad avatar.*_font(s) stops start-up, not a request
     builder.check_redis()
     # Process-wide (aiohttp and logging have no per-app hook for these); idempotent.
     take_over_aiohttp_answers()
@@ -312,6 +314,7 @@ def _keep_request_context(app: web.Application, settings: Settings, policy: Poli
     app[POLICY] = policy
     app[CLIENTS] = ClientAddress(settings.server.trusted_proxies)
     app[SITES] = Sites.from_settings(settings.server, settings.cache, bool(policy.signing_keys))
+    app[CONTACTS] = ContactRules.from_settings(settings.contacts, bool(policy.signing_keys))
 
 
 async def _open_serving(app: web.Application, builder: Builder, stack: AsyncExitStack,

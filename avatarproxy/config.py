@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any, get_type_hints
 from urllib.parse import urlsplit
 
+from . import contacts
 from .cache import CacheSettings
+from .contacts import ContactSettings
 from .errors import ConfigError
 from .graph.clouds import authority, graph_base_url
 from .graph.settings import AuthSettings, GraphSettings
@@ -47,6 +49,7 @@ class Settings:
 
     server: ServerSettings
     graph: GraphSettings
+    contacts: ContactSettings  # the [graph] section's contacts route
     auth: AuthSettings
     redis: RedisSettings  # the [cache] section's Redis connection
     cache: CacheSettings
@@ -220,7 +223,17 @@ def _cross_field(values: Mapping[tuple[str, str], Any],
     if values[("cache", "redis_sentinels")] and mode not in ("sentinel", None):
         problems.append(f"cache.redis_sentinels: used only when cache.redis_mode is sentinel, "
                         f"which is {mode!r} ({origins[('cache', 'redis_mode')]})")
-    return problems
+    return problems + _contact_problems(values)
+
+
+def _contact_problems(values: Mapping[tuple[str, str], Any]) -> list[str]:
+    names = (("graph", "contacts"), ("graph", "contact_mailboxes"),
+             ("security", "url_signing_keys"), ("security", "allowed_domains"),
+             ("security", "allow_guests"))
+    if any(values[name] is None for name in names):
+        return []  # one of them is invalid, and already reported
+    on, mailboxes, keys, domains, guests = (values[name] for name in names)
+    return contacts.problems(on, mailboxes, any(keys), domains, guests)
 
 
 def _apply_cloud(values: dict[tuple[str, str], Any]) -> None:

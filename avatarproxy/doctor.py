@@ -100,9 +100,11 @@ def check_config(settings: Settings, path: str | None) -> list[Finding]:
 def check_imaging(settings: Settings) -> list[Finding]:
     findings: list[Finding] = []
     try:
-        renderer = InitialsRenderer(settings.avatar.extra_fonts)
+        renderer = InitialsRenderer.from_settings(settings.avatar)
         names = ", ".join(p.name for p in renderer.font_paths)
-        findings.append(Finding("fonts", "pass", f"loaded {names}"))
+        cjk = ("" if renderer.draws_cjk else "; none covers Chinese, Japanese and Korean: "
+               "such names get the UPN's letters (avatar.cjk_font)")
+        findings.append(Finding("fonts", "pass", f"loaded {names}{cjk}"))
     except ConfigError as exc:
         findings += [Finding("fonts", "fail", problem) for problem in exc.problems]
     if features.check("raqm"):

@@ -18,6 +18,7 @@ from PIL import Image, ImageCms, ImageMath, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
 from . import metrics
+from .cjk import HAN_NAMES
 from .errors import InvalidImage
 from .options import option, settings
 
@@ -31,7 +32,18 @@ class AvatarSettings:
         choices=("jpeg", "png", "webp", "avif"))
     extra_fonts: tuple[str, ...] = option(
         (),
-        "Font files for initials in scripts the bundled font lacks (CJK, Thai...).")
+        "Font files for initials in scripts the bundled fonts lack (Thai, Devanagari...), "
+        "tried before avatar.cjk_font.")
+    cjk_font: str = option(
+        "auto",
+        "Font file for Chinese, Japanese and Korean initials (a .ttc collection: each "
+        "language's glyph forms); auto: Debian's Noto Sans CJK Bold if installed (the "
+        "container image has it); empty: none, such names get the UPN's letters.")
+    han_names: str = option(
+        "auto",
+        "Initials of names in Chinese characters alone: chinese (the given name, the last two "
+        "characters), japanese (the family name), auto (japanese when the display name has a "
+        "space between the two).", choices=HAN_NAMES)
     svg_title: bool = option(
         False,
         "Write the display name into the <title> of SVG initials (read by screen readers); "
@@ -40,7 +52,7 @@ class AvatarSettings:
 
 # Bump whenever the bytes produced for the same input change (encoder settings,
 # filters, fonts, layout; here or in ``initials``): it is part of every ETag and cache key.
-RENDERER_VERSION = "1"
+RENDERER_VERSION = "2"  # 2: East Asian names' conventions (issue 18)
 
 CONTENT_TYPES: dict[str, str] = {
     "jpeg": "image/jpeg",

@@ -37,6 +37,19 @@ def parse_subject(text: str) -> Subject:
     return Subject(text.lower())
 
 
+# Graph's contact ids: URL-safe base64 (letters, digits, - _ and = padding),
+# about 150 characters; some room is left, and no "/" or "." gets through.
+_CONTACT_ID = re.compile(r"^[A-Za-z0-9_=-]{1,512}$")
+
+
+def parse_contact(mailbox: str, contact_id: str) -> Subject:
+    """A contact of ``mailbox`` (a UPN or object id); ``BadRequest`` if either is malformed.
+    The id keeps its case: it is base64."""
+    if not _CONTACT_ID.fullmatch(contact_id):
+        raise BadRequest("not a valid contact id")
+    return Subject(contact_id, "contact", parse_subject(mailbox).key)
+
+
 def parse_object_id(text: str, kind: SubjectKind) -> Subject:
     """Groups and teams are addressed by object id (GUID) only."""
     if not _GUID.fullmatch(text):
@@ -80,13 +93,15 @@ def check_avatar_request(path: str, query: str, max_size: int) -> None:
     is no avatar route, a bad subject or size, a bad or repeated known parameter.
     ``avatarproxy sign`` asks this before signing."""
     segments = path.split("/")
-    if not path.startswith("/avatar/") or len(segments) not in (4, 5):
-        raise BadRequest("not an avatar path: /avatar/{upn-or-object-id}/{size}, "
-                         "/avatar/group/{id}/{size} or /avatar/team/{id}/{size}")
-    if len(segments) == 5:
+    if not path.startswith("/avatar/") or len(segments) not in (4, 5, 6):
+        raise BadRequest(f"not an avatar path: {_ROUTES}")
+    if len(segments) == 6:
+        if segments[2] != "contact":
+            raise BadRequest(f"not an avatar path: {_ROUTES}")
+        parse_contact(segments[3], segments[4])
+    elif len(segments) == 5:
         if segments[2] not in ("group", "team"):
-            raise BadRequest("not an avatar path: /avatar/group/{id}/{size} or "
-                             "/avatar/team/{id}/{size}")
+            raise BadRequest(f"not an avatar path: {_ROUTES}")
         parse_object_id(segments[3], "group" if segments[2] == "group" else "team")
     else:
         parse_subject(segments[2])
@@ -94,3 +109,7 @@ def check_avatar_request(path: str, query: str, max_size: int) -> None:
     params = known_params(MultiDict(parse_qsl(query, keep_blank_values=True)))
     parse_fallback(params)
     parse_format(params.get("format"))
+
+
+_ROUTES = ("/avatar/{upn-or-object-id}/{size}, /avatar/group/{id}/{size}, "
+           "/avatar/team/{id}/{size} or /avatar/contact/{mailbox}/{contact-id}/{size}")

@@ -8,8 +8,9 @@ from typing import Literal
 
 # "default": a Gravatar default image (``placeholders``), drawn from a hash alone.
 Source = Literal["photo", "initials", "default"]
-# What kind of directory object: users by UPN or id, groups and teams by id.
-SubjectKind = Literal["user", "group", "team"]
+# What kind of object: users by UPN or id, groups and teams by id; an Outlook
+# contact by its id in one mailbox.
+SubjectKind = Literal["user", "group", "team", "contact"]
 
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -21,14 +22,19 @@ class Subject:
     UPNs and GUIDs compare case-insensitively in Entra ID, so one person is
     one cache entry whatever case a page writes. Groups and teams are
     addressed by object id; a team has its group's id but only one photo
-    size, so ``cache_id`` keeps each kind's entries apart.
+    size, so ``cache_id`` keeps each kind's entries apart. A contact's ``key``
+    is its id as Graph gives it (case matters: it is base64) and ``mailbox``
+    the UPN or object id of the mailbox holding it.
     """
 
     key: str
     kind: SubjectKind = "user"
+    mailbox: str = ""
 
     @property
     def cache_id(self) -> str:
+        if self.kind == "contact":
+            return f"contact:{self.mailbox}:{self.key}"
         return self.key if self.kind == "user" else f"{self.kind}:{self.key}"
 
     @property
@@ -40,8 +46,11 @@ class Subject:
         """The UPN before ``@``; for a guest, their own mailbox name.
 
         A guest's UPN is ``john_fabrikam.com#EXT#@tenant.onmicrosoft.com``:
-        their address with ``@`` turned into ``_``, then ``#EXT#``.
+        their address with ``@`` turned into ``_``, then ``#EXT#``. A contact
+        has none: its mailbox's owner is somebody else.
         """
+        if self.kind == "contact":
+            return ""
         local = self.key.split("@", 1)[0]
         if "#ext#" in local:
             local = local.split("#ext#", 1)[0].rsplit("_", 1)[0]

@@ -122,7 +122,10 @@ class Policy:
             raise Forbidden("bad signature")
 
     def check_subject(self, subject: Subject) -> None:
-        """Raise ``NotFound`` for people outside the allowed domains, or guests if refused."""
+        """Raise ``NotFound`` for people outside the allowed domains, or guests if refused
+        (for a contact: the owner of its mailbox)."""
+        if subject.kind == "contact":
+            return self.check_subject(Subject(subject.mailbox))
         if subject.is_object_id:
             return
         local, _, domain = subject.key.rpartition("@")

@@ -23,7 +23,7 @@ from dataclasses import replace
 from typing import Any
 
 from . import logs, metrics
-from .answers import Answers, initials_look
+from .answers import Answers
 from .cache import AvatarCache, CacheSettings
 from .coalesce import ReplicaCoalescer
 from .costs import ADDRESS_LOOKUP, Admit, admitted, render_cost
@@ -149,8 +149,8 @@ class AvatarService:
             return self._answers.photo(body, meta, plan, formats.photo)
         if not fallback or formats.initials == "svg":
             return None  # a 404, or SVG drawn per request: the usual path
-        texts, colour = initials_look(subject, meta.profile)
-        key = self._answers.initials_key(texts, colour, size, formats.initials)
+        key = self._answers.initials_key(self._answers.look(subject, meta.profile), size,
+                                         formats.initials)
         body = self._cache.peek_image(key)
         if body is None:
             return None
@@ -265,14 +265,15 @@ class AvatarService:
         if fmt == "svg":  # cheap string work: drawn on every request, not cached, free
             key, body = self._answers.svg(subject, profile, size)
             return self._answers.initials(body, key, fmt, meta)
-        texts, colour = initials_look(subject, profile)
-        key = self._answers.initials_key(texts, colour, size, fmt)
+        look = self._answers.look(subject, profile)
+        key = self._answers.initials_key(look, size, fmt)
         cached = await self._cache.get_image(key)
         if cached is None:
             # Any size anyone asks for is a render: paid for like a photo's.
             if not await admitted(admit, render_cost(size)):
                 raise RateLimited()
-            cached = await self._pool.run(self._initials.render, texts, colour, size, fmt)
+            cached = await self._pool.run(self._initials.render, look.texts, look.colour, size,
+                                          fmt, look.lang)
             await self._cache.put_image(key, cached)
         return self._answers.initials(cached, key, fmt, meta)
 

@@ -11,6 +11,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from . import cjk
 from .errors import BadRequest
 from .models import PhotoMeta, Profile, Subject
 
@@ -104,9 +105,14 @@ _WORD_SPLIT = re.compile(r"[\s,]+")
 _LOCAL_SPLIT = re.compile(r"[._\-'!^~#]+")
 
 
+# Thai and Lao vowels written before the consonant they follow in speech: a
+# word's initial is its first consonant (สมชาย ใจดี -> สจ), not this vowel.
+_LEADING_VOWELS = frozenset("\u0e40\u0e41\u0e42\u0e43\u0e44\u0ec0\u0ec1\u0ec2\u0ec3\u0ec4")
+
+
 def _first_letter(word: str) -> str:
     for char in word:
-        if unicodedata.category(char)[0] == "L":
+        if unicodedata.category(char)[0] == "L" and char not in _LEADING_VOWELS:
             return char.upper()
     return ""
 
@@ -119,27 +125,43 @@ def _initials_of(words: list[str]) -> str:
     return letters[0] if len(letters) == 1 else letters[0] + letters[-1]
 
 
-def initials_candidates(profile: Profile | None, subject: Subject) -> list[str]:
+def initials_candidates(profile: Profile | None, subject: Subject,
+                        han_names: str = "auto") -> list[str]:
     """Initials to try in order: given name + surname, display name, UPN local part.
 
     The renderer draws the first one its fonts fully cover, so a name in a
     script we have no font for falls back to the UPN's letters, never to boxes.
+    Chinese, Japanese and Korean names follow their own conventions (``cjk``).
     """
+    return name_initials(profile, subject, han_names)[0]
+
+
+def name_initials(profile: Profile | None, subject: Subject,
+                  han_names: str = "auto") -> tuple[list[str], str]:
+    """``initials_candidates``, and the language ("zh", "ja", "ko", or "") whose
+    glyph forms East Asian ones are drawn in (``cjk.Reading.lang``)."""
     candidates: list[str] = []
+    lang = ""
     if profile is not None:
         given, surname = xml_text(profile.given_name or ""), xml_text(profile.surname or "")
-        if given and surname:
-            candidates.append(_initials_of([given, surname]))
-        if profile.display_name:
-            # "Ada Lovelace (Contractor)" -> "AL", not "A(".
-            name = _PARENTHESISED.sub(" ", xml_text(profile.display_name))
-            candidates.append(_initials_of(_WORD_SPLIT.split(name.strip())))
+        # "Ada Lovelace (Contractor)" -> "AL", not "A(".
+        display = _PARENTHESISED.sub(" ", xml_text(profile.display_name or "")).strip()
+        reading = cjk.read(given, surname, display, han_names)
+        lang = reading.lang
+        if reading.from_names is not None:
+            candidates.append(reading.from_names)
+        elif given and surname and not (cjk.is_east_asian(given) or cjk.is_east_asian(surname)):
+            candidates.append(_initials_of([given, surname]))  # (half of each script: neither)
+        if reading.from_display is not None:
+            candidates.append(reading.from_display)
+        elif display:
+            candidates.append(_initials_of(_WORD_SPLIT.split(display)))
     candidates.append(_initials_of(_LOCAL_SPLIT.split(subject.local_part)))
     unique: list[str] = []
     for candidate in candidates:
         if candidate and candidate not in unique:
             unique.append(candidate)
-    return unique
+    return unique, lang
 
 
 # Mid-tone colours that all keep white text above WCAG's 4.5:1 contrast.

@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 
 from . import logs, metrics
 from .conditional import none_match
+from .contacts import ContactRules
 from .costs import Admit
 from .errors import AvatarProxyError, BadRequest, Blocked, Forbidden, NotFound, RefusedPerson
 from .gravatar import ROUTE_PATTERN, parse_hash_request
@@ -47,6 +48,7 @@ CLIENTS: web.AppKey[ClientAddress] = web.AppKey("clients", ClientAddress)
 LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
 SITES: web.AppKey[Sites] = web.AppKey("sites", Sites)
 HASHES: web.AppKey[HashAvatars] = web.AppKey("hashes", HashAvatars)  # directory.gravatar
+CONTACTS: web.AppKey[ContactRules] = web.AppKey("contacts", ContactRules)
 # What was wrong with a refused request, for its access line.
 REASON: web.RequestKey[str] = web.RequestKey("reason", str)
 
@@ -114,6 +116,12 @@ async def group_avatar(request: web.Request) -> web.StreamResponse:
 
 async def team_avatar(request: web.Request) -> web.StreamResponse:
     return await _serve(request, lambda: parse_object_id(request.match_info["id"], "team"))
+
+
+async def contact_avatar(request: web.Request) -> web.StreamResponse:
+    # A mailbox not listed (or the route off) is a 404 before anything is parsed.
+    return await _serve(request, lambda: request.app[CONTACTS].contact(
+        request.match_info["mailbox"], request.match_info["contact"]))
 
 
 async def _serve(request: web.Request, parse: Callable[[], Subject]) -> web.StreamResponse:
@@ -330,9 +338,11 @@ def add_hash_route(app: web.Application) -> None:
 def add_routes(app: web.Application) -> None:
     # {subject} excludes "/" (aiohttp's default); percent-escapes are decoded,
     # so a guest's %23EXT%23 arrives as #EXT#.
-    # Group and team routes have three segments: never confused with the user route.
+    # Group and team routes have three segments, contacts four: never confused
+    # with the user route.
     for path, handler in (("/avatar/{subject}/{size}", avatar),
                           ("/avatar/group/{id}/{size}", group_avatar),
-                          ("/avatar/team/{id}/{size}", team_avatar)):
+                          ("/avatar/team/{id}/{size}", team_avatar),
+                          ("/avatar/contact/{mailbox}/{contact}/{size}", contact_avatar)):
         app.router.add_get(path, handler)
         app.router.add_route("OPTIONS", path, preflight)

@@ -16,8 +16,12 @@ _USER = rf"/v1\.0/users(?:/{_SEGMENT}|{_KEY_FORM})"
 # Groups and teams are addressed by object id only.
 _GUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _GROUP = rf"/v1\.0/(?:groups|teams)/{_GUID}"
-ALLOWED_PATH = re.compile(rf"^(?:{_USER}|{_GROUP}){_SUFFIX}$")
-USER_ONLY = re.compile(rf"^(?:{_USER}|{_GROUP})$")
+# A contact in a user's mailbox: its id one segment, "=" (base64 padding) kept;
+# only its largest photo (Graph has no /photos/{size} for contacts).
+_CONTACT = rf"{_USER}/contacts/(?!\.+(?:/|\?|$))(?:[A-Za-z0-9_.~=-]|%[0-9A-F]{{2}})+"
+_CONTACT_SUFFIX = r"(?:|/photo|/photo/\$value)"
+ALLOWED_PATH = re.compile(rf"^(?:(?:{_USER}|{_GROUP}){_SUFFIX}|{_CONTACT}{_CONTACT_SUFFIX})$")
+USER_ONLY = re.compile(rf"^(?:{_USER}|{_GROUP}|{_CONTACT})$")
 # The only query on one object: $select (names for initials).
 ALLOWED_QUERY = re.compile(r"^\$select=[A-Za-z]+(?:,[A-Za-z]+)*$")
 # The one query on the collection: who has this address as mail or alias. The

@@ -20,6 +20,8 @@ import pytest
 import yaml
 from loopback import free_port
 
+from avatarproxy.initials import DEBIAN_CJK_FONT
+
 ROOT = Path(__file__).resolve().parent.parent
 KUSTOMIZE = ROOT / "deploy" / "kubernetes"
 KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/workload-identity",
@@ -105,6 +107,9 @@ def test_the_dockerfile_passes_hadolint() -> None:
     text = (ROOT / "deploy" / "Dockerfile").read_text()
     assert "HEALTHCHECK" not in text.replace("no HEALTHCHECK", "")
     assert "USER 10001" in text and "libfribidi0" in text
+    # Where avatar.cjk_font = "auto" looks, with the font's licence next to it.
+    assert f"COPY --from=fonts {DEBIAN_CJK_FONT} {DEBIAN_CJK_FONT.parent}/" in text
+    assert "COPY --from=fonts /usr/share/doc/fonts-noto-cjk/copyright" in text
 
 
 def alert_rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -137,6 +137,22 @@ def test_cli_prints_the_list_and_exits_non_zero_on_bad_config(
     assert "doctor: 4 failed" in out
 
 
+def test_fonts_say_whether_chinese_japanese_and_korean_names_are_drawn() -> None:
+    from avatarproxy.config import load_settings
+    from avatarproxy.doctor import check_imaging
+    from avatarproxy.initials import DEBIAN_CJK_FONT
+
+    def fonts(**overrides: str) -> str:
+        settings = load_settings(env={}, overrides=overrides)
+        (finding,) = [f for f in check_imaging(settings) if f.check == "fonts"]
+        assert finding.status == "pass"
+        return finding.detail
+
+    assert fonts(**{"avatar.cjk_font": ""}).endswith("get the UPN's letters (avatar.cjk_font)")
+    assert DEBIAN_CJK_FONT.is_file(), "install Debian's fonts-noto-cjk (tests/run does)"
+    assert fonts() == "loaded DejaVuSans-Bold.ttf, NotoSansCJK-Bold.ttc"  # "auto" finds it
+
+
 def test_cli_rejects_a_bad_subject_before_checking() -> None:
     assert main(["doctor", "--group", "not-a-guid"]) == 2
 

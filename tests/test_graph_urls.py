@@ -7,8 +7,14 @@ from graphpaths import is_allowed
 from hypothesis import given
 from hypothesis import strategies as st
 
-from avatarproxy.graph.urls import graph_url, mail_lookup_query, subject_path, user_path
-from avatarproxy.inputs import parse_subject
+from avatarproxy.graph.urls import (
+    contact_path,
+    graph_url,
+    mail_lookup_query,
+    subject_path,
+    user_path,
+)
+from avatarproxy.inputs import parse_contact, parse_subject
 from avatarproxy.models import Subject
 from avatarproxy.sizing import HD_SIZES
 
@@ -164,4 +170,67 @@ def test_every_address_lookup_is_in_the_allowed_set(address: str) -> None:
     "/v1.0/groups/0b5e4f3a-1c2d-4e5f-8a9b-0c1d2e3f4a5b/members",
 ])
 def test_the_allowed_set_refuses_other_collection_queries(raw: str) -> None:
+    assert not is_allowed(raw)
+
+
+# -- contacts: /users/{mailbox}/contacts/{id}, the mailbox by the user rules ----
+
+_CONTACT_ID = r"[A-Za-z0-9_=-]{1,200}"
+_CONTACT_SUFFIXES = ["/photo", "/photo/$value"]
+
+
+def test_contact_path_keeps_base64_padding_and_case() -> None:
+    subject = parse_contact("adele.vance@contoso.com", "AAMkAD-x_Y=")
+    assert contact_path(subject) == "/users/adele.vance@contoso.com/contacts/AAMkAD-x_Y="
+    assert subject_path(subject) == contact_path(subject)
+    guest = parse_contact("john_fabrikam.com%23EXT%23@contoso.onmicrosoft.com".replace(
+        "%23", "#"), "AAA=")
+    assert contact_path(guest).startswith("/users/john_fabrikam.com%23ext%23@")
+    assert contact_path(parse_contact("$admin@contoso.com", "AAA=")) == (
+        "/users('$admin@contoso.com')/contacts/AAA=")
+
+
+@given(st.text(min_size=1, max_size=120), st.text(min_size=1, max_size=200))
+def test_no_mailbox_or_contact_id_escapes_its_path_segment(mailbox: str, key: str) -> None:
+    path = contact_path(Subject(key, "contact", mailbox))
+    head, _, inner = path.rpartition("/contacts/")
+    assert head == user_path(Subject(mailbox))
+    assert unquote(inner) == key
+    for forbidden in "/?#'\\ \t\n":
+        assert forbidden not in inner
+    assert inner.strip(".")  # no dot-segment
+    url = graph_url(BASE, path + "/photo/$value")
+    assert url.raw_path.endswith("/photo/$value")
+    assert url.raw_query_string == "" and url.fragment == ""
+    assert url.host == "graph.microsoft.com"
+
+
+def _contact_requests(subject: Subject) -> list[str]:
+    path = contact_path(subject)
+    urls = [graph_url(BASE, path + suffix) for suffix in _CONTACT_SUFFIXES]
+    urls.append(graph_url(BASE, path, _PROFILE_QUERY))
+    return [u.raw_path + (f"?{u.raw_query_string}" if u.raw_query_string else "") for u in urls]
+
+
+@given(st.one_of(st.from_regex(_UPN, fullmatch=True), st.from_regex(_GUID, fullmatch=True)),
+       st.from_regex(_CONTACT_ID, fullmatch=True))
+def test_every_valid_contact_yields_only_allowed_graph_requests(mailbox: str, key: str) -> None:
+    for raw in _contact_requests(parse_contact(mailbox, key)):
+        assert is_allowed(raw), raw
+
+
+@given(st.text(min_size=1, max_size=120), st.text(min_size=1, max_size=120))
+def test_even_unvalidated_contacts_yield_only_allowed_graph_requests(mailbox: str,
+                                                                     key: str) -> None:
+    for raw in _contact_requests(Subject(key, "contact", mailbox)):
+        assert is_allowed(raw), raw
+
+
+@pytest.mark.parametrize("raw", [
+    "/v1.0/users/a@b.com/contacts", "/v1.0/users/a@b.com/contacts/x/photos/48x48/$value",
+    "/v1.0/users/a@b.com/contacts/x/y/photo", "/v1.0/users/a@b.com/contacts/../photo",
+    "/v1.0/users/a@b.com/contacts/x/photo?$select=id", "/v1.0/me/contacts/x/photo",
+    "/v1.0/users/a@b.com/contactfolders/f/contacts/x/photo",
+])
+def test_the_allowed_set_refuses_other_contact_requests(raw: str) -> None:
     assert not is_allowed(raw)

@@ -21,6 +21,9 @@ RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 DARK_BG, LIGHT_BG = (20, 50, 110), (250, 225, 120)
 PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "avif": "AVIF"}
 SYSTEM_DEJAVU = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+# What the container image ships (deploy/Dockerfile) from Debian's fonts-noto-cjk,
+# at the same path; tests/run installs the package.
+NOTO_CJK = Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Bold.ttc")
 
 
 def encode(im: Image.Image, fmt: str = "JPEG", **params: object) -> bytes:
@@ -340,6 +343,97 @@ def test_no_covered_candidate_gives_plain_background(renderer: InitialsRenderer,
                                                      candidates: list[str]) -> None:
     out = decode(renderer.render(candidates, DARK_BG, 96, "png")).convert("RGB")
     assert out.getcolors() == [(96 * 96, DARK_BG)]
+
+
+@pytest.fixture(scope="module")
+def cjk_renderer() -> InitialsRenderer:
+    if not NOTO_CJK.is_file():
+        pytest.fail(f"{NOTO_CJK} is missing: install Debian's fonts-noto-cjk (tests/run does)")
+    return InitialsRenderer(cjk_font=NOTO_CJK)
+
+
+def glyph_masks(font: ImageFont.FreeTypeFont, text: str) -> list[bytes]:
+    """Each character of ``text`` drawn alone, as mask bytes."""
+    masks = []
+    for char in text:
+        im = Image.new("L", (120, 120))
+        ImageDraw.Draw(im).text((10, 100), char, fill=255, font=font, anchor="ls")
+        masks.append(im.tobytes())
+    return masks
+
+
+NOT_IN_ANY_FONT = "􏿽"  # a private-use character: every font draws its .notdef
+
+
+@pytest.mark.parametrize(("text", "lang"), [
+    ("山田", "ja"), ("佐々", "ja"), ("ヤマ", "ja"), ("小明", "zh"), ("大文", "zh"),
+    ("民준", "ko"), ("민준", "ko"), ("성종", "ko"), ("𠀋", "ja"),  # a supplementary-plane kanji
+])
+def test_cjk_font_draws_real_glyphs_never_the_notdef_box(
+        cjk_renderer: InitialsRenderer, text: str, lang: str) -> None:
+    assert cjk_renderer.covers(text)
+    body = cjk_renderer.render([text, "XY"], DARK_BG, 96, "png", lang)
+    assert ink_pixels(body, DARK_BG) > 100
+    assert body != cjk_renderer.render(["XY"], DARK_BG, 96, "png", lang)
+    for face in range(4):  # JP, KR, SC, TC: whichever face a language picks
+        font = ImageFont.truetype(NOTO_CJK, 80, index=face)
+        (notdef,) = glyph_masks(font, NOT_IN_ANY_FONT)
+        masks = glyph_masks(font, text)
+        assert notdef not in masks, (text, face)
+        assert len(set(masks)) == len(set(text))  # distinct characters, distinct glyphs
+
+
+def test_cjk_initials_are_drawn_in_their_languages_glyph_forms(
+        cjk_renderer: InitialsRenderer) -> None:
+    # 直 and 骨 are written differently in Japan and in mainland China.
+    japanese = cjk_renderer.render(["直骨"], DARK_BG, 96, "png", "ja")
+    chinese = cjk_renderer.render(["直骨"], DARK_BG, 96, "png", "zh")
+    assert japanese != chinese
+    assert cjk_renderer.render(["直骨"], DARK_BG, 96, "png") == japanese  # the first face
+
+
+def test_latin_names_keep_the_bundled_font_when_a_cjk_font_is_loaded(
+        renderer: InitialsRenderer, cjk_renderer: InitialsRenderer) -> None:
+    for text in ("AV", "ЖЮ", "سم"):
+        assert cjk_renderer.render([text], DARK_BG, 96, "png") == renderer.render(
+            [text], DARK_BG, 96, "png")
+    assert cjk_renderer.draws_cjk and not renderer.draws_cjk
+    assert renderer.fonts_id == "" and cjk_renderer.fonts_id  # in the initials' keys
+
+
+def test_two_cjk_characters_fit_inside_the_circle(cjk_renderer: InitialsRenderer) -> None:
+    im = decode(cjk_renderer.render(["小明"], DARK_BG, 100, "png", "zh")).convert("RGB")
+    bbox = ImageChops.difference(im, Image.new("RGB", im.size, DARK_BG)).getbbox()
+    assert bbox is not None
+    assert bbox[2] - bbox[0] <= 81  # avatar clients crop to a circle
+
+
+@pytest.mark.parametrize("name", ["สจ", "รก", "ক"])  # Thai, Devanagari, Bengali
+def test_scripts_no_shipped_font_covers_fall_back_to_the_upns_letters(
+        renderer: InitialsRenderer, cjk_renderer: InitialsRenderer, name: str) -> None:
+    # What the image ships (the bundled DejaVu, Noto Sans CJK) has no Thai or
+    # Indic glyphs: the UPN's letters, never a row of boxes.
+    for fonts in (renderer, cjk_renderer):
+        assert not fonts.covers(name)
+        drawn = fonts.render([name, "SJ"], DARK_BG, 96, "png")
+        assert drawn == fonts.render(["SJ"], DARK_BG, 96, "png")
+        assert fonts.first_covered([name, "SJ"]) == "SJ"
+        assert fonts.twin().render_quick([name, "SJ"], DARK_BG, 48) == fonts.twin(
+            ).render_quick(["SJ"], DARK_BG, 48)
+
+
+def test_cjk_font_keeps_few_freetype_faces(cjk_renderer: InitialsRenderer) -> None:
+    # ~1 MB each for a 20 MB CJK font: a flood of sizes must not grow memory.
+    renderer = cjk_renderer.twin()
+    for size in range(20, 200):
+        renderer.render_quick(["山田"], DARK_BG, size, "ja")
+    assert 0 < len(renderer._faces) <= 16
+
+
+def test_missing_cjk_font_is_a_config_error_naming_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        InitialsRenderer(cjk_font=tmp_path / "nope.ttc")
+    assert info.value.problems[0].startswith("avatar.cjk_font: cannot load")
 
 
 def test_raqm_layout_is_available() -> None:

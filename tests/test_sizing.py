@@ -10,6 +10,7 @@ from avatarproxy.sizing import (
     FetchPlan,
     background_for,
     initials_candidates,
+    name_initials,
     parse_requested_size,
     parse_size_id,
     plan_fetch,
@@ -70,7 +71,7 @@ def test_hd_sizes_match_graph_documentation() -> None:
      "adele.vance@contoso.com", ["AV"]),
     (Profile(display_name="Ada Lovelace (Contractor)"), "ada@contoso.com", ["AL", "A"]),
     (Profile(display_name="Élodie Dupré"), "elodie@contoso.com", ["ÉD", "E"]),
-    (Profile(display_name="山田 太郎"), "taro.yamada@contoso.com", ["山太", "TY"]),
+    (Profile(display_name="山田 太郎"), "taro.yamada@contoso.com", ["山田", "TY"]),
     (Profile(display_name="Cher"), "cher@contoso.com", ["C"]),
     (None, "john.smith_fabrikam.com#ext#@contoso.onmicrosoft.com", ["JS"]),
     (None, "john_fabrikam.com#ext#@contoso.onmicrosoft.com", ["J"]),
@@ -81,6 +82,65 @@ def test_hd_sizes_match_graph_documentation() -> None:
 def test_initials_candidates_in_order(profile: Profile | None, upn: str,
                                       expected: list[str]) -> None:
     assert initials_candidates(profile, Subject(upn)) == expected
+
+
+# East Asian names (avatarproxy/cjk.py; README, "Initials in Chinese, Japanese and
+# Korean"): Chinese and Korean show the given name, Japanese the family name.
+@pytest.mark.parametrize(("profile", "expected", "lang"), [
+    # givenName and surname known: they decide, the display name comes second.
+    (Profile(given_name="小明", surname="王", display_name="王小明"), ["小明"], "zh"),
+    (Profile(given_name="伟", surname="张", display_name="张伟"), ["张伟"], "zh"),
+    (Profile(given_name="娜娜", surname="欧阳", display_name="欧阳娜娜"), ["娜娜"], "zh"),
+    (Profile(given_name="太郎", surname="山田", display_name="山田 太郎"), ["山田"], "ja"),
+    (Profile(given_name="健太", surname="佐々木", display_name="佐々木 健太"), ["佐々"], "ja"),
+    (Profile(given_name="さくら", surname="山田", display_name="山田さくら"), ["山田"], "ja"),
+    (Profile(given_name="민준", surname="김", display_name="김민준"), ["민준"], "ko"),
+    (Profile(given_name="성종", surname="남궁", display_name="남궁 성종"), ["성종"], "ko"),
+    # Only a display name: family name first, as these directories write it.
+    (Profile(display_name="王小明"), ["小明"], "zh"),
+    (Profile(display_name="陳大文"), ["大文"], "zh"),
+    (Profile(display_name="林"), ["林"], "zh"),
+    (Profile(display_name="山田 太郎"), ["山田"], "ja"),  # a space: written the Japanese way
+    (Profile(display_name="山田　太郎"), ["山田"], "ja"),  # a full-width space too
+    (Profile(display_name="ヤマダ タロウ"), ["ヤマ"], "ja"),
+    (Profile(display_name="김민준"), ["민준"], "ko"),
+    (Profile(display_name="王小明 (Sales)"), ["小明"], "zh"),
+    # Latin names in the directory's fields come first; mixed halves say nothing.
+    (Profile(given_name="Taro", surname="Yamada", display_name="山田 太郎"), ["TY", "山田"],
+     "ja"),
+    (Profile(given_name="太郎", surname="Yamada", display_name="Taro Yamada"), ["TY"], ""),
+    (Profile(given_name="Adele", surname="Vance", display_name="Adele Vance"), ["AV"], ""),
+])
+def test_east_asian_names_follow_their_conventions(profile: Profile, expected: list[str],
+                                                   lang: str) -> None:
+    texts, found = name_initials(profile, Subject("u@contoso.com"))
+    # The UPN's letters stay last: drawn when no font covers the rest.
+    assert (texts, found) == ([*expected, "U"], lang)
+
+
+@pytest.mark.parametrize(("han_names", "display", "expected", "lang"), [
+    ("auto", "山田太郎", ["太郎"], "zh"),  # no space: read as Chinese
+    ("japanese", "山田太郎", ["山田"], "ja"),
+    ("japanese", "王小明", ["王小"], "ja"),
+    ("chinese", "山田 太郎", ["太郎"], "zh"),
+    ("chinese", "山田 さくら", ["山田"], "ja"),  # kana: Japanese whatever the setting
+    ("japanese", "김민준", ["민준"], "ko"),  # Hangul: Korean whatever the setting
+])
+def test_han_names_setting_decides_names_in_chinese_characters_alone(
+        han_names: str, display: str, expected: list[str], lang: str) -> None:
+    texts, found = name_initials(Profile(display_name=display), Subject("u@contoso.com"),
+                                 han_names)
+    assert (texts[:-1], found) == (expected, lang)
+
+
+@pytest.mark.parametrize(("display", "expected"), [
+    ("สมชาย ใจดี", "สจ"),  # a leading vowel (ใ) is not the word's initial
+    ("เกศินี แก้วกาญจนา", "กก"),
+    ("राम कुमार", "रक"),
+])
+def test_other_scripts_take_each_words_first_letter(display: str, expected: str) -> None:
+    assert initials_candidates(Profile(display_name=display), Subject("u@contoso.com")) == [
+        expected, "U"]
 
 
 def _luminance(rgb: tuple[int, int, int]) -> float:

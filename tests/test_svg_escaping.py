@@ -34,3 +34,12 @@ def test_any_name_stays_text(title: str, initials: str) -> None:
     # Character references escape XML's newline normalisation: exact round trip.
     assert (root.findtext(f"{SVG}title") or "") == kept
     assert b"<script" not in body.lower()
+
+
+@given(st.text(max_size=12))
+def test_the_initials_language_is_one_of_three_or_absent(lang: str) -> None:
+    body = svg.render("山田", "山田", (10, 20, 30), (255, 255, 255), 64, lang)
+    text = ET.fromstring(body).find(f"{SVG}text")
+    assert text is not None
+    tag = text.get("{http://www.w3.org/XML/1998/namespace}lang")
+    assert tag == {"ja": "ja", "zh": "zh-Hans", "ko": "ko"}.get(lang)

@@ -1,17 +1,19 @@
-"""The demo tenant, contoso.com: its people and groups, with fixed ids and portraits.
+"""The demo tenant, contoso.com: its people, their contacts and groups, with fixed ids
+and portraits.
 
 What ``avatarproxy demo`` serves and most tests start from: people with
 photos of every kind (Exchange HD sizes, an Entra-only 300x200, ``240X240``
 ids), without one (404, or the documented 1x1 placeholder), a guest, a UPN
 starting with ``$``, one with a quote, and names in Cyrillic, Greek, Arabic,
-Hebrew and Japanese.
+Hebrew, Japanese, Chinese and Korean. Adele's mailbox keeps a few Outlook
+contacts (``demo_contacts``), one with a photo.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .people import FakeGroup, FakePerson
+from .people import FakeContact, FakeGroup, FakePerson, contact_id
 from .photos import portrait
 
 
@@ -63,17 +65,38 @@ _DEMO = (
           "דוד", "לוי", None),
     _Demo("taro.yamada@contoso.com", "8c9d0e1f-2a3b-4c4d-8e5f-6a7b8c9d0e1f", "山田 太郎",
           "太郎", "山田", None),
+    _Demo("xiaoming.wang@contoso.com", "b5c6d7e8-f9a0-4b1c-8d2e-3f4a5b6c7d8e", "王小明",
+          "小明", "王", None),
+    _Demo("minjun.kim@contoso.com", "d1e2f3a4-b5c6-4d7e-9f8a-9b0c1d2e3f4a", "김민준",
+          "민준", "김", None),
 )
+# Whose mailbox keeps the demo contacts.
+CONTACTS_MAILBOX = "adele.vance@contoso.com"
 
 
 def demo_people() -> list[FakePerson]:
     """The demo tenant (contoso.com): fixed ids, deterministic photos, fresh objects."""
-    return [
+    people = [
         FakePerson(upn=d.upn, object_id=d.object_id, display_name=d.display_name,
                    given_name=d.given_name, surname=d.surname,
                    photo=portrait(*d.size, *d.colours) if d.size else None,
                    placeholder=d.placeholder, capital_x=d.capital_x)
         for d in _DEMO
+    ]
+    for person in people:
+        if person.upn == CONTACTS_MAILBOX:
+            person.contacts = {c.object_id: c for c in demo_contacts()}
+    return people
+
+
+def demo_contacts() -> list[FakeContact]:
+    """The Outlook contacts in Adele's mailbox: a photo (240x240), a Chinese name
+    without one, and a front desk with a display name only."""
+    return [
+        FakeContact(contact_id("adele/rob.young"), "Rob Young", "Rob", "Young",
+                    photo=portrait(240, 240, "#3d1c02", "#c27ba0", "#f9cb9c")),
+        FakeContact(contact_id("adele/chan.taiman"), "陳大文", "大文", "陳"),
+        FakeContact(contact_id("adele/front.desk"), "Fabrikam Front Desk"),
     ]
 
 

@@ -26,6 +26,8 @@ from .fakedelta import DeltaLog
 from .graphanswers import (
     DEFAULT_ERRORS,
     ONE_PIXEL_GIF,
+    REAL_ERRORS,
+    contact_response,
     error_response,
     image_not_found,
     json_response,
@@ -50,6 +52,8 @@ class FakeTenant:
         # Application permissions the app registration lacks: calls needing
         # one of them answer 403 (see ``_required_permissions``).
         self.denied: set[str] = set()
+        # Mailboxes (UPNs or ids) whose contacts Exchange lets the app read; None: all.
+        self.contacts_scope: set[str] | None = None
         self.page_size = 100  # users per page of the /users listing
         self.delta = DeltaLog()  # what /users/delta answers; its own page_size
         for person in people:
@@ -155,6 +159,34 @@ class FakeTenant:
                     return error_response(400, "BadRequest", f"Invalid photo size '{size}'.")
                 wanted = (int(parsed[1]), int(parsed[2]))
                 return self._sized(root, person, wanted, value=len(tail) == 3)
+            case ["contacts", contact, *rest]:
+                return self._answer_contact(root, person, contact, rest, query)
+        return error_response(400, "BadRequest", f"Resource not found for the segment '{tail[0]}'.")
+
+    def _answer_contact(self, root: str, person: FakePerson, key: str, tail: list[str],
+                        query: dict[str, list[str]]) -> web.Response:
+        """``/users/{mailbox}/contacts/{id}...``: the contact, its photo's metadata and
+        its largest photo; Graph has no sized photos for contacts."""
+        scope = self.contacts_scope
+        if scope is not None and not {person.upn.lower(), person.object_id} & scope:
+            # What Exchange answers outside the scope an app was given.
+            return error_response(403, "ErrorAccessDenied", "Access to OData is disabled: "
+                                  "[RAOP] : Blocked by tenant configured AppOnly AccessPolicy "
+                                  "settings.")
+        contact = person.contacts.get(key)  # an id's case matters: it is base64
+        if contact is None:
+            return error_response(*REAL_ERRORS["item-not-found"])
+        match tail:
+            case []:
+                return contact_response(root, person, contact, query.get("$select", []))
+            case ["photo"]:
+                return self._largest_meta(root, contact)
+            case ["photo", "$value"] if contact.sizes():
+                return self._jpeg_response(contact, *contact.sizes()[-1])
+            case ["photo", "$value"]:
+                return error_response(*REAL_ERRORS["item-not-found"])
+            case ["photos", *_]:  # microsoft-graph-docs #4153
+                return error_response(400, "BadRequest", "Unsupported segment type.")
         return error_response(400, "BadRequest", f"Resource not found for the segment '{tail[0]}'.")
 
     def _largest_meta(self, root: str, person: PhotoOwner) -> web.Response:
@@ -288,6 +320,8 @@ def _required_permissions(segments: list[str], query: dict[str, list[str]]) -> t
     """Application permissions that allow a call (any one of them suffices)."""
     head = segments[0] if segments else ""
     photo = any(segment in ("photo", "photos") for segment in segments[1:3])
+    if head.startswith("users") and "contacts" in segments[1:3]:
+        return ("Contacts.Read", "Contacts.ReadWrite")
     if head == "teams":
         return ("Team.ReadBasic.All",)
     if head == "groups":

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .people import FakePerson, PhotoOwner
+from .people import FakeContact, FakePerson, PhotoOwner
 
 _USER_FIELDS = ("id", "displayName", "givenName", "surname", "userPrincipalName")
 _ODATA_JSON = ("application/json;odata.metadata=minimal;odata.streaming=true;"
@@ -92,6 +92,18 @@ def user_response(root: str, person: FakePerson, select: list[str]) -> web.Respo
             fields.append(by_lower[name.strip().lower()])
     body: dict[str, Any] = {"@odata.context": f"{root}/$metadata#users/$entity"}
     body.update((name, values[name]) for name in fields)
+    return json_response(body)
+
+
+def contact_response(root: str, person: FakePerson, contact: FakeContact,
+                     select: list[str]) -> web.Response:
+    """An Outlook contact, with the fields ``$select`` names (unknown ones are ignored)."""
+    values: dict[str, Any] = {"id": contact.object_id, "displayName": contact.display_name,
+                              "givenName": contact.given_name, "surname": contact.surname}
+    wanted = {name.strip().lower() for name in ",".join(select).split(",")} if select else None
+    body: dict[str, Any] = {
+        "@odata.context": f"{root}/$metadata#users('{person.object_id}')/contacts/$entity"}
+    body.update((k, v) for k, v in values.items() if wanted is None or k.lower() in wanted)
     return json_response(body)
 
 

@@ -1,9 +1,12 @@
-"""Directory objects of a fake tenant: people and groups, each with a photo or none."""
+"""Directory objects of a fake tenant: people (with their mailbox's contacts) and groups,
+each with a photo or none."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image
 
@@ -35,6 +38,7 @@ class FakePerson:
     proxy_addresses: tuple[str, ...] = ()  # "SMTP:primary@x", "smtp:alias@x"
     account_enabled: bool = True
     raw: RawPhoto | None = None
+    contacts: dict[str, FakeContact] = field(default_factory=dict)  # by contact id
 
     def __post_init__(self) -> None:
         if (self.photo is not None or self.raw is not None) and not self.media_etag:
@@ -77,7 +81,40 @@ class FakeGroup:
         return available_sizes(self.photo)
 
 
-PhotoOwner = FakePerson | FakeGroup
+@dataclass(eq=False)
+class FakeContact:
+    """An Outlook contact kept in one person's mailbox.
+
+    ``object_id`` is its id, URL-safe base64 as Graph writes them (case
+    matters). Graph offers only the largest photo of a contact.
+    """
+
+    object_id: str
+    display_name: str
+    given_name: str | None = None
+    surname: str | None = None
+    photo: Image.Image | None = None
+    media_etag: str = ""
+    placeholder: bool = False
+
+    def __post_init__(self) -> None:
+        if self.photo is not None and not self.media_etag:
+            self.media_etag = media_etag(self.object_id, 0)
+
+    def size_id(self, width: int, height: int) -> str:
+        return f"{width}x{height}"
+
+    def sizes(self) -> list[tuple[int, int]]:
+        return [self.photo.size] if self.photo is not None else []
+
+
+PhotoOwner = FakePerson | FakeGroup | FakeContact
+
+
+def contact_id(seed: str) -> str:
+    """A contact id shaped like Graph's (``AAMkAD...AAA=``), fixed for ``seed``."""
+    digest = hashlib.sha256(seed.encode()).digest() * 3
+    return "AAMkAD" + base64.urlsafe_b64encode(digest[:70]).decode().rstrip("=") + "AAA="
 
 
 def media_etag(object_id: str, generation: int) -> str:

@@ -31,6 +31,9 @@ from .urls import graph_url, mail_lookup_query, subject_path
 MAX_PHOTO_BYTES = 16 * 1024 * 1024  # Graph photos are at most a few MB
 MAX_JSON_BYTES = 256 * 1024
 _PROFILE_FIELDS = "id,displayName,givenName,surname"
+# Kinds with one photo, the largest: no /photos/{size} (for contacts Graph answers
+# "Unsupported segment type", microsoft-graph-docs #4153).
+_ONE_PHOTO = ("team", "contact")
 
 
 class Pacer(Protocol):
@@ -94,7 +97,7 @@ class GraphClient:
 
     async def photo_meta(self, subject: Subject) -> PhotoMeta:
         """Metadata of the largest photo; ``has_photo`` False for 404 or the 1x1 answer."""
-        operation = "team metadata" if subject.kind == "team" else "metadata"
+        operation = f"{subject.kind} metadata" if subject.kind in _ONE_PHOTO else "metadata"
         try:
             reply = await self._get(operation, subject, subject_path(subject) + "/photo",
                                     MAX_JSON_BYTES)
@@ -105,8 +108,8 @@ class GraphClient:
     async def profile(self, subject: Subject, *, upn: bool = False) -> Profile | None:
         """Names for initials (and with ``upn`` the user's UPN); None when the subject
         does not exist."""
-        # Groups and teams have a displayName only.
-        fields = _PROFILE_FIELDS if subject.kind == "user" else "id,displayName"
+        # Groups and teams have a displayName only; contacts the names users have.
+        fields = _PROFILE_FIELDS if subject.kind in ("user", "contact") else "id,displayName"
         if upn and subject.kind == "user":
             fields += ",userPrincipalName"
         try:
@@ -119,9 +122,9 @@ class GraphClient:
     async def photo_bytes(self, subject: Subject, hd_size: int | None) -> bytes:
         """Bytes of one HD size (``/photos/NxN/$value``) or of the largest (``/photo/$value``)."""
         operation = "photo"
-        if subject.kind == "team":
-            # Teams expose only their largest photo: callers downscale it.
-            operation, hd_size = "team photo", None
+        if subject.kind in _ONE_PHOTO:
+            # Teams and contacts expose only their largest photo: callers downscale it.
+            operation, hd_size = f"{subject.kind} photo", None
         suffix = f"/photos/{hd_size}x{hd_size}/$value" if hd_size else "/photo/$value"
         reply = await self._get(operation, subject, subject_path(subject) + suffix,
                                 MAX_PHOTO_BYTES)
@@ -151,9 +154,11 @@ class GraphClient:
         """One logical call: paused or breaker-stopped calls fail fast; throttled
         or failed ones are retried while the wait is short (the browser waits)."""
         url = graph_url(self._base, path, query)
+        # Graph's limits are a mailbox's: a contact's is the mailbox holding it.
+        mailbox = subject.mailbox or subject.key
         attempt = 0
         while True:
-            await self.gate.admit(subject.key)
+            await self.gate.admit(mailbox)
             if self._pacer is not None:
                 await self._pacer.wait(cost)
             try:
@@ -162,7 +167,7 @@ class GraphClient:
             except GraphUnavailable as exc:
                 if self._pacer is not None:
                     self._pacer.throttled(exc.retry_after)
-                wait = await self.gate.failed(subject.key, exc, attempt)
+                wait = await self.gate.failed(mailbox, exc, attempt)
                 if attempt >= self._retries or wait > self._max_wait:
                     raise
                 attempt += 1

@@ -38,7 +38,13 @@ PERMISSIONS = {"metadata": "ProfilePhoto.Read.All", "photo": "ProfilePhoto.Read.
                "team": "Team.ReadBasic.All", "team metadata": "Team.ReadBasic.All",
                "team photo": "Team.ReadBasic.All", "batch": "ProfilePhoto.Read.All",
                "list": "User.ReadBasic.All", "list enabled": "User.Read.All",
-               "lookup": "User.ReadBasic.All", "users delta": "User.Read.All"}
+               "lookup": "User.ReadBasic.All", "users delta": "User.Read.All",
+               # Also what RBAC for Applications (or an application access policy)
+               # answers for a mailbox outside the scope it gives the app.
+               **dict.fromkeys(("contact", "contact metadata", "contact photo"),
+                               "Contacts.Read, in scope for the mailbox")}
+# Operations whose answer is a photo's bytes.
+_PHOTOS = ("photo", "team photo", "contact photo")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +88,7 @@ def check(operation: str, reply: Reply) -> Reply:
     """``reply`` if it is a usable 2xx answer; else raise the exception that says why not."""
     status = reply.status
     if 200 <= status < 300 and reply.oversize:
-        if operation in ("photo", "team photo"):
+        if operation in _PHOTOS:
             raise InvalidImage("photo over the size cap")
         raise GraphUnavailable(f"{operation}: Graph answer over the size cap")
     if 200 <= status < 300:

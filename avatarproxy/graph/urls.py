@@ -41,12 +41,24 @@ def team_path(subject: Subject) -> str:
     return "/teams/" + quote(subject.key, safe="")
 
 
+def contact_path(subject: Subject) -> str:
+    """``/users/{mailbox}/contacts/{id}``: the mailbox as any user's key, the contact
+    id as one encoded segment (ids are checked on input, encoded anyway). Its
+    base64 padding ``=`` stays as Graph writes it, legal in a path segment."""
+    contact = quote(subject.key, safe="=")
+    if not contact.strip("."):
+        contact = contact.replace(".", "%2E")  # a dot-segment would climb out of contacts
+    return user_path(Subject(subject.mailbox)) + "/contacts/" + contact
+
+
 def subject_path(subject: Subject) -> str:
-    """The Graph path of any subject: users, groups and teams."""
+    """The Graph path of any subject: users, groups, teams and contacts."""
     if subject.kind == "group":
         return group_path(subject)
     if subject.kind == "team":
         return team_path(subject)
+    if subject.kind == "contact":
+        return contact_path(subject)
     return user_path(subject)
 
 
