@@ -1,134 +1,32 @@
-"""The caching front (issue 15) in front of the real service: each rule of
-deploy/kubernetes/base/front/avatarproxy.vcl is a test here. The front runs as
-deployed (tests/front.py: the pod's arguments, environment and VCL), on
-loopback, in front of the service in-process on the fake Graph; what reaches
-the service is recorded as it arrives. Waits are for time the rules define
-(a copy's age), never for the machine: answers are polled with generous
-deadlines.
-
-The format class's classifier is checked against negotiation.py in
-tests/test_front_accept.py."""
+"""The caching front (issue 15) before the real service: what it caches, under
+which key, and what it never caches; each rule of
+deploy/kubernetes/base/front/avatarproxy.vcl is a test here or in
+tests/test_front_operations.py. The front runs as deployed (tests/front.py:
+the pod's arguments, environment and VCL), on loopback, before the service
+in-process on the fake Graph; what reaches the service is recorded as it
+arrives (tests/frontstack.py). Waits are for time the rules define (a copy's
+age), never for the machine. The format classifier is checked against
+negotiation.py in tests/test_front_accept.py."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 import time
-import tomllib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import aiohttp
-import pytest
-from aiohttp import web
-from front import BASE, Front, start_front
-from multidict import CIMultiDict, CIMultiDictProxy
-from PIL import Image
+from frontstack import (
+    ADELE,
+    CHROME,
+    FIREFOX,
+    IE_11,
+    PATH,
+    SAFARI_15,
+    MakeStack,
+    until_age,
+    vary,
+)
 
-from avatarproxy.app import create_app
-from avatarproxy.auth import StaticTokenProvider
-from avatarproxy.config import load_settings
 from avatarproxy.security import sign_url
-
-ADELE = "adele.vance@contoso.com"
-PATH = f"/avatar/{ADELE}/48"
-# Browsers' Accept for <img> (tests/test_front_accept.py has many more).
-CHROME = "image/avif,image/webp,image/apng,image/svg+xml,image/*,*/*;q=0.8"
-FIREFOX = "image/avif,image/webp,*/*"
-SAFARI_15 = "image/webp,image/png,image/svg+xml,image/*;q=0.8,video/*;q=0.8,*/*;q=0.5"
-IE_11 = "image/png, image/svg+xml, image/jxr, image/*;q=0.8, */*;q=0.5"
-SHIPPED = tomllib.loads((BASE / "config.toml").read_text())
-
-
-class Answer(NamedTuple):
-    status: int
-    headers: CIMultiDictProxy[str]
-    body: bytes
-
-
-@dataclass(frozen=True)
-class Seen:
-    """A request that reached the service, and its answer."""
-
-    method: str
-    path: str  # with the query
-    headers: CIMultiDict[str]
-    status: int
-    cache_control: str
-
-
-@dataclass
-class Stack:
-    front: Front
-    server: Any  # aiohttp's TestServer: the service
-    seen: list[Seen]
-    http: aiohttp.ClientSession
-
-    async def get(self, path: str, method: str = "GET", **headers: str) -> Answer:
-        # Header names as keywords: If_None_Match is If-None-Match.
-        sent = {name.replace("_", "-"): value for name, value in headers.items()}
-        async with self.http.request(method, self.front.base_url + path, headers=sent,
-                                     allow_redirects=False) as resp:
-            return Answer(resp.status, resp.headers, await resp.read())
-
-    def reached(self, path: str) -> list[Seen]:
-        """The requests for ``path`` (query included) that reached the service."""
-        return [s for s in self.seen if s.path == path]
-
-
-MakeStack = Callable[..., Awaitable[Stack]]
-
-
-@pytest.fixture
-async def stack_for(aiohttp_server: Any, fake_graph: Any, tmp_path: Path
-                    ) -> AsyncIterator[MakeStack]:
-    """``make(env=None, **settings)``: the service (settings as in appclient, ``__`` for
-    the dot; the shipped ``server.trusted_proxies``) and a front before it (``env``
-    overriding the front container's environment)."""
-    fronts: list[Front] = []
-    sessions: list[aiohttp.ClientSession] = []
-
-    async def make(env: dict[str, str] | None = None, **settings: Any) -> Stack:
-        values = {"graph.base_url": fake_graph.base_url,
-                  "server.trusted_proxies": SHIPPED["server"]["trusted_proxies"],
-                  **{k.replace("__", "."): v for k, v in settings.items()}}
-        app = create_app(load_settings(env={}, overrides=values),
-                         tokens=StaticTokenProvider("t"))
-        seen: list[Seen] = []
-
-        async def record(request: web.Request, response: web.StreamResponse) -> None:
-            seen.append(Seen(request.method, request.path_qs, request.headers.copy(),
-                             response.status, response.headers.get("Cache-Control", "")))
-
-        app.on_response_prepare.append(record)
-        server = await aiohttp_server(app)
-        front = await asyncio.to_thread(start_front, tmp_path / f"front-{len(fronts)}",
-                                        server.port, env)
-        fronts.append(front)
-        sessions.append(aiohttp.ClientSession())
-        return Stack(front, server, seen, sessions[-1])
-
-    try:
-        yield make
-    finally:
-        for session in sessions:
-            await session.close()
-        for front in fronts:
-            await asyncio.to_thread(front.stop)
-
-
-def vary(answer: Answer) -> set[str]:
-    return {v.strip().lower() for line in answer.headers.getall("Vary", [])
-            for v in line.split(",")}
-
-
-async def until_age(started: float, seconds: float) -> None:
-    """Sleep until ``seconds`` after ``started``: a copy the front took then is stale."""
-    await asyncio.sleep(max(0.0, started + seconds - time.monotonic()))
-
 
 # -- what is cached, under which key ------------------------------------------
 
@@ -274,8 +172,8 @@ async def test_errors_are_never_cached_and_a_4xx_replaces_the_copy(
     # No memory tier: the service asks Graph each time the front asks it.
     s = await stack_for({"AVATARPROXY_EDGE_MAX_AGE_SECONDS": "1"}, cache__memory_max_bytes=0)
     path = f"/avatar/{ADELE}/48?fallback=404"
-    started = time.monotonic()
     assert (await s.get(path)).status == 200
+    started = time.monotonic()  # the front's copy is at least this old
     fake_graph.graph.set_photo(ADELE, None)  # deleted: with ?fallback=404, a 404
     await until_age(started, 1.2)
     # The front's own marker, sent by a client, changes nothing.
@@ -293,8 +191,8 @@ async def test_stand_ins_are_never_cached_and_never_replace_the_photo_the_front_
     # answers stand-in initials with no-store, as when it is overloaded.
     s = await stack_for({"AVATARPROXY_EDGE_MAX_AGE_SECONDS": "1"}, cache__memory_max_bytes=0,
                         server__request_deadline_seconds=0.5)
-    started = time.monotonic()
     photo = await s.get(PATH, Accept=CHROME)
+    started = time.monotonic()
     assert photo.headers["X-Avatar-Source"] == "photo"
     fake_graph.graph.latency = 3.0
     try:
@@ -318,90 +216,3 @@ async def test_stand_ins_are_never_cached_and_never_replace_the_photo_the_front_
         assert len(s.reached(cold)) == 2
     finally:
         fake_graph.graph.latency = 0.0
-
-
-# -- freshness, purge, outages -----------------------------------------------------
-
-async def test_the_front_keeps_an_avatar_at_most_edge_max_age_then_revalidates(
-        stack_for: MakeStack) -> None:
-    s = await stack_for({"AVATARPROXY_EDGE_MAX_AGE_SECONDS": "2"})
-    started = time.monotonic()
-    first = await s.get(PATH)
-    await s.get(PATH)
-    if time.monotonic() - started < 1.5:  # else the machine was too slow to tell
-        assert len(s.reached(PATH)) == 1
-    await until_age(started, 2.5)
-    later = await s.get(PATH)
-    assert (later.status, later.body) == (200, first.body)
-    assert later.headers["Cache-Control"] == first.headers["Cache-Control"]  # the browser's
-    revalidation = s.reached(PATH)[-1]
-    assert revalidation.headers["If-None-Match"] == first.headers["ETag"]
-    assert revalidation.status == 304  # from the service's memory
-
-
-async def test_a_purge_reaches_the_front_within_edge_max_age(
-        stack_for: MakeStack, fake_graph: Any, redis_url: str) -> None:
-    s = await stack_for({"AVATARPROXY_EDGE_MAX_AGE_SECONDS": "1"}, cache__redis_url=redis_url,
-                        cache__metadata_ttl_seconds=3600)
-    first = await s.get(PATH)
-    fake_graph.graph.set_photo(ADELE, Image.new("RGB", (648, 648), "#c00000"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AVATARPROXY_", "AZURE_"))}
-    purge = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "avatarproxy", "purge", ADELE,
-        env={**env, "AVATARPROXY_CACHE_REDIS_URL": redis_url},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
-    output, _ = await asyncio.wait_for(purge.communicate(), timeout=60)
-    assert purge.returncode == 0, output
-    # The front's copy is at most 1 s old: the new photo comes long before the
-    # deadline (a front that kept the browser's hour would never show it).
-    deadline = time.monotonic() + 30
-    while (answer := await s.get(PATH)).headers["ETag"] == first.headers["ETag"]:
-        assert time.monotonic() < deadline, "the purge never reached the front"
-        await asyncio.sleep(0.2)
-    assert answer.body != first.body
-
-
-async def test_the_front_serves_what_it_holds_while_the_service_is_down(
-        stack_for: MakeStack) -> None:
-    s = await stack_for({"AVATARPROXY_EDGE_MAX_AGE_SECONDS": "1"})
-    started = time.monotonic()
-    first = await s.get(PATH)
-    await s.server.close()
-    await until_age(started, 1.2)
-    for _ in range(3):
-        answer = await s.get(PATH)
-        assert (answer.status, answer.headers["ETag"]) == (200, first.headers["ETag"])
-    cold = await s.get(f"/avatar/{ADELE}/64")
-    assert cold.status == 503 and cold.headers["Cache-Control"] == "no-store"
-
-
-async def test_concurrent_misses_for_one_url_reach_the_service_once(
-        stack_for: MakeStack, fake_graph: Any) -> None:
-    s = await stack_for()
-    fake_graph.graph.latency = 0.3  # every request arrives while the first is answered
-    try:
-        answers = await asyncio.gather(*(s.get(PATH, Accept=CHROME) for _ in range(20)))
-    finally:
-        fake_graph.graph.latency = 0.0
-    assert {(a.status, a.headers["ETag"]) for a in answers} == {(200, answers[0].headers["ETag"])}
-    assert len(s.reached(PATH)) == 1
-
-
-# -- clients stay distinguishable ----------------------------------------------------
-
-async def test_the_service_tells_clients_apart_behind_the_front(stack_for: MakeStack) -> None:
-    # What the ingress controller sends: the client's address in X-Forwarded-For.
-    # The front appends the controller's (here loopback), the shipped
-    # server.trusted_proxies believes both hops, so each client has its bucket.
-    s = await stack_for(security__rate_limit_per_second=0.01, security__rate_limit_burst=4)
-    limited = None
-    for size in range(40, 60):  # each size a render: a token of client A's bucket
-        answer = await s.get(f"/avatar/{ADELE}/{size}", X_Forwarded_For="203.0.113.1")
-        if answer.headers["Cache-Control"] == "no-store":
-            limited = size
-            break
-    assert limited is not None, "client A was never limited"
-    assert s.reached(f"/avatar/{ADELE}/{limited}")[0].headers["X-Forwarded-For"] == (
-        "203.0.113.1, 127.0.0.1")
-    other = await s.get(f"/avatar/{ADELE}/{limited + 1}", X_Forwarded_For="203.0.113.2")
-    assert other.headers["X-Avatar-Source"] == "photo", "client B shared A's bucket"

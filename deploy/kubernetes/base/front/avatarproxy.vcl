@@ -1,8 +1,8 @@
 vcl 4.1;
 # avatarproxy's caching front: Varnish in the pod, in front of the service
 # (deployment.yaml, the front container; docs/operations.md, "The caching
-# front"). tests/test_front.py runs this very file in front of the real
-# service, one test per rule below.
+# front"). tests/test_front.py and test_front_operations.py run this very file
+# before the real service, one test per rule below.
 #
 # What it caches: 200 answers under /avatar/ that the service marks public
 # (photos and initials), keyed by the URL as sent (path and query: ?v=3 cache
