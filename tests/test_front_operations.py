@@ -148,3 +148,14 @@ async def test_prometheus_sees_the_fronts_hits_misses_revalidations_and_stale_an
     queries += [r["expr"] for g in rules["spec"]["groups"] for r in g["rules"]]
     queried = {name for q in queries for name in re.findall(r"varnish_\w+", q)}
     assert queried and queried <= exported, queried - exported
+
+
+async def test_a_max_age_of_zero_revalidates_every_request(stack_for: MakeStack) -> None:
+    # Caching off, the front kept: each request asks the service (a 304 for its copy).
+    # (The copy lives a millisecond: a TTL of 0 would hide it from revalidation.)
+    s = await stack_for({"AVATARPROXY_EDGE_MAX_AGE_SECONDS": "0"})
+    first = await s.get(PATH)
+    for _ in range(2):
+        await asyncio.sleep(0.01)
+        assert (await s.get(PATH)).body == first.body
+    assert [r.status for r in s.reached(PATH)] == [200, 304, 304]
