@@ -43,12 +43,12 @@ def test_the_canonical_values_are_one_per_class() -> None:
 
 async def test_the_front_classifies_accept_headers_as_the_service_does(
         aiohttp_server: Any, tmp_path: Path) -> None:
+    headers = corpus()
+    assert len(REAL) >= 35 and len(headers) >= 500
     app = web.Application()
     app.router.add_get("/avatar/{tail:.*}", echo)
     server = await aiohttp_server(app)
     front = await asyncio.to_thread(start_front, tmp_path / "front", server.port)
-    headers = corpus()
-    assert len(REAL) >= 35 and len(headers) >= 500
     limit = asyncio.Semaphore(16)
     try:
         async with aiohttp.ClientSession(skip_auto_headers=("Accept",)) as http:
