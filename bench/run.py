@@ -33,6 +33,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 
+import frontbench  # noqa: E402
 import instructions  # noqa: E402
 import load  # noqa: E402
 import servers  # noqa: E402
@@ -203,11 +204,11 @@ class Bench:
                                     ("avatarproxy (browser Accept)", service,
                                      (f"Accept: {BROWSER_ACCEPT}",))):
             table[name] = await self._wrk(proc, script, headers)
-            p50, p99, errors = await load.paced(
-                f"http://127.0.0.1:{proc.port}{paths[0]}", self.p.paced_rate,
-                self.p.paced_seconds, dict(h.split(": ", 1) for h in headers))
-            table[name].update(paced_p50_ms=round(p50, 2), paced_p99_ms=round(p99, 2),
-                               paced_errors=errors)
+            table[name].update(await self._paced(proc, paths[0], headers))
+        # The caching front before the same service (bench/frontbench.py).
+        table.update(await frontbench.rows(self.workdir, service, nginx, paths, script,
+                                           BROWSER_ACCEPT, self.p.seconds, self._wrk,
+                                           self._paced))
         service.stop()
         redis_only = await self.start("service-redis-tier", AVATARPROXY_CACHE_MEMORY_MAX_BYTES="0")
         table["avatarproxy (Redis tier only)"] = await self._wrk(redis_only, script, ())
@@ -253,6 +254,15 @@ class Bench:
             row["x_nginx"] = round(row["instructions_per_request"] / base, 1)
             row["x_bare"] = round(row["instructions_per_request"] / bare_count, 2)
         return rows
+
+    async def _paced(self, proc: servers.Proc, path: str,
+                     headers: tuple[str, ...]) -> dict[str, Any]:
+        """Latency at a fixed rate (open loop) for one hot path."""
+        p50, p99, errors = await load.paced(
+            f"http://127.0.0.1:{proc.port}{path}", self.p.paced_rate, self.p.paced_seconds,
+            dict(h.split(": ", 1) for h in headers))
+        return {"paced_p50_ms": round(p50, 2), "paced_p99_ms": round(p99, 2),
+                "paced_errors": errors}
 
     async def _wrk(self, proc: servers.Proc, script: Path,
                    headers: tuple[str, ...]) -> dict[str, Any]:
@@ -420,14 +430,17 @@ def print_table(results: dict[str, Any]) -> None:
 
 
 def _print_hits(hits: dict[str, Any]) -> None:
-    print("\nHits (wrk -t2 -c64)            req/s   x nginx    p50 ms   p99 ms  x nginx p99"
+    print(f"\n{'Hits (wrk -t2 -c64)':<58}req/s   x nginx    p50 ms   p99 ms  x nginx p99"
           "  paced p50/p99 ms  CPU us/req")
     for name, row in hits.items():
         paced = (f"{row['paced_p50_ms']:.2f}/{row['paced_p99_ms']:.2f}"
                  if "paced_p50_ms" in row else "-")
-        print(f"  {name:<30}{row['rps']:>8.0f}{row['rps_vs_nginx']:>9.2f}x"
+        print(f"  {name:<54}{row['rps']:>8.0f}{row['rps_vs_nginx']:>9.2f}x"
               f"{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['p99_vs_nginx']:>11.2f}x"
               f"{paced:>18}{row['server_cpu_us_per_request']:>12.0f}")
+        if "rps_vs_nginx_interleaved" in row:
+            print(f"    {'(runs alternated with nginx: medians)':<52}"
+                  f"{row['rps_vs_nginx_interleaved']:>17.2f}x{row['p99_vs_nginx_interleaved']:>29.2f}x")
 
 
 SECTIONS = ("hits", "misses", "herd", "economy", "memory")

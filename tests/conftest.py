@@ -4,6 +4,8 @@ clients to the service wired to them."""
 from __future__ import annotations
 
 import logging
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,9 @@ from aiohttp import web
 from appclient import MakeClient, client_factory
 from fakeidp import FakeIdP, start_fake_idp
 from faultproxy import FaultProxy
+from frontstack import MakeStack, stacks
 from logwatch import Lines
+from loopback import free_port, stop_process
 from redisservers import Topology, start_cluster, start_sentinel, start_server, start_tls
 from tlsutil import make_server_tls
 from yarl import URL
@@ -103,6 +107,44 @@ async def redis_proxy(redis_url: str) -> AsyncIterator[FaultProxy]:
         yield proxy
     finally:
         await proxy.close()
+
+
+@pytest.fixture
+def prometheus_for(tmp_path: Path) -> Iterator[Callable[[str], str]]:
+    """``start(target)``: a real Prometheus (Debian's package) scraping ``host:port``
+    every second; returns its URL. Stopped after the test."""
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(target: str) -> str:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            pytest.fail("prometheus not found: tests/run installs Debian's prometheus package",
+                        pytrace=False)
+        port = free_port()
+        config = tmp_path / "prometheus.yml"
+        config.write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+                          "scrape_configs:\n  - job_name: avatarproxy\n"
+                          f"    static_configs:\n      - targets: ['{target}']\n")
+        processes.append(subprocess.Popen(
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return f"http://127.0.0.1:{port}"
+
+    try:
+        yield start
+    finally:
+        for process in processes:
+            stop_process(process, timeout=20)
+
+
+@pytest.fixture
+async def stack_for(aiohttp_server: Any, fake_graph: RunningGraph, tmp_path: Path
+                    ) -> AsyncIterator[MakeStack]:
+    """``make(env=None, **settings)``: the service on the fake Graph behind a caching
+    front as deployed (tests/frontstack.py)."""
+    async with stacks(aiohttp_server, fake_graph.base_url, tmp_path) as make:
+        yield make
 
 
 @pytest.fixture

@@ -105,10 +105,15 @@ def in_block(ip: str, block: Mapping[str, Any]) -> bool:
 
 
 def workload_pod(workload: Mapping[str, Any], ip: str) -> Pod:
-    """The pod a rendered Deployment (or StatefulSet, DaemonSet) would start."""
+    """The pod a rendered Deployment (or StatefulSet, DaemonSet) would start; its
+    ports are those of its containers and of its sidecars (init containers that
+    keep running), which serve as long as the pod does."""
     template = workload["spec"]["template"]
+    sidecars = [c for c in template["spec"].get("initContainers") or []
+                if c.get("restartPolicy") == "Always"]
     ports = tuple(ContainerPort(p["containerPort"], p.get("protocol", "TCP"), p.get("name", ""))
-                  for c in template["spec"]["containers"] for p in c.get("ports") or [])
+                  for c in [*sidecars, *template["spec"]["containers"]]
+                  for p in c.get("ports") or [])
     return Pod(workload["metadata"]["name"], workload["metadata"].get("namespace", "default"),
                template["metadata"].get("labels") or {}, ip, ports)
 

@@ -24,10 +24,15 @@ def test_benchmark_smoke_run_measures_every_section(tmp_path: Path) -> None:
     data = json.loads(output.read_text())
     hits = data["hits"]
     assert {"nginx", "bare aiohttp", "avatarproxy", "avatarproxy (browser Accept)",
+            "avatarproxy behind the front (browser Accept)",
+            "behind the front, cache-busted (every request misses it)",
             "avatarproxy (Redis tier only)"} <= set(hits)
     for name, row in hits.items():
         assert row["rps"] > 0 and row["errors"] == 0, (name, row)
     assert hits["nginx"]["rps_vs_nginx"] == 1.0
+    # The caching front's hot row, also against nginx in alternated runs.
+    front = hits["avatarproxy behind the front (browser Accept)"]
+    assert front["rps_vs_nginx_interleaved"] > 0 and front["p99_vs_nginx_interleaved"] > 0
     counted = data["instructions"]  # callgrind: valgrind is installed by tests/run
     # The smoke run leaves out the Redis-tier row (a second service start under valgrind).
     assert set(counted) == {"nginx", "bare aiohttp", "avatarproxy",

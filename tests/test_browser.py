@@ -4,7 +4,8 @@ Loads ``GET /`` of the demo app, checks every ``<img>`` decoded at the size
 it asked for with the source its caption names, reads the browser's own
 network events (the DevTools performance log) to see that a reload is
 served from the browser cache or revalidated with 304, and saves a
-screenshot to ``tests/artifacts/demo-page.png`` (git-ignored).
+screenshot to ``tests/artifacts/demo-page.png`` (git-ignored). Then the same
+page through the caching front (tests/front.py), in two browsers.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from front import start_front
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
@@ -167,3 +170,37 @@ async def test_expired_avatars_are_revalidated_with_304_on_reload(
     revalidated = {f.url for f in visit.reload if f.status == 304}
     assert revalidated == {i["url"] for i in visit.images}
     assert all(f.status == 304 for f in visit.reload), visit.reload
+
+
+async def test_the_demo_page_through_the_caching_front(aiohttp_server: Any,
+                                                      tmp_path: Path) -> None:
+    # The front as deployed (tests/front.py) before the demo: Chromium's own
+    # Accept and Vary handling against it. A second browser, with an empty
+    # cache of its own, gets every avatar from the front's copies.
+    app = await demo_app("127.0.0.1", 8080, {})
+    reached: list[str] = []
+
+    async def record(request: web.Request, response: web.StreamResponse) -> None:
+        if request.path.startswith("/avatar/"):
+            reached.append(request.path_qs)
+
+    app.on_response_prepare.append(record)
+    server = await aiohttp_server(app)
+    front = await asyncio.to_thread(start_front, tmp_path / "front", server.port)
+    try:
+        first = await asyncio.to_thread(_visit, front.base_url + "/", tmp_path / "one", None)
+        asked = list(reached)
+        second = await asyncio.to_thread(_visit, front.base_url + "/", tmp_path / "two", None)
+    finally:
+        await asyncio.to_thread(front.stop)
+    source_of = {i["url"]: i["source"] for i in first.images}
+    assert all(i["complete"] and i["caption"] == i["source"] for i in first.images)
+    assert sorted(asked) == sorted({u.split(front.base_url, 1)[1] for u in source_of})
+    assert reached == asked, "the second browser's avatars reached the service"
+    assert {i["url"]: i["source"] for i in second.images} == source_of
+    for fetch in second.first:
+        assert fetch.status == 200 and not fetch.from_cache, fetch  # from the front
+        assert fetch.headers["x-avatar-source"] == source_of[fetch.url], fetch
+        assert "accept" in fetch.headers["vary"].lower(), fetch
+        assert fetch.headers["content-type"] in ("image/avif", "image/webp", "image/svg+xml")
+    assert all(f.from_cache or f.status == 304 for f in second.reload), second.reload

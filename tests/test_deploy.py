@@ -27,7 +27,8 @@ KUSTOMIZE = ROOT / "deploy" / "kubernetes"
 KUSTOMIZATIONS = ["base", "overlays/dev", "overlays/workload-identity",
                   # worked examples of adapting to a cluster (docs/operations.md, "Deploying")
                   "overlays/example-azure-cache-for-redis", "overlays/example-azure-managed-redis",
-                  "overlays/example-cluster-names", "overlays/example-gke-cloud-dns"]
+                  "overlays/example-cluster-names", "overlays/example-gke-cloud-dns",
+                  "overlays/example-without-front"]
 K8S_VERSION = "1.30.0"
 CRDS = {"ServiceMonitor": "servicemonitor", "PrometheusRule": "prometheusrule"}
 
@@ -69,14 +70,15 @@ def test_the_deployment_is_probed_hardened_and_drained() -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["lifecycle"]["preStop"]["sleep"]["seconds"] > 0
-    # Avatars and probes on one port, /metrics on its own (server.metrics_port).
+    # Avatars and probes on one port (for the front, on loopback), /metrics on
+    # its own (server.metrics_port).
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
-        "http": 8080, "metrics": 9090}
+        "app": 8081, "metrics": 9090}
     assert {container[p]["httpGet"]["port"] for p in
-            ("livenessProbe", "readinessProbe", "startupProbe")} == {"http"}
+            ("livenessProbe", "readinessProbe", "startupProbe")} == {"app"}
     monitor = next(o for o in render("base") if o["kind"] == "ServiceMonitor")
     assert [(e["port"], e["path"]) for e in monitor["spec"]["endpoints"]] == [
-        ("metrics", "/metrics")]
+        ("metrics", "/metrics"), ("front-metrics", "/metrics")]
     assert {"requests", "limits"} <= set(container["resources"])
     assert spec["securityContext"]["runAsNonRoot"] is True
     security = container["securityContext"]
@@ -85,6 +87,67 @@ def test_the_deployment_is_probed_hardened_and_drained() -> None:
     assert security["capabilities"]["drop"] == ["ALL"]
     config = next(o for o in render("base") if o["kind"] == "ConfigMap")
     assert "[logging]" in config["data"]["config.toml"]
+
+
+def _hardened(container: dict[str, Any]) -> bool:
+    security = container["securityContext"]
+    return (security["readOnlyRootFilesystem"] is True
+            and security["allowPrivilegeEscalation"] is False
+            and security["capabilities"]["drop"] == ["ALL"])
+
+
+def _size(text: str) -> int:
+    """A Kubernetes quantity or a varnishd size (256M) in bytes."""
+    match = re.fullmatch(r"(\d+)([KMG]i?)?", text)
+    assert match, text
+    number, unit = match.groups()
+    return int(number) * 1024 ** " KMG".index((unit or " ")[0])
+
+
+def test_the_front_is_a_hardened_native_sidecar_with_its_cache_on_a_bounded_emptydir() -> None:
+    objects = render("base")
+    spec = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    front = next(c for c in spec["initContainers"] if c["name"] == "front")
+    # Starts before the service, stops after it, restarted on its own.
+    assert front["restartPolicy"] == "Always"
+    assert {p["name"]: p["containerPort"] for p in front["ports"]} == {"http": 8080}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        # Answered by the front itself: the service starts after its startup probe.
+        assert front[probe]["httpGet"] == {"path": "/front/healthz", "port": "http"}, probe
+    assert _hardened(front) and spec["securityContext"]["runAsNonRoot"] is True
+    assert {"requests", "limits"} <= set(front["resources"])
+    env = {e["name"]: e["value"] for e in front["env"]}
+    assert env["AVATARPROXY_EDGE_MAX_AGE_SECONDS"] == "60"  # edge.max_age_seconds
+    # Everything it writes is on an emptyDir with a size limit, the cache file within it.
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    written = [m for m in front["volumeMounts"] if not m.get("readOnly")]
+    assert all(volumes[m["name"]]["emptyDir"]["sizeLimit"] for m in written)
+    cache = next(m for m in written if m["name"] == "front-cache")
+    storage = front["args"][front["args"].index("-s") + 1].split(",")
+    assert storage[0] == "file" and storage[1].startswith(cache["mountPath"] + "/")
+    assert _size(storage[2]) < _size(volumes["front-cache"]["emptyDir"]["sizeLimit"])
+    # Its VCL is the ConfigMap the base generates from deploy/kubernetes/base/front.
+    config_map = next(o for o in objects if o["kind"] == "ConfigMap"
+                      and o["metadata"]["name"] == volumes["front-config"]["configMap"]["name"])
+    assert config_map["data"]["avatarproxy.vcl"] == (
+        KUSTOMIZE / "base" / "front" / "avatarproxy.vcl").read_text()
+    exporter = next(c for c in spec["containers"] if c["name"] == "front-metrics")
+    assert _hardened(exporter) and "readinessProbe" not in exporter
+
+
+def test_the_without_front_component_serves_from_the_service_alone() -> None:
+    objects = render("overlays/example-without-front")
+    spec = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert not spec.get("initContainers")
+    assert [c["name"] for c in spec["containers"]] == ["avatarproxy"]
+    container = spec["containers"][0]
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "http": 8080, "metrics": 9090}
+    assert {"name": "AVATARPROXY_SERVER_PORT", "value": "8080"} in container["env"]
+    assert not [v for v in spec["volumes"] if v["name"].startswith("front")]
+    monitor = next(o for o in objects if o["kind"] == "ServiceMonitor")
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
+    assert not [o for o in objects if o["metadata"]["name"].startswith("avatarproxy-front")]
 
 
 def test_dev_adds_one_redis_and_workload_identity_drops_the_secret() -> None:
@@ -100,16 +163,22 @@ def test_dev_adds_one_redis_and_workload_identity_drops_the_secret() -> None:
     assert not pod["spec"]["containers"][0].get("env")  # the webhook injects AZURE_*
 
 
-def test_the_dockerfile_passes_hadolint() -> None:
-    result = subprocess.run([tool("hadolint"), str(ROOT / "deploy" / "Dockerfile")],
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "front.Dockerfile"])
+def test_the_dockerfiles_pass_hadolint(dockerfile: str) -> None:
+    result = subprocess.run([tool("hadolint"), str(ROOT / "deploy" / dockerfile)],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
-    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    text = (ROOT / "deploy" / dockerfile).read_text()
     assert "HEALTHCHECK" not in text.replace("no HEALTHCHECK", "")
-    assert "USER 10001" in text and "libfribidi0" in text
-    # Where avatar.cjk_font = "auto" looks, with the font's licence next to it.
-    assert f"COPY --from=fonts {DEBIAN_CJK_FONT} {DEBIAN_CJK_FONT.parent}/" in text
-    assert "COPY --from=fonts /usr/share/doc/fonts-noto-cjk/copyright" in text
+    assert "USER 10001" in text
+    # The service's needs, or the very Debian packages the front's tests run.
+    if dockerfile == "Dockerfile":
+        assert "libfribidi0" in text
+        # Where avatar.cjk_font = "auto" looks, with the font's licence next to it.
+        assert f"COPY --from=fonts {DEBIAN_CJK_FONT} {DEBIAN_CJK_FONT.parent}/" in text
+        assert "COPY --from=fonts /usr/share/doc/fonts-noto-cjk/copyright" in text
+    else:
+        assert "varnish=7.1" in text and "prometheus-varnish-exporter" in text
 
 
 def alert_rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ real cluster shows is listed in docs/operations.md ("Deploying")."""
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -30,6 +31,7 @@ from netpolicy import (
 from test_deploy import KUSTOMIZATIONS, render
 
 from avatarproxy.config import Settings, load_settings
+from avatarproxy.security import ClientAddress
 
 SERVER_SELECTOR = {"app.kubernetes.io/name": "avatarproxy",
                    "app.kubernetes.io/component": "server"}
@@ -64,6 +66,7 @@ SITES = {
         prometheus_labels={"app.kubernetes.io/name": "prometheus", "prometheus": "platform"},
         rival_prometheus_labels={"app.kubernetes.io/name": "prometheus", "prometheus": "tenants"}),
     "overlays/example-gke-cloud-dns": Site(resolvers=(NODE_LOCAL_DNS, METADATA)),
+    "overlays/example-without-front": Site(),
 }
 
 
@@ -77,12 +80,30 @@ def find(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
 
 
 def config(objects: list[dict[str, Any]], tmp_path: Path) -> Settings:
-    """The config.toml the Deployment mounts, as the service would load it."""
-    volumes = find(objects, "Deployment", "avatarproxy")["spec"]["template"]["spec"]["volumes"]
-    name = next(v["configMap"]["name"] for v in volumes if v["name"] == "config")
+    """The config.toml the Deployment mounts, as the service would load it with the
+    environment the container sets (values written out, not taken from Secrets)."""
+    spec = find(objects, "Deployment", "avatarproxy")["spec"]["template"]["spec"]
+    name = next(v["configMap"]["name"] for v in spec["volumes"] if v["name"] == "config")
     path = tmp_path / "config.toml"
     path.write_text(find(objects, "ConfigMap", name)["data"]["config.toml"])
-    return load_settings(path, env={})
+    container = next(c for c in spec["containers"] if c["name"] == "avatarproxy")
+    env = {e["name"]: e["value"] for e in container.get("env") or [] if "value" in e}
+    return load_settings(path, env=env)
+
+
+def front_ports(objects: list[dict[str, Any]]) -> tuple[int, int] | None:
+    """Where the caching front listens (its -a http=:PORT) and the service port it
+    forwards to (backend app in its backend.vcl); None without a front."""
+    spec = find(objects, "Deployment", "avatarproxy")["spec"]["template"]["spec"]
+    front = next((c for c in spec.get("initContainers") or [] if c["name"] == "front"), None)
+    if front is None:
+        return None
+    listen = next(a for a in front["args"] if a.startswith("http="))
+    volume = next(v for v in spec["volumes"] if v["name"] == "front-config")
+    vcl = find(objects, "ConfigMap", volume["configMap"]["name"])["data"]["backend.vcl"]
+    backend = re.search(r'backend app \{[^}]*\.host = "127\.0\.0\.1";[^}]*\.port = "(\d+)"', vcl)
+    assert backend, "backend app is not the service on loopback"
+    return int(listen.split(":")[1].split(",")[0]), int(backend.group(1))
 
 
 def target_port(service: dict[str, Any], port_name: str, pod: Pod) -> int:
@@ -112,7 +133,7 @@ class World:
     shipped_redis: Pod | None  # the one a kustomization renders (overlays/dev)
     resolvers: list[Endpoint]  # the kube-dns pods and the site's resolver addresses
     serving_port: int  # what the Service (and so the ingress) forwards to
-    metrics_port: int  # what the ServiceMonitor scrapes
+    metrics_ports: list[int]  # what the ServiceMonitor scrapes: the service's, the front's
     endpoints: list[Endpoint]
 
 
@@ -149,8 +170,8 @@ def world(kustomization: str) -> World:
     return World(objects, site, network, server, dns, ingress, prometheus, redis, shipped_redis,
                  resolvers=[dns, *(e for e in externals if e.ip in site.resolvers)],
                  serving_port=target_port(service, service["spec"]["ports"][0]["name"], server),
-                 metrics_port=target_port(service, monitor["spec"]["endpoints"][0]["port"],
-                                          server),
+                 metrics_ports=[target_port(service, e["port"], server)
+                                for e in monitor["spec"]["endpoints"]],
                  endpoints=[*pods, *externals])
 
 
@@ -234,8 +255,10 @@ def test_the_pods_reach_their_redis_and_no_other(kustomization: str) -> None:
 def test_the_ingress_controller_and_prometheus_get_in_and_nobody_else(kustomization: str) -> None:
     w = world(kustomization)
     assert w.network.allows(w.ingress, w.server, w.serving_port), "the ingress gets 503s"
-    assert w.network.allows(w.prometheus, w.server, w.metrics_port), "no scrape, alerts blind"
-    expected = {(w.ingress, w.serving_port, "TCP"), (w.prometheus, w.metrics_port, "TCP")}
+    for port in w.metrics_ports:
+        assert w.network.allows(w.prometheus, w.server, port), "no scrape, alerts blind"
+    expected = {(w.ingress, w.serving_port, "TCP"),
+                *((w.prometheus, port, "TCP") for port in w.metrics_ports)}
     let_in = {(source, port, protocol) for source in w.endpoints if source != w.server
               for port, protocol in w.network.probe_ports()
               if w.network.allows(source, w.server, port, protocol)}
@@ -248,8 +271,9 @@ def test_metrics_have_a_port_of_their_own_that_only_prometheus_reaches(
     # On the serving port, the rule that lets the ingress controller forward
     # avatars would let it (and whoever it forwards for) read /metrics too.
     w = world(kustomization)
-    assert w.metrics_port != w.serving_port, "/metrics shares the port the ingress reaches"
-    assert not w.network.allows(w.ingress, w.server, w.metrics_port)
+    assert w.serving_port not in w.metrics_ports, "/metrics shares the port the ingress reaches"
+    for port in w.metrics_ports:
+        assert not w.network.allows(w.ingress, w.server, port)
     assert not w.network.allows(w.prometheus, w.server, w.serving_port)
 
 
@@ -316,10 +340,12 @@ def test_selectors_and_ports_name_what_exists(kustomization: str) -> None:
     # spec.selector is immutable: a different one would fail `kubectl apply`.
     assert server["spec"]["selector"] == {"matchLabels": SERVER_SELECTOR}
     pod = workload_pod(server, "10.244.0.1")
-    container = server["spec"]["template"]["spec"]["containers"][0]
-    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
-        port = container[probe]["httpGet"]["port"]
-        assert any(port in (c.name, c.port) for c in pod.ports), (probe, port)
+    spec = server["spec"]["template"]["spec"]
+    for container in [*(spec.get("initContainers") or []), *spec["containers"]]:
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            if probe in container:
+                port = container[probe]["httpGet"]["port"]
+                assert any(port in (c.name, c.port) for c in pod.ports), (probe, port)
     workloads = [workload_pod(o, "10.244.0.2") for o in objects if o["kind"] == "Deployment"]
     for service in (o for o in objects if o["kind"] == "Service"):
         backends = [p for p in workloads if p.namespace == service["metadata"]["namespace"]
@@ -356,8 +382,24 @@ def test_the_config_listens_and_dials_where_the_manifests_lead(kustomization: st
                                                                tmp_path: Path) -> None:
     w = world(kustomization)
     settings = config(w.objects, tmp_path)
-    assert settings.server.port == w.serving_port, "the Service forwards to a closed port"
-    assert settings.server.metrics_port == w.metrics_port, "Prometheus scrapes a closed port"
+    front = front_ports(w.objects)
+    if front is None:
+        assert settings.server.port == w.serving_port, "the Service forwards to a closed port"
+    else:
+        listens, forwards_to = front
+        assert listens == w.serving_port, "the Service forwards to a port the front lacks"
+        assert settings.server.port == forwards_to, "the front forwards to a closed port"
+        assert forwards_to != w.serving_port
+        exporter = next(c for c in find(w.objects, "Deployment", "avatarproxy")["spec"][
+            "template"]["spec"]["containers"] if c["name"] == "front-metrics")
+        listen = exporter["args"][exporter["args"].index("-web.listen-address") + 1]
+        assert int(listen.rsplit(":", 1)[1]) in w.metrics_ports, "the front's counters unscraped"
+    assert settings.server.metrics_port in w.metrics_ports, "Prometheus scrapes a closed port"
+    # Each client its own rate-limit bucket: the service believes the front
+    # (loopback) and the ingress controller's pods, which append the client.
+    remote, hops = ("127.0.0.1", f"203.0.113.7, {w.ingress.ip}") if front else (
+        w.ingress.ip, "203.0.113.7")
+    assert ClientAddress(settings.server.trusted_proxies).of(remote, [hops]) == "203.0.113.7"
     url = urlsplit(settings.redis.redis_url)
     services = {s["metadata"]["name"]: s for s in w.objects if s["kind"] == "Service"}
     if url.hostname in services and isinstance(w.redis, Pod):  # in-cluster, by its Service

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from loopback import free_port, stop_process
 
 from avatarproxy.app import create_app
 from avatarproxy.config import load_settings
@@ -27,30 +24,6 @@ def binary(name: str) -> str:
         pytest.fail(f"{name} not found: tests/run installs Debian's prometheus package",
                     pytrace=False)
     return found
-
-
-@pytest.fixture
-def prometheus_for(tmp_path: Path) -> Iterator[Any]:
-    processes: list[subprocess.Popen[bytes]] = []
-
-    def start(target: str) -> str:
-        port = free_port()
-        config = tmp_path / "prometheus.yml"
-        config.write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-                          "scrape_configs:\n  - job_name: avatarproxy\n"
-                          f"    static_configs:\n      - targets: ['{target}']\n")
-        processes.append(subprocess.Popen(
-            [binary("prometheus"), f"--config.file={config}",
-             f"--storage.tsdb.path={tmp_path / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        return f"http://127.0.0.1:{port}"
-
-    try:
-        yield start
-    finally:
-        for process in processes:
-            stop_process(process, timeout=20)
 
 
 async def query(http: aiohttp.ClientSession, prometheus: str, promql: str) -> float | None:

@@ -1,0 +1,225 @@
+vcl 4.1;
+# avatarproxy's caching front: Varnish in the pod, in front of the service
+# (deployment.yaml, the front container; docs/operations.md, "The caching
+# front"). tests/test_front.py and test_front_operations.py run this very file
+# before the real service, one test per rule below.
+#
+# What it caches: 200 answers under /avatar/ that the service marks public
+# (photos and initials), keyed by the URL as sent (path and query: ?v=3 cache
+# busters and ?sig= signatures are part of it) and by the headers the service
+# names in Vary: the format class (Accept, made canonical below), Origin (when
+# server.cors_origins is set) and Sec-Fetch-Site. For at most
+# edge.max_age_seconds (AVATARPROXY_EDGE_MAX_AGE_SECONDS, default 60) or the
+# answer's own max-age if shorter; then it asks the service again with
+# If-None-Match, which the service answers from memory with a 304. The answers
+# browsers get keep the service's headers (Cache-Control, ETag, Vary...).
+#
+# What it never caches: no-store answers (the service's stand-in initials when
+# it is overloaded, past its deadline or rate-limiting a client), errors,
+# private answers (another site's page), anything outside /avatar/.
+#
+# Stale if error: a stand-in or an error never replaces a copy the front holds.
+# It keeps that copy (up to AVATARPROXY_EDGE_STALE_IF_ERROR_SECONDS, default a
+# day) and serves it, asking the service again every 5 s. A 4xx does replace it
+# (the person was blocked, the signature key rotated...).
+
+import std;
+
+# backend app (the service, on loopback) and backend keep (this front's own
+# "keep" socket): the addresses, in a file of their own.
+include "backend.vcl";
+
+sub vcl_recv {
+    if (local.socket == "keep") {
+        # The front asking itself (vcl_backend_response): "still valid".
+        return (synth(304));
+    }
+    # Our own marker: a client must not choose to be served a stale copy.
+    unset req.http.X-Front-Keep;
+    if (req.url == "/front/healthz") {
+        # The front's own probes: answered without the service, which starts
+        # after the front does.
+        return (synth(200, "OK"));
+    }
+    if (req.url !~ "^/avatar/" || (req.method != "GET" && req.method != "HEAD")) {
+        # The probes, /metrics, the demo page, CORS preflights: to the service
+        # as they are (X-Forwarded-For appended, as for every request).
+        return (pass);
+    }
+    call canonical_accept;
+    # The service reads neither; a page on the same host sends its cookies.
+    unset req.http.Cookie;
+    unset req.http.Authorization;
+    return (hash);
+}
+
+# Replace Accept with one canonical value per format class, so the cache holds
+# one copy per class instead of one per browser's header, and the service
+# (negotiation.py) chooses the format from that value. The class is which of
+# image/avif and image/webp the header lists with a q above 0: all the service
+# looks at. tests/test_front_accept.py checks, over real browsers' headers, that
+# the service chooses the same format for the canonical value as for the header.
+sub canonical_accept {
+    set req.http.X-Front-Avif = "no";
+    set req.http.X-Front-Webp = "no";
+    if (req.http.Accept ~ "(?i)(^|,)\s*image/avif\s*(;|,|$)") {
+        set req.http.X-Front-Q = regsub(req.http.Accept,
+            "(?i)^(?:.*,)?\s*image/avif\s*((?:;[^,]*)?)(?:,.*)?$", "\1");
+        call q_above_zero;
+        set req.http.X-Front-Avif = req.http.X-Front-Q;
+    }
+    if (req.http.Accept ~ "(?i)(^|,)\s*image/webp\s*(;|,|$)") {
+        set req.http.X-Front-Q = regsub(req.http.Accept,
+            "(?i)^(?:.*,)?\s*image/webp\s*((?:;[^,]*)?)(?:,.*)?$", "\1");
+        call q_above_zero;
+        set req.http.X-Front-Webp = req.http.X-Front-Q;
+    }
+    if (req.http.X-Front-Avif == "yes" && req.http.X-Front-Webp == "yes") {
+        set req.http.Accept = "image/avif,image/webp,*/*";
+    } elsif (req.http.X-Front-Avif == "yes") {
+        set req.http.Accept = "image/avif,*/*";
+    } elsif (req.http.X-Front-Webp == "yes") {
+        set req.http.Accept = "image/webp,*/*";
+    } else {
+        set req.http.Accept = "*/*";
+    }
+    unset req.http.X-Front-Avif;
+    unset req.http.X-Front-Webp;
+    unset req.http.X-Front-Q;
+}
+
+# X-Front-Q holds the parameters of one Accept item (";q=0.8", or nothing);
+# it becomes "yes" when the item's first q is above 0, else "no".
+sub q_above_zero {
+    if (req.http.X-Front-Q !~ "(?i);\s*q\s*=") {
+        set req.http.X-Front-Q = "yes";
+        return;
+    }
+    set req.http.X-Front-Q = regsub(req.http.X-Front-Q, "(?i)^.*?;\s*q\s*=\s*([^;\s]*).*$", "\1");
+    if (req.http.X-Front-Q ~ "^([0-9]+\.?[0-9]*|\.[0-9]+)$" && req.http.X-Front-Q !~ "^0*\.?0*$") {
+        set req.http.X-Front-Q = "yes";
+    } else {
+        set req.http.X-Front-Q = "no";
+    }
+}
+
+sub vcl_hash {
+    # The URL as sent, query included; not Host (the service ignores it). The
+    # headers the answer depends on come from its Vary.
+    hash_data(req.url);
+    return (lookup);
+}
+
+sub vcl_backend_fetch {
+    if (bereq.http.X-Front-Keep) {
+        set bereq.backend = keep;
+    } else {
+        set bereq.backend = app;
+    }
+}
+
+sub vcl_backend_response {
+    if (bereq.uncacheable) {
+        # A pass (not an avatar): as it comes.
+        return (deliver);
+    }
+    if (bereq.http.X-Front-Keep && beresp.was_304) {
+        # The copy the front kept (below): served for 5 s, then in the
+        # background while the service is asked again.
+        set beresp.ttl = 5s;
+        set beresp.grace = std.duration(
+            std.getenv("AVATARPROXY_EDGE_STALE_IF_ERROR_SECONDS") + "s", 86400s);
+        set beresp.keep = beresp.grace;
+        return (deliver);
+    }
+    if (beresp.status == 200 && beresp.http.X-Avatar-Source
+            && beresp.http.Cache-Control ~ "^public"
+            && beresp.http.Cache-Control !~ "(?i)no-store|no-cache|private") {
+        # A photo or initials (or a 304 from the service, merged into the copy
+        # it revalidated): the answer's max-age, at most edge.max_age_seconds.
+        # Never served past it (no grace), so purges and blocks reach the front
+        # within that bound; kept a while longer for If-None-Match and for
+        # stale-if-error. (A TTL of 0 would hide the copy from both.)
+        if (beresp.ttl > std.duration(std.getenv("AVATARPROXY_EDGE_MAX_AGE_SECONDS") + "s", 60s)) {
+            set beresp.ttl = std.duration(std.getenv("AVATARPROXY_EDGE_MAX_AGE_SECONDS") + "s", 60s);
+        }
+        if (beresp.ttl < 0.001s) {
+            set beresp.ttl = 0.001s;
+        }
+        set beresp.grace = 0s;
+        set beresp.keep = std.duration(
+            std.getenv("AVATARPROXY_EDGE_STALE_IF_ERROR_SECONDS") + "s", 86400s);
+        return (deliver);
+    }
+    if (bereq.http.If-None-Match && (beresp.status >= 500
+            || (beresp.status == 200 && beresp.http.Cache-Control ~ "(?i)no-store"))) {
+        # A stand-in or an error where the front holds a copy (Varnish asked
+        # with If-None-Match because it does): keep the copy. Varnish cannot
+        # serve a stale copy from here, but a 304 refreshes it: ask the front's
+        # own keep socket, which answers 304 to anything. Requests waiting for
+        # this fetch get the copy at once, rather than each asking the service
+        # in turn.
+        set bereq.http.X-Front-Keep = "1";
+        return (retry);
+    }
+    # Not cacheable (a stand-in or an error with no copy to keep, a 4xx, a
+    # private answer): to the client as it is. Any copy it replaces is dropped.
+    # For 10 s requests for this variant go to the service in parallel
+    # (hit-for-miss), not one after the other.
+    set beresp.ttl = 10s;
+    set beresp.grace = 0s;
+    set beresp.keep = 0s;
+    set beresp.uncacheable = true;
+    return (deliver);
+}
+
+sub vcl_backend_error {
+    if (bereq.http.If-None-Match && !bereq.http.X-Front-Keep) {
+        # The service is down or did not answer in time: keep the copy, as above.
+        set bereq.http.X-Front-Keep = "1";
+        return (retry);
+    }
+    # No copy: a 503 (with requests waiting for it, for them only: Varnish
+    # keeps it 1 s so they do not each wait for the service in turn).
+    set beresp.grace = 0s;
+    set beresp.keep = 0s;
+    set beresp.http.Content-Type = "text/plain";
+    set beresp.http.Cache-Control = "no-store";
+    set beresp.http.X-Content-Type-Options = "nosniff";
+    set beresp.body = "service unavailable" + {"
+"};
+    return (deliver);
+}
+
+sub vcl_synth {
+    if (local.socket == "keep") {
+        # Only the headers a 304 may carry: the kept copy keeps its own.
+        unset resp.http.Server;
+        unset resp.http.X-Varnish;
+        unset resp.http.Retry-After;
+        set resp.http.ETag = req.http.If-None-Match;
+        return (deliver);
+    }
+    set resp.http.Content-Type = "text/plain";
+    set resp.http.Cache-Control = "no-store";
+    set resp.http.X-Content-Type-Options = "nosniff";
+    set resp.body = resp.reason + {"
+"};
+    return (deliver);
+}
+
+sub vcl_deliver {
+    # No banner, as the service sends none.
+    unset resp.http.Via;
+    unset resp.http.X-Varnish;
+    unset resp.http.Server;
+    if (obj.hits > 0) {
+        # Answered from the cache: the id the service gave another request
+        # would lead to the wrong log lines. The ingress' id, if any.
+        if (req.http.X-Request-Id) {
+            set resp.http.X-Request-Id = req.http.X-Request-Id;
+        } else {
+            unset resp.http.X-Request-Id;
+        }
+    }
+}
