@@ -110,19 +110,6 @@ def render_photo(data: bytes, size: int, fmt: str, *,
     return body
 
 
-def verify_photo(data: bytes, *, max_pixels: int = MAX_SOURCE_PIXELS) -> tuple[int, int]:
-    """Decode ``data`` through (JPEG at 1/8 scale): its (width, height), or
-    ``InvalidImage`` unless it is usable.
-
-    Run before a downloaded photo is cached as a source for other sizes, so a
-    corrupt or truncated body is never kept.
-    """
-    with _open(data) as im:
-        size = im.size  # before draft mode scales it
-        _load(im, 8, max_pixels)
-        return size
-
-
 def _load(im: Image.Image, size: int, max_pixels: int) -> None:
     """Decode, refusing bombs by the header's size first; ``InvalidImage`` on bad data."""
     width, height = im.size
