@@ -35,6 +35,7 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 
 import instructions  # noqa: E402
 import load  # noqa: E402
+import misses  # noqa: E402
 import servers  # noqa: E402
 from fakeidp import start_fake_idp  # noqa: E402
 
@@ -164,7 +165,8 @@ class Bench:
         self.redis = servers.redis(self.workdir)
         self.procs.append(self.redis)
         self.idp = await start_fake_idp(self.workdir / "tls")
-        total = (self.p.working_set + 12 * self.p.miss_samples + 1 + self.p.economy_users
+        total = (self.p.working_set + misses.people_needed(self.p.miss_samples)
+                 + self.p.economy_users
                  + self.p.memory_requests // 50 + 10)
         self.graph = TimedGraph(synthetic_people(total))
         self.graph.accept_token = self.idp.issued.__contains__
@@ -266,42 +268,9 @@ class Bench:
         row["server_cpu_us_per_request"] = round(used / max(1, result.requests) * 1e6, 1)
         return row
 
-    # 3: misses ---------------------------------------------------------------
+    # 3: misses (bench/misses.py) -------------------------------------------------
     async def misses(self) -> None:
-        service = await self.start("service-miss")
-        rows: dict[str, Any] = {}
-        async with aiohttp.ClientSession() as session:
-            # Not measured: the first miss of a process also opens its connections.
-            (user,) = self.users(1)
-            await self._one_miss(session, service, user, 48, "*/*")
-            for latency in (0.0, 0.05):
-                self.graph.latency = latency
-                for label, size in (("48->40", 40), ("120->100", 100), ("exact 96", 96)):
-                    for fmt, accept in (("jpeg", "*/*"), ("browser", BROWSER_ACCEPT)):
-                        cpu = servers.thread_cpu_seconds(service.pids())
-                        added = [await self._one_miss(session, service, user, size, accept)
-                                 for user in self.users(self.p.miss_samples)]
-                        used = servers.thread_cpu_seconds(service.pids()) - cpu
-                        rows[f"graph {int(latency * 1000)} ms, {label}, {fmt}"] = {
-                            "added_p50_ms": round(load.percentile(added, 0.5), 2),
-                            "added_p99_ms": round(load.percentile(added, 0.99), 2),
-                            # Steadier than latency on a shared machine.
-                            "server_cpu_ms_per_miss": round(used / len(added) * 1000, 2)}
-        self.graph.latency = 0.0
-        service.stop()
-        self.results["misses"] = rows
-
-    async def _one_miss(self, session: aiohttp.ClientSession, proc: servers.Proc, user: str,
-                        size: int, accept: str) -> float:
-        before = len(self.graph.timings)
-        started = time.perf_counter()
-        async with session.get(f"http://127.0.0.1:{proc.port}/avatar/{user}/{size}",
-                               headers={"Accept": accept}) as resp:
-            await resp.read()
-            assert resp.status == 200, resp.status
-        total = time.perf_counter() - started
-        graph_time = sum(end - start for start, end, _ in self.graph.timings[before:])
-        return (total - graph_time) * 1000
+        await misses.measure(self, count_instructions=self.p is not SMOKE)
 
     # 4: cold herd ----------------------------------------------------------------
     async def herd(self) -> None:
@@ -398,11 +367,7 @@ def print_table(results: dict[str, Any]) -> None:
         for name, row in results["instructions"].items():
             print(f"  {name:<42}{row['instructions_per_request']:>12,.0f}"
                   f"{row['x_nginx']:>9.1f}x{row['x_bare']:>8.2f}x")
-    if "misses" in results:
-        print("\nMiss path: time added over Graph's       p50 ms   p99 ms  CPU ms/miss")
-        for name, row in results["misses"].items():
-            print(f"  {name:<38}{row['added_p50_ms']:>8.2f}{row['added_p99_ms']:>9.2f}"
-                  f"{row['server_cpu_ms_per_miss']:>13.2f}")
+    misses.print_rows(results)
     if "cold_herd" in results:
         herd = results["cold_herd"]
         print(f"\nCold herd: {herd['requests']} requests, 2 processes -> "

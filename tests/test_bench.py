@@ -37,6 +37,10 @@ def test_benchmark_smoke_run_measures_every_section(tmp_path: Path) -> None:
     assert counted["nginx"]["x_nginx"] == 1.0
     assert len(data["misses"]) == 12
     assert all(row["added_p50_ms"] > 0 for row in data["misses"].values())
+    # 600 px from the 648 px photo, as JPEG, WebP and AVIF, Graph at 0 and 50 ms.
+    assert len(data["large_misses"]) == 6
+    assert all(row["added_p50_ms"] > 0 for row in data["large_misses"].values())
+    assert "miss_instructions" not in data  # full runs only: another start under valgrind
     assert data["cold_herd"]["graph_photo_downloads"] >= 1
     economy = data["graph_economy"]
     assert economy["graph_calls"] >= economy["minimum"] > 0
