@@ -120,10 +120,12 @@ def synthetic_people(count: int) -> list[FakePerson]:
 
 
 class Bench:
-    def __init__(self, profile: Profile, workdir: Path, workers: int) -> None:
+    def __init__(self, profile: Profile, workdir: Path, workers: int,
+                 against: str | None = None) -> None:
         self.p = profile
         self.workdir = workdir
         self.workers = workers
+        self.against = against  # a git revision measured alongside (misses only)
         self.procs: list[servers.Proc] = []
         self.next_user = 0
         self.results: dict[str, Any] = {}
@@ -165,7 +167,7 @@ class Bench:
         self.redis = servers.redis(self.workdir)
         self.procs.append(self.redis)
         self.idp = await start_fake_idp(self.workdir / "tls")
-        total = (self.p.working_set + misses.people_needed(self.p.miss_samples)
+        total = (self.p.working_set + misses.people_needed(self.p.miss_samples, self.against)
                  + self.p.economy_users
                  + self.p.memory_requests // 50 + 10)
         self.graph = TimedGraph(synthetic_people(total))
@@ -398,12 +400,12 @@ def _print_hits(hits: dict[str, Any]) -> None:
 SECTIONS = ("hits", "misses", "herd", "economy", "memory")
 
 
-async def run(profile: Profile, workers: int,
-              only: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
+async def run(profile: Profile, workers: int, only: tuple[str, ...] = SECTIONS,
+              against: str | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="avatarproxy-bench-") as tmp:
         # nginx workers drop root privileges: they must be able to read the docroot.
         Path(tmp).chmod(0o755)
-        bench = Bench(profile, Path(tmp), workers)
+        bench = Bench(profile, Path(tmp), workers, against)
         await bench.setup()
         try:
             for name in SECTIONS:
@@ -424,10 +426,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="server.workers (default 2)")
     parser.add_argument("--only", choices=SECTIONS, action="append",
                         help="run only this section (repeatable); default: all")
+    parser.add_argument("--against", metavar="REVISION",
+                        help="misses: measure git REVISION's service too, alternating")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
     results = asyncio.run(run(SMOKE if args.smoke else FULL, args.workers,
-                                tuple(args.only or SECTIONS)))
+                                tuple(args.only or SECTIONS), args.against))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)
