@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageFilter
+
+from avatarproxy.demo.photos import portrait
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,3 +50,20 @@ def test_benchmark_smoke_run_measures_every_section(tmp_path: Path) -> None:
     memory = data["memory"]
     assert memory["workers"] == 2  # bench/run.py's default server.workers
     assert 0 < memory["peak_rss_mib"] < memory["all_processes_peak_rss_mib"]
+
+
+def test_the_quality_ssim_is_scikit_images() -> None:
+    """docs/performance.md's SSIM figures come from bench/quality.py (Pillow only):
+    scikit-image 0.19's ``structural_similarity(win_size=7, data_range=255,
+    use_sample_covariance=False)`` gave 0.9602134 on the same luma."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import quality
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    sharp = portrait(96, 96, "#1f4e79", "#9dc3e6", "#c55a11")
+    assert quality.ssim(sharp, sharp) == pytest.approx(1.0)
+    blurred = sharp.filter(ImageFilter.GaussianBlur(1.5))
+    assert quality.ssim(sharp, blurred) == pytest.approx(0.9602134, abs=1e-5)
+    with pytest.raises(ValueError):
+        quality.ssim(sharp, Image.new("RGB", (48, 48)))
