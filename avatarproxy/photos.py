@@ -4,13 +4,16 @@
 ``FetchPlan``: the HD size to download, the target size to produce). The
 rendered image is looked up under its photo key; on a miss, the kept source
 under its source key; if that is missing too, Graph's bytes are downloaded,
-decoded through once (a corrupt body is never kept) and kept for the other
-sizes and replicas. Each step is single flight, in the process (``flights``)
-and across replicas (``coalesce``). Graph's and the image's failures are
-raised to the service, which decides the fallback.
+rendered at once (the render decodes them through: a corrupt body is never
+kept) and kept for the other sizes and replicas. Each step is single flight,
+in the process (``flights``) and across replicas (``coalesce``). Graph's and
+the image's failures are raised to the service, which decides the fallback.
 """
 
 from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
 
 from . import imaging
 from .answers import Answers
@@ -22,6 +25,24 @@ from .flights import Flights, ImagePool
 from .graph.client import GraphClient
 from .models import Avatar, PhotoMeta, Subject
 from .sizing import FetchPlan, is_placeholder, plan_fetch
+
+
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """A photo as Graph keeps it; ``rendered``: the (photo key, bytes) its downloader
+    rendered while checking it, already stored."""
+
+    raw: bytes
+    rendered: tuple[str, bytes] | None = None
+
+
+def _checked_render(raw: bytes, size: int, fmt: str) -> tuple[tuple[int, int], bytes]:
+    """A downloaded photo's (width, height) and its render, in one trip to the pool.
+
+    The render decodes the whole photo (a JPEG at a reduced scale still reads
+    every block), so it is also the check that the bytes are worth keeping.
+    """
+    return imaging.image_dimensions(raw), imaging.render_photo(raw, size, fmt)
 
 
 class Photos:
@@ -55,25 +76,35 @@ class Photos:
     async def _render(self, subject: Subject, meta: PhotoMeta, plan: FetchPlan, key: str,
                       fmt: str, raw: bytes | None) -> bytes:
         """``raw``: the kept source if it was found, else it is downloaded."""
-        source_key = self._cache.source_key(subject, meta.media_etag, plan.hd_size)
         if raw is None:
+            source_key = self._cache.source_key(subject, meta.media_etag, plan.hd_size)
             # One download per photo version and HD size, across sizes and replicas.
-            raw = await self._flights.join(source_key, lambda: self._coalescer.run(
+            source = await self._flights.join(source_key, lambda: self._coalescer.run(
                 source_key,
-                lambda: self._download(subject, plan.hd_size, source_key),
-                lambda: self._cache.get_image(source_key)))
+                lambda: self._download(subject, plan, source_key, key, fmt),
+                lambda: self._kept(source_key)))
+            if source.rendered is not None and source.rendered[0] == key:
+                return source.rendered[1]  # we downloaded it: rendered and stored already
+            raw = source.raw
         body: bytes = await self._pool.run(imaging.render_photo, raw, plan.target, fmt)
         await self._cache.put_image(key, body, owner=subject)
         return body
 
-    async def _download(self, subject: Subject, hd_size: int | None, source_key: str) -> bytes:
-        raw = await self._graph.photo_bytes(subject, hd_size)
-        # Decode it through before it is kept for other sizes and replicas
-        # (one trip to the image pool: the dimensions come with it).
-        width, height = await self._pool.run(imaging.verify_photo, raw)
-        if hd_size is not None and is_placeholder(width, height):
+    async def _kept(self, source_key: str) -> _Source | None:
+        raw = await self._cache.get_image(source_key)
+        return None if raw is None else _Source(raw)
+
+    async def _download(self, subject: Subject, plan: FetchPlan, source_key: str, key: str,
+                        fmt: str) -> _Source:
+        """Graph's photo, and the render that checked it (for ``key``), both stored."""
+        raw = await self._graph.photo_bytes(subject, plan.hd_size)
+        (width, height), body = await self._pool.run(_checked_render, raw, plan.target, fmt)
+        if plan.hd_size is not None and is_placeholder(width, height):
             # "1x1" on /photos/{size}: that size is absent; use the largest.
             raw = await self._graph.photo_bytes(subject, None)
-            await self._pool.run(imaging.verify_photo, raw)
-        await self._cache.put_image(source_key, raw, owner=subject)
-        return raw
+            _, body = await self._pool.run(_checked_render, raw, plan.target, fmt)
+        # Together: a miss waits for its writes. The source's write releases the
+        # download lock (``coalesce``); the other replicas then find it.
+        await asyncio.gather(self._cache.put_image(source_key, raw, owner=subject),
+                             self._cache.put_image(key, body, owner=subject))
+        return _Source(raw, (key, body))

@@ -68,3 +68,19 @@ def per_request(proc: servers.Proc, workdir: Path, name: str, path: str, seconds
     instructions = _totals(dump)
     return {"requests": result.requests,
             "instructions_per_request": round(instructions / max(1, result.requests))}
+
+
+def start_counting(pid: int) -> None:
+    """Count from now (a server started with ``wrapper``), until ``stop_counting``."""
+    _control(pid, "--instr=on")
+
+
+def stop_counting(pid: int, workdir: Path, name: str) -> int:
+    """Instructions executed since ``start_counting``; counting stops."""
+    before = set(workdir.glob(f"callgrind-{name}.out*"))
+    try:
+        _control(pid, "--dump")
+    finally:
+        _control(pid, "--instr=off")
+    (dump,) = set(workdir.glob(f"callgrind-{name}.out*")) - before
+    return _totals(dump)

@@ -36,6 +36,7 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests")]
 import frontbench  # noqa: E402
 import instructions  # noqa: E402
 import load  # noqa: E402
+import misses  # noqa: E402
 import servers  # noqa: E402
 from fakeidp import start_fake_idp  # noqa: E402
 
@@ -120,10 +121,12 @@ def synthetic_people(count: int) -> list[FakePerson]:
 
 
 class Bench:
-    def __init__(self, profile: Profile, workdir: Path, workers: int) -> None:
+    def __init__(self, profile: Profile, workdir: Path, workers: int,
+                 against: str | None = None) -> None:
         self.p = profile
         self.workdir = workdir
         self.workers = workers
+        self.against = against  # a git revision measured alongside (misses only)
         self.procs: list[servers.Proc] = []
         self.next_user = 0
         self.results: dict[str, Any] = {}
@@ -165,7 +168,8 @@ class Bench:
         self.redis = servers.redis(self.workdir)
         self.procs.append(self.redis)
         self.idp = await start_fake_idp(self.workdir / "tls")
-        total = (self.p.working_set + 12 * self.p.miss_samples + 1 + self.p.economy_users
+        total = (self.p.working_set + misses.people_needed(self.p.miss_samples, self.against)
+                 + self.p.economy_users
                  + self.p.memory_requests // 50 + 10)
         self.graph = TimedGraph(synthetic_people(total))
         self.graph.accept_token = self.idp.issued.__contains__
@@ -276,42 +280,9 @@ class Bench:
         row["server_cpu_us_per_request"] = round(used / max(1, result.requests) * 1e6, 1)
         return row
 
-    # 3: misses ---------------------------------------------------------------
+    # 3: misses (bench/misses.py) -------------------------------------------------
     async def misses(self) -> None:
-        service = await self.start("service-miss")
-        rows: dict[str, Any] = {}
-        async with aiohttp.ClientSession() as session:
-            # Not measured: the first miss of a process also opens its connections.
-            (user,) = self.users(1)
-            await self._one_miss(session, service, user, 48, "*/*")
-            for latency in (0.0, 0.05):
-                self.graph.latency = latency
-                for label, size in (("48->40", 40), ("120->100", 100), ("exact 96", 96)):
-                    for fmt, accept in (("jpeg", "*/*"), ("browser", BROWSER_ACCEPT)):
-                        cpu = servers.thread_cpu_seconds(service.pids())
-                        added = [await self._one_miss(session, service, user, size, accept)
-                                 for user in self.users(self.p.miss_samples)]
-                        used = servers.thread_cpu_seconds(service.pids()) - cpu
-                        rows[f"graph {int(latency * 1000)} ms, {label}, {fmt}"] = {
-                            "added_p50_ms": round(load.percentile(added, 0.5), 2),
-                            "added_p99_ms": round(load.percentile(added, 0.99), 2),
-                            # Steadier than latency on a shared machine.
-                            "server_cpu_ms_per_miss": round(used / len(added) * 1000, 2)}
-        self.graph.latency = 0.0
-        service.stop()
-        self.results["misses"] = rows
-
-    async def _one_miss(self, session: aiohttp.ClientSession, proc: servers.Proc, user: str,
-                        size: int, accept: str) -> float:
-        before = len(self.graph.timings)
-        started = time.perf_counter()
-        async with session.get(f"http://127.0.0.1:{proc.port}/avatar/{user}/{size}",
-                               headers={"Accept": accept}) as resp:
-            await resp.read()
-            assert resp.status == 200, resp.status
-        total = time.perf_counter() - started
-        graph_time = sum(end - start for start, end, _ in self.graph.timings[before:])
-        return (total - graph_time) * 1000
+        await misses.measure(self, count_instructions=self.p is not SMOKE)
 
     # 4: cold herd ----------------------------------------------------------------
     async def herd(self) -> None:
@@ -408,11 +379,7 @@ def print_table(results: dict[str, Any]) -> None:
         for name, row in results["instructions"].items():
             print(f"  {name:<42}{row['instructions_per_request']:>12,.0f}"
                   f"{row['x_nginx']:>9.1f}x{row['x_bare']:>8.2f}x")
-    if "misses" in results:
-        print("\nMiss path: time added over Graph's       p50 ms   p99 ms  CPU ms/miss")
-        for name, row in results["misses"].items():
-            print(f"  {name:<38}{row['added_p50_ms']:>8.2f}{row['added_p99_ms']:>9.2f}"
-                  f"{row['server_cpu_ms_per_miss']:>13.2f}")
+    misses.print_rows(results)
     if "cold_herd" in results:
         herd = results["cold_herd"]
         print(f"\nCold herd: {herd['requests']} requests, 2 processes -> "
@@ -446,12 +413,12 @@ def _print_hits(hits: dict[str, Any]) -> None:
 SECTIONS = ("hits", "misses", "herd", "economy", "memory")
 
 
-async def run(profile: Profile, workers: int,
-              only: tuple[str, ...] = SECTIONS) -> dict[str, Any]:
+async def run(profile: Profile, workers: int, only: tuple[str, ...] = SECTIONS,
+              against: str | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="avatarproxy-bench-") as tmp:
         # nginx workers drop root privileges: they must be able to read the docroot.
         Path(tmp).chmod(0o755)
-        bench = Bench(profile, Path(tmp), workers)
+        bench = Bench(profile, Path(tmp), workers, against)
         await bench.setup()
         try:
             for name in SECTIONS:
@@ -472,10 +439,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="server.workers (default 2)")
     parser.add_argument("--only", choices=SECTIONS, action="append",
                         help="run only this section (repeatable); default: all")
+    parser.add_argument("--against", metavar="REVISION",
+                        help="misses: measure git REVISION's service too, alternating")
     parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     args = parser.parse_args()
     results = asyncio.run(run(SMOKE if args.smoke else FULL, args.workers,
-                                tuple(args.only or SECTIONS)))
+                                tuple(args.only or SECTIONS), args.against))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print_table(results)

@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image, ImageFilter
+
+from avatarproxy.demo.photos import portrait
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,9 +45,30 @@ def test_benchmark_smoke_run_measures_every_section(tmp_path: Path) -> None:
     assert counted["nginx"]["x_nginx"] == 1.0
     assert len(data["misses"]) == 12
     assert all(row["added_p50_ms"] > 0 for row in data["misses"].values())
+    # 600 px from the 648 px photo, as JPEG, WebP and AVIF, Graph at 0 and 50 ms.
+    assert len(data["large_misses"]) == 6
+    assert all(row["added_p50_ms"] > 0 for row in data["large_misses"].values())
+    assert "miss_instructions" not in data  # full runs only: another start under valgrind
     assert data["cold_herd"]["graph_photo_downloads"] >= 1
     economy = data["graph_economy"]
     assert economy["graph_calls"] >= economy["minimum"] > 0
     memory = data["memory"]
     assert memory["workers"] == 2  # bench/run.py's default server.workers
     assert 0 < memory["peak_rss_mib"] < memory["all_processes_peak_rss_mib"]
+
+
+def test_the_quality_ssim_is_scikit_images() -> None:
+    """docs/performance.md's SSIM figures come from bench/quality.py (Pillow only):
+    scikit-image 0.19's ``structural_similarity(win_size=7, data_range=255,
+    use_sample_covariance=False)`` gave 0.9602134 on the same luma."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import quality
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    sharp = portrait(96, 96, "#1f4e79", "#9dc3e6", "#c55a11")
+    assert quality.ssim(sharp, sharp) == pytest.approx(1.0)
+    blurred = sharp.filter(ImageFilter.GaussianBlur(1.5))
+    assert quality.ssim(sharp, blurred) == pytest.approx(0.9602134, abs=1e-5)
+    with pytest.raises(ValueError):
+        quality.ssim(sharp, Image.new("RGB", (48, 48)))

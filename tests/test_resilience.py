@@ -19,6 +19,7 @@ from avatarproxy.cache import SCHEMA_VERSION, AvatarCache
 from avatarproxy.config import load_settings
 from avatarproxy.demo.photos import portrait
 from avatarproxy.errors import GraphUnavailable, Overloaded
+from avatarproxy.graph import throttle
 from avatarproxy.graph.throttle import GraphGate
 from avatarproxy.limits import LoadLimits
 from avatarproxy.models import Subject
@@ -155,6 +156,28 @@ async def test_failed_calls_are_retried_with_backoff_a_bounded_number_of_times(
     fake_graph.graph.inject(503, times=1, path_contains="$value")
     _, headers, _ = await get(client, f"/avatar/{ALEX}/48")
     assert headers["X-Avatar-Source"] == "photo"
+
+
+async def test_another_replicas_pause_reaches_a_gate_within_its_recheck_time(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A miss calls Graph twice (metadata, then the photo) and each call passes the
+    # gate: the replicas' pauses are read once for both, not once per call.
+    monkeypatch.setattr(throttle, "SHARED_RECHECK_SECONDS", 30.0)
+    settings = load_settings(env={}, overrides={"cache.redis_url": redis_url})
+    shared = Coordination.connect(settings.redis, SCHEMA_VERSION)
+    assert shared.link is not None
+    one, two = (GraphGate(settings.graph, shared.pauses) for _ in range(2))
+    try:
+        await two.admit(MEGAN)  # read: nothing paused
+        await one.failed(ADELE, GraphUnavailable("429", retry_after=30.0,
+                                                 throttle_scope=APP_SCOPE), attempt=0)
+        await two.admit(MEGAN)  # the same read holds
+        monkeypatch.setattr(throttle, "SHARED_RECHECK_SECONDS", 0.0)  # time passes
+        with pytest.raises(GraphUnavailable) as paused:
+            await two.admit(MEGAN)  # read again: the other replica's pause
+        assert paused.value.retry_after is not None and paused.value.retry_after > 25
+    finally:
+        await shared.link.close()
 
 
 @pytest.mark.parametrize("fault", ["corrupt", "truncated", "huge", "bomb", "not-image"])

@@ -4,9 +4,12 @@ Graph answers 429 (and some 503/504) with ``Retry-After`` in seconds, maybe
 fractional, and ``x-ms-throttle-scope`` naming whose limit was hit: a
 ``Mailbox/...`` scope limits one person's mailbox, any other (tenant,
 application) limits the whole app. A pause is kept in this process and in
-Redis (a key with that TTL), so the other replicas hold off too. Without a
-scope header, one person's throttle pauses that person, and throttles of
-several people in a short time pause every Graph call.
+Redis (a key with that TTL), so the other replicas hold off too; each reads
+the others' pauses for a scope at most once per ``SHARED_RECHECK_SECONDS``
+(a miss calls Graph twice, for the metadata and then the photo, and each read
+is a round trip to Redis it waits for). Without a scope header, one person's
+throttle pauses that person, and throttles of several people in a short time
+pause every Graph call.
 
 Failures without Retry-After (timeouts, connection errors, 5xx) feed a
 circuit breaker: after ``breaker_threshold`` in a row it opens and Graph is
@@ -32,6 +35,9 @@ _SPREAD_WINDOW = 30.0  # seconds in which throttles of several people mean an ap
 _SPREAD_PEOPLE = 2
 _BACKOFF_BASE = 0.1
 _MAX_REMEMBERED = 1024
+# How long a read of the other replicas' pauses holds: a pause another replica
+# stores reaches this one's calls within this time (its own pauses at once).
+SHARED_RECHECK_SECONDS = 1.0
 
 
 def scope_of(mailbox: str, header: str | None) -> str:
@@ -47,6 +53,8 @@ class GraphGate:
         self._threshold = settings.breaker_threshold
         self._cooldown = settings.breaker_cooldown_seconds
         self._paused: dict[str, float] = {}  # scope -> wall-clock end (shared with replicas)
+        # scopes -> (monotonic time of the read, latest end the replicas had stored)
+        self._shared_read: dict[tuple[str, ...], tuple[float, float]] = {}
         self._throttled_people: dict[str, float] = {}
         self._failures = 0
         self._open_until = 0.0
@@ -114,8 +122,22 @@ class GraphGate:
         now = time.time()
         until = max(self._paused.get(scope, 0.0) for scope in scopes)
         if until <= now and self._shared is not None:
-            until = max(until, await self._shared.latest(scopes))
+            until = max(until, await self._shared_pause(scopes))
         return max(0.0, until - now)
+
+    async def _shared_pause(self, scopes: list[str]) -> float:
+        """The latest end the replicas stored for ``scopes``, read again from Redis
+        once the last read is ``SHARED_RECHECK_SECONDS`` old."""
+        assert self._shared is not None
+        key, now = tuple(scopes), time.monotonic()
+        read = self._shared_read.get(key)
+        if read is not None and now - read[0] < SHARED_RECHECK_SECONDS:
+            return read[1]
+        latest = await self._shared.latest(scopes)
+        if len(self._shared_read) >= _MAX_REMEMBERED:  # a scan of many people stays bounded
+            self._shared_read.clear()
+        self._shared_read[key] = (now, latest)
+        return latest
 
     def _record_failure(self) -> None:
         self._failures += 1
