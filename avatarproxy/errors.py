@@ -81,7 +81,7 @@ class GraphError(AvatarProxyError):
 
 
 class GraphNotFound(GraphError):
-    """Graph says the user or photo does not exist (any 404, 410). Cacheable: "no photo"."""
+    """Graph says the user or photo does not exist (any 404). Cacheable: "no photo"."""
 
 
 class GraphPermissionDenied(GraphError):
