@@ -192,9 +192,10 @@ class Builder:
         at most for the first), and the answers over it."""
         directory = self.settings.directory
         link = self.shared(stack).link
-        store: IndexStore = (MemoryIndex() if link is None
-                             else RedisIndex(link, self.settings.redis.key_prefix))
-        index = HashIndex(store, IndexKeys(directory.index_key))
+        keys = IndexKeys(directory.index_key)
+        store: IndexStore = (MemoryIndex() if link is None else RedisIndex(
+            link, self.settings.redis.key_prefix, keys.fingerprint))
+        index = HashIndex(store, keys)
         sync = IndexSync(parts.graph, index, directory.sync_interval_seconds)
         stack.push_async_callback(sync.close)
         await sync.start(wait=self.settings.graph.timeout_seconds)

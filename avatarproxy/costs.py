@@ -21,6 +21,10 @@ ADDRESS_LOOKUP = 1
 # A Gravatar hash looked up in the index, found or not: a miss calls nothing, so
 # without this a client trying hashes would never reach its limit.
 HASH_LOOKUP = 1
+# And a miss two more: what an address nobody has costs on /avatar/{address} (photo
+# metadata and profile, then the address lookup: 3), so trying hashes is no cheaper
+# than trying addresses.
+HASH_MISS = 2
 _RENDER_PIXELS = 256 * 256
 
 

@@ -18,9 +18,14 @@ class BadRequest(AvatarProxyError):
 
 
 class NotFound(AvatarProxyError):
-    """Nothing to serve (``?fallback=404`` and no photo)."""
+    """Nothing to serve (``?fallback=404`` and no photo). ``transient``: Graph could not
+    say whether there is a photo (an outage): what stands in for it is for now only."""
 
     public = "not found"
+
+    def __init__(self, message: str = "", *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class RefusedPerson(NotFound):
@@ -81,7 +86,7 @@ class GraphError(AvatarProxyError):
 
 
 class GraphNotFound(GraphError):
-    """Graph says the user or photo does not exist (any 404, 410). Cacheable: "no photo"."""
+    """Graph says the user or photo does not exist (any 404). Cacheable: "no photo"."""
 
 
 class GraphPermissionDenied(GraphError):

@@ -1,12 +1,12 @@
 """What a Gravatar or Libravatar URL asks for: a hash, a size, a default.
 
-``/avatar/<hash>[.png|.jpg]``: the MD5 (32 hex digits) or SHA-256 (64) of an
+``/avatar/<hash>[.png|.jpg|.jpeg]``: the MD5 (32 hex digits) or SHA-256 (64) of an
 address, trimmed and lower-cased, as GitLab, Gitea, Redmine, Discourse and
 Libravatar clients compute it. The route has one segment after ``/avatar/``;
 a person's (``/avatar/{upn}/{size}``) has two, a group's or team's three, and
 a hash is neither a UPN (no ``@``) nor an object id (no dashes): the shapes are
-never confused. A suffix fixes the photo's format (``.png`` PNG, ``.jpg``
-JPEG), for tools that store the file under that name.
+never confused. A suffix, in any case, fixes the format (``.png`` PNG,
+``.jpg`` or ``.jpeg`` JPEG), for tools that store the file under that name.
 
 Parameters, short or long: ``s``/``size`` (1 to ``avatar.max_size``, default
 80), ``d``/``default`` (``404``, ``mp``, ``identicon``, ``blank``,
@@ -30,7 +30,7 @@ from .hashindex import parse_digest
 from .inputs import parse_size
 
 # What the route matches: anything else under /avatar/<one segment> is no route (404).
-ROUTE_PATTERN = r"[0-9A-Fa-f]{32}(?:[0-9A-Fa-f]{32})?(?:\.(?:png|jpg|jpeg))?"
+ROUTE_PATTERN = r"[0-9A-Fa-f]{32}(?:[0-9A-Fa-f]{32})?(?i:\.(?:png|jpg|jpeg))?"
 DEFAULT_SIZE = 80
 DEFAULTS = ("404", "mp", "identicon", "blank", "initials")
 _ALIASES = {"mm": "mp", "mysteryman": "mp", "mysteryperson": "mp"}

@@ -3,19 +3,26 @@
 In order:
 
 1. ``f=y`` with a default other than ``initials``: the default, nothing looked up.
-2. The lookup costs the client a token (``costs.HASH_LOOKUP``), found or not: a
-   miss makes no Graph call, so without this the rate limit would never see a
-   client trying hashes. Over its rate, the client gets a plain tile,
-   ``no-store``, whatever the hash: it learns nothing.
-3. A hash nobody has, or a person the policy refuses (another domain, a guest
-   when ``allow_guests`` is off), gets the default drawn from the hash alone
+2. The lookup costs the client a token (``costs.HASH_LOOKUP``), found or not,
+   and a miss two more (``costs.HASH_MISS``): a miss makes no Graph call, so
+   without this the rate limit would never see a client trying hashes, and
+   it costs what an address nobody has costs on ``/avatar/{address}``. Over
+   its rate, the client gets a plain tile, ``no-store``, whatever the hash:
+   it learns nothing.
+3. A hash nobody has gets the default drawn from the hash alone
    (``placeholders``; ``initials`` has no name to draw: ``mp``), or 404 for
-   ``d=404``. Refused and unknown look the same.
-4. A person found goes through the service as their object id, the way
-   ``/avatar/{object-id}/{size}`` does: the blocked list by every name of
-   theirs, the domain and guest rules on their UPN, the caches, single
-   flight, the rate limit. Their photo; without one (or blocked), their
-   initials for ``d=initials``, else the default.
+   ``d=404``.
+4. A person found is checked first against the domain and guest rules on
+   their UPN (``AvatarService.check_owner``): one they refuse gets exactly
+   what a hash nobody has gets (step 3: status, bytes, headers, ETag),
+   blocked or not, whatever state the blocked list is in. While Graph cannot
+   say whose the hash is, the answer is the default for now (``max-age=60``):
+   the one state where a hash in the index differs from one nobody has.
+5. Then the blocked list by every name of theirs, and the service, as
+   ``/avatar/{object-id}/{size}`` answers: the caches, single flight, the rate
+   limit. Their photo; without one (or blocked), their initials for
+   ``d=initials``, else the default; while Graph cannot be asked, the same
+   with the short max-age the object-id route gives initials then.
 
 While the index has not completed a round, or cannot be read (Redis down), a
 miss may be "not yet": its default gets the short max-age of "Graph could not
@@ -30,8 +37,8 @@ from collections import OrderedDict
 
 from . import placeholders, tiles
 from .answers import TRANSIENT_MAX_AGE
-from .costs import HASH_LOOKUP, Admit, admitted, render_cost
-from .errors import Blocked, NotFound, Overloaded
+from .costs import HASH_LOOKUP, HASH_MISS, Admit, admitted, render_cost
+from .errors import Blocked, NotFound, Overloaded, RateLimited, RefusedPerson
 from .gravatar import HashRequest
 from .hashindex import HashIndex, IndexUnavailable
 from .imaging import CONTENT_TYPES
@@ -76,15 +83,33 @@ class HashAvatars:
         try:
             object_id = await self._index.lookup(ask.digest)
         except IndexUnavailable:
-            return await self._default(ask, _nameless(default), formats, admit, transient=True)
+            return await self._nobody(ask, default, formats, admit, transient=True)
         if object_id is None:
-            return await self._default(ask, _nameless(default), formats, admit,
-                                       transient=not self._index.ready)
-        return await self._person(Subject(object_id), ask, default, formats, admit)
+            return await self._nobody(ask, default, formats, admit)
+        subject = Subject(object_id)
+        try:
+            return await self._person(subject, ask, default, formats, admit)
+        except RefusedPerson:
+            return await self._nobody(ask, default, formats, admit)
+        except (RateLimited, Overloaded, TimeoutError):
+            return self.limited(ask, default)
+
+    async def _nobody(self, ask: HashRequest, default: str, formats: OutputFormats,
+                      admit: Admit, *, transient: bool = False) -> Avatar:
+        """What a hash nobody has gets, and so does a person the rules refuse."""
+        if not await admitted(admit, HASH_MISS):
+            return self.limited(ask, default)
+        return await self._default(ask, _nameless(default), formats, admit,
+                                   transient=transient or not self._index.ready)
 
     async def _person(self, subject: Subject, ask: HashRequest, default: str,
                       formats: OutputFormats, admit: Admit) -> Avatar:
+        """``RefusedPerson`` when the rules refuse them (``_nobody``'s answer then)."""
         try:
+            if not await self._owner_known(subject, admit):
+                # Whether they are refused cannot be told: no initials (they would show
+                # someone is there), the default for now.
+                raise NotFound(transient=True)
             self._policy.check_blocked(subject)
             if ask.force_default:  # d=initials: the person's, never their photo
                 raise Blocked()
@@ -93,21 +118,35 @@ class HashAvatars:
         except Blocked as exc:  # as if without a photo
             if default != "initials":
                 return await self._default(ask, default, formats, admit,
-                                           transient=exc.transient)
+                                           transient=exc.transient or not self._index.ready)
             result = await self._service.initials_only(subject, ask.size, formats,
                                                        transient=exc.transient, admit=admit)
-        except NotFound:  # no photo (d is not initials), or a person refused: the default
-            return await self._default(ask, _nameless(default), formats, admit)
+        except RefusedPerson:
+            raise
+        except NotFound as exc:  # no photo (d is not initials), or Graph cannot say now
+            return await self._default(ask, _nameless(default), formats, admit,
+                                       transient=exc.transient or not self._index.ready)
         # Over the client's rate or a cap, the service draws stand-in initials from the
         # key it was given, here an object id: the default tile says as much, and no more.
         return self.limited(ask, default) if result.no_store else result
+
+    async def _owner_known(self, subject: Subject, admit: Admit) -> bool:
+        """Before the blocked list and the photo, when the rules need the person's UPN:
+        ``RefusedPerson`` if they refuse them (or Graph names nobody for the id), False
+        if Graph cannot say whose it is now."""
+        if not self._policy.screens(subject):
+            return True
+        try:
+            return await self._service.check_owner(subject, admit)
+        except NotFound as exc:
+            raise RefusedPerson() from exc
 
     async def _default(self, ask: HashRequest, kind: str, formats: OutputFormats,
                        admit: Admit, *, transient: bool = False) -> Avatar:
         if kind == "404":
             raise NotFound()
         kind = kind if kind in placeholders.KINDS else "mp"
-        fmt = formats.initials if formats.initials in ("png", "webp") else "png"
+        fmt = _default_format(kind, ask, formats)
         key = (kind, ask.digest if kind == "identicon" else b"", ask.size, fmt)
         body = self._drawn.get(key)
         if body is None:
@@ -142,6 +181,14 @@ class HashAvatars:
         self._drawn_bytes += len(body)
         while self._drawn_bytes > _DRAWN_BYTES:
             self._drawn_bytes -= len(self._drawn.popitem(last=False)[1])
+
+
+def _default_format(kind: str, ask: HashRequest, formats: OutputFormats) -> str:
+    """A ``.jpg`` URL's default is a JPEG (the tool stores it under that name), but
+    ``blank``, transparent, stays PNG; else lossless, as initials."""
+    if ask.format == "jpeg" and kind != "blank":
+        return "jpeg"
+    return formats.initials if formats.initials in ("png", "webp") else "png"
 
 
 def _nameless(default: str) -> str:

@@ -12,7 +12,9 @@ a time (there is no way to list it), and it does not hold the hashes
 themselves: each is stored as an HMAC under ``directory.index_key``, cut to 128
 bits, so a copy of the store cannot be matched against a list of addresses
 without the key. The key's fingerprint is stored with the index, so an index
-made with another key is recognised and rebuilt rather than silently missed.
+made with another key is recognised rather than silently missed: in memory it
+is rebuilt; in Redis each key has an index of its own (``RedisIndex``), so
+replicas of two keys during a rotation do not rebuild each other's.
 
 Two stores hold it: ``MemoryIndex`` (each process its own, and its own sync)
 and ``redis.addressindex.RedisIndex`` (shared by the replicas, one syncer at a
@@ -46,7 +48,8 @@ class DirectorySettings:
         "",
         "Secret the index stores each address hash under (an HMAC), so a copy of Redis cannot "
         "be matched against a list of addresses; required with gravatar, at least 16 "
-        "characters. Changing it rebuilds the index.", secret=True)
+        "characters. A new key builds a new index (in Redis beside the old one, dropped "
+        "a day after its last round).", secret=True)
     sync_interval_seconds: int = option(
         300,
         "How often the index asks Graph what changed (one replica at a time with Redis).",
@@ -117,15 +120,22 @@ class Entry:
     keys: frozenset[bytes]
 
 
+def latest(entries: Sequence[Entry]) -> list[Entry]:
+    """One entry a user, their last (a page may list a user twice; the last is how
+    they are now), in the order users first appear."""
+    return list({entry.object_id: entry for entry in entries}.values())
+
+
 @dataclass(frozen=True, slots=True)
 class SyncState:
     """Where the index stands: the delta link of its last complete round ("" before the
-    first), the fingerprint of the key it was made with, and when that round ended
-    (wall clock: replicas compare it)."""
+    first), the fingerprint of the key it was made with, when that round ended and
+    when the last full round did (wall clock: replicas compare them)."""
 
     link: str
     key_id: str
     finished_at: float = 0.0
+    full_at: float = 0.0
 
     def fresh(self, interval: float) -> bool:
         """Whether a round ended less than ``interval`` seconds ago."""
@@ -137,7 +147,8 @@ class IndexUnavailable(Exception):
 
 
 class IndexStore(Protocol):
-    """Where the index lives. ``find`` and ``apply`` raise ``IndexUnavailable``."""
+    """Where the index lives. Every method but ``release`` may raise ``IndexUnavailable``.
+    ``apply``: each user's keys become what their last entry says."""
 
     async def find(self, key: bytes) -> str | None: ...
     async def apply(self, entries: Sequence[Entry]) -> None: ...
@@ -145,6 +156,8 @@ class IndexStore(Protocol):
     async def state(self) -> SyncState | None: ...
     async def save_state(self, state: SyncState) -> None: ...
     async def clear(self) -> None: ...
+    # Indexes of other keys no round has kept for ``seconds``: deleted; how many.
+    async def drop_abandoned(self, seconds: float) -> int: ...
     # The syncer's lease: who updates the index (the memory store: this process, always).
     async def claim(self, seconds: float) -> bool: ...
     async def renew(self, seconds: float) -> bool: ...
@@ -167,7 +180,7 @@ class MemoryIndex:
         return self._owner.get(key)
 
     async def apply(self, entries: Sequence[Entry]) -> None:
-        for entry in entries:
+        for entry in latest(entries):
             object_id = entry.object_id
             for key in split_keys(self._keys.pop(object_id, b"")) - entry.keys:
                 # An address that moved to someone else is theirs now: only ours goes.
@@ -190,6 +203,9 @@ class MemoryIndex:
         self._owner.clear()
         self._keys.clear()
         self._state = None
+
+    async def drop_abandoned(self, seconds: float) -> int:
+        return 0  # one key a process: another key's index was cleared when it changed
 
     async def claim(self, seconds: float) -> bool:
         return True

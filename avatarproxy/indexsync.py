@@ -6,14 +6,22 @@ nothing to do; else it takes the store's lease (with Redis, one replica at a
 time syncs the shared index; in memory, each process its own) and runs a round
 from the stored delta link. Without a link, or with one Graph has forgotten
 (``DeltaExpired``), the round is a full one: every user is written again and,
-at its end, users the index holds but Graph no longer listed are removed. An
-index made under another ``directory.index_key`` is dropped first.
+at its end, users the index holds but Graph no longer listed are removed. Once
+every ``FULL_ROUND_SECONDS`` a full round runs anyway, repairing whatever a
+store may have lost (a key Redis evicted). An index made under another
+``directory.index_key`` is dropped first (in memory; in Redis each key has its
+own, and another key's is dropped once no round has kept it for
+``ABANDONED_INDEX_SECONDS``).
 
 Pages are written as they arrive and the link is stored only when a round is
 complete, so a round cut short (a restart, Graph down) is simply repeated: the
 changes it re-applies are idempotent. A throttled page waits for its
-``Retry-After`` and is asked again, keeping the round's place. Log lines give
-counts, never people.
+``Retry-After`` and is asked again, keeping the round's place; a failed round
+is tried again within ``RETRY_SECONDS``, except one Graph answered in a way we
+will not follow (``DeltaRefused``), which waits for the schedule. Nothing stops
+the schedule: an unexpected error is logged and the next round comes. The end
+of the index's last round is exported (``metrics.hash_index_synced``). Log
+lines give counts, never people.
 """
 
 from __future__ import annotations
@@ -25,15 +33,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from . import metrics
 from .errors import GraphError, GraphPermissionDenied, GraphUnavailable
 from .graph.client import GraphClient
-from .graph.usersdelta import DeltaExpired, DeltaPage, delta_page
+from .graph.usersdelta import DeltaExpired, DeltaPage, DeltaRefused, delta_page
 from .hashindex import Entry, HashIndex, IndexUnavailable, SyncState
 
 log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 120.0  # renewed after every page and during waits
 RETRY_SECONDS = 30.0  # after a failed round (or while another replica's first is running)
+FULL_ROUND_SECONDS = 7 * 86400.0  # a full round at least this often, whatever the link
+# Another key's index in Redis that no round has kept this long: no replica uses it.
+ABANDONED_INDEX_SECONDS = 86400.0
 _PAGE_ATTEMPTS = 8  # a throttled or failing page is asked again this often within a round
 _LONGEST_WAIT = 60.0
 _REMOVE_BATCH = 500
@@ -49,6 +61,7 @@ class RoundReport:
     pages: int = 0
     users: int = 0
     removed: int = 0
+    dropped: int = 0  # indexes of other keys deleted (Redis)
 
 
 class IndexSync:
@@ -61,6 +74,9 @@ class IndexSync:
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
         self._failing = False
+        self._refused = False  # the last round failed on an answer we will not follow
+        self._crashing = False  # rounds end in an unexpected error (logged once)
+        self._closing = False
         self.rounds = 0  # rounds this process completed
 
     async def start(self, wait: float) -> None:
@@ -68,6 +84,7 @@ class IndexSync:
         large tenant takes minutes: start-up goes on), then on schedule."""
         if self._task is not None:
             return
+        metrics.hash_index_synced(0.0)  # never, until a round has completed
         first = asyncio.Event()
         self._task = asyncio.create_task(self._run(first))
         with contextlib.suppress(TimeoutError):
@@ -75,22 +92,33 @@ class IndexSync:
                 await first.wait()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        self._closing = True
+        task, self._task = self._task, None
+        # redis-py (and Python 3.11's wait_for) can swallow a cancellation that lands as
+        # a command completes: _closing ends the loop, a repeated cancel the wait.
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+        if task is not None and not task.cancelled():
+            task.exception()  # retrieved: _run ends only by cancellation or _closing
 
     async def _run(self, first: asyncio.Event) -> None:
-        while True:
-            done = await self.sync_once()
+        while not self._closing:
+            try:
+                done = await self.sync_once()
+            except Exception as exc:  # a bug of ours: logged once, and the schedule goes on
+                if not self._crashing:
+                    log.error("directory: index sync failed unexpectedly; trying again "
+                              "within %d s", min(self._interval, RETRY_SECONDS), exc_info=exc)
+                self._crashing, done = True, False
             first.set()
             current = done and self._index.ready
-            await asyncio.sleep(self._interval if current else min(self._interval,
-                                                                   RETRY_SECONDS))
+            await asyncio.sleep(self._interval if current or self._refused
+                                else min(self._interval, RETRY_SECONDS))
 
     async def sync_once(self) -> bool:
         """One round if one is due and the lease is ours; False if it failed."""
+        self._refused = False
         try:
             if await self._fresh():
                 return True
@@ -112,9 +140,13 @@ class IndexSync:
         """Whether the index is current (a round ended within the interval); notes
         whether it is ready at all."""
         state = await self._store.state()
-        mine = state is not None and state.key_id == self._index.keys.fingerprint
-        self._index.ready = mine and state is not None and bool(state.link)
-        return mine and state is not None and state.fresh(self._interval)
+        if state is None or state.key_id != self._index.keys.fingerprint:
+            self._index.ready = False
+            return False
+        self._index.ready = bool(state.link)
+        if state.link:  # whichever replica ran it
+            metrics.hash_index_synced(state.finished_at)
+        return state.fresh(self._interval)
 
     async def _locked_round(self) -> RoundReport | None:
         if await self._fresh():  # another replica finished one while we waited
@@ -127,15 +159,22 @@ class IndexSync:
             await self._store.clear()
             state = None
         if state is None:
-            await self._store.save_state(SyncState("", fingerprint))
-        link = state.link if state is not None and state.link else None
+            state = SyncState("", fingerprint)
+            await self._store.save_state(state)
+        link = state.link or None
+        if link is not None and time.time() - state.full_at > FULL_ROUND_SECONDS:
+            log.info("directory: no full sync for %d days: running one",
+                     FULL_ROUND_SECONDS // 86400)
+            link = None
         try:
-            return await self._round(link)
+            return await self._round(link, state.full_at)
         except DeltaExpired as exc:
             log.warning("directory: %s: running a full sync", exc)
-            return await self._round(None)
+            return await self._round(None, state.full_at)
 
-    async def _round(self, link: str | None) -> RoundReport:
+    async def _round(self, link: str | None, full_at: float) -> RoundReport:
+        """Pages from ``link`` (None: a full round) to the next delta link; ``full_at``:
+        when the last full round ended, kept unless this one is full."""
         report = RoundReport(full=link is None)
         seen: set[str] = set()
         while True:
@@ -154,9 +193,13 @@ class IndexSync:
             if report.full:
                 report.removed = await self._remove_all_but(seen)
             assert page.delta_link is not None
+            now = time.time()
             await self._store.save_state(SyncState(page.delta_link,
-                                                   self._index.keys.fingerprint, time.time()))
+                                                   self._index.keys.fingerprint, now,
+                                                   now if report.full else full_at))
             self._index.ready = True
+            metrics.hash_index_synced(now)
+            report.dropped = await self._store.drop_abandoned(ABANDONED_INDEX_SECONDS)
             return report
 
     async def _page(self, link: str | None) -> DeltaPage:
@@ -187,17 +230,26 @@ class IndexSync:
         return len(gone)
 
     def _report_success(self, report: RoundReport) -> None:
-        if self._failing:
+        if self._failing or self._crashing:
             log.warning("directory: the index syncs again")
-        self._failing = False
+        self._failing = self._crashing = False
         level = logging.INFO if report.full or report.users else logging.DEBUG
         log.log(level, "directory: %s sync: %d users in %d pages, %d removed",
                 "full" if report.full else "delta", report.users, report.pages, report.removed)
+        if report.dropped:
+            log.info("directory: dropped %d index(es) of an earlier directory.index_key "
+                     "no replica has kept for %d h", report.dropped,
+                     ABANDONED_INDEX_SECONDS // 3600)
 
     def _report_failure(self, exc: Exception) -> None:
+        self._refused = isinstance(exc, DeltaRefused)
         if self._failing:
             return  # once per outage, like the blocked list
         self._failing = True
+        if self._refused:
+            log.error("directory: index sync stopped: %s; trying again every "
+                      "directory.sync_interval_seconds (%d s)", exc, self._interval)
+            return
         hint = (f": grant the application permission {exc.permission}"
                 if isinstance(exc, GraphPermissionDenied) else "")
         log.warning("directory: index sync failed (%s)%s; hashes it lacks get the default "

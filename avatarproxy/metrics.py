@@ -70,10 +70,11 @@ class GaugeOnFirstUse:
     """A gauge that is not exported at all until it is first set.
 
     prometheus-client exports a gauge without labels as 0 from the moment it
-    is declared (in multiprocess mode, in every worker's file). For these two
+    is declared (in multiprocess mode, in every worker's file). For these
     a 0 would be a lie an alert acts on: an expiry in 1970 for a deployment
     that uses a client secret, a purge subscription "down" where Redis is not
-    configured at all. So each exists only in the processes that use it.
+    configured at all, a hash index never synced where there is none. So each
+    exists only in the processes that use it.
     """
 
     def __init__(self, name: str, documentation: str,
@@ -102,6 +103,12 @@ CREDENTIAL_EXPIRY = GaugeOnFirstUse("avatarproxy_credential_expiry_timestamp_sec
 PURGE_SUBSCRIBED = GaugeOnFirstUse("avatarproxy_purge_subscribed",
                                    "1 while this process is subscribed to the purge channel; "
                                    "absent when Redis is not configured.", "livemin")
+# livemin: with Redis every worker reads the shared index's last round; without, each
+# keeps its own index: the pod shows its stalest worker.
+HASH_INDEX_SYNCED = GaugeOnFirstUse("avatarproxy_hash_index_last_sync_timestamp_seconds",
+                                    "When the Gravatar hash index's last round ended (Unix "
+                                    "time; 0: none yet); absent unless directory.gravatar.",
+                                    "livemin")
 
 # Readiness never depends on these; they are reported in /readyz.
 _states: dict[str, str] = {}
@@ -171,6 +178,10 @@ def credential_expires(timestamp: float) -> None:
 
 def purge_subscribed(subscribed: bool) -> None:
     PURGE_SUBSCRIBED.set(1 if subscribed else 0)
+
+
+def hash_index_synced(timestamp: float) -> None:
+    HASH_INDEX_SYNCED.set(timestamp)
 
 
 def imaging(operation: str, seconds: float) -> None:

@@ -6,7 +6,7 @@ known, so no initials, and nothing about the hash is looked up. ``mp`` is a
 neutral silhouette, the same for every hash; ``identicon`` a symmetric 5x5
 pattern in a colour, both taken from the hash's bytes, so a hash always gets
 the same picture; ``blank`` is transparent. Pure Pillow work, run in the image
-pool; lossless PNG or WebP, like initials.
+pool; lossless PNG or WebP, like initials (JPEG when the URL says ``.jpg``).
 """
 
 from __future__ import annotations
@@ -28,11 +28,13 @@ _MASTER = 512  # the silhouette is drawn once at this size, then scaled
 _ENCODERS: dict[str, tuple[str, Mapping[str, int | bool]]] = {
     "png": ("PNG", {}),
     "webp": ("WEBP", {"lossless": True}),
+    "jpeg": ("JPEG", {"quality": 90}),  # for .jpg URLs; never blank (no transparency)
 }
 
 
 def draw(kind: str, digest: bytes, size: int, fmt: str) -> bytes:
-    """``kind`` at ``size`` x ``size`` in ``fmt`` (``png`` or ``webp``)."""
+    """``kind`` at ``size`` x ``size`` in ``fmt`` (``png``, ``webp``, or ``jpeg`` for
+    ``mp`` and ``identicon``)."""
     if kind == "identicon":
         image = identicon(digest, size)
     elif kind == "blank":

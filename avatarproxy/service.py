@@ -186,8 +186,23 @@ class AvatarService:
                 meta = None
         # 3. No photo: initials, unless the page draws its own placeholder.
         if not fallback:
-            raise NotFound()
+            raise NotFound(transient=meta is None)  # None: Graph could not say
         return await self._initials_avatar(subject, meta, size, formats.initials, admit)
+
+    async def check_owner(self, subject: Subject, admit: Admit | None = None) -> bool:
+        """The rules on whose ``subject`` (an object id) is, as ``get_avatar`` applies them
+        before any photo, for a caller that must know first (the hash route: a refused
+        person must look like nobody, blocked or not): ``RefusedPerson`` or ``NotFound``
+        if refused, ``Blocked`` if blocked by another name; False when Graph cannot say
+        now. Metadata is fetched (and cached) as for an answer, within the same caps:
+        ``RateLimited``, ``Overloaded`` or ``TimeoutError`` past them."""
+        with self._limits.request():
+            async with asyncio.timeout(self._limits.deadline):
+                meta = await self._metadata(subject, admit)
+        if meta is None or not self._policy.knows_owner(subject, meta):
+            return False
+        self._policy.check_owner(subject, meta)
+        return True
 
     async def initials_only(self, subject: Subject, size: int,
                             formats: OutputFormats | None = None, *,

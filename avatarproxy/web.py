@@ -196,6 +196,7 @@ async def hash_avatar(request: web.Request) -> web.StreamResponse:
     except Exception as exc:  # as for a UPN: still a picture, never a 5xx
         log.error("answering a hash with the default tile after an unexpected %s",
                   type(exc).__name__, exc_info=exc)
+        metrics.initials_fallback("internal")
         result = hashes.limited(ask, "mp")
     return _respond(request, result, formats)
 

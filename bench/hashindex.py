@@ -123,7 +123,8 @@ async def in_redis(users: int, port: int) -> None:
                                                     f"redis://127.0.0.1:{port}/0"})
         link = RedisLink(connection.connect(settings.redis))
         try:
-            await rounds(graph, base_url, RedisIndex(link, "avatarproxy:"))
+            await rounds(graph, base_url,
+                         RedisIndex(link, "avatarproxy:", IndexKeys(KEY).fingerprint))
         finally:
             await link.close()
         grown = int(direct.info("memory")["used_memory"]) - before

@@ -15,12 +15,15 @@ from urllib.parse import quote
 import pytest
 from appclient import Client, MakeClient, client_factory, get
 from PIL import Image
+from prometheus_client import REGISTRY
 
 from avatarproxy.config import load_settings
 from avatarproxy.demo.people import FakePerson
 from avatarproxy.demo.photos import portrait
 from avatarproxy.errors import ConfigError
 from avatarproxy.graph.auth import StaticTokenProvider
+from avatarproxy.hashavatars import HashAvatars
+from avatarproxy.web import HASHES
 
 KEY = "index-key-for-the-tests-0123456789"
 PRADEEP = "6d5c4b3a-2918-4776-8554-433221100fed"
@@ -323,3 +326,111 @@ async def test_the_two_shapes_are_told_apart_by_their_segments(serve: MakeClient
         assert head.status == 200 and head.headers["X-Avatar-Source"] == "photo"
     async with client.options(f"/avatar/{NOBODY}") as preflight:
         assert preflight.status == 204
+
+
+# -- review of issue 16 -----------------------------------------------------------------
+
+def answer_of(status: int, headers: Any, body: bytes) -> tuple[Any, ...]:
+    """Everything a client can compare: status, the headers that vary, the bytes."""
+    return (status, headers.get("X-Avatar-Source"), headers.get("Cache-Control"),
+            headers.get("ETag"), headers.get("Content-Type"), body)
+
+
+@pytest.mark.parametrize("outage", ["503", "breaker open", "throttled"])
+async def test_while_graph_fails_a_person_with_a_photo_gets_a_short_lived_default(
+        serve: MakeClient, fake_graph: Any, outage: str) -> None:
+    client = await serve()
+    if outage == "503":
+        fake_graph.graph.inject(503, times=50, path_contains="/photo")
+    elif outage == "breaker open":
+        fake_graph.graph.inject(503, times=50)
+        for n in range(6):  # failures in a row open the circuit breaker
+            await fetch(client, f"/avatar/someone{n}@contoso.com/48")
+    else:
+        fake_graph.graph.inject(429, times=50, headers={"Retry-After": "120"})
+    pradeep = md5("pradeep@contoso.com")
+    for default in ("mp", "identicon"):
+        status, headers, _ = await fetch(client, f"/avatar/{pradeep}?s=48&d={default}")
+        # As /avatar/{object-id} answers "Graph unavailable": asked again within a minute.
+        assert (status, headers["X-Avatar-Source"], headers["Cache-Control"]) == (
+            200, "default", "public, max-age=60"), default
+    _, by_id, _ = await fetch(client, f"/avatar/{PRADEEP}/48")
+    assert (by_id["X-Avatar-Source"], by_id["Cache-Control"]) == ("initials",
+                                                                  "public, max-age=60")
+    _, headers, _ = await fetch(client, f"/avatar/{pradeep}?s=48&d=initials")
+    assert (headers["X-Avatar-Source"], headers["Cache-Control"]) == ("initials",
+                                                                      "public, max-age=60")
+
+
+@pytest.mark.parametrize("state", ["blocked list unresolved", "blocked too", "index not ready"])
+async def test_a_refused_person_is_answered_exactly_as_nobody_in_every_state(
+        serve: MakeClient, fake_graph: Any, state: str) -> None:
+    guest = fake_graph.find(lambda p: "#EXT#" in p.upn)
+    if state == "blocked list unresolved":  # Graph cannot resolve the list's entries
+        fake_graph.graph.inject(503, times=10_000,
+                                path_contains="$select=id,userPrincipalName,mail,proxyAddresses")
+    blocked = [guest.upn if state == "blocked too" else "adele.vance@contoso.com"]
+    client = await serve(security__allow_guests=False, security__blocked=blocked)
+    if state == "index not ready":  # a round still under way: misses are "not yet"
+        client.server.app[HASHES].index.ready = False
+    for query in ("s=48&d=initials", "s=48&d=mp", "s=48&d=identicon", "s=48&d=404",
+                  "s=64&d=blank"):
+        refused = answer_of(*await fetch(client, f"/avatar/{md5(guest.upn)}?{query}"))
+        nobody = answer_of(*await fetch(client, f"/avatar/{NOBODY}?{query}"))
+        if "identicon" in query:  # drawn from each hash: only the headers can agree
+            refused, nobody = refused[:3] + refused[4:5], nobody[:3] + nobody[4:5]
+        assert refused == nobody, query
+    assert photo_calls(fake_graph) == 0
+
+
+async def test_a_410_on_a_photo_call_is_not_cached_as_no_photo(
+        serve: MakeClient, fake_graph: Any) -> None:
+    client = await serve(directory__gravatar=False, graph__max_retries=0)
+    fake_graph.graph.inject(410, times=1, path_contains="/photo")  # a gateway's, say
+    _, headers, _ = await fetch(client, "/avatar/pradeep.gupta@contoso.onmicrosoft.com/48")
+    assert (headers["X-Avatar-Source"], headers["Cache-Control"]) == ("initials",
+                                                                      "public, max-age=60")
+    _, headers, _ = await fetch(client, "/avatar/pradeep.gupta@contoso.onmicrosoft.com/48")
+    assert headers["X-Avatar-Source"] == "photo"
+
+
+async def test_suffixes_in_any_case_and_a_jpg_default_is_a_jpeg(serve: MakeClient) -> None:
+    client = await serve()
+    pradeep = md5("pradeep@contoso.com")
+    for suffix, content_type in ((".PNG", "image/png"), (".Jpg", "image/jpeg"),
+                                 (".jpeg", "image/jpeg"), (".JPEG", "image/jpeg")):
+        status, headers, _ = await fetch(client, f"/avatar/{pradeep}{suffix}?s=40")
+        assert (status, headers["Content-Type"]) == (200, content_type), suffix
+    for default in ("mp", "identicon"):
+        status, headers, body = await fetch(client, f"/avatar/{NOBODY}.jpg?s=40&d={default}")
+        assert (status, headers["Content-Type"]) == (200, "image/jpeg")
+        assert Image.open(io.BytesIO(body)).format == "JPEG"
+    _, headers, _ = await fetch(client, f"/avatar/{NOBODY}.jpg?s=40&d=blank")
+    assert headers["Content-Type"] == "image/png"  # transparent: JPEG has no alpha
+
+
+async def test_a_hash_miss_costs_what_an_unknown_address_costs(serve: MakeClient) -> None:
+    # /avatar/{unknown address}/{size}: metadata, profile and the address lookup, 3 tokens.
+    client = await serve(security__rate_limit_per_second=0.001, security__rate_limit_burst=6)
+    answers = [await fetch(client, f"/avatar/{NOBODY}?s=48") for _ in range(3)]
+    assert [h["Cache-Control"] for _, h, _ in answers] == [
+        "public, max-age=300", "public, max-age=300", "no-store"]
+
+
+async def test_an_unexpected_error_on_a_hash_is_a_picture_and_counted(
+        serve: MakeClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = await serve()
+
+    async def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(HashAvatars, "answer", broken)
+
+    def internal() -> float:
+        return REGISTRY.get_sample_value("avatarproxy_initials_fallback_total",
+                                         {"reason": "internal"}) or 0.0
+
+    before = internal()
+    status, headers, _ = await fetch(client, f"/avatar/{NOBODY}?s=48")
+    assert (status, headers["Cache-Control"]) == (200, "no-store")
+    assert internal() == before + 1

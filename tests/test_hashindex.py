@@ -6,21 +6,28 @@ time, a Redis that does not answer, a Cluster."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import pytest
+import redis as sync_redis
 from loopback import free_port
+from prometheus_client import REGISTRY
 
+from avatarproxy import indexsync
 from avatarproxy.config import load_settings
 from avatarproxy.demo.people import FakePerson
+from avatarproxy.graph import usersdelta
 from avatarproxy.graph.auth import StaticTokenProvider
 from avatarproxy.graph.client import GraphClient
 from avatarproxy.hashindex import (
+    Entry,
     HashIndex,
     IndexKeys,
     IndexStore,
@@ -63,6 +70,11 @@ async def redis_link(url: str, **overrides: Any) -> AsyncIterator[RedisLink]:
         await link.close()
 
 
+def redis_index(link: RedisLink, key: str = KEY) -> RedisIndex:
+    """The index of ``key`` in the shared Redis (each key has its own)."""
+    return RedisIndex(link, "avatarproxy:", IndexKeys(key).fingerprint)
+
+
 @asynccontextmanager
 async def graph_client(base_url: str) -> AsyncIterator[GraphClient]:
     settings = load_settings(env={}, overrides={"graph.base_url": base_url})
@@ -83,19 +95,19 @@ async def syncer(request: pytest.FixtureRequest, fake_graph: Any
         if request.param == "memory":
             memory = MemoryIndex()
 
-            def store() -> IndexStore:
+            def store(key: str) -> IndexStore:
                 return memory
 
             yield _maker(graph, store)
         else:
             url = request.getfixturevalue("redis_url")
             async with redis_link(url) as link:
-                yield _maker(graph, lambda: RedisIndex(link, "avatarproxy:"))
+                yield _maker(graph, lambda key: redis_index(link, key))
 
 
-def _maker(graph: GraphClient, store: Callable[[], IndexStore]) -> Callable[..., Syncer]:
+def _maker(graph: GraphClient, store: Callable[[str], IndexStore]) -> Callable[..., Syncer]:
     def make(key: str = KEY) -> Syncer:
-        index = HashIndex(store(), IndexKeys(key))
+        index = HashIndex(store(key), IndexKeys(key))
         return IndexSync(graph, index, interval=0.0), index  # every round is due
 
     return make
@@ -193,14 +205,18 @@ async def test_an_expired_delta_link_runs_a_full_sync_that_drops_users_deleted_m
     assert len(tenant.requests) == 1 and "$deltatoken=" in tenant.requests[0].raw_path
 
 
-async def test_an_index_made_with_another_key_is_rebuilt_and_the_old_keys_stop_working(
+async def test_an_index_made_with_another_key_is_never_read_with_this_one(
         syncer: Callable[..., Syncer], fake_graph: Any) -> None:
     old_sync, old = syncer("an-older-index-key-0123456789")
     assert await old_sync.sync_once()
     sync, index = syncer()
     assert await sync.sync_once()
     assert await owner(index, "pradeep@contoso.com") == (PRADEEP, PRADEEP)
-    assert await owner(old, "pradeep@contoso.com") == (None, None)
+    # In memory the process rebuilds it; in Redis each key has an index of its own,
+    # the old one kept while replicas still use it (a rotation, below).
+    still = isinstance(old.store, RedisIndex)
+    assert await owner(old, "pradeep@contoso.com") == ((PRADEEP, PRADEEP) if still
+                                                      else (None, None))
     state = await index.store.state()
     assert state is not None and state.key_id == index.keys.fingerprint
 
@@ -234,7 +250,7 @@ async def test_one_replica_syncs_at_a_time_and_the_others_see_its_round(
         fake_graph: Any, redis_url: str) -> None:
     async with redis_link(redis_url) as link_a, redis_link(redis_url) as link_b, \
             graph_client(fake_graph.base_url) as graph:
-        a, b = RedisIndex(link_a, "avatarproxy:"), RedisIndex(link_b, "avatarproxy:")
+        a, b = redis_index(link_a), redis_index(link_b)
         assert await a.claim(60) and not await b.claim(60)
         assert await a.renew(60) and not await b.renew(60)
         await a.release()
@@ -254,7 +270,7 @@ async def test_one_replica_syncs_at_a_time_and_the_others_see_its_round(
 async def test_a_redis_that_does_not_answer_is_unavailable_not_nobody() -> None:
     async with redis_link(f"redis://127.0.0.1:{free_port()}/0",
                           **{"cache.redis_timeout_seconds": 0.2}) as link:
-        index = HashIndex(RedisIndex(link, "avatarproxy:"), IndexKeys(KEY))
+        index = HashIndex(redis_index(link), IndexKeys(KEY))
         with pytest.raises(IndexUnavailable):
             await index.lookup(md5("adele.vance@contoso.com"))
         with pytest.raises(IndexUnavailable):  # and while it is skipped after the failure
@@ -264,7 +280,7 @@ async def test_a_redis_that_does_not_answer_is_unavailable_not_nobody() -> None:
 async def test_redis_holds_hmacs_not_the_hashes_tools_send(
         fake_graph: Any, redis_url: str) -> None:
     async with redis_link(redis_url) as link, graph_client(fake_graph.base_url) as graph:
-        index = HashIndex(RedisIndex(link, "avatarproxy:"), IndexKeys(KEY))
+        index = HashIndex(redis_index(link), IndexKeys(KEY))
         assert await IndexSync(graph, index, interval=0.0).sync_once()
         client = link.client
         dump = b""
@@ -290,7 +306,7 @@ async def test_a_delta_round_over_thousands_of_users_is_one_request(
                                                f"smtp:user.{n}@contoso.com")))
     tenant.delta.page_size = 999
     async with redis_link(redis_url) as link, graph_client(fake_graph.base_url) as graph:
-        index = HashIndex(RedisIndex(link, "avatarproxy:"), IndexKeys(KEY))
+        index = HashIndex(redis_index(link), IndexKeys(KEY))
         sync = IndexSync(graph, index, interval=0.0)
         assert await sync.sync_once()
         assert tenant.count("/users/delta") == 4  # 3000 and the demo people, 999 a page
@@ -306,7 +322,7 @@ async def test_the_index_works_in_a_redis_cluster(redis_cluster: Any, fake_graph
     fake_graph.graph.add(pradeep())
     async with redis_link("", **redis_cluster.overrides) as link, \
             graph_client(fake_graph.base_url) as graph:
-        index = HashIndex(RedisIndex(link, "avatarproxy:"), IndexKeys(KEY))
+        index = HashIndex(redis_index(link), IndexKeys(KEY))
         sync = IndexSync(graph, index, interval=0.0)
         assert await sync.sync_once()
         assert await owner(index, "pradeep@contoso.com") == (PRADEEP, PRADEEP)
@@ -324,7 +340,7 @@ async def test_the_index_needs_only_the_commands_docs_redis_md_grants(
     # The least-privilege ACL user, over TLS: a round, a lookup, the lease, a rebuild.
     async with redis_link("", **redis_tls.overrides) as link, \
             graph_client(fake_graph.base_url) as graph:
-        store = RedisIndex(link, "avatarproxy:")
+        store = redis_index(link)
         await store.clear()
         index = HashIndex(store, IndexKeys(KEY))
         assert await IndexSync(graph, index, interval=0.0).sync_once()
@@ -342,3 +358,206 @@ def test_sync_state_is_fresh_for_one_interval_after_a_round() -> None:
     assert SyncState("link", "k", time.time()).fresh(60)
     assert not SyncState("link", "k", time.time() - 61).fresh(60)
     assert not SyncState("", "k", time.time()).fresh(60)  # no complete round yet
+
+
+# -- review of issue 16 -----------------------------------------------------------------
+
+async def test_replicas_with_two_index_keys_keep_both_indexes_through_a_rotation(
+        fake_graph: Any, redis_url: str) -> None:
+    # A rolling deploy that changes directory.index_key: replicas of both versions sync
+    # the shared Redis in turn. Each key has an index of its own: no full rebuilds.
+    new_key = "a-brand-new-index-key-9876543210"
+    adele = fake_graph.graph.person("adele.vance@contoso.com")
+    async with redis_link(redis_url) as la, redis_link(redis_url) as lb, \
+            graph_client(fake_graph.base_url) as graph:
+        old = HashIndex(redis_index(la), IndexKeys(KEY))
+        new = HashIndex(redis_index(lb, new_key), IndexKeys(new_key))
+        old_sync, new_sync = IndexSync(graph, old, 0.0), IndexSync(graph, new, 0.0)
+        assert await old_sync.sync_once() and await new_sync.sync_once()
+        fake_graph.graph.reset_requests()
+        for _ in range(3):
+            assert await new_sync.sync_once() and await old_sync.sync_once()
+            for index in (old, new):
+                assert await index.lookup(md5("adele.vance@contoso.com")) == adele.object_id
+        assert fake_graph.graph.count("$select=id,mail") == 0  # delta rounds only
+
+
+async def test_an_abandoned_keys_index_is_dropped_by_the_new_keys_rounds(
+        fake_graph: Any, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    async with redis_link(redis_url) as link, graph_client(fake_graph.base_url) as graph:
+        old = HashIndex(redis_index(link), IndexKeys(KEY))
+        assert await IndexSync(graph, old, 0.0).sync_once()
+        new_key = "a-brand-new-index-key-9876543210"
+        new = HashIndex(redis_index(link, new_key), IndexKeys(new_key))
+        assert await IndexSync(graph, new, 0.0).sync_once()
+        assert await old.lookup(md5("adele.vance@contoso.com")) is not None  # still in use
+        # No replica has synced the old key's index for longer than this: nobody uses it.
+        monkeypatch.setattr(indexsync, "ABANDONED_INDEX_SECONDS", 0.0)
+        assert await IndexSync(graph, new, 0.0).sync_once()
+        assert await old.lookup(md5("adele.vance@contoso.com")) is None
+        assert await old.store.state() is None
+        names = [n async for n in link.client.scan_iter("avatarproxy:dir1:*")]
+        assert names and all(IndexKeys(KEY).fingerprint.encode() not in n for n in names)
+        assert await new.lookup(md5("adele.vance@contoso.com")) is not None
+
+
+@pytest.fixture
+def acl_user(redis_url: str) -> Iterator[Callable[..., str]]:
+    """``make(name, *more)``: the URL of a Redis user with docs/redis.md's ACL from before
+    the index (no HGET, HDEL, HKEYS) and ``more``; deleted after the test."""
+    admin = sync_redis.Redis.from_url(redis_url)
+    made: list[str] = []
+
+    def make(name: str, *more: str) -> str:
+        admin.execute_command(
+            "ACL", "SETUSER", name, "on", ">pw", "resetchannels", "~avatarproxy:*",
+            "&avatarproxy:purge", "-@all", "+get", "+set", "+exists", "+expire", "+sadd",
+            "+ping", "+eval", "+evalsha", "+script|load", "+hmget", "+hset", "+time",
+            "+subscribe", "+unsubscribe", "+publish", "+smembers", "+del", *more)
+        made.append(name)
+        return redis_url.replace("redis://", f"redis://{name}:pw@")
+
+    try:
+        yield make
+    finally:
+        if made:
+            admin.execute_command("ACL", "DELUSER", *made)
+        admin.close()
+
+
+async def test_redis_refusing_the_index_commands_is_unavailable_and_the_sync_lives_on(
+        fake_graph: Any, acl_user: Callable[..., str], caplog: pytest.LogCaptureFixture
+        ) -> None:
+    async with redis_link(acl_user("noset", "-set")) as link:
+        with pytest.raises(IndexUnavailable):  # a refused SET NX: not "another replica"
+            await redis_index(link).claim(60)
+    async with redis_link(acl_user("oldacl")) as link, \
+            graph_client(fake_graph.base_url) as graph:
+        index = HashIndex(redis_index(link), IndexKeys(KEY))
+        with pytest.raises(IndexUnavailable):  # NOPERM is not "nobody has it"
+            await index.lookup(md5("adele.vance@contoso.com"))
+        sync = IndexSync(graph, index, 0.0)
+        with caplog.at_level(logging.WARNING, "avatarproxy.indexsync"):
+            assert not await sync.sync_once()
+            await sync.start(wait=2.0)
+            await asyncio.sleep(0.2)
+            assert sync._task is not None and not sync._task.done()
+            await sync.close()
+        assert "directory: index sync failed (redis refused" in caplog.text
+
+
+async def test_a_bug_in_a_round_is_logged_and_the_schedule_goes_on(
+        fake_graph: Any, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(indexsync, "RETRY_SECONDS", 0.05)
+    async with graph_client(fake_graph.base_url) as graph:
+        store = MemoryIndex()
+        calls = []
+
+        async def broken() -> SyncState | None:
+            calls.append(1)
+            raise TypeError("a bug")
+
+        monkeypatch.setattr(store, "state", broken)
+        sync = IndexSync(graph, HashIndex(store, IndexKeys(KEY)), 3600.0)
+        with caplog.at_level(logging.ERROR, "avatarproxy.indexsync"):
+            await sync.start(wait=1.0)
+            await asyncio.sleep(0.3)
+            assert sync._task is not None and not sync._task.done()
+            await sync.close()
+    assert len(calls) > 1  # tried again, soon
+    assert caplog.text.count("directory: index sync failed unexpectedly") == 1
+    assert "TypeError: a bug" in caplog.text
+
+
+def _last_sync() -> float | None:
+    return REGISTRY.get_sample_value("avatarproxy_hash_index_last_sync_timestamp_seconds")
+
+
+async def test_the_last_round_is_exported_as_a_timestamp(
+        syncer: Callable[..., Syncer], fake_graph: Any) -> None:
+    quick, index = syncer()
+    sync = IndexSync(quick._graph, index, 3600.0)
+    fake_graph.graph.denied = {"User.Read.All"}  # no round can complete
+    await sync.start(wait=2.0)
+    try:
+        assert _last_sync() == 0.0  # never: what the stale-index alert sees
+        fake_graph.graph.denied = set()
+        assert await sync.sync_once()
+        state = await index.store.state()
+        assert state is not None and _last_sync() == state.finished_at
+        assert time.time() - state.finished_at < 60
+    finally:
+        await sync.close()
+
+
+async def test_a_user_listed_twice_in_one_page_keeps_only_their_last_addresses(
+        syncer: Callable[..., Syncer]) -> None:
+    _, index = syncer()
+    keys = index.keys
+    user = "11111111-2222-4333-8444-555555555555"
+    page = [Entry(user, keys.of_addresses(["new.name@contoso.com", "old.name@contoso.com"])),
+            Entry(user, keys.of_addresses(["new.name@contoso.com"]))]  # their latest state
+    await index.store.apply(page)
+    assert await owner(index, "old.name@contoso.com") == (None, None)
+    assert await owner(index, "new.name@contoso.com") == (user, user)
+    await index.store.apply([Entry(user, frozenset())])  # deleted later: nothing left behind
+    assert await owner(index, "new.name@contoso.com") == (None, None)
+    assert await owner(index, "old.name@contoso.com") == (None, None)
+
+
+async def test_a_full_round_repairs_the_index_once_a_week(
+        syncer: Callable[..., Syncer], fake_graph: Any) -> None:
+    sync, index = syncer()
+    assert await sync.sync_once()
+    fake_graph.graph.reset_requests()
+    assert await sync.sync_once()
+    assert fake_graph.graph.count("$select=id,mail") == 0  # a delta round
+    state = await index.store.state()
+    assert state is not None
+    await index.store.save_state(SyncState(state.link, state.key_id, state.finished_at,
+                                           time.time() - indexsync.FULL_ROUND_SECONDS - 1))
+    await index.store.apply([Entry(PRADEEP, frozenset())])  # drift: a user lost
+    assert await sync.sync_once()
+    assert fake_graph.graph.count("$select=id,mail") == 1  # the full listing again
+    assert await owner(index, "pradeep@contoso.com") == (PRADEEP, PRADEEP)
+
+
+async def test_a_410_on_a_delta_link_starts_a_full_round(
+        syncer: Callable[..., Syncer], fake_graph: Any) -> None:
+    sync, index = syncer()
+    assert await sync.sync_once()
+    fake_graph.graph.inject(410, times=1, path_contains="$deltatoken=")
+    fake_graph.graph.reset_requests()
+    assert await sync.sync_once()
+    paths = [r.raw_path for r in fake_graph.graph.requests]
+    assert "$deltatoken=" in paths[0] and "$deltatoken=" not in paths[1]
+    assert not sync._graph.gate.breaker_open and index.ready
+
+
+@pytest.mark.parametrize("fault", ["link outside Graph", "page over the cap"])
+async def test_a_delta_answer_we_will_not_follow_fails_once_and_waits_for_the_schedule(
+        fake_graph: Any, caplog: pytest.LogCaptureFixture,
+        monkeypatch: pytest.MonkeyPatch, fault: str) -> None:
+    tenant = fake_graph.graph
+    tenant.delta.page_size = 2
+    if fault == "link outside Graph":
+        answer = tenant.delta.answer
+        monkeypatch.setattr(tenant.delta, "answer", lambda root, people, query: answer(
+            "https://graph.example.net/v1.0", people, query))
+    else:
+        monkeypatch.setattr(usersdelta, "MAX_PAGE_BYTES", 200)
+    monkeypatch.setattr(indexsync, "RETRY_SECONDS", 0.05)
+    async with graph_client(fake_graph.base_url) as graph:
+        sync = IndexSync(graph, HashIndex(MemoryIndex(), IndexKeys(KEY)), 3600.0)
+        with caplog.at_level(logging.WARNING, "avatarproxy.indexsync"):
+            async with asyncio.timeout(5):
+                assert not await sync.sync_once()
+            await sync.start(wait=1.0)
+            await asyncio.sleep(0.3)  # no retry every RETRY_SECONDS: the next is on schedule
+            await sync.close()
+        assert tenant.count("/users/delta") == 2  # asked once a round, not again and again
+        assert graph.gate.short_circuits == 0 and not graph.gate.breaker_open
+        assert graph.gate._failures == 0  # avatars' breaker never heard of it
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "users delta" in errors[0].getMessage()

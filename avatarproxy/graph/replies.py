@@ -1,9 +1,15 @@
 """Graph's answers as bytes or our exceptions: bodies read within a cap, statuses classified.
 
-A 400, 404 or 410 is ``GraphNotFound``, a 403 ``GraphPermissionDenied`` naming the
+A 400 or 404 is ``GraphNotFound``, a 403 ``GraphPermissionDenied`` naming the
 permission the app registration lacks, a 401 after a fresh token ``AuthError``,
-and anything else (5xx, 429, a gateway's HTML, invalid JSON, an answer over its
-cap) ``GraphUnavailable``, with the ``Retry-After`` it carried.
+and anything else (5xx, 429, 410, a gateway's HTML, invalid JSON, an answer over
+its cap) ``GraphUnavailable``, with the ``Retry-After`` it carried.
+
+Users delta (``usersdelta``) reads two answers otherwise, because they are Graph
+answering about the round, not Graph failing: a 410 is a delta link Graph has
+forgotten (``GraphNotFound``: start over), and a page over its cap is
+``UnusableAnswer``. Neither is retried or counted by the circuit breaker that
+guards avatar traffic.
 """
 
 from __future__ import annotations
@@ -45,6 +51,15 @@ PERMISSIONS = {"metadata": "ProfilePhoto.Read.All", "photo": "ProfilePhoto.Read.
                                "Contacts.Read, in scope for the mailbox")}
 # Operations whose answer is a photo's bytes.
 _PHOTOS = ("photo", "team photo", "contact photo")
+
+
+# Operations that read 410 and an answer over the cap as above (``usersdelta.OPERATION``).
+_ROUND_OPERATIONS = frozenset({"users delta"})
+
+
+class UnusableAnswer(GraphError):
+    """Graph answered, with something we will not use (a page over its cap), and asking
+    again would get the same: not an outage, so neither retried nor fed to the breaker."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +105,8 @@ def check(operation: str, reply: Reply) -> Reply:
     if 200 <= status < 300 and reply.oversize:
         if operation in _PHOTOS:
             raise InvalidImage("photo over the size cap")
+        if operation in _ROUND_OPERATIONS:
+            raise UnusableAnswer(f"{operation}: Graph answer over the size cap")
         raise GraphUnavailable(f"{operation}: Graph answer over the size cap")
     if 200 <= status < 300:
         return reply
@@ -113,9 +130,9 @@ def json_object(reply: Reply) -> dict[str, Any]:
 
 def _failure(operation: str, reply: Reply) -> GraphError:
     status = reply.status
-    # Graph answers 400 for a key it cannot parse as a user: nobody to show. A 410
-    # (an expired delta link, ``usersdelta``) is Graph answering too: not an outage.
-    if status in (400, 404, 410):
+    # Graph answers 400 for a key it cannot parse as a user: nobody to show. Users delta's
+    # 410 is a link Graph has forgotten; elsewhere a 410 is no answer about a person.
+    if status in (400, 404) or (status == 410 and operation in _ROUND_OPERATIONS):
         return GraphNotFound(f"{operation}: Graph {status} {_error_code(reply)}")
     if status == 403:
         return GraphPermissionDenied(f"{operation}: Graph 403 {_error_code(reply)}",

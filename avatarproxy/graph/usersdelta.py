@@ -11,9 +11,12 @@ are the user's complete set; a deleted one (soft or hard) as ``@removed``.
 
 A link Graph no longer accepts (delta links of directory objects live seven
 days; Graph answers 400 ``syncStateNotFound`` or 410) raises ``DeltaExpired``:
-the caller starts a full round again. Pages selecting ``proxyAddresses`` run to
-megabytes (``MAX_PAGE_BYTES``). Needs ``User.Read.All`` (``proxyAddresses`` is
-not a basic property).
+the caller starts a full round again. An answer we will not follow (a link
+outside ``graph.base_url``, where the bearer token must not go; a page over
+``MAX_PAGE_BYTES``: pages selecting ``proxyAddresses`` run to megabytes) raises
+``DeltaRefused``: asking again soon would get the same, so the caller waits for
+its schedule, and the circuit breaker guarding avatar traffic never hears of
+it. Needs ``User.Read.All`` (``proxyAddresses`` is not a basic property).
 """
 
 from __future__ import annotations
@@ -25,18 +28,24 @@ from typing import Any
 from ..errors import GraphError, GraphNotFound, GraphUnavailable
 from ..models import Subject
 from .client import GraphClient
+from .replies import UnusableAnswer
 
 DELTA_PATH = "/users/delta"
 SELECT = "$select=id,mail,userPrincipalName,proxyAddresses"
 # A user can carry hundreds of proxyAddresses (x500: entries from migrations) of
 # ~100 bytes each: a page of a few hundred such users is several megabytes.
 MAX_PAGE_BYTES = 32 * 1024 * 1024
-OPERATION = "users delta"
+OPERATION = "users delta"  # replies reads its 410 and oversize answers by this name
 _GUID = re.compile(r"^[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}$")
 
 
 class DeltaExpired(GraphError):
     """Graph no longer accepts a delta link (or it is another Graph root's): resync."""
+
+
+class DeltaRefused(GraphError):
+    """An answer of Graph's this round will not follow (a link outside Graph's root, a
+    page over ``MAX_PAGE_BYTES``): a fault that asking again soon would not fix."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +77,11 @@ async def delta_page(graph: GraphClient, link: str | None) -> DeltaPage:
     except GraphNotFound as exc:
         if link is None:
             raise
-        # Graph answered a link it gave us with "no such thing": it has forgotten it.
+        # Graph answered a link it gave us with "no such thing" (400 syncStateNotFound,
+        # 410 Gone): it has forgotten it.
         raise DeltaExpired(f"{OPERATION}: link no longer accepted ({exc.code or exc})") from exc
+    except UnusableAnswer as exc:
+        raise DeltaRefused(f"{exc} of {MAX_PAGE_BYTES // 2**20} MiB") from exc
     values = data.get("value")
     users = tuple(user for item in (values if isinstance(values, list) else [])
                   if (user := _user(item)) is not None)
@@ -94,7 +106,7 @@ def _link(graph: GraphClient, value: Any) -> str | None:
     if not isinstance(value, str) or not value:
         return None
     if not value.startswith(graph.base_url.rstrip("/") + "/"):
-        raise GraphUnavailable(f"{OPERATION}: Graph sent a link outside its own root")
+        raise DeltaRefused(f"{OPERATION}: Graph sent a link outside graph.base_url")
     return value
 
 

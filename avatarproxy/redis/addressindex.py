@@ -1,38 +1,48 @@
 """The hash index in the shared Redis: one copy for every replica, one syncer at a time.
 
-What is stored (``hashindex`` says why the keys are HMACs):
+What is stored (``hashindex`` says why the keys are HMACs), under a namespace of
+the index key's fingerprint, ``<prefix>dir1:<fingerprint>:``, so that during a
+rotation of ``directory.index_key`` replicas of the old and the new key each
+keep an index of their own instead of rebuilding each other's every round:
 
-- ``<prefix>dir1:x:<shard>``: hashes of index key (16 bytes) -> object id (16
-  bytes), spread over ``KEY_SHARDS`` by the key's first bytes. Small hashes stay
-  in Redis's compact listpack encoding (up to 128 entries of 64 bytes by
+- ``...x:<shard>``: hashes of index key (16 bytes) -> object id (16 bytes),
+  spread over ``KEY_SHARDS`` by the key's first bytes. Small hashes stay in
+  Redis's compact listpack encoding (up to 128 entries of 64 bytes by
   default): about 40 bytes an entry instead of ~100 as separate keys.
-- ``<prefix>dir1:u:<shard>``: object id -> its index keys, concatenated: what to
-  remove when a user's addresses change or the user is deleted.
-- ``<prefix>dir1:{sync}``: the sync state (delta link, key fingerprint, when the
-  last round ended), and ``<prefix>dir1:{sync}:lease``, the syncer's lease. The
-  ``{sync}`` hash tag puts both in one Cluster slot.
+- ``...u:<shard>``: object id -> its index keys, concatenated: what to remove
+  when a user's addresses change or the user is deleted.
+- ``...{sync}``: the sync state (delta link, key fingerprint, when the last
+  round and the last full round ended), and ``...{sync}:lease``, the syncer's
+  lease. The ``{sync}`` hash tag puts both in one Cluster slot.
+- ``<prefix>dir1:keys``: each fingerprint's last round, so the new key's
+  syncer can drop an old key's index once no replica keeps it
+  (``drop_abandoned``).
 
 Every command touches one key; the writes of a page go in one non-transactional
 pipeline, which redis-py splits by node in a Cluster. There are no TTLs: under
 ``maxmemory-policy allkeys-*`` Redis could evict index shards, so the docs ask
 for ``volatile-lru`` (every avatar key has a TTL) when the index is on. A Redis
-that does not answer is ``IndexUnavailable``, never "nobody".
+that does not answer, or refuses a command (an ACL without it, a full Redis),
+is ``IndexUnavailable``, never "nobody" or "another replica syncs".
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import secrets
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from ..hashindex import Entry, IndexUnavailable, SyncState, split_keys
+from ..hashindex import Entry, IndexUnavailable, SyncState, latest, split_keys
 from .link import RedisLink
 
 KEY_SHARDS = 8192  # ~73 entries each for 300,000 addresses (two keys an address)
 OWNER_SHARDS = 1024
 _CHUNK = 512  # keys per pipeline when walking every shard
+_FINGERPRINT = re.compile(r"[0-9a-f]{16}")  # IndexKeys.fingerprint
 
 # Delete an index key only if it still names this user: an address that moved to
 # someone else in the meantime is theirs.
@@ -45,14 +55,18 @@ _RENEW = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
 
 
 class RedisIndex:
-    """``hashindex.IndexStore`` over the process's one ``RedisLink``."""
+    """``hashindex.IndexStore`` over the process's one ``RedisLink``: the index of the
+    key whose fingerprint is ``key_id``."""
 
-    def __init__(self, link: RedisLink, key_prefix: str) -> None:
+    def __init__(self, link: RedisLink, key_prefix: str, key_id: str) -> None:
         self._link = link
         self._client = link.client
-        self._namespace = f"{key_prefix}dir1:"
+        self._prefix = key_prefix
+        self._key_id = key_id
+        self._namespace = f"{key_prefix}dir1:{key_id}:"
         self._state_key = f"{self._namespace}{{sync}}"
         self._lease_key = f"{self._state_key}:lease"
+        self._registry = f"{key_prefix}dir1:keys"
         self._token = secrets.token_hex(16)  # this process's claim on the lease
 
     def key_shard(self, key: bytes) -> str:
@@ -68,6 +82,9 @@ class RedisIndex:
 
     async def apply(self, entries: Sequence[Entry]) -> None:
         """Make each user's keys what ``entries`` says: two round trips a page."""
+        # A user twice in a page would be diffed twice against what was stored before
+        # it, and keys only the first entry added would stay theirs forever.
+        entries = latest(entries)
         if not entries:
             return
         ids = [uuid.UUID(entry.object_id).bytes for entry in entries]
@@ -100,25 +117,45 @@ class RedisIndex:
         return found
 
     async def state(self) -> SyncState | None:
-        link, key_id, at = await self._call("HMGET", self._client.hmget(
-            self._state_key, ["link", "key", "at"]))
+        link, key_id, at, full = await self._call("HMGET", self._client.hmget(
+            self._state_key, ["link", "key", "at", "full"]))
         if key_id is None:
             return None
-        return SyncState(_text(link), _text(key_id), float(_text(at) or 0))
+        return SyncState(_text(link), _text(key_id), _number(at), _number(full))
 
     async def save_state(self, state: SyncState) -> None:
         await self._call("HSET", self._client.hset(self._state_key, mapping={
-            "link": state.link, "key": state.key_id, "at": repr(state.finished_at)}))
+            "link": state.link, "key": state.key_id, "at": repr(state.finished_at),
+            "full": repr(state.full_at)}))
+        await self._call("HSET", self._client.hset(self._registry, self._key_id,
+                                                   repr(state.finished_at)))
 
     async def clear(self) -> None:
-        """Delete the whole index (another key made it), shard by shard."""
+        """Delete this key's whole index, shard by shard."""
         names = [f"{self._namespace}x:{s:04x}" for s in range(KEY_SHARDS)] + [
-            f"{self._namespace}u:{s:03x}" for s in range(OWNER_SHARDS)] + [self._state_key]
+            f"{self._namespace}u:{s:03x}" for s in range(OWNER_SHARDS)] + [
+            self._state_key, self._lease_key]
         for start in range(0, len(names), _CHUNK):
             pipe = self._client.pipeline(transaction=False)
             for name in names[start:start + _CHUNK]:
                 pipe.delete(name)  # one key a command: no cross-slot DEL in a Cluster
             await self._call("DEL", pipe.execute())
+        await self._call("HDEL", self._client.hdel(self._registry, self._key_id))
+
+    async def drop_abandoned(self, seconds: float) -> int:
+        """Delete the indexes of other keys whose last round ended over ``seconds`` ago:
+        a rotation is over, no replica keeps them. How many."""
+        others = [key_id for name in await self._call("HKEYS", self._client.hkeys(
+            self._registry)) if (key_id := _text(name)) != self._key_id]
+        if not others:
+            return 0
+        ends = await self._call("HMGET", self._client.hmget(self._registry, others))
+        before = time.time() - seconds
+        abandoned = [key_id for key_id, end in zip(others, ends, strict=True)
+                     if _number(end) < before and _FINGERPRINT.fullmatch(key_id)]
+        for key_id in abandoned:
+            await RedisIndex(self._link, self._prefix, key_id).clear()
+        return len(abandoned)
 
     async def claim(self, seconds: float) -> bool:
         """Whether this process may sync now (nobody else holds the lease)."""
@@ -136,16 +173,30 @@ class RedisIndex:
                 _RELEASE, 1, self._lease_key, self._token))
 
     async def _call(self, name: str, pending: Any) -> Any:
-        """``pending``'s answer; ``IndexUnavailable`` when Redis gave none."""
-        sent = self._link.available  # else the link discards it unsent
-        answer = await self._link.call(name, pending)
-        if answer is None and not (sent and self._link.healthy):
+        """``pending``'s answer; ``IndexUnavailable`` when Redis gave none: down, or a
+        command refused (``NOPERM`` from an ACL without it, ``READONLY``, ``OOM``)."""
+        link = self._link
+        sent = link.available  # else the link discards it unsent
+        full = link.writes_refused_for_memory
+        answer = await link.call(name, pending)
+        if answer is not None:
+            return answer
+        if link.refused or link.writes_refused_for_memory != full:
+            raise IndexUnavailable(f"redis refused {name}")
+        if not (sent and link.healthy):
             raise IndexUnavailable("redis unavailable")
-        return answer
+        return None
 
 
 def _text(value: object) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else ""
+
+
+def _number(value: object) -> float:
+    try:
+        return float(_text(value) or 0)
+    except ValueError:
+        return 0.0
 
 
 def _milliseconds(seconds: float) -> int:
