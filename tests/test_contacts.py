@@ -15,6 +15,8 @@ from aiohttp import web
 from appclient import MakeClient, get
 from PIL import Image
 
+from avatarproxy.cache import SCHEMA_VERSION
+from avatarproxy.cli import main
 from avatarproxy.config import load_settings
 from avatarproxy.demo.contoso import CONTACTS_MAILBOX, demo_contacts, demo_people
 from avatarproxy.demo.graphanswers import error_response, json_response
@@ -364,3 +366,54 @@ async def test_metadata_without_a_media_etag_asks_the_bytes(
         _, changed, _ = await get(await make_client(**ON), url(contact.object_id, 48))
         assert changed["ETag"] != headers["ETag"]
 
+
+# -- takedown ---------------------------------------------------------------------------------
+
+async def test_purge_takes_a_contact_down_everywhere_and_nothing_else(
+        make_client: MakeClient, fake_graph: Any, redis_url: str,
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    client = await make_client(**ON)
+    for path in (url(ROB.object_id, 48), url(ROB.object_id, 96),
+                 sign_url(KEY, f"/avatar/{CONTACTS_MAILBOX}/48")):
+        assert (await get(client, path))[0] == 200
+    store = redis.Redis.from_url(redis_url)
+    before = {k.decode() for k in store.keys("*")}
+    monkeypatch.setenv("AVATARPROXY_CACHE_REDIS_URL", redis_url)
+    target = f"contact/{CONTACTS_MAILBOX.upper()}/{ROB.object_id}"
+    assert await asyncio.to_thread(main, ["purge", target]) == 0
+    # Metadata, two images and the download they came from; the replica was told.
+    assert capsys.readouterr().out == (f"contact/{CONTACTS_MAILBOX}/{ROB.object_id}: 4 cached "
+                                       "entries deleted, 1 running replicas told\n")
+    after = {k.decode() for k in store.keys("*")}
+    store.close()
+    assert after == {k for k in before if ROB.object_id not in k}  # Adele's photo stays
+    fake_graph.graph.reset_requests()
+    await asyncio.sleep(0.2)  # the announcement reaches the replica's memory tier
+    assert (await get(client, url(ROB.object_id, 48)))[0] == 200
+    assert contact_path(ROB.object_id) + "/photo" in paths(fake_graph)
+
+
+async def test_a_contact_never_shares_a_persons_purge_index(
+        make_client: MakeClient, fake_graph: Any, redis_url: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A contact id may be anything base64 allows, a person's object id too.
+    client = await make_client(**ON)
+    for path in (url(ADELE_ID, 48), sign_url(KEY, f"/avatar/{ADELE_ID}/48")):
+        assert (await get(client, path))[0] == 200
+    monkeypatch.setenv("AVATARPROXY_CACHE_REDIS_URL", redis_url)
+    assert await asyncio.to_thread(main, ["purge", ADELE_ID]) == 0
+    store = redis.Redis.from_url(redis_url)
+    try:
+        left = {k.decode() for k in store.keys("*meta:*")}
+    finally:
+        store.close()
+    assert left == {f"avatarproxy:{SCHEMA_VERSION}:meta:{{contact:{CONTACTS_MAILBOX}:"
+                    f"{ADELE_ID}}}"}
+
+
+def test_purge_names_a_malformed_contact(capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AVATARPROXY_CACHE_REDIS_URL", "redis://127.0.0.1:1/0")
+    assert main(["purge", f"contact/{CONTACTS_MAILBOX}/not.an.id"]) == 1
+    assert capsys.readouterr().err == (f"avatarproxy: purge: 'contact/{CONTACTS_MAILBOX}/"
+                                       "not.an.id': not a valid contact id\n")
