@@ -159,12 +159,14 @@ async def test_the_mailbox_may_be_named_by_object_id_when_listed_so(
     assert paths(fake_graph)[0] == contact_path(ROB.object_id, ADELE_ID) + "/photo"
 
 
-@pytest.mark.parametrize("contact", ["not/an/id", "has.dots", "a" * 513, "spaces%20here"])
-async def test_bad_contact_ids_are_400_without_a_graph_call(
-        make_client: MakeClient, fake_graph: Any, contact: str) -> None:
+@pytest.mark.parametrize(("contact", "status"), [
+    ("not/an/id", 404),  # a "/" makes another path: no route matches it
+    ("has.dots", 400), ("a" * 513, 400), ("spaces%20here", 400),
+])
+async def test_bad_contact_ids_are_refused_without_a_graph_call(
+        make_client: MakeClient, fake_graph: Any, contact: str, status: int) -> None:
     client = await make_client(**ON)
-    status, _, _ = await get(client, url(contact, 48))
-    assert status in (400, 404)  # a "/" makes another route: none matches
+    assert (await get(client, url(contact, 48)))[0] == status
     assert paths(fake_graph) == []
 
 
