@@ -127,6 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _sign(args: argparse.Namespace) -> int:
+    from .contacts import sign_warnings
     from .security import sign_url
 
     settings = load_settings(args.config)
@@ -138,6 +139,8 @@ def _sign(args: argparse.Namespace) -> int:
     except BadRequest as exc:  # the service would answer 400: a signature would not help
         print(f"avatarproxy: sign: URL: {exc.public}", file=sys.stderr)
         return 2
+    for warning in sign_warnings(args.url, settings.contacts):
+        print(f"avatarproxy: sign: warning: {warning}", file=sys.stderr)
     return 0
 
 

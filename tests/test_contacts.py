@@ -419,3 +419,27 @@ def test_purge_names_a_malformed_contact(capsys: pytest.CaptureFixture[str],
     assert main(["purge", f"contact/{CONTACTS_MAILBOX}/not.an.id"]) == 1
     assert capsys.readouterr().err == (f"avatarproxy: purge: 'contact/{CONTACTS_MAILBOX}/"
                                        "not.an.id': not a valid contact id\n")
+
+
+# -- the operator's commands ------------------------------------------------------------------
+
+@pytest.mark.parametrize(("env", "warning"), [
+    ({}, "graph.contacts is off: the service answers 404 to contact URLs"),
+    ({"AVATARPROXY_GRAPH_CONTACTS": "true", "AVATARPROXY_GRAPH_CONTACT_MAILBOXES": ALEX},
+     f"graph.contact_mailboxes does not list '{CONTACTS_MAILBOX}': the service answers 404 "
+     "to its contacts' URLs"),
+    ({"AVATARPROXY_GRAPH_CONTACTS": "true",
+      "AVATARPROXY_GRAPH_CONTACT_MAILBOXES": CONTACTS_MAILBOX.upper()}, None),
+])
+def test_sign_warns_when_the_service_would_answer_a_contact_url_404(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        env: dict[str, str], warning: str | None) -> None:
+    for name in ("AVATARPROXY_GRAPH_CONTACTS", "AVATARPROXY_GRAPH_CONTACT_MAILBOXES"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**env, "AVATARPROXY_SECURITY_URL_SIGNING_KEYS": KEY}.items():
+        monkeypatch.setenv(name, value)
+    path = f"/avatar/contact/{CONTACTS_MAILBOX}/{ROB.object_id}/48"
+    assert main(["sign", "https://avatars.intranet" + path]) == 0  # signed all the same
+    out, err = capsys.readouterr()
+    assert out == f"https://avatars.intranet{url(ROB.object_id, 48)}\n"
+    assert err == (f"avatarproxy: sign: warning: {warning}\n" if warning else "")
