@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from . import imaging, svg, tiles
 from .cache import AvatarCache, CacheSettings
+from .cjk import CHINESE_GLYPHS
 from .imaging import AvatarSettings
 from .initials import InitialsRenderer, text_colour
 from .models import Avatar, PhotoMeta, Profile, Subject
@@ -41,10 +42,14 @@ class Look(NamedTuple):
 
 
 @functools.lru_cache(maxsize=4096)
-def initials_look(subject: Subject, profile: Profile | None, han_names: str = "auto") -> Look:
-    """How ``subject``'s initials look (pure, memoised); ``han_names`` as ``avatar.han_names``."""
+def initials_look(subject: Subject, profile: Profile | None, han_names: str = "auto",
+                  chinese_glyphs: str = "mainland") -> Look:
+    """How ``subject``'s initials look (pure, memoised); ``han_names`` and
+    ``chinese_glyphs`` as ``avatar.han_names`` and ``avatar.chinese_glyphs``."""
     colour = background_for((profile.object_id if profile else None) or subject.key)
     texts, lang = name_initials(profile, subject, han_names)
+    if lang == "zh":  # "zh" (mainland) as before: the same keys, the same bytes
+        lang = CHINESE_GLYPHS[chinese_glyphs]
     return Look(tuple(texts), colour, lang)
 
 
@@ -75,8 +80,9 @@ class Answers:
                       self._ttl.stale_while_revalidate)
 
     def look(self, subject: Subject, profile: Profile | None) -> Look:
-        """``initials_look`` under this service's ``avatar.han_names``."""
-        return initials_look(subject, profile, self._avatar.han_names)
+        """``initials_look`` under this service's ``avatar.han_names`` and ``chinese_glyphs``."""
+        return initials_look(subject, profile, self._avatar.han_names,
+                             self._avatar.chinese_glyphs)
 
     def initials_key(self, look: Look, size: int, fmt: str) -> str:
         # The language picks glyph forms, the fonts which names are drawn at all.

@@ -16,9 +16,9 @@ commands that touch them together never cross slots. Values are the encoded
 image bytes as they are, or metadata as a small JSON object.
 
 Takedown (``avatarproxy purge``): every metadata and photo key written for a
-person is also added to a small per-person set, ``idx:{subject}`` (same slot),
-with the image TTL, so a purge deletes exactly those keys without scanning
-the keyspace.
+person (or a contact) is also added to a small per-person set,
+``idx:{cache id}`` (same slot), with the image TTL, so a purge deletes exactly
+those keys without scanning the keyspace.
 """
 
 from __future__ import annotations
@@ -203,7 +203,9 @@ class AvatarCache:
         return next((t for t in self.tiers if isinstance(t, RedisTier)), None)
 
     def index_key(self, subject: Subject) -> str:
-        return f"{self._prefix}idx:{{{subject.key}}}"
+        # By cache_id, like the keys it lists: a contact whose id looks like a person's
+        # object id never shares that person's index (a user's cache_id is their key).
+        return f"{self._prefix}idx:{{{subject.cache_id}}}"
 
     async def get_image(self, key: str) -> bytes | None:
         return await self._get(key, self._settings.image_ttl_seconds)
@@ -282,7 +284,8 @@ class AvatarCache:
         """
         # The image prefix ends with "}:": a purge of a@b.co spares a@b.com.
         keys = (self.meta_key(subject),)
-        prefixes = tuple(f"{self._prefix}{kind}:{{{subject.key}}}:" for kind in ("img", "src"))
+        prefixes = tuple(f"{self._prefix}{kind}:{{{subject.cache_id}}}:"
+                         for kind in ("img", "src"))
         tiers = self.tiers if shared else [t for t in self.tiers if isinstance(t, MemoryTier)]
         return sum([await tier.purge(self.index_key(subject), keys, prefixes) for tier in tiers])
 

@@ -55,10 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         "cut off from Redis keeps its copy until cache.metadata_ttl_seconds; browsers and "
         "proxies keep theirs until cache.browser_max_age: nothing the server does recalls "
         "those. Remove or replace the photo in Entra ID first. Exits 1 if any argument is "
-        "not a UPN or object id (the others are purged) or Redis fails.")
+        "not a UPN, object id or contact (the others are purged) or Redis fails.")
     purge.add_argument("--config", metavar="PATH", help="TOML configuration file")
     purge.add_argument("subjects", nargs="+", metavar="UPN",
-                       help="userPrincipalName or object id (give both to cover both forms)")
+                       help="userPrincipalName or object id (give both to cover both forms), "
+                       "or an Outlook contact: contact/<mailbox>/<contact id>, the mailbox as "
+                       "its URLs write it")
     return parser
 
 
@@ -125,6 +127,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _sign(args: argparse.Namespace) -> int:
+    from .contacts import sign_warnings
     from .security import sign_url
 
     settings = load_settings(args.config)
@@ -136,13 +139,15 @@ def _sign(args: argparse.Namespace) -> int:
     except BadRequest as exc:  # the service would answer 400: a signature would not help
         print(f"avatarproxy: sign: URL: {exc.public}", file=sys.stderr)
         return 2
+    for warning in sign_warnings(args.url, settings.contacts):
+        print(f"avatarproxy: sign: warning: {warning}", file=sys.stderr)
     return 0
 
 
 async def _purge(args: argparse.Namespace) -> int:
     from .cache import AvatarCache, RedisTier
-    from .inputs import parse_subject
     from .preflight import explain_redis
+    from .purge import parse_target, target_text
     from .redis import connection
     from .redis.link import RedisLink
     from .redis.purgechannel import announce
@@ -157,7 +162,7 @@ async def _purge(args: argparse.Namespace) -> int:
     subjects = []
     for text in args.subjects:  # a bad one is named; the others are still purged
         try:
-            subjects.append(parse_subject(text))
+            subjects.append(parse_target(text))
         except BadRequest as exc:
             print(f"avatarproxy: purge: {text!r}: {exc.public}", file=sys.stderr)
     cache = AvatarCache(settings.cache, [RedisTier(RedisLink(connection.connect(settings.redis)))],
@@ -167,8 +172,9 @@ async def _purge(args: argparse.Namespace) -> int:
     try:
         for subject in subjects:
             deleted = await cache.purge(subject)
-            replicas = await announce(channel.client, settings.redis.key_prefix, subject.key)
-            print(f"{subject.key}: {deleted} cached entries deleted, "
+            named = target_text(subject)
+            replicas = await announce(channel.client, settings.redis.key_prefix, named)
+            print(f"{named}: {deleted} cached entries deleted, "
                   f"{replicas} running replicas told")
     except connection.REDIS_FAILURES as exc:  # a Cluster's unreachable error included
         print(f"avatarproxy: purge: {explain_redis(settings.redis, exc)}", file=sys.stderr)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 from .errors import BadRequest, NotFound
 from .inputs import parse_contact, parse_subject
@@ -63,6 +64,25 @@ class ContactRules:
         if mailbox.lower() not in self.mailboxes:
             raise NotFound()
         return parse_contact(mailbox, contact_id)
+
+
+def sign_warnings(url: str, contacts: ContactSettings) -> list[str]:
+    """Why a signed contact URL would still be a 404 here: the route off, or its mailbox
+    not listed. ``avatarproxy sign`` signs it anyway (a page may be prepared before the
+    service is configured) and says so."""
+    segments = unquote(urlsplit(url.replace("#", "%23")).path).split("/")
+    if len(segments) != 6 or segments[:3] != ["", "avatar", "contact"]:
+        return []
+    if not contacts.contacts:
+        return ["graph.contacts is off: the service answers 404 to contact URLs"]
+    try:
+        ContactRules.from_settings(contacts, signed=True).contact(segments[3], segments[4])
+    except NotFound:
+        return [f"graph.contact_mailboxes does not list {segments[3]!r}: the service answers "
+                "404 to its contacts' URLs"]
+    except BadRequest:
+        pass  # what is malformed, the sign command has already said
+    return []
 
 
 def problems(enabled: bool, mailboxes: Sequence[str], signed: bool,

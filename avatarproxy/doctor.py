@@ -68,6 +68,10 @@ OPTIONAL_ROLES: Mapping[str, tuple[tuple[str, ...], str]] = {
                       "`warm --all` skipping disabled accounts and directory.gravatar"),
 }
 
+# Grants of Entra ID with no mailbox scope: the contacts route's permission is to be
+# given in Exchange, scoped to its mailboxes (docs/contacts.md).
+UNSCOPED_ROLES = ("Contacts.Read", "Contacts.ReadWrite")
+
 
 async def diagnose(config_path: str | None, subjects: Iterable[Subject] = (),
                    env: Mapping[str, str] | None = None) -> list[Finding]:
@@ -171,6 +175,12 @@ async def check_token(settings: Settings) -> tuple[TokenProvider | None, list[Fi
         if not set(granting) & set(roles):
             findings.append(Finding("permission", "fail", f"{permission} is missing: grant the "
                                     "application permission and admin consent"))
+    broad = sorted(set(roles) & set(UNSCOPED_ROLES))
+    if broad:
+        findings.append(Finding("permission", "warn", (
+            f"{' and '.join(broad)} granted in Entra ID reaches every mailbox of the tenant: "
+            "scope it in Exchange with RBAC for Applications instead, or restrict it with an "
+            "application access policy (docs/contacts.md)")))
     for permission, (granting, purpose) in OPTIONAL_ROLES.items():
         if not set(granting) & set(roles):
             # The Gravatar index cannot be built without it: no longer optional then.

@@ -18,7 +18,7 @@ from PIL import Image, ImageCms, ImageMath, ImageOps, UnidentifiedImageError
 from PIL.JpegImagePlugin import JpegImageFile
 
 from . import metrics
-from .cjk import HAN_NAMES
+from .cjk import CHINESE_GLYPHS, HAN_NAMES
 from .errors import InvalidImage
 from .options import option, settings
 
@@ -44,6 +44,11 @@ class AvatarSettings:
         "Initials of names in Chinese characters alone: chinese (the given name, the last two "
         "characters), japanese (the family name), auto (japanese when the display name has a "
         "space between the two).", choices=HAN_NAMES)
+    chinese_glyphs: str = option(
+        "mainland",
+        "Whose glyph forms Chinese initials are drawn in (the characters are never "
+        "converted): mainland (Simplified Chinese), taiwan or hongkong (Traditional).",
+        choices=tuple(CHINESE_GLYPHS))
     svg_title: bool = option(
         False,
         "Write the display name into the <title> of SVG initials (read by screen readers); "

@@ -54,7 +54,8 @@ _LARGE_FONT_CACHE_LIMIT = 16
 # The faces of a pan-CJK collection (Noto Sans CJK, Source Han Sans) by the
 # last word of their family name: each draws Han characters as that language
 # writes them (直, 骨, 角 differ between Japanese and Chinese).
-_REGIONS: dict[str, tuple[str, ...]] = {"ja": ("JP", "J"), "ko": ("KR", "K"), "zh": ("SC", "CN")}
+_REGIONS: dict[str, tuple[str, ...]] = {"ja": ("JP", "J"), "ko": ("KR", "K"), "zh": ("SC", "CN"),
+                                        "zh-TW": ("TC", "TW"), "zh-HK": ("HK",)}
 _FONT_ERRORS = (OSError, ValueError, TTLibError, struct.error)
 
 
@@ -124,7 +125,8 @@ class InitialsRenderer:
     def render(self, candidates: Sequence[str], background: tuple[int, int, int],
                size: int, fmt: str, lang: str = "") -> bytes:
         """The first fully covered candidate, centred on ``background``; else plain.
-        ``lang`` (``zh``, ``ja``, ``ko``): whose glyph forms a CJK font draws."""
+        ``lang`` (``zh``, ``zh-TW``, ``zh-HK``, ``ja``, ``ko``): whose glyph forms a CJK
+        font draws."""
         pil_format, params = encoder(_INITIALS_ENCODERS, fmt)
         start = time.perf_counter()
         im = Image.new("RGB", (size, size), background)

@@ -11,6 +11,9 @@ Source = Literal["photo", "initials", "default"]
 # What kind of object: users by UPN or id, groups and teams by id; an Outlook
 # contact by its id in one mailbox.
 SubjectKind = Literal["user", "group", "team", "contact"]
+# Kinds Graph keeps one photo of, the largest: no /photos/{size} (for contacts it
+# answers "Unsupported segment type", microsoft-graph-docs #4153).
+ONE_PHOTO: tuple[SubjectKind, ...] = ("team", "contact")
 
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 

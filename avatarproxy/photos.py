@@ -23,7 +23,7 @@ from .costs import DOWNLOAD, Admit, admitted, render_cost
 from .errors import RateLimited
 from .flights import Flights, ImagePool
 from .graph.client import GraphClient
-from .models import Avatar, PhotoMeta, Subject
+from .models import ONE_PHOTO, Avatar, PhotoMeta, Subject
 from .sizing import FetchPlan, is_placeholder, plan_fetch
 
 
@@ -60,6 +60,9 @@ class Photos:
         """The photo ``meta`` describes, as ``fmt`` at ``size``; ``RateLimited`` if the
         client cannot pay for the work it needs."""
         plan = plan_fetch(size, meta)
+        if subject.kind in ONE_PHOTO:
+            # Only the largest exists: one download (and one kept source) for every size.
+            plan = FetchPlan(hd_size=None, target=size)
         key = self._answers.photo_key(subject, meta, plan, fmt)
         body = await self._cache.get_image(key)
         if body is None:

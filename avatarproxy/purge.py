@@ -19,7 +19,8 @@ from aiohttp import web
 
 from .cache import AvatarCache
 from .errors import BadRequest
-from .inputs import parse_subject
+from .inputs import parse_contact, parse_subject
+from .models import Subject
 from .redis import connection
 from .redis.purgechannel import OnPurge, PurgeListener, channel
 from .redis.settings import RedisSettings
@@ -32,12 +33,34 @@ def listener(redis: RedisSettings, cache: AvatarCache) -> PurgeListener:
                          forgetter(cache), ping_seconds=redis.purge_ping_seconds)
 
 
+# How a purge names an Outlook contact: its URL's path after /avatar/.
+_CONTACT = "contact/"
+
+
+def parse_target(text: str) -> Subject:
+    """What ``avatarproxy purge`` takes down: a UPN or object id, or a contact as
+    ``contact/<mailbox>/<contact id>`` (the mailbox written as its URLs write it);
+    ``BadRequest`` otherwise."""
+    if text.startswith(_CONTACT):
+        mailbox, _, contact = text.removeprefix(_CONTACT).partition("/")
+        return parse_contact(mailbox, contact)
+    return parse_subject(text)
+
+
+def target_text(subject: Subject) -> str:
+    """``subject`` as ``parse_target`` reads it: what the purge channel carries."""
+    if subject.kind == "contact":
+        return f"{_CONTACT}{subject.mailbox}/{subject.key}"
+    return subject.key
+
+
 def forgetter(cache: AvatarCache) -> OnPurge:
-    """Drop an announced person from this process's memory (Redis is the announcer's)."""
+    """Drop an announced person or contact from this process's memory (Redis is the
+    announcer's)."""
 
     async def forget(text: str) -> bool:
         try:
-            subject = parse_subject(text)
+            subject = parse_target(text)
         except BadRequest:
             return False  # not ours to act on
         await cache.purge(subject, shared=False)

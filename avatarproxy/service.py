@@ -331,10 +331,13 @@ class AvatarService:
     def _note_failure(self, subject: Subject, step: str, exc: Exception) -> None:
         metrics.initials_fallback(type(exc).__name__)  # a handful of our own error types
         if isinstance(exc, GraphPermissionDenied):
-            if exc.permission not in self._missing_permissions:
-                self._missing_permissions.add(exc.permission)
-                log.error("Graph denied %s: grant the application permission %s "
-                          "(serving initials meanwhile)", step, exc.permission)
+            # A contact's: Exchange's scope leaves its mailbox out. Each such mailbox once.
+            whose = (f" in mailbox {logs.subject_ref(subject.mailbox)}"
+                     if subject.kind == "contact" else "")
+            if exc.permission + whose not in self._missing_permissions:
+                self._missing_permissions.add(exc.permission + whose)
+                log.error("Graph denied %s%s: grant the application permission %s "
+                          "(serving initials meanwhile)", step, whose, exc.permission)
             return
         log.warning("%s failed, serving %s: %s", step,
                     "initials" if step == "metadata" else "fallback", exc)

@@ -100,7 +100,9 @@ def xml_text(text: str) -> str:
     return _NOT_XML.sub("", text)
 
 
-_PARENTHESISED = re.compile(r"[(\[].*?[)\]]")
+# A parenthesised part, in ASCII or full-width brackets (U+FF08 U+FF09, 【】, 「」):
+# "王小明\uff08Tony\uff09" is 小明, as "王小明 (Tony)" is.
+_PARENTHESISED = re.compile("[(\\[\uff08【「].*?[)\\]\uff09】」]")
 _WORD_SPLIT = re.compile(r"[\s,]+")
 _LOCAL_SPLIT = re.compile(r"[._\-'!^~#]+")
 
@@ -148,12 +150,16 @@ def name_initials(profile: Profile | None, subject: Subject,
         display = _PARENTHESISED.sub(" ", xml_text(profile.display_name or "")).strip()
         reading = cjk.read(given, surname, display, han_names)
         lang = reading.lang
+        # Latin names in the fields (half of each script: neither); after a CJK display
+        # name, only for when no font draws it (山田 太郎 is 山田, not "TY").
+        latin = (_initials_of([given, surname]) if given and surname and not (
+            cjk.is_east_asian(given) or cjk.is_east_asian(surname)) else "")
         if reading.from_names is not None:
             candidates.append(reading.from_names)
-        elif given and surname and not (cjk.is_east_asian(given) or cjk.is_east_asian(surname)):
-            candidates.append(_initials_of([given, surname]))  # (half of each script: neither)
+        elif reading.from_display is None:
+            candidates.append(latin)
         if reading.from_display is not None:
-            candidates.append(reading.from_display)
+            candidates += [reading.from_display, latin]
         elif display:
             candidates.append(_initials_of(_WORD_SPLIT.split(display)))
     candidates.append(_initials_of(_LOCAL_SPLIT.split(subject.local_part)))

@@ -23,13 +23,13 @@ def _reference(text: str) -> str:
 
 # What the browser is told of the initials' language: it picks the regional glyph
 # forms of Chinese, Japanese and Korean from it. Nothing else reaches the attribute.
-_LANGS = {"zh": "zh-Hans", "ja": "ja", "ko": "ko"}
+_LANGS = {"zh": "zh-Hans", "zh-TW": "zh-Hant-TW", "zh-HK": "zh-Hant-HK", "ja": "ja", "ko": "ko"}
 
 
 def render(initials: str, title: str, background: tuple[int, int, int],
            foreground: tuple[int, int, int], size: int, lang: str = "") -> bytes:
     """A ``size`` x ``size`` SVG: ``initials`` centred on ``background``; ``lang`` (``zh``,
-    ``ja``, ``ko``) is the language of the initials."""
+    ``zh-TW``, ``zh-HK``, ``ja``, ``ko``) is the language of the initials."""
     bg = "#{:02x}{:02x}{:02x}".format(*background)
     fg = "#{:02x}{:02x}{:02x}".format(*foreground)
     tag = f' xml:lang="{_LANGS[lang]}"' if lang in _LANGS else ""

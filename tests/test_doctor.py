@@ -232,3 +232,14 @@ async def test_the_gravatar_index_makes_user_read_all_required(
     text = render(await diagnose(config, [], env={}))
     assert "FAIL  permission: User.Read.All is missing: directory.gravatar's index needs it" \
         in text
+
+
+async def test_contacts_read_granted_in_entra_id_is_a_warning(
+        tmp_path: Path, tenant: tuple[Any, Any], redis_url: str) -> None:
+    # Entra ID's grant has no mailbox scope: docs/contacts.md says to grant it in Exchange.
+    fake_graph, fake_idp = tenant
+    fake_idp.roles = [*ALL_ROLES, "Contacts.Read"]
+    text = render(await diagnose(write_config(tmp_path, fake_graph, fake_idp, redis_url), [],
+                                 env={}))
+    assert ("WARN  permission: Contacts.Read granted in Entra ID reaches every mailbox of the "
+            "tenant: scope it in Exchange with RBAC for Applications instead") in text

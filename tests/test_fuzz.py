@@ -1,7 +1,9 @@
 """Thousands of generated requests, written as raw bytes to the running service
 (so nothing between us and its HTTP parser tidies them up), against the fake
 Graph and a real Redis. Whatever arrives: no 5xx, an answer in bounded time,
-and every request Graph receives is one of the allowed forms."""
+and every request Graph receives is one of the allowed forms. Once as the
+service starts by default, once with the contacts route on (and so signed
+URLs: most generated requests then carry the signature of their own path)."""
 
 from __future__ import annotations
 
@@ -11,12 +13,16 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestServer
 from graphpaths import is_allowed
+from yarl import URL
 
 from avatarproxy.app import create_app
 from avatarproxy.config import load_settings
+from avatarproxy.demo.contoso import CONTACTS_MAILBOX, demo_contacts
 from avatarproxy.graph.auth import StaticTokenProvider
+from avatarproxy.security import signature
 
 REQUESTS = 2000
 PER_REQUEST_SECONDS = 10.0  # generous: a hang, not a slow render, is what this catches
@@ -72,11 +78,43 @@ def _path(rng: random.Random) -> str:
     return f"/avatar/{subject}{rng.choice(_DOMAINS)}/{rng.choice(_SIZES)}"
 
 
-def _request(rng: random.Random, port: int) -> bytes:
-    target = _path(rng)
+KEY = "fuzz-signing-key"
+CONTACTS = {"graph.contacts": True, "security.url_signing_keys": [KEY],
+            "graph.contact_mailboxes": [CONTACTS_MAILBOX, "$admin@contoso.com",
+                                        "john_fabrikam.com#EXT#@contoso.onmicrosoft.com"]}
+_MAILBOXES = [CONTACTS_MAILBOX, CONTACTS_MAILBOX.upper(), "%24admin@contoso.com",
+              "john_fabrikam.com%23EXT%23@contoso.onmicrosoft.com", "alex.wilber@contoso.com",
+              "", "..", "%2F", "contact", "\u212aadele.vance@contoso.com"]
+_CONTACT_IDS = [*(c.object_id for c in demo_contacts()), "AAMkADnone=", "", ".", "..",
+                "%2E%2E", "%2F", "a%3Fb", "a%23b", "%C3%A9", "A" * 512, "A" * 513, "a b",
+                "a=b=", "-_-", "%00", "AAMkAD%2F..%2F..%2Fx", "AA?$select=id"]
+
+
+def _contact_path(rng: random.Random) -> str:
+    mailbox = rng.choice(_MAILBOXES)
+    contact = rng.choice(_CONTACT_IDS) if rng.random() < 0.8 else "".join(
+        rng.choice(_SUBJECT_PARTS) for _ in range(rng.choice((1, 2))))
+    size = rng.choice(["48", "96", str(rng.randrange(1, 700))]) if rng.random() < 0.7 \
+        else rng.choice(_SIZES)
+    return f"/avatar/contact/{mailbox}/{contact}/{size}"
+
+
+def _signed(target: str) -> str:
+    """``target`` with the signature of the path as the service will read it."""
+    try:
+        path = URL(target, encoded=True).path
+    except ValueError:
+        return target
+    return target + ("&" if "?" in target else "?") + "sig=" + signature(KEY, path)
+
+
+def _request(rng: random.Random, port: int, contacts: bool = False) -> bytes:
+    target = _contact_path(rng) if contacts and rng.random() < 0.5 else _path(rng)
     query = "&".join(rng.choice(_QUERIES) for _ in range(rng.choice((0, 1, 1, 2))))
     if query:
         target += "?" + query
+    if contacts and rng.random() < 0.9:
+        target = _signed(target)
     lines = [f"{rng.choice(_METHODS)} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}"]
     lines += rng.sample(_HEADERS, rng.choice((0, 0, 1, 2, 3)))
     lines.append("Connection: close")
@@ -106,16 +144,18 @@ async def _send(port: int, data: bytes) -> tuple[int, bytes]:
     return (int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0), head
 
 
+@pytest.mark.parametrize("contacts", [False, True], ids=["default", "contacts-on"])
 async def test_generated_requests_never_cause_5xx_hangs_or_unexpected_graph_calls(
-        fake_graph: Any, redis_url: str) -> None:
+        fake_graph: Any, redis_url: str, contacts: bool) -> None:
     settings = load_settings(env={}, overrides={"graph.base_url": fake_graph.base_url,
-                                                "cache.redis_url": redis_url})
+                                                "cache.redis_url": redis_url,
+                                                **(CONTACTS if contacts else {})})
     server = TestServer(create_app(settings, tokens=StaticTokenProvider("static-token")))
     await server.start_server()
     rng = random.Random(6)  # fixed: a failure can be replayed
     assert server.port is not None
     port = server.port
-    requests = [_request(rng, port) for _ in range(REQUESTS)]
+    requests = [_request(rng, port, contacts) for _ in range(REQUESTS)]
     slots = asyncio.Semaphore(32)
     statuses: dict[int, int] = {}
     failures: list[str] = []
@@ -149,3 +189,9 @@ async def test_generated_requests_never_cause_5xx_hangs_or_unexpected_graph_call
     received = [r.raw_path for r in fake_graph.graph.requests]
     assert len(received) > 20
     assert [p for p in received if not is_allowed(p)] == []
+    if contacts:  # the contacts route was reached, and only listed mailboxes asked about
+        asked = [p for p in received if "/contacts/" in p]
+        listed = ("/v1.0/users/adele.vance@contoso.com/contacts/",
+                  "/v1.0/users('$admin@contoso.com')/contacts/",
+                  "/v1.0/users/john_fabrikam.com%23ext%23@contoso.onmicrosoft.com/contacts/")
+        assert asked and all(p.startswith(listed) for p in asked), asked[:5]

@@ -13,9 +13,11 @@ from PIL import ExifTags, Image, ImageChops, ImageCms, ImageDraw, ImageFont, fea
 
 import avatarproxy
 from avatarproxy import imaging
+from avatarproxy.answers import initials_look
 from avatarproxy.errors import ConfigError, InvalidImage
 from avatarproxy.imaging import CONTENT_TYPES, image_dimensions, render_photo
 from avatarproxy.initials import InitialsRenderer
+from avatarproxy.models import Profile, Subject
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 DARK_BG, LIGHT_BG = (20, 50, 110), (250, 225, 120)
@@ -390,6 +392,22 @@ def test_cjk_initials_are_drawn_in_their_languages_glyph_forms(
     chinese = cjk_renderer.render(["直骨"], DARK_BG, 96, "png", "zh")
     assert japanese != chinese
     assert cjk_renderer.render(["直骨"], DARK_BG, 96, "png") == japanese  # the first face
+
+
+def test_chinese_initials_take_taiwans_or_hong_kongs_glyph_forms_when_asked(
+        cjk_renderer: InitialsRenderer) -> None:
+    # 骨 has three forms: mainland China's, Taiwan's and Hong Kong's.
+    drawn = {lang: cjk_renderer.render(["骨"], DARK_BG, 96, "png", lang)
+             for lang in ("zh", "zh-TW", "zh-HK")}
+    assert len(set(drawn.values())) == 3
+    chan = Profile(display_name="陳大文")
+    assert initials_look(Subject("chan@contoso.com"), chan).lang == "zh"  # mainland: as before
+    for glyphs, lang in (("taiwan", "zh-TW"), ("hongkong", "zh-HK")):
+        look = initials_look(Subject("chan@contoso.com"), chan, "auto", glyphs)
+        assert (look.texts[0], look.lang) == ("大文", lang)
+    # Japanese and Korean names keep their own forms.
+    assert initials_look(Subject("t@contoso.com"), Profile(display_name="山田 太郎"), "auto",
+                         "taiwan").lang == "ja"
 
 
 def test_latin_names_keep_the_bundled_font_when_a_cjk_font_is_loaded(

@@ -10,8 +10,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import aiohttp
 import pytest
 import redis.asyncio as aioredis
+from aiohttp import web
 from appclient import MakeClient, get
 from PIL import Image
 
@@ -20,10 +22,13 @@ from avatarproxy.config import load_settings
 from avatarproxy.demo.photos import portrait
 from avatarproxy.errors import GraphUnavailable, Overloaded
 from avatarproxy.graph import throttle
+from avatarproxy.graph.auth import StaticTokenProvider
+from avatarproxy.graph.client import GraphClient
 from avatarproxy.graph.throttle import GraphGate
 from avatarproxy.limits import LoadLimits
 from avatarproxy.models import Subject
 from avatarproxy.redis.coordination import Coordination, SharedKeys
+from avatarproxy.sizing import HD_SIZES
 from avatarproxy.web import SERVICE
 
 ADELE = "adele.vance@contoso.com"
@@ -102,6 +107,32 @@ async def test_one_persons_throttle_without_scope_pauses_only_that_person(
     assert fake_graph.graph.count() == 1
     _, headers, _ = await get(client, f"/avatar/{ALEX}/48")
     assert headers["X-Avatar-Source"] == "photo"
+
+
+async def test_calls_to_one_mailbox_go_four_at_once_and_directory_calls_are_not_held(
+        fake_graph: Any) -> None:
+    # Exchange allows an app 4 concurrent requests per mailbox (FACTS.md); a person's
+    # photos live in their mailbox, their names in the directory.
+    graph, seen = fake_graph.graph, {"photo": [0, 0], "names": [0, 0]}  # answered, peak
+    original = graph.answer
+    graph.latency = 0.05
+
+    def answer(root: str, segments: list[str], query: Any) -> web.Response:
+        kind = "photo" if {"photo", "photos"} & set(segments) else "names"
+        arrived = graph.count(lambda r: ("/photo" in r.path) == (kind == "photo"))
+        seen[kind][1] = max(seen[kind][1], arrived - seen[kind][0])
+        seen[kind][0] += 1
+        return original(root, segments, query)
+
+    graph.answer = answer
+    settings = load_settings(env={}, overrides={"graph.base_url": fake_graph.base_url})
+    async with aiohttp.ClientSession() as session:
+        client = GraphClient(settings.graph, StaticTokenProvider("t"), session)
+        await asyncio.gather(client.photo_meta(Subject(ADELE)),
+                             *(client.photo_bytes(Subject(ADELE), s) for s in HD_SIZES))
+        await asyncio.gather(*(client.profile(Subject(ADELE)) for _ in range(8)))
+        assert len(client.mailboxes) == 0  # an idle mailbox is not remembered
+    assert (seen["photo"][1], seen["names"][1]) == (4, 8)
 
 
 async def test_a_shorter_throttle_pause_from_another_replica_keeps_the_longer_one(

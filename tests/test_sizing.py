@@ -92,8 +92,10 @@ def test_initials_candidates_in_order(profile: Profile | None, upn: str,
     (Profile(given_name="伟", surname="张", display_name="张伟"), ["张伟"], "zh"),
     (Profile(given_name="娜娜", surname="欧阳", display_name="欧阳娜娜"), ["娜娜"], "zh"),
     (Profile(given_name="太郎", surname="山田", display_name="山田 太郎"), ["山田"], "ja"),
-    (Profile(given_name="健太", surname="佐々木", display_name="佐々木 健太"), ["佐々"], "ja"),
-    (Profile(given_name="さくら", surname="山田", display_name="山田さくら"), ["山田"], "ja"),
+    (Profile(given_name="健太", surname="佐々木", display_name="佐々木 健太"), ["佐々木"], "ja"),
+    # The surname says where the family name ends; the display name alone cannot.
+    (Profile(given_name="さくら", surname="山田", display_name="山田さくら"), ["山田", "山"],
+     "ja"),
     (Profile(given_name="민준", surname="김", display_name="김민준"), ["민준"], "ko"),
     (Profile(given_name="성종", surname="남궁", display_name="남궁 성종"), ["성종"], "ko"),
     # Only a display name: family name first, as these directories write it.
@@ -102,11 +104,12 @@ def test_initials_candidates_in_order(profile: Profile | None, upn: str,
     (Profile(display_name="林"), ["林"], "zh"),
     (Profile(display_name="山田 太郎"), ["山田"], "ja"),  # a space: written the Japanese way
     (Profile(display_name="山田　太郎"), ["山田"], "ja"),  # a full-width space too
-    (Profile(display_name="ヤマダ タロウ"), ["ヤマ"], "ja"),
+    (Profile(display_name="ヤマダ タロウ"), ["ヤマダ"], "ja"),
     (Profile(display_name="김민준"), ["민준"], "ko"),
     (Profile(display_name="王小明 (Sales)"), ["小明"], "zh"),
-    # Latin names in the directory's fields come first; mixed halves say nothing.
-    (Profile(given_name="Taro", surname="Yamada", display_name="山田 太郎"), ["TY", "山田"],
+    # Latin names in the fields come after a CJK display name (for when no font draws
+    # it); first for a Latin one. Mixed halves say nothing.
+    (Profile(given_name="Taro", surname="Yamada", display_name="山田 太郎"), ["山田", "TY"],
      "ja"),
     (Profile(given_name="太郎", surname="Yamada", display_name="Taro Yamada"), ["TY"], ""),
     (Profile(given_name="Adele", surname="Vance", display_name="Adele Vance"), ["AV"], ""),
@@ -120,8 +123,8 @@ def test_east_asian_names_follow_their_conventions(profile: Profile, expected: l
 
 @pytest.mark.parametrize(("han_names", "display", "expected", "lang"), [
     ("auto", "山田太郎", ["太郎"], "zh"),  # no space: read as Chinese
-    ("japanese", "山田太郎", ["山田"], "ja"),
-    ("japanese", "王小明", ["王小"], "ja"),
+    ("japanese", "山田太郎", ["山"], "ja"),  # no space: where the family name ends is unknown
+    ("japanese", "王小明", ["王"], "ja"),
     ("chinese", "山田 太郎", ["太郎"], "zh"),
     ("chinese", "山田 さくら", ["山田"], "ja"),  # kana: Japanese whatever the setting
     ("japanese", "김민준", ["민준"], "ko"),  # Hangul: Korean whatever the setting
@@ -131,6 +134,83 @@ def test_han_names_setting_decides_names_in_chinese_characters_alone(
     texts, found = name_initials(Profile(display_name=display), Subject("u@contoso.com"),
                                  han_names)
     assert (texts[:-1], found) == (expected, lang)
+
+
+def east_asian(given: str | None, surname: str | None, display: str,
+               han_names: str = "auto") -> tuple[str, str]:
+    """The first initials drawn for a person, and their language."""
+    texts, lang = name_initials(Profile(given_name=given, surname=surname, display_name=display),
+                                Subject("u@contoso.com"), han_names)
+    return texts[0], lang
+
+
+@pytest.mark.parametrize(("given", "surname", "display", "expected"), [
+    ("修", "欧阳", "欧阳修", "修"), ("光", "司马", "司马光", "光"), ("亮", "诸葛", "诸葛亮", "亮"),
+    ("민", "남궁", "남궁민", "민"), ("량", "제갈", "제갈량", "량"),
+    # Graph's surname settles what a list of compound names cannot: 황 and 보영.
+    ("보영", "황", "황보영", "보영"), ("伟", "张", "张伟", "张伟"),
+])
+def test_a_compound_surname_in_the_fields_is_never_split(
+        given: str, surname: str, display: str, expected: str) -> None:
+    assert east_asian(given, surname, display)[0] == expected
+
+
+@pytest.mark.parametrize(("display", "expected"), [
+    ("欧阳修", "修"), ("司马光", "光"), ("诸葛亮", "亮"), ("歐陽娜娜", "娜娜"),
+    ("上官婉儿", "婉儿"), ("황보민", "민"), ("남궁민수", "민수"), ("남궁 민", "민"),
+    ("王小明", "小明"), ("司马", "司马"),
+])
+def test_a_display_name_alone_knows_the_common_compound_surnames(display: str,
+                                                                 expected: str) -> None:
+    assert east_asian(None, None, display)[0] == expected
+
+
+@pytest.mark.parametrize(("given", "surname", "display", "expected"), [
+    ("健", "長谷川", "長谷川 健", "長谷川"), ("健", "五十嵐", "五十嵐 健", "五十嵐"),
+    ("ゆう", "小鳥遊", "小鳥遊 ゆう", "小鳥遊"), ("健太", "佐々木", "佐々木健太", "佐々木"),
+    ("一郎", "勘解由小路", "勘解由小路 一郎", "勘"),  # longer than three: its first character
+    (None, None, "長谷川 健", "長谷川"), (None, None, "五十嵐 健", "五十嵐"),
+    (None, None, "小鳥遊 ゆう", "小鳥遊"),
+    (None, None, "長谷川健", "長"),  # no space, no fields: one character, not 長谷 (a name)
+    (None, None, "小鳥遊ゆう", "小"),
+])
+def test_a_japanese_family_name_is_never_cut_into_another_word(
+        given: str | None, surname: str | None, display: str, expected: str) -> None:
+    assert east_asian(given, surname, display, "japanese") == (expected, "ja")
+
+
+@pytest.mark.parametrize(("given", "surname", "display", "expected"), [
+    ("Xiaoming", "Wang", "王小明", ["小明", "XW"]), ("Minjun", "Kim", "김민준", ["민준", "MK"]),
+    ("Taro", "Yamada", "山田 太郎", ["山田", "TY"]),
+    # Fields in another script than the display name's (a reading, hanja): the display.
+    ("たろう", "やまだ", "山田 太郎", ["山田"]), ("民俊", "金", "김민준", ["민준"]),
+])
+def test_a_cjk_display_name_wins_over_fields_in_another_script(
+        given: str, surname: str, display: str, expected: list[str]) -> None:
+    texts, _ = name_initials(Profile(given_name=given, surname=surname, display_name=display),
+                             Subject("u@contoso.com"))
+    assert texts == [*expected, "U"]
+
+
+@pytest.mark.parametrize(("display", "expected"), [
+    ("王小明\uff08Tony\uff09", "小明"), ("陳大文\uff08Peter\uff09", "大文"),
+    ("【営業】山田 太郎", "山田"),
+    ("王小明「Tony」", "小明"), ("王小明 (Tony)", "小明"),
+])
+def test_full_width_brackets_are_dropped_like_ascii_parentheses(display: str,
+                                                               expected: str) -> None:
+    assert east_asian(None, None, display)[0] == expected
+
+
+@pytest.mark.parametrize(("display", "expected", "lang"), [
+    # Transliterated names, given name first: the family name is the last word.
+    ("ジョン・スミス", "スミス", "ja"), ("约翰·史密斯", "约翰", "zh"),
+    ("约翰・史密斯", "约翰", "zh"),  # the katakana middle dot is no kana: not made Japanese
+    ("玛丽･居里", "玛丽", "zh"),
+])
+def test_middle_dots_separate_words_and_are_not_kana(display: str, expected: str,
+                                                     lang: str) -> None:
+    assert east_asian(None, None, display) == (expected, lang)
 
 
 @pytest.mark.parametrize(("display", "expected"), [

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -37,9 +38,16 @@ def test_any_name_stays_text(title: str, initials: str) -> None:
 
 
 @given(st.text(max_size=12))
-def test_the_initials_language_is_one_of_three_or_absent(lang: str) -> None:
+def test_the_initials_language_is_one_of_five_or_absent(lang: str) -> None:
     body = svg.render("山田", "山田", (10, 20, 30), (255, 255, 255), 64, lang)
     text = ET.fromstring(body).find(f"{SVG}text")
     assert text is not None
     tag = text.get("{http://www.w3.org/XML/1998/namespace}lang")
-    assert tag == {"ja": "ja", "zh": "zh-Hans", "ko": "ko"}.get(lang)
+    assert tag == {"ja": "ja", "zh": "zh-Hans", "zh-TW": "zh-Hant-TW", "zh-HK": "zh-Hant-HK",
+                   "ko": "ko"}.get(lang)
+
+
+@pytest.mark.parametrize("lang", ["zh-TW", "zh-HK"])
+def test_traditional_chinese_initials_name_their_region(lang: str) -> None:
+    body = svg.render("大文", "大文", (10, 20, 30), (255, 255, 255), 64, lang)
+    assert f'xml:lang="zh-Hant-{lang[-2:]}"'.encode() in body

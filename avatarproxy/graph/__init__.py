@@ -10,7 +10,8 @@ It owns:
   (``directory``), users delta rounds for the Gravatar index (``usersdelta``);
 - the one URL builder where user input becomes a Graph path (``urls``);
 - when not to call Graph: ``Retry-After`` pauses shared by replicas and the
-  circuit breaker (``throttle``);
+  circuit breaker (``throttle``); Exchange's limits per mailbox, four calls at
+  once and refusals remembered (``mailboxes``);
 - turning Graph's answers and network failures into our values and our
   exceptions (``replies``, ``resources``): ``GraphNotFound``,
   ``GraphPermissionDenied``, ``GraphUnavailable``, ``AuthError``,

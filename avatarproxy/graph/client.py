@@ -1,15 +1,19 @@
 """``GraphClient``: every Graph call goes through here, in one shared aiohttp session.
 
-One logical call passes the gate (``throttle``: shared pauses and the circuit
-breaker), takes one of ``graph.max_concurrency`` slots, gets a token (a 401
-refreshes it once), never follows a redirect, reads the body up to a cap and
-is retried while the wait is short. Answers become our values or exceptions
-(``replies``, ``resources``); paths come from the one URL builder (``urls``).
+One logical call that Exchange answers first waits for one of its mailbox's
+four slots (``mailboxes``); then it passes the gate (``throttle``: shared
+pauses and the circuit breaker), takes one of ``graph.max_concurrency`` slots,
+gets a token (a 401 refreshes it once), never follows a redirect, reads the
+body up to a cap and is retried while the wait is short. Answers become our
+values or exceptions (``replies``, ``resources``); paths come from the one URL
+builder (``urls``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import os
 import time
 from typing import Any, Protocol
@@ -19,11 +23,12 @@ from aiohttp.helpers import get_env_proxy_for_url
 from yarl import URL
 
 from .. import metrics
-from ..errors import GraphNotFound, GraphPermissionDenied, GraphUnavailable
-from ..models import NOBODY, Identity, PhotoMeta, Profile, Subject
+from ..errors import GraphNotFound, GraphPermissionDenied, GraphUnavailable, InvalidImage
+from ..models import NOBODY, ONE_PHOTO, Identity, PhotoMeta, Profile, Subject
 from .auth import TokenProvider
+from .mailboxes import MailboxSlots, Refusals
 from .replies import Reply, check, json_object, read_capped
-from .resources import identity_from_json, meta_from_json, profile_from_json
+from .resources import contact_meta_from_json, identity_from_json, meta_from_json, profile_from_json
 from .settings import GraphSettings
 from .throttle import GraphGate
 from .urls import graph_url, mail_lookup_query, subject_path
@@ -31,9 +36,11 @@ from .urls import graph_url, mail_lookup_query, subject_path
 MAX_PHOTO_BYTES = 16 * 1024 * 1024  # Graph photos are at most a few MB
 MAX_JSON_BYTES = 256 * 1024
 _PROFILE_FIELDS = "id,displayName,givenName,surname"
-# Kinds with one photo, the largest: no /photos/{size} (for contacts Graph answers
-# "Unsupported segment type", microsoft-graph-docs #4153).
-_ONE_PHOTO = ("team", "contact")
+# Calls Exchange Online answers, each against one mailbox's limits: a photo lives in
+# its owner's (a group's in the group's), a contact in the mailbox keeping it. A
+# user's or group's names are the directory's (Entra ID): no mailbox slot.
+_MAILBOX_CALLS = frozenset(("metadata", "photo", "team metadata", "team photo", "contact",
+                            "contact metadata", "contact photo"))
 
 
 class Pacer(Protocol):
@@ -90,6 +97,8 @@ class GraphClient:
         self._pacer = pacer
         self._proxy = EnvProxy(URL(self._base))
         self.in_flight = 0  # requests holding one of the max_concurrency slots
+        self.mailboxes = MailboxSlots()
+        self.refusals = Refusals()  # mailboxes whose contacts Exchange keeps from the app
 
     @property
     def base_url(self) -> str:
@@ -97,13 +106,33 @@ class GraphClient:
 
     async def photo_meta(self, subject: Subject) -> PhotoMeta:
         """Metadata of the largest photo; ``has_photo`` False for 404 or the 1x1 answer."""
-        operation = f"{subject.kind} metadata" if subject.kind in _ONE_PHOTO else "metadata"
+        operation = f"{subject.kind} metadata" if subject.kind in ONE_PHOTO else "metadata"
         try:
             reply = await self._get(operation, subject, subject_path(subject) + "/photo",
                                     MAX_JSON_BYTES)
         except GraphNotFound:
             return PhotoMeta(has_photo=False, fetched_at=time.time())
-        return meta_from_json(json_object(reply))
+        if subject.kind != "contact":
+            return meta_from_json(json_object(reply))
+        return contact_meta_from_json(json_object(reply)) or await self._meta_of_bytes(subject)
+
+    async def _meta_of_bytes(self, subject: Subject) -> PhotoMeta:
+        """A contact's photo metadata that names no version (no mediaEtag) nor the 1x1 "no
+        photo": the bytes say whether there is one, and their digest is its version.
+
+        The shape of a contact's answer was never checked against a real tenant
+        (docs/contacts.md): an answer without a mediaEtag must not hide a photo.
+        It costs a download per metadata refresh; the photo path downloads it once
+        more, then keeps it under that version.
+        """
+        try:
+            body = await self.photo_bytes(subject, None)
+        except (GraphNotFound, InvalidImage):  # none, or over the cap: initials either way
+            body = b""
+        if not body:
+            return PhotoMeta(has_photo=False, fetched_at=time.time())
+        version = "sha256:" + hashlib.sha256(body).hexdigest()[:32]
+        return PhotoMeta(has_photo=True, media_etag=version, fetched_at=time.time())
 
     async def profile(self, subject: Subject, *, upn: bool = False) -> Profile | None:
         """Names for initials (and with ``upn`` the user's UPN); None when the subject
@@ -122,7 +151,7 @@ class GraphClient:
     async def photo_bytes(self, subject: Subject, hd_size: int | None) -> bytes:
         """Bytes of one HD size (``/photos/NxN/$value``) or of the largest (``/photo/$value``)."""
         operation = "photo"
-        if subject.kind in _ONE_PHOTO:
+        if subject.kind in ONE_PHOTO:
             # Teams and contacts expose only their largest photo: callers downscale it.
             operation, hd_size = f"{subject.kind} photo", None
         suffix = f"/photos/{hd_size}x{hd_size}/$value" if hd_size else "/photo/$value"
@@ -152,34 +181,55 @@ class GraphClient:
     async def _get(self, operation: str, subject: Subject, path: str, limit: int,
                    query: str = "", payload: Any = None, cost: int = 1) -> Reply:
         """One logical call: paused or breaker-stopped calls fail fast; throttled
-        or failed ones are retried while the wait is short (the browser waits)."""
+        or failed ones are retried while the wait is short (the browser waits),
+        outside the mailbox's slot."""
         url = graph_url(self._base, path, query)
         # Graph's limits are a mailbox's: a contact's is the mailbox holding it.
         mailbox = subject.mailbox or subject.key
+        contact = subject.kind == "contact"
+        if contact:
+            self.refusals.check(mailbox)  # refused a moment ago: no call
         attempt = 0
         while True:
-            await self.gate.admit(mailbox)
-            if self._pacer is not None:
-                await self._pacer.wait(cost)
-            try:
-                reply = check(operation, await self._authorized_send(operation, url, limit,
-                                                                     payload))
-            except GraphUnavailable as exc:
+            async with (self.mailboxes.hold(mailbox) if operation in _MAILBOX_CALLS
+                        else contextlib.nullcontext()):
+                await self.gate.admit(mailbox)
                 if self._pacer is not None:
-                    self._pacer.throttled(exc.retry_after)
-                wait = await self.gate.failed(mailbox, exc, attempt)
-                if attempt >= self._retries or wait > self._max_wait:
-                    raise
-                attempt += 1
-                if exc.retry_after is not None:
-                    metrics.retry_after_honoured(wait)
-                await asyncio.sleep(wait)
-                continue
-            except (GraphNotFound, GraphPermissionDenied):
-                self.gate.succeeded()  # Graph answered: it is up
-                raise
+                    await self._pacer.wait(cost)
+                try:
+                    return await self._checked(operation, url, limit, payload,
+                                               mailbox if contact else None)
+                except GraphUnavailable as exc:
+                    failure = exc
+            if self._pacer is not None:
+                self._pacer.throttled(failure.retry_after)
+            # A contact's 429 is its mailbox's limit (four at once, and many contacts
+            # per page): never evidence that the whole app is throttled.
+            wait = await self.gate.failed(mailbox, failure, attempt, mailbox_only=contact)
+            if attempt >= self._retries or wait > self._max_wait:
+                raise failure
+            attempt += 1
+            if failure.retry_after is not None:
+                metrics.retry_after_honoured(wait)
+            await asyncio.sleep(wait)
+
+    async def _checked(self, operation: str, url: URL, limit: int, payload: Any,
+                       refusable: str | None) -> Reply:
+        """One request's usable answer, else our exception; a 403 for ``refusable`` (a
+        contact's mailbox) is remembered (``Refusals``)."""
+        try:
+            reply = check(operation, await self._authorized_send(operation, url, limit,
+                                                                 payload))
+        except GraphPermissionDenied as exc:
+            self.gate.succeeded()  # Graph answered: it is up
+            if refusable is not None:
+                self.refusals.remember(refusable, exc)
+            raise
+        except GraphNotFound:
             self.gate.succeeded()
-            return reply
+            raise
+        self.gate.succeeded()
+        return reply
 
     async def _authorized_send(self, operation: str, url: URL, limit: int,
                                payload: Any = None) -> Reply:

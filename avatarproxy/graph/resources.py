@@ -1,4 +1,4 @@
-"""Graph's JSON resources (profilePhoto, user, group, team) read into our values.
+"""Graph's JSON resources (profilePhoto, user, group, team, contact) read into our values.
 
 Graph's JSON is not trusted to have the shape its documentation gives: a
 field of the wrong type counts as missing, and what ends up in our cache keys
@@ -21,15 +21,42 @@ _GUID = re.compile(r"^[0-9A-Fa-f]{8}-(?:[0-9A-Fa-f]{4}-){3}[0-9A-Fa-f]{12}$")
 
 def meta_from_json(data: Mapping[str, Any]) -> PhotoMeta:
     """A profilePhoto's JSON; the ``1x1`` answer or a missing mediaEtag means no photo."""
-    size = parse_size_id(str(data.get("id", ""))) or (0, 0)
-    width = _int(data.get("width"), size[0])
-    height = _int(data.get("height"), size[1])
-    # Our keys and ETags are built from it: nothing but printable ASCII gets through.
-    etag = str(data.get("@odata.mediaEtag") or "").encode("ascii", "backslashreplace").decode()
+    width, height = _dimensions(data)
+    etag = _media_etag(data)
     if is_placeholder(width, height) or not etag:
         return PhotoMeta(has_photo=False, fetched_at=time.time())
     return PhotoMeta(has_photo=True, media_etag=etag, width=width, height=height,
                      fetched_at=time.time())
+
+
+def contact_meta_from_json(data: Mapping[str, Any]) -> PhotoMeta | None:
+    """A contact's profilePhoto JSON: "no photo" only for the documented 1x1 answer; a
+    photo when it names its mediaEtag (sizes missing: the largest, of unknown size);
+    None when it says neither, so the caller asks the bytes.
+
+    Unlike a user's, this shape was never seen from a real tenant (docs/contacts.md):
+    what it leaves out must not read as "no photo".
+    """
+    width, height = _dimensions(data)
+    if (width, height) != (0, 0) and is_placeholder(width, height):
+        return PhotoMeta(has_photo=False, fetched_at=time.time())
+    etag = _media_etag(data)
+    if not etag:
+        return None
+    # Sizes unknown (0): the largest is fetched, and a contact has no other.
+    return PhotoMeta(has_photo=True, media_etag=etag, width=width, height=height,
+                     fetched_at=time.time())
+
+
+def _dimensions(data: Mapping[str, Any]) -> tuple[int, int]:
+    """Width and height, from the fields or else the ``WxH`` id; 0 when neither says."""
+    size = parse_size_id(str(data.get("id", ""))) or (0, 0)
+    return _int(data.get("width"), size[0]), _int(data.get("height"), size[1])
+
+
+def _media_etag(data: Mapping[str, Any]) -> str:
+    # Our keys and ETags are built from it: nothing but printable ASCII gets through.
+    return str(data.get("@odata.mediaEtag") or "").encode("ascii", "backslashreplace").decode()
 
 
 def identity_from_json(data: Mapping[str, Any]) -> Identity:

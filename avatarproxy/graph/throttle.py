@@ -9,7 +9,10 @@ the others' pauses for a scope at most once per ``SHARED_RECHECK_SECONDS``
 (a miss calls Graph twice, for the metadata and then the photo, and each read
 is a round trip to Redis it waits for). Without a scope header, one person's
 throttle pauses that person, and throttles of several people in a short time
-pause every Graph call.
+pause every Graph call; but a contact's throttle pauses its mailbox only,
+whoever else is throttled: pages of one mailbox's contacts meet Exchange's
+limit of four calls at once per mailbox (``mailboxes``), which says nothing of
+the app's.
 
 Failures without Retry-After (timeouts, connection errors, 5xx) feed a
 circuit breaker: after ``breaker_threshold`` in a row it opens and Graph is
@@ -74,15 +77,21 @@ class GraphGate:
             self.short_circuits += 1
             raise GraphUnavailable("Graph calls paused", retry_after=wait)
 
-    async def failed(self, mailbox: str, exc: GraphUnavailable, attempt: int) -> float:
-        """Record a failed call; return how long to wait before a retry."""
+    async def failed(self, mailbox: str, exc: GraphUnavailable, attempt: int, *,
+                     mailbox_only: bool = False) -> float:
+        """Record a failed call; return how long to wait before a retry.
+
+        ``mailbox_only``: a throttle without a scope header is this mailbox's alone,
+        never counted towards the several people that mean an app-wide limit (a
+        header naming the app is still believed).
+        """
         if exc.retry_after is None:
             self._record_failure()
             # Full jitter: replicas retrying together must not stay in step.
             return random.uniform(0, _BACKOFF_BASE * 2 ** attempt)  # noqa: S311
         self.throttles += 1
         self._release_probe()
-        for scope in self._scopes_to_pause(mailbox, exc.throttle_scope):
+        for scope in self._scopes_to_pause(mailbox, exc.throttle_scope, mailbox_only):
             await self._pause(scope, exc.retry_after)
         return exc.retry_after + random.uniform(0, _BACKOFF_BASE)  # noqa: S311
 
@@ -92,9 +101,10 @@ class GraphGate:
         self._failures = 0
         self._probe_until = 0.0
 
-    def _scopes_to_pause(self, mailbox: str, header: str | None) -> list[str]:
+    def _scopes_to_pause(self, mailbox: str, header: str | None,
+                         mailbox_only: bool = False) -> list[str]:
         scope = scope_of(mailbox, header)
-        if scope == APP_SCOPE or header is not None:
+        if scope == APP_SCOPE or header is not None or mailbox_only:
             return [scope]
         now = time.monotonic()
         self._throttled_people = {m: t for m, t in self._throttled_people.items()
