@@ -35,7 +35,7 @@ from .errors import Blocked, NotFound, Overloaded
 from .gravatar import HashRequest
 from .hashindex import HashIndex, IndexUnavailable
 from .imaging import CONTENT_TYPES
-from .models import Avatar, Subject
+from .models import Avatar, StandIn, Subject
 from .negotiation import OutputFormats
 from .security import Policy
 from .service import AvatarService
@@ -100,7 +100,7 @@ class HashAvatars:
             return await self._default(ask, _nameless(default), formats, admit)
         # Over the client's rate or a cap, the service draws stand-in initials from the
         # key it was given, here an object id: the default tile says as much, and no more.
-        return self.limited(ask, default) if result.no_store else result
+        return self.limited(ask, default, result.stand_in) if result.stand_in else result
 
     async def _default(self, ask: HashRequest, kind: str, formats: OutputFormats,
                        admit: Admit, *, transient: bool = False) -> Avatar:
@@ -117,22 +117,23 @@ class HashAvatars:
             try:
                 body = await self._service.draw(placeholders.draw, *key)
             except Overloaded:
-                return self.limited(ask, kind)
+                return self.limited(ask, kind, "overload")
             self._remember(key, body)
         else:
             self._drawn.move_to_end(key)
         return Avatar(body, CONTENT_TYPES[fmt], _etag(*key), "default",
                       min(TRANSIENT_MAX_AGE, self._max_age) if transient else self._max_age)
 
-    def limited(self, ask: HashRequest, default: str) -> Avatar:
+    def limited(self, ask: HashRequest, default: str,
+                why: StandIn = "rate-limited") -> Avatar:
         """A plain tile of the silhouette's background at the size asked (transparent
         ``blank`` aside: the same tile), never stored: for a client over its rate,
-        or past a cap. ``NotFound`` for ``d=404``."""
+        or past a cap (``why``). ``NotFound`` for ``d=404``."""
         if default == "404":
             raise NotFound()
         body = tiles.png(ask.size, placeholders.MP_BACKGROUND)
         return Avatar(body, CONTENT_TYPES["png"], _etag("tile", b"", ask.size, "png"),
-                      "default", 0, no_store=True)
+                      "default", 0, stand_in=why)
 
     def _remember(self, key: tuple[str, bytes, int, str], body: bytes) -> None:
         """Keep ``body`` drawn, least recently used out first past ``_DRAWN_BYTES``."""
