@@ -8,11 +8,12 @@ vcl 4.1;
 # (photos and initials), keyed by the URL as sent (path and query: ?v=3 cache
 # busters and ?sig= signatures are part of it) and by the headers the service
 # names in Vary: the format class (Accept, made canonical below), Origin (when
-# server.cors_origins is set) and Sec-Fetch-Site. For at most
-# edge.max_age_seconds (AVATARPROXY_EDGE_MAX_AGE_SECONDS, default 60) or the
-# answer's own max-age if shorter; then it asks the service again with
-# If-None-Match, which the service answers from memory with a 304. The answers
-# browsers get keep the service's headers (Cache-Control, ETag, Vary...).
+# server.cors_origins is set) and Sec-Fetch-Site, both reduced to the values
+# the service tells apart. For at most edge.max_age_seconds
+# (AVATARPROXY_EDGE_MAX_AGE_SECONDS, default 60) or the answer's own max-age if
+# shorter; then it asks the service again with If-None-Match, which the
+# service answers from memory with a 304. The answers browsers get keep the
+# service's headers (Cache-Control, ETag, Vary...).
 #
 # What it never caches: no-store answers (the service's stand-in initials when
 # it is overloaded, past its deadline or rate-limiting a client), errors,
@@ -47,6 +48,7 @@ sub vcl_recv {
         return (pass);
     }
     call canonical_accept;
+    call canonical_page;
     # The service reads neither; a page on the same host sends its cookies.
     unset req.http.Cookie;
     unset req.http.Authorization;
@@ -100,6 +102,29 @@ sub q_above_zero {
         set req.http.X-Front-Q = "yes";
     } else {
         set req.http.X-Front-Q = "no";
+    }
+}
+
+# The other headers answers vary by, reduced to the values the service tells
+# apart, so that a client cannot make the front hold a copy per value it
+# invents (and slow every lookup of the URL with them). Sec-Fetch-Site: the
+# service looks for "cross-site" alone (sites.py), the first header if sent
+# twice. Origin: the service allows only the origins of server.cors_origins
+# (web.py), which the front learns from AVATARPROXY_EDGE_CORS_ORIGINS (the same
+# list, comma-separated); any other is dropped, as if the page sent none, and
+# gets what a page without one gets (no Access-Control-Allow-Origin).
+sub canonical_page {
+    if (req.http.Sec-Fetch-Site == "cross-site") {
+        set req.http.Sec-Fetch-Site = "cross-site";  # one header, if sent twice
+    } else {
+        unset req.http.Sec-Fetch-Site;
+    }
+    if (req.http.Origin ~ "^[^,\s]+$" && std.strstr(
+            "," + regsuball(std.getenv("AVATARPROXY_EDGE_CORS_ORIGINS"), "\s", "") + ",",
+            "," + req.http.Origin + ",")) {
+        set req.http.Origin = req.http.Origin;  # one header, if sent twice
+    } else {
+        unset req.http.Origin;
     }
 }
 
@@ -215,8 +240,9 @@ sub vcl_deliver {
     unset resp.http.Server;
     if (obj.hits > 0) {
         # Answered from the cache: the id the service gave another request
-        # would lead to the wrong log lines. The ingress' id, if any.
-        if (req.http.X-Request-Id) {
+        # would lead to the wrong log lines. The ingress' id, if any, and if
+        # the service would keep it (ops.py: up to 64 of these characters).
+        if (req.http.X-Request-Id ~ "^[A-Za-z0-9._:-]{1,64}$") {
             set resp.http.X-Request-Id = req.http.X-Request-Id;
         } else {
             unset resp.http.X-Request-Id;
