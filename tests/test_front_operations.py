@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import yaml
-from front import BASE, start_exporter
+from front import BASE, container, start_exporter
 from frontstack import ADELE, CHROME, PATH, MakeStack, until_age
 from PIL import Image
 from test_prometheus import until
@@ -108,6 +108,27 @@ async def test_the_service_tells_clients_apart_behind_the_front(stack_for: MakeS
         "203.0.113.1, 127.0.0.1")
     other = await s.get(f"/avatar/{ADELE}/{limited + 1}", X_Forwarded_For="203.0.113.2")
     assert other.headers["X-Avatar-Source"] == "photo", "client B shared A's bucket"
+
+
+async def test_idle_connections_outlive_the_ingress_keepalive(stack_for: MakeStack) -> None:
+    # ingress-nginx keeps idle connections to a backend 60 s (upstream-keepalive-timeout):
+    # were the front to close one first, the ingress could send on it as it closes, a 502.
+    args = container("front")["args"]
+    idle = next(int(a.split("=", 1)[1]) for a in args if a.startswith("timeout_idle="))
+    assert idle > 60
+    s = await stack_for()
+    reader, writer = await asyncio.open_connection("127.0.0.1", s.front.port)
+    try:
+        for pause in (0.0, 6.0):  # past Varnish's default of 5 s
+            await asyncio.sleep(pause)
+            writer.write(b"GET /front/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = re.search(rb"(?i)\r\nContent-Length: *(\d+)", head)
+            assert length is not None
+            await reader.readexactly(int(length.group(1)))
+    finally:
+        writer.close()
 
 
 # -- metrics ----------------------------------------------------------------------
