@@ -78,6 +78,74 @@ async def test_the_front_serves_what_it_holds_while_the_service_is_down(
     assert cold.status == 503 and cold.headers["Cache-Control"] == "no-store"
 
 
+async def test_the_front_serves_a_copy_at_most_stale_if_error_seconds_after_it_went_stale(
+        stack_for: MakeStack) -> None:
+    s = await stack_for({"AVATARPROXY_EDGE_MAX_AGE_SECONDS": "1",
+                         "AVATARPROXY_EDGE_STALE_IF_ERROR_SECONDS": "3"})
+    asked = time.monotonic()  # the copy is younger than the time since
+    first = await s.get(PATH)
+    made = time.monotonic()  # and older than the time since: stale 1 s later
+    await s.server.close()
+    if made - asked < 1.0:  # else the machine was too slow to tell
+        for at in (1.2, 2.5):  # each fallback to the kept copy must not restart its clock
+            await until_age(made, at)
+            kept = await s.get(PATH)
+            assert (kept.status, kept.headers["ETag"]) == (200, first.headers["ETag"])
+            # Its age since the service made it, not since the front kept it.
+            assert int(kept.headers["Age"]) >= int(at), (at, kept.headers["Age"])
+            assert kept.headers["Date"] == first.headers["Date"]
+            assert not [h for h in kept.headers if h.lower().startswith("x-front-")]
+    # 1 s fresh, then 3 s of stale-if-error: gone, whatever the fallbacks.
+    await until_age(made, 4.3)
+    gone = await s.get(PATH)
+    assert (gone.status, gone.headers["Cache-Control"]) == (503, "no-store")
+
+
+async def test_a_client_over_its_rate_gets_its_stand_in_alone_and_leaves_the_copy_as_it_was(
+        stack_for: MakeStack, fake_graph: Any) -> None:
+    # No memory tier: the service asks Graph each time, so a new photo is what it
+    # answers next (as after `avatarproxy purge`).
+    s = await stack_for({"AVATARPROXY_EDGE_MAX_AGE_SECONDS": "1"}, cache__memory_max_bytes=0,
+                        security__rate_limit_per_second=0.01, security__rate_limit_burst=4)
+    first = await s.get(PATH, Accept=CHROME, X_Forwarded_For="198.51.100.1")
+    started = time.monotonic()
+    over = "203.0.113.66"  # spends its bucket, each size a render
+    for size in range(40, 60):
+        answer = await s.get(f"/avatar/{ADELE}/{size}", Accept=CHROME, X_Forwarded_For=over)
+        if answer.headers["Cache-Control"] == "no-store":
+            break
+    else:
+        raise AssertionError("the client was never limited")
+    fake_graph.graph.set_photo(ADELE, Image.new("RGB", (648, 648), "#c00000"))
+    await until_age(started, 1.2)
+    # The copy is stale: the front asks the service about it, which limits this client.
+    # Its stand-in is for it alone: not the copy (which it would keep for everyone).
+    for _ in range(2):
+        mine = await s.get(PATH, Accept=CHROME, X_Forwarded_For=over)
+        assert (mine.status, mine.headers["X-Avatar-Source"], mine.headers["Cache-Control"]) == (
+            200, "initials", "no-store")
+        assert "X-Avatar-Stand-In" not in mine.headers  # the front's business
+    # The next browser's request asks about the copy again: the new photo.
+    other = await s.get(PATH, Accept=CHROME, X_Forwarded_For="198.51.100.2")
+    assert (other.headers["X-Avatar-Source"], other.status) == ("photo", 200)
+    assert other.headers["ETag"] != first.headers["ETag"]
+    asked = [(r.status, r.cache_control, r.headers.get("If-None-Match")) for r in s.reached(PATH)]
+    copy = first.headers["ETag"]
+    assert asked == [(200, first.headers["Cache-Control"], None),
+                     *[(200, "no-store", copy), (200, "no-store", None)] * 2,
+                     (200, first.headers["Cache-Control"], copy)]
+
+
+async def test_a_passed_request_never_gets_a_304_the_service_did_not_give(
+        stack_for: MakeStack) -> None:
+    # The front holds nothing for what it passes: the If-None-Match is the client's.
+    s = await stack_for()
+    await s.server.close()
+    for path, method in (("/readyz", "GET"), ("/", "GET"), (PATH, "OPTIONS")):
+        answer = await s.get(path, method, If_None_Match='"x"')
+        assert (answer.status, answer.headers["Cache-Control"]) == (503, "no-store"), path
+
+
 async def test_concurrent_misses_for_one_url_reach_the_service_once(
         stack_for: MakeStack, fake_graph: Any) -> None:
     s = await stack_for()
