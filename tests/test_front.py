@@ -227,6 +227,43 @@ async def test_errors_are_never_cached_and_a_4xx_replaces_the_copy(
     assert s.reached(path)[1].headers["If-None-Match"]  # asked as a revalidation
 
 
+async def test_no_request_makes_the_front_drop_its_copy(stack_for: MakeStack) -> None:
+    # A revalidation the service refused (a 400 from its parser) would replace the copy
+    # the front holds, as a 4xx does: a client could drop copies at will. Whatever a
+    # client sends near the header limits of either, the next request finds the copy.
+    s = await stack_for({"AVATARPROXY_EDGE_MAX_AGE_SECONDS": "0"})  # each request revalidates
+    first = await s.get(PATH)
+    asks: list[dict[str, str]] = [{"X-Forwarded-For": "1" * n}
+                                  for n in (8000, 8150, 8165, 8175, 8178, 8185, 8190)]
+    asks += [{f"X-H{i}": "v" for i in range(n)} for n in (40, 52, 53, 54, 55, 56, 60)]
+    asks += [{"X-A": "a" * 8000, "X-B": "b" * 8000, "X-C": "c" * 8000, "X-D": "d" * 8000}]
+    statuses = set()
+    for headers in asks:
+        await asyncio.sleep(0.01)  # past the copy's millisecond
+        async with s.http.get(s.front.base_url + PATH, headers=headers) as resp:
+            statuses.add(resp.status)  # 400 or 500: the front's, for this client alone
+        await asyncio.sleep(0.01)
+        before = len(s.reached(PATH))
+        after = await s.get(PATH)
+        assert (after.status, after.headers["ETag"]) == (200, first.headers["ETag"])
+        revalidation = s.reached(PATH)[before]
+        assert (revalidation.status, revalidation.headers["If-None-Match"]) == (
+            304, first.headers["ETag"]), list(headers)[:2]
+    assert {200, 400} <= statuses
+    assert {r.status for r in s.reached(PATH)} <= {200, 304}  # the service refused nothing
+
+
+async def test_clients_cannot_purge_or_ban_the_fronts_copies(stack_for: MakeStack) -> None:
+    s = await stack_for()
+    first = await s.get(PATH)
+    for method in ("PURGE", "BAN"):
+        answer = await s.get(PATH, method)
+        assert answer.status >= 400, method
+    again = await s.get(PATH)
+    assert (again.status, again.headers["ETag"]) == (200, first.headers["ETag"])
+    assert [r.method for r in s.reached(PATH) if r.method == "GET"] == ["GET"]
+
+
 async def test_stand_ins_are_never_cached_and_never_replace_the_photo_the_front_holds(
         stack_for: MakeStack, fake_graph: Any) -> None:
     # No memory tier and Graph past the service's deadline: the service

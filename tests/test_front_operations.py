@@ -136,12 +136,13 @@ async def test_a_client_over_its_rate_gets_its_stand_in_alone_and_leaves_the_cop
                      (200, first.headers["Cache-Control"], copy)]
 
 
-async def test_a_passed_request_never_gets_a_304_the_service_did_not_give(
+async def test_a_client_never_gets_a_304_the_service_did_not_give(
         stack_for: MakeStack) -> None:
-    # The front holds nothing for what it passes: the If-None-Match is the client's.
+    # The front holds nothing for what it passes, nor for an avatar it lacks: the
+    # If-None-Match is the client's, and while the service is down it gets a 503.
     s = await stack_for()
     await s.server.close()
-    for path, method in (("/readyz", "GET"), ("/", "GET"), (PATH, "OPTIONS")):
+    for path, method in (("/readyz", "GET"), ("/", "GET"), (PATH, "OPTIONS"), (PATH, "GET")):
         answer = await s.get(path, method, If_None_Match='"x"')
         assert (answer.status, answer.headers["Cache-Control"]) == (503, "no-store"), path
 

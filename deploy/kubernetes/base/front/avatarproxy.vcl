@@ -129,16 +129,14 @@ sub q_above_zero {
 # list, comma-separated); any other is dropped, as if the page sent none, and
 # gets what a page without one gets (no Access-Control-Allow-Origin).
 sub canonical_page {
-    if (req.http.Sec-Fetch-Site == "cross-site") {
-        set req.http.Sec-Fetch-Site = "cross-site";  # one header, if sent twice
-    } else {
+    # (Kept as sent: the first of two headers counts, for Varnish as for the
+    # service, and setting one could lose it to a request with too many.)
+    if (req.http.Sec-Fetch-Site != "cross-site") {
         unset req.http.Sec-Fetch-Site;
     }
-    if (req.http.Origin ~ "^[^,\s]+$" && std.strstr(
+    if (!(req.http.Origin ~ "^[^,\s]+$" && std.strstr(
             "," + regsuball(std.getenv("AVATARPROXY_EDGE_CORS_ORIGINS"), "\s", "") + ",",
-            "," + req.http.Origin + ",")) {
-        set req.http.Origin = req.http.Origin;  # one header, if sent twice
-    } else {
+            "," + req.http.Origin + ","))) {
         unset req.http.Origin;
     }
 }
