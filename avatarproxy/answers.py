@@ -20,7 +20,7 @@ from .cache import AvatarCache, CacheSettings
 from .cjk import CHINESE_GLYPHS
 from .imaging import AvatarSettings
 from .initials import InitialsRenderer, text_colour
-from .models import Avatar, PhotoMeta, Profile, Subject
+from .models import Avatar, PhotoMeta, Profile, StandIn, Subject
 from .negotiation import OutputFormats
 from .sizing import FetchPlan, background_for, name_initials, xml_text
 
@@ -120,14 +120,15 @@ class Answers:
         free), never stored; no Graph, Redis or image pool.
         """
         if formats.initials != "svg":
-            return self.stand_in(subject, size)
+            return self.stand_in(subject, size, "rate-limited")
         key, body = self.svg(subject, None, size)
         return Avatar(body, imaging.CONTENT_TYPES["svg"], _etag("initials", key), "initials", 0,
-                      no_store=True)
+                      stand_in="rate-limited")
 
-    def stand_in(self, subject: Subject, size: int) -> Avatar:
+    def stand_in(self, subject: Subject, size: int, why: StandIn) -> Avatar:
         """Initials from the UPN alone at exactly ``size``, not to be stored: the
-        answer when this process is past a cap or cannot answer properly now.
+        answer when this process is past a cap or cannot answer properly now
+        (``why``), or when the client is over its rate.
 
         Drawn here, on the event loop, with faces of its own: no Graph, Redis,
         image pool or pool lock to wait on (the pool is busy exactly when this
@@ -139,4 +140,4 @@ class Answers:
         body = (self._stand_ins(texts, colour, size) if size <= STAND_IN_TEXT_MAX
                 else tiles.png(size, colour))
         return Avatar(body, imaging.CONTENT_TYPES["png"], _etag("busy", subject.key, str(size)),
-                      "initials", 0, no_store=True)
+                      "initials", 0, stand_in=why)

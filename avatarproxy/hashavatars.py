@@ -42,7 +42,7 @@ from .errors import Blocked, NotFound, Overloaded, RateLimited, RefusedPerson
 from .gravatar import HashRequest
 from .hashindex import HashIndex, IndexUnavailable
 from .imaging import CONTENT_TYPES
-from .models import Avatar, Subject
+from .models import Avatar, StandIn, Subject
 from .negotiation import OutputFormats
 from .security import Policy
 from .service import AvatarService
@@ -91,8 +91,12 @@ class HashAvatars:
             return await self._person(subject, ask, default, formats, admit)
         except RefusedPerson:
             return await self._nobody(ask, default, formats, admit)
-        except (RateLimited, Overloaded, TimeoutError):
+        except RateLimited:
             return self.limited(ask, default)
+        except Overloaded:
+            return self.limited(ask, default, "overload")
+        except TimeoutError:
+            return self.limited(ask, default, "deadline")
 
     async def _nobody(self, ask: HashRequest, default: str, formats: OutputFormats,
                       admit: Admit, *, transient: bool = False) -> Avatar:
@@ -128,7 +132,7 @@ class HashAvatars:
                                        transient=exc.transient or not self._index.ready)
         # Over the client's rate or a cap, the service draws stand-in initials from the
         # key it was given, here an object id: the default tile says as much, and no more.
-        return self.limited(ask, default) if result.no_store else result
+        return self.limited(ask, default, result.stand_in) if result.stand_in else result
 
     async def _owner_known(self, subject: Subject, admit: Admit) -> bool:
         """Before the blocked list and the photo, when the rules need the person's UPN:
@@ -156,22 +160,23 @@ class HashAvatars:
             try:
                 body = await self._service.draw(placeholders.draw, *key)
             except Overloaded:
-                return self.limited(ask, kind)
+                return self.limited(ask, kind, "overload")
             self._remember(key, body)
         else:
             self._drawn.move_to_end(key)
         return Avatar(body, CONTENT_TYPES[fmt], _etag(*key), "default",
                       min(TRANSIENT_MAX_AGE, self._max_age) if transient else self._max_age)
 
-    def limited(self, ask: HashRequest, default: str) -> Avatar:
+    def limited(self, ask: HashRequest, default: str,
+                why: StandIn = "rate-limited") -> Avatar:
         """A plain tile of the silhouette's background at the size asked (transparent
         ``blank`` aside: the same tile), never stored: for a client over its rate,
-        or past a cap. ``NotFound`` for ``d=404``."""
+        or past a cap (``why``). ``NotFound`` for ``d=404``."""
         if default == "404":
             raise NotFound()
         body = tiles.png(ask.size, placeholders.MP_BACKGROUND)
         return Avatar(body, CONTENT_TYPES["png"], _etag("tile", b"", ask.size, "png"),
-                      "default", 0, no_store=True)
+                      "default", 0, stand_in=why)
 
     def _remember(self, key: tuple[str, bytes, int, str], body: bytes) -> None:
         """Keep ``body`` drawn, least recently used out first past ``_DRAWN_BYTES``."""

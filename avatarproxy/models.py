@@ -8,6 +8,11 @@ from typing import Literal
 
 # "default": a Gravatar default image (``placeholders``), drawn from a hash alone.
 Source = Literal["photo", "initials", "default"]
+# Why an answer is a stand-in for this moment only (``X-Avatar-Stand-In``): the
+# service's own trouble (a load cap, the deadline, an error of ours) or the client's
+# pace. A cache in front keeps serving the copy it holds for the first, never for the
+# second: one client's rate must not decide what everyone else gets.
+StandIn = Literal["overload", "deadline", "error", "rate-limited"]
 # What kind of object: users by UPN or id, groups and teams by id; an Outlook
 # contact by its id in one mailbox.
 SubjectKind = Literal["user", "group", "team", "contact"]
@@ -120,4 +125,8 @@ class Avatar:
     source: Source
     max_age: int
     stale_while_revalidate: int = 0
-    no_store: bool = False  # an answer for this moment only (overloaded, deadline passed)
+    stand_in: StandIn | None = None  # why an answer for this moment only: never stored
+
+    @property
+    def no_store(self) -> bool:
+        return self.stand_in is not None

@@ -41,7 +41,7 @@ from .graph.client import GraphClient
 from .imaging import AvatarSettings
 from .initials import InitialsRenderer
 from .limits import LoadLimits
-from .models import Avatar, PhotoMeta, Profile, Subject
+from .models import Avatar, PhotoMeta, Profile, StandIn, Subject
 from .negotiation import OutputFormats
 from .photos import Photos
 from .security import Policy
@@ -107,7 +107,8 @@ class AvatarService:
             metrics.initials_fallback("overloaded" if isinstance(exc, Overloaded) else "deadline")
             log.info("answering %s with uncached initials: %s", logs.subject_ref(subject.key),
                      str(exc) or "deadline passed")
-            return self.stand_in(subject, size)
+            return self.stand_in(subject, size,
+                                 "overload" if isinstance(exc, Overloaded) else "deadline")
 
     @property
     def graph(self) -> GraphClient:
@@ -301,10 +302,10 @@ class AvatarService:
         """The answer to a client over its rate (``Answers.limited``): never stored."""
         return self._answers.limited(subject, size, formats)
 
-    def stand_in(self, subject: Subject, size: int) -> Avatar:
+    def stand_in(self, subject: Subject, size: int, why: StandIn) -> Avatar:
         """Cheap initials at exactly ``size``, never stored, awaiting nothing: the
         answer past a cap or when nothing better can be had (``Answers.stand_in``)."""
-        return self._answers.stand_in(subject, size)
+        return self._answers.stand_in(subject, size, why)
 
     def _note_refresh(self, subject: Subject, done: asyncio.Future[Any]) -> None:
         exc = None if done.cancelled() else done.exception()

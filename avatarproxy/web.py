@@ -25,11 +25,19 @@ from . import logs, metrics
 from .conditional import none_match
 from .contacts import ContactRules
 from .costs import Admit
-from .errors import AvatarProxyError, BadRequest, Blocked, Forbidden, NotFound, RefusedPerson
+from .errors import (
+    AvatarProxyError,
+    BadRequest,
+    Blocked,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    RefusedPerson,
+)
 from .gravatar import ROUTE_PATTERN, parse_hash_request
 from .hashavatars import HashAvatars
 from .inputs import known_params, parse_fallback, parse_object_id, parse_size, parse_subject
-from .models import Avatar, Subject
+from .models import Avatar, StandIn, Subject
 from .negotiation import OutputFormats, choose, parse_format
 from .ratelimit import RateLimiter
 from .security import ClientAddress, Policy
@@ -146,12 +154,13 @@ async def _serve(request: web.Request, parse: Callable[[], Subject]) -> web.Stre
         # The service answers its own failures; should one escape, still a picture.
         log.warning("answering with stand-in initials: %s: %s", type(exc).__name__, exc)
         metrics.initials_fallback(type(exc).__name__)
-        return _respond(request, service.stand_in(subject, size), formats)
+        why: StandIn = "rate-limited" if isinstance(exc, RateLimited) else "error"
+        return _respond(request, service.stand_in(subject, size, why), formats)
     except Exception as exc:  # a bug of ours: still a picture, never a 5xx
         log.error("answering with stand-in initials after an unexpected %s",
                   type(exc).__name__, exc_info=exc)
         metrics.initials_fallback("internal")
-        return _respond(request, service.stand_in(subject, size), formats)
+        return _respond(request, service.stand_in(subject, size, "error"), formats)
 
 
 async def _answer(request: web.Request, service: AvatarService, subject: Subject, size: int,
@@ -197,7 +206,7 @@ async def hash_avatar(request: web.Request) -> web.StreamResponse:
         log.error("answering a hash with the default tile after an unexpected %s",
                   type(exc).__name__, exc_info=exc)
         metrics.initials_fallback("internal")
-        result = hashes.limited(ask, "mp")
+        result = hashes.limited(ask, "mp", "error")
     return _respond(request, result, formats)
 
 
@@ -229,7 +238,7 @@ def _image_headers(result: Avatar, server: ServerSettings,
                    origin: str | None) -> CIMultiDict[str]:
     headers = CIMultiDict(_avatar_headers(
         result.content_type, result.etag, result.source, result.max_age,
-        result.stale_while_revalidate, result.no_store, server.cross_origin_resource_policy))
+        result.stale_while_revalidate, result.stand_in, server.cross_origin_resource_policy))
     headers.extend(_cors_headers(server, origin))
     if "Access-Control-Allow-Origin" in headers:
         headers["Access-Control-Expose-Headers"] = "ETag, X-Avatar-Source"
@@ -262,7 +271,7 @@ async def preflight(request: web.Request) -> web.Response:
 
 @functools.lru_cache(maxsize=4096)  # the same hot avatars, request after request
 def _avatar_headers(content_type: str, etag: str, source: str, max_age: int,
-                    stale_while_revalidate: int, no_store: bool,
+                    stale_while_revalidate: int, stand_in: StandIn | None,
                     resource_policy: str) -> tuple[tuple[str, str], ...]:
     cache_control = f"public, max-age={max_age}"
     if stale_while_revalidate:
@@ -270,13 +279,17 @@ def _avatar_headers(content_type: str, etag: str, source: str, max_age: int,
     headers: tuple[tuple[str, str], ...] = (
         ("Content-Type", content_type),
         ("ETag", etag),
-        ("Cache-Control", "no-store" if no_store else cache_control),
+        ("Cache-Control", "no-store" if stand_in else cache_control),
         ("X-Avatar-Source", source),
         ("X-Content-Type-Options", "nosniff"),
         ("Cross-Origin-Resource-Policy", resource_policy),
     )
     if content_type == "image/svg+xml":
         headers += (("Content-Security-Policy", SVG_POLICY),)
+    if stand_in:
+        # Why: a cache in front keeps its copy for our trouble, never for a client's
+        # rate (models.StandIn). Nothing about the person asked for.
+        headers += (("X-Avatar-Stand-In", stand_in),)
     return headers
 
 

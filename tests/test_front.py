@@ -126,7 +126,9 @@ async def test_answers_for_another_sites_pages_are_never_shared(stack_for: MakeS
 
 async def test_cors_and_corp_headers_pass_through_for_each_origin(stack_for: MakeStack) -> None:
     listed = ["https://intranet.contoso.com", "https://wiki.contoso.com"]
-    s = await stack_for(server__cors_origins=listed,
+    # The front learns server.cors_origins from its environment, as deployed.
+    s = await stack_for({"AVATARPROXY_EDGE_CORS_ORIGINS": ", ".join(listed)},
+                        server__cors_origins=listed,
                         server__cross_origin_resource_policy="same-site")
     for _ in range(2):  # then from the front's copy for that origin
         for origin in [*listed, "https://elsewhere.example", None]:
@@ -136,7 +138,35 @@ async def test_cors_and_corp_headers_pass_through_for_each_origin(stack_for: Mak
                 origin if origin in listed else None), origin
             assert answer.headers["Cross-Origin-Resource-Policy"] == "same-site"
             assert "origin" in vary(answer)
-    assert len(s.reached(PATH)) == 4  # Origin is part of the key
+    # Origin is part of the key: a copy per listed origin, one for every other and none.
+    assert len(s.reached(PATH)) == 3
+
+
+async def test_header_values_the_service_does_not_tell_apart_share_one_copy(
+        stack_for: MakeStack) -> None:
+    # Answers vary by Sec-Fetch-Site and Origin, but the service tells apart only
+    # "cross-site" and the listed origins: a client inventing other values must not
+    # fill the front with copies (each slows every lookup of the URL).
+    listed = "https://intranet.contoso.com"
+    s = await stack_for({"AVATARPROXY_EDGE_CORS_ORIGINS": listed}, server__cors_origins=[listed])
+    first = await s.get(PATH)
+    for n in range(20):
+        invented = await s.get(PATH, Sec_Fetch_Site=f"x{n}", Origin=f"https://x{n}.example")
+        assert (invented.headers["ETag"], invented.body) == (first.headers["ETag"], first.body)
+        assert "Access-Control-Allow-Origin" not in invented.headers
+    for value in ("same-origin", "same-site", "none", "Cross-Site"):
+        await s.get(PATH, Sec_Fetch_Site=value)
+    # An origin glued to a listed one is not listed.
+    await s.get(PATH, Origin=f"{listed},https://x.example")
+    assert len(s.reached(PATH)) == 1
+    assert "Origin" not in s.reached(PATH)[0].headers
+    # What the service tells apart still reaches it.
+    foreign = await s.get(PATH, Sec_Fetch_Site="cross-site", Referer="https://x.example/")
+    assert foreign.headers["Cache-Control"].startswith("private")
+    cors = await s.get(PATH, Origin=listed)
+    assert cors.headers["Access-Control-Allow-Origin"] == listed
+    assert [r.headers.get("Sec-Fetch-Site") for r in s.reached(PATH)] == [
+        None, "cross-site", None]
 
 
 async def test_only_avatars_are_cached(stack_for: MakeStack) -> None:
@@ -150,6 +180,18 @@ async def test_only_avatars_are_cached(stack_for: MakeStack) -> None:
         await s.get(PATH, "OPTIONS", Origin="https://intranet.contoso.com",
                     Access_Control_Request_Method="GET")
     assert [r.method for r in s.reached(PATH)] == ["OPTIONS", "OPTIONS"]
+
+
+async def test_a_copy_carries_the_ingress_request_id_only_if_the_service_would_keep_it(
+        stack_for: MakeStack) -> None:
+    # The service keeps up to 64 of [A-Za-z0-9._:-] (ops.py); the front echoes no other.
+    s = await stack_for()
+    await s.get(PATH)
+    for sent, kept in (("ingress-7", True), ("a" * 64, True), ("a.b:c_d-E", True),
+                       ("a" * 65, False), ("<script>", False), ("a b", False), ("", False)):
+        answer = await s.get(PATH, X_Request_Id=sent)
+        assert answer.headers.get("X-Request-Id") == (sent if kept else None), sent
+    assert len(s.reached(PATH)) == 1
 
 
 async def test_browsers_revalidate_and_ask_for_headers_against_the_front(
@@ -183,6 +225,43 @@ async def test_errors_are_never_cached_and_a_4xx_replaces_the_copy(
         assert answer.headers["Cache-Control"] == "no-store"
     assert [r.status for r in s.reached(path)] == [200, 404, 404]
     assert s.reached(path)[1].headers["If-None-Match"]  # asked as a revalidation
+
+
+async def test_no_request_makes_the_front_drop_its_copy(stack_for: MakeStack) -> None:
+    # A revalidation the service refused (a 400 from its parser) would replace the copy
+    # the front holds, as a 4xx does: a client could drop copies at will. Whatever a
+    # client sends near the header limits of either, the next request finds the copy.
+    s = await stack_for({"AVATARPROXY_EDGE_MAX_AGE_SECONDS": "0"})  # each request revalidates
+    first = await s.get(PATH)
+    asks: list[dict[str, str]] = [{"X-Forwarded-For": "1" * n}
+                                  for n in (8000, 8150, 8165, 8175, 8178, 8185, 8190)]
+    asks += [{f"X-H{i}": "v" for i in range(n)} for n in (40, 52, 53, 54, 55, 56, 60)]
+    asks += [{"X-A": "a" * 8000, "X-B": "b" * 8000, "X-C": "c" * 8000, "X-D": "d" * 8000}]
+    statuses = set()
+    for headers in asks:
+        await asyncio.sleep(0.01)  # past the copy's millisecond
+        async with s.http.get(s.front.base_url + PATH, headers=headers) as resp:
+            statuses.add(resp.status)  # 400 or 500: the front's, for this client alone
+        await asyncio.sleep(0.01)
+        before = len(s.reached(PATH))
+        after = await s.get(PATH)
+        assert (after.status, after.headers["ETag"]) == (200, first.headers["ETag"])
+        revalidation = s.reached(PATH)[before]
+        assert (revalidation.status, revalidation.headers["If-None-Match"]) == (
+            304, first.headers["ETag"]), list(headers)[:2]
+    assert {200, 400} <= statuses
+    assert {r.status for r in s.reached(PATH)} <= {200, 304}  # the service refused nothing
+
+
+async def test_clients_cannot_purge_or_ban_the_fronts_copies(stack_for: MakeStack) -> None:
+    s = await stack_for()
+    first = await s.get(PATH)
+    for method in ("PURGE", "BAN"):
+        answer = await s.get(PATH, method)
+        assert answer.status >= 400, method
+    again = await s.get(PATH)
+    assert (again.status, again.headers["ETag"]) == (200, first.headers["ETag"])
+    assert [r.method for r in s.reached(PATH) if r.method == "GET"] == ["GET"]
 
 
 async def test_stand_ins_are_never_cached_and_never_replace_the_photo_the_front_holds(

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 import yaml
-from front import BASE, start_exporter
+from front import BASE, container, start_exporter
 from frontstack import ADELE, CHROME, PATH, MakeStack, until_age
 from PIL import Image
 from test_prometheus import until
@@ -78,6 +78,75 @@ async def test_the_front_serves_what_it_holds_while_the_service_is_down(
     assert cold.status == 503 and cold.headers["Cache-Control"] == "no-store"
 
 
+async def test_the_front_serves_a_copy_at_most_stale_if_error_seconds_after_it_went_stale(
+        stack_for: MakeStack) -> None:
+    s = await stack_for({"AVATARPROXY_EDGE_MAX_AGE_SECONDS": "1",
+                         "AVATARPROXY_EDGE_STALE_IF_ERROR_SECONDS": "3"})
+    asked = time.monotonic()  # the copy is younger than the time since
+    first = await s.get(PATH)
+    made = time.monotonic()  # and older than the time since: stale 1 s later
+    await s.server.close()
+    if made - asked < 1.0:  # else the machine was too slow to tell
+        for at in (1.2, 2.5):  # each fallback to the kept copy must not restart its clock
+            await until_age(made, at)
+            kept = await s.get(PATH)
+            assert (kept.status, kept.headers["ETag"]) == (200, first.headers["ETag"])
+            # Its age since the service made it, not since the front kept it.
+            assert int(kept.headers["Age"]) >= int(at), (at, kept.headers["Age"])
+            assert kept.headers["Date"] == first.headers["Date"]
+            assert not [h for h in kept.headers if h.lower().startswith("x-front-")]
+    # 1 s fresh, then 3 s of stale-if-error: gone, whatever the fallbacks.
+    await until_age(made, 4.3)
+    gone = await s.get(PATH)
+    assert (gone.status, gone.headers["Cache-Control"]) == (503, "no-store")
+
+
+async def test_a_client_over_its_rate_gets_its_stand_in_alone_and_leaves_the_copy_as_it_was(
+        stack_for: MakeStack, fake_graph: Any) -> None:
+    # No memory tier: the service asks Graph each time, so a new photo is what it
+    # answers next (as after `avatarproxy purge`).
+    s = await stack_for({"AVATARPROXY_EDGE_MAX_AGE_SECONDS": "1"}, cache__memory_max_bytes=0,
+                        security__rate_limit_per_second=0.01, security__rate_limit_burst=4)
+    first = await s.get(PATH, Accept=CHROME, X_Forwarded_For="198.51.100.1")
+    started = time.monotonic()
+    over = "203.0.113.66"  # spends its bucket, each size a render
+    for size in range(40, 60):
+        answer = await s.get(f"/avatar/{ADELE}/{size}", Accept=CHROME, X_Forwarded_For=over)
+        if answer.headers["Cache-Control"] == "no-store":
+            break
+    else:
+        raise AssertionError("the client was never limited")
+    fake_graph.graph.set_photo(ADELE, Image.new("RGB", (648, 648), "#c00000"))
+    await until_age(started, 1.2)
+    # The copy is stale: the front asks the service about it, which limits this client.
+    # Its stand-in is for it alone: not the copy (which it would keep for everyone).
+    for _ in range(2):
+        mine = await s.get(PATH, Accept=CHROME, X_Forwarded_For=over)
+        assert (mine.status, mine.headers["X-Avatar-Source"], mine.headers["Cache-Control"]) == (
+            200, "initials", "no-store")
+        assert "X-Avatar-Stand-In" not in mine.headers  # the front's business
+    # The next browser's request asks about the copy again: the new photo.
+    other = await s.get(PATH, Accept=CHROME, X_Forwarded_For="198.51.100.2")
+    assert (other.headers["X-Avatar-Source"], other.status) == ("photo", 200)
+    assert other.headers["ETag"] != first.headers["ETag"]
+    asked = [(r.status, r.cache_control, r.headers.get("If-None-Match")) for r in s.reached(PATH)]
+    copy = first.headers["ETag"]
+    assert asked == [(200, first.headers["Cache-Control"], None),
+                     *[(200, "no-store", copy), (200, "no-store", None)] * 2,
+                     (200, first.headers["Cache-Control"], copy)]
+
+
+async def test_a_client_never_gets_a_304_the_service_did_not_give(
+        stack_for: MakeStack) -> None:
+    # The front holds nothing for what it passes, nor for an avatar it lacks: the
+    # If-None-Match is the client's, and while the service is down it gets a 503.
+    s = await stack_for()
+    await s.server.close()
+    for path, method in (("/readyz", "GET"), ("/", "GET"), (PATH, "OPTIONS"), (PATH, "GET")):
+        answer = await s.get(path, method, If_None_Match='"x"')
+        assert (answer.status, answer.headers["Cache-Control"]) == (503, "no-store"), path
+
+
 async def test_concurrent_misses_for_one_url_reach_the_service_once(
         stack_for: MakeStack, fake_graph: Any) -> None:
     s = await stack_for()
@@ -108,6 +177,27 @@ async def test_the_service_tells_clients_apart_behind_the_front(stack_for: MakeS
         "203.0.113.1, 127.0.0.1")
     other = await s.get(f"/avatar/{ADELE}/{limited + 1}", X_Forwarded_For="203.0.113.2")
     assert other.headers["X-Avatar-Source"] == "photo", "client B shared A's bucket"
+
+
+async def test_idle_connections_outlive_the_ingress_keepalive(stack_for: MakeStack) -> None:
+    # ingress-nginx keeps idle connections to a backend 60 s (upstream-keepalive-timeout):
+    # were the front to close one first, the ingress could send on it as it closes, a 502.
+    args = container("front")["args"]
+    idle = next(int(a.split("=", 1)[1]) for a in args if a.startswith("timeout_idle="))
+    assert idle > 60
+    s = await stack_for()
+    reader, writer = await asyncio.open_connection("127.0.0.1", s.front.port)
+    try:
+        for pause in (0.0, 6.0):  # past Varnish's default of 5 s
+            await asyncio.sleep(pause)
+            writer.write(b"GET /front/healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = re.search(rb"(?i)\r\nContent-Length: *(\d+)", head)
+            assert length is not None
+            await reader.readexactly(int(length.group(1)))
+    finally:
+        writer.close()
 
 
 # -- metrics ----------------------------------------------------------------------

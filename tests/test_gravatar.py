@@ -243,6 +243,7 @@ async def test_every_lookup_costs_a_token_hit_or_miss(serve: MakeClient) -> None
     assert limited, "lookups never ran out"
     # Over the rate, the same plain tile for every hash: nothing to tell them apart.
     assert {h["X-Avatar-Source"] for h in limited} == {"default"}
+    assert {h["X-Avatar-Stand-In"] for h in limited} == {"rate-limited"}
     assert len({h["ETag"] for h in limited}) == 1
     assert answers[-1][1]["Cache-Control"] == "no-store"  # memory hits ran out too
 

@@ -91,11 +91,16 @@ def config(objects: list[dict[str, Any]], tmp_path: Path) -> Settings:
     return load_settings(path, env=env)
 
 
+def front_container(objects: list[dict[str, Any]]) -> dict[str, Any] | None:
+    spec = find(objects, "Deployment", "avatarproxy")["spec"]["template"]["spec"]
+    return next((c for c in spec.get("initContainers") or [] if c["name"] == "front"), None)
+
+
 def front_ports(objects: list[dict[str, Any]]) -> tuple[int, int] | None:
     """Where the caching front listens (its -a http=:PORT) and the service port it
     forwards to (backend app in its backend.vcl); None without a front."""
     spec = find(objects, "Deployment", "avatarproxy")["spec"]["template"]["spec"]
-    front = next((c for c in spec.get("initContainers") or [] if c["name"] == "front"), None)
+    front = front_container(objects)
     if front is None:
         return None
     listen = next(a for a in front["args"] if a.startswith("http="))
@@ -394,6 +399,12 @@ def test_the_config_listens_and_dials_where_the_manifests_lead(kustomization: st
             "template"]["spec"]["containers"] if c["name"] == "front-metrics")
         listen = exporter["args"][exporter["args"].index("-web.listen-address") + 1]
         assert int(listen.rsplit(":", 1)[1]) in w.metrics_ports, "the front's counters unscraped"
+        # The front keeps the Origin values the service allows, and drops the rest.
+        container = front_container(w.objects)
+        assert container is not None
+        env = {e["name"]: e.get("value", "") for e in container["env"]}
+        kept = {o.strip() for o in env["AVATARPROXY_EDGE_CORS_ORIGINS"].split(",") if o.strip()}
+        assert kept == set(settings.server.cors_origins) - {"*"}, "CORS answers lost"
     assert settings.server.metrics_port in w.metrics_ports, "Prometheus scrapes a closed port"
     # Each client its own rate-limit bucket: the service believes the front
     # (loopback) and the ingress controller's pods, which append the client.

@@ -95,6 +95,7 @@ async def test_overload_answers_never_wait_on_a_saturated_image_pool(
         assert status == 200, body
         assert (status, headers["X-Avatar-Source"], headers["Cache-Control"]) == (
             200, "initials", "no-store")
+        assert headers["X-Avatar-Stand-In"] == "overload"  # for a cache in front
         assert png_side(body) == (size, size)  # the size asked, as promised
     # Measured on the 2-core machine: 0.6-1.3 s for the 60 answers, the loop's worst
     # stall 0.1-0.2 s (the requests themselves). Drawn with the pool's fonts, the
@@ -161,6 +162,8 @@ async def test_every_error_the_service_raises_reaches_the_browser_as_a_status_or
     else:  # a dependency, a load cap, a limit: a picture for this moment
         assert (status, headers["X-Avatar-Source"], headers["Cache-Control"]) == (
             200, "initials", "no-store")
+        assert headers["X-Avatar-Stand-In"] == (
+            "rate-limited" if issubclass(kind, errors.RateLimited) else "error")
         assert png_side(body) == (64, 64)
 
 

@@ -283,6 +283,7 @@ async def test_slow_graph_gets_initials_that_are_not_stored_within_the_deadline(
     assert time.monotonic() - began < 0.8
     assert (status, headers["X-Avatar-Source"]) == (200, "initials")
     assert headers["Cache-Control"] == "no-store"
+    assert headers["X-Avatar-Stand-In"] == "deadline"  # for a cache in front
     # The download went on and filled the cache for the next request.
     await wait_for(lambda: downloads(fake_graph) == 1)
     for _ in range(100):
@@ -304,6 +305,7 @@ async def test_past_the_in_flight_cap_the_answer_is_immediate_uncached_initials(
     assert time.monotonic() - began < 0.3
     assert (status, headers["X-Avatar-Source"], headers["Cache-Control"]) == (
         200, "initials", "no-store")
+    assert headers["X-Avatar-Stand-In"] == "overload"
     assert fake_graph.graph.count(ALEX) == 0
     status, headers, _ = await slow
     assert (status, headers["X-Avatar-Source"]) == (200, "photo")

@@ -195,6 +195,8 @@ async def test_misses_beyond_the_limit_get_uncached_initials_while_hits_stay_unl
     status, headers, body = await get(client, f"/avatar/{ALEX}/48")
     assert status == 200 and headers["X-Avatar-Source"] == "initials"
     assert headers["Cache-Control"] == "no-store"
+    # A cache in front must not keep its copy for everyone because of one client's rate.
+    assert headers["X-Avatar-Stand-In"] == "rate-limited"
     assert Image.open(io.BytesIO(body)).size == (48, 48)
     assert fake_graph.graph.requests == []
     for _ in range(20):  # hits: never limited
