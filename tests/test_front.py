@@ -49,6 +49,7 @@ async def test_repeated_requests_are_answered_by_the_front_with_the_services_hea
     assert "accept" in vary(second)
     assert second.headers["Cache-Control"].startswith("public, max-age=3600")
     assert not {"Via", "X-Varnish", "Server"} & set(second.headers)
+    assert not [h for h in second.headers if h.lower().startswith("x-front-")]  # the front's own
     # The service got the class's one canonical Accept, and the client's address.
     asked = s.reached(PATH)[0]
     assert asked.headers["Accept"] == "image/avif,image/webp,*/*"

@@ -31,8 +31,8 @@ vcl 4.1;
 # Internal headers, on the copies and never sent to browsers (vcl_deliver):
 # X-Front-Origin and X-Front-Stale-At, when the service made (or last
 # confirmed) the copy and when it went stale, in seconds since the epoch, and
-# X-Front-Date, the service's Date then; X-Front-Again, the marker of a
-# stand-in for one client.
+# X-Front-Date, the service's Date then; X-Front-Kept, on a copy the front
+# kept; X-Front-Again, the marker of a stand-in for one client.
 
 import std;
 
@@ -134,7 +134,7 @@ sub canonical_page {
     if (req.http.Sec-Fetch-Site != "cross-site") {
         unset req.http.Sec-Fetch-Site;
     }
-    if (!(req.http.Origin ~ "^[^,\s]+$" && std.strstr(
+    if (req.http.Origin && !(req.http.Origin ~ "^[^,\s]+$" && std.strstr(
             "," + regsuball(std.getenv("AVATARPROXY_EDGE_CORS_ORIGINS"), "\s", "") + ",",
             "," + req.http.Origin + ","))) {
         unset req.http.Origin;
@@ -185,6 +185,7 @@ sub vcl_backend_response {
         set beresp.http.X-Front-Origin = std.real(time=now - beresp.age);
         set beresp.http.X-Front-Date = beresp.http.Date;
         set beresp.http.X-Front-Stale-At = std.real(time=now - beresp.age + beresp.ttl);
+        unset beresp.http.X-Front-Kept;  # merged from a kept copy the service confirmed
         return (deliver);
     }
     if (bereq.http.If-None-Match && (beresp.status >= 500 || (beresp.status == 200
@@ -239,6 +240,7 @@ sub keep_copy {
         set beresp.ttl = 0.001s;
     }
     set beresp.keep = 0s;
+    set beresp.http.X-Front-Kept = "1";
     if (beresp.http.X-Front-Date) {
         set beresp.http.Date = beresp.http.X-Front-Date;
     }
@@ -303,24 +305,29 @@ sub vcl_deliver {
     unset resp.http.Via;
     unset resp.http.X-Varnish;
     unset resp.http.Server;
-    if (resp.http.X-Front-Origin) {
-        # The copy's age since the service made it, a kept copy's too (Varnish
-        # would count from when the front kept it).
-        set resp.http.Age = std.integer(
-            duration=now - std.time(resp.http.X-Front-Origin, now), fallback=0);
+    if (obj.uncacheable) {
+        # A pass, or an answer for one client: why a stand-in is one
+        # (models.StandIn) is the front's business.
+        unset resp.http.X-Avatar-Stand-In;
+    } elsif (resp.http.X-Front-Origin) {
+        # A copy: the front's own headers stay with it.
+        if (resp.http.X-Front-Kept) {
+            # Its age since the service made it: Varnish counts from when
+            # the front kept it (for other copies, the same moment).
+            set resp.http.Age = std.integer(
+                duration=now - std.time(resp.http.X-Front-Origin, now), fallback=0);
+            unset resp.http.X-Front-Kept;
+        }
+        unset resp.http.X-Front-Origin;
+        unset resp.http.X-Front-Stale-At;
+        unset resp.http.X-Front-Date;
     }
-    unset resp.http.X-Front-Origin;
-    unset resp.http.X-Front-Stale-At;
-    unset resp.http.X-Front-Date;
-    unset resp.http.X-Front-Again;
-    # The front's business: why a stand-in is one (models.StandIn).
-    unset resp.http.X-Avatar-Stand-In;
     if (obj.hits > 0 || !resp.http.X-Request-Id) {
         # Not the service's answer to this request (a copy, or the front's own):
         # the id the service gave another request would lead to the wrong log
         # lines. The ingress' id, if any, and if the service would keep it
         # (ops.py: up to 64 of these characters).
-        if (req.http.X-Request-Id ~ "^[A-Za-z0-9._:-]{1,64}$") {
+        if (req.http.X-Request-Id && req.http.X-Request-Id ~ "^[A-Za-z0-9._:-]{1,64}$") {
             set resp.http.X-Request-Id = req.http.X-Request-Id;
         } else {
             unset resp.http.X-Request-Id;
