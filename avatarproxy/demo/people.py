@@ -54,8 +54,23 @@ class FakePerson:
         return available_sizes(self.photo)
 
 
+class _OneVersion:
+    """A group's or a contact's photo: its mediaEtag made from its id, sizes spelt ``WxH``."""
+
+    object_id: str
+    photo: Image.Image | None
+    media_etag: str
+
+    def __post_init__(self) -> None:
+        if self.photo is not None and not self.media_etag:
+            self.media_etag = media_etag(self.object_id, 0)
+
+    def size_id(self, width: int, height: int) -> str:
+        return f"{width}x{height}"
+
+
 @dataclass(eq=False)
-class FakeGroup:
+class FakeGroup(_OneVersion):
     """A Microsoft 365 group; with ``team`` it is also a team (same object id).
 
     A group's photo comes in the HD sizes like an Exchange photo; through
@@ -70,19 +85,12 @@ class FakeGroup:
     placeholder: bool = False
     capital_x: bool = False
 
-    def __post_init__(self) -> None:
-        if self.photo is not None and not self.media_etag:
-            self.media_etag = media_etag(self.object_id, 0)
-
-    def size_id(self, width: int, height: int) -> str:
-        return f"{width}x{height}"
-
     def sizes(self) -> list[tuple[int, int]]:
         return available_sizes(self.photo)
 
 
 @dataclass(eq=False)
-class FakeContact:
+class FakeContact(_OneVersion):
     """An Outlook contact kept in one person's mailbox.
 
     ``object_id`` is its id, URL-safe base64 as Graph writes them (case
@@ -96,13 +104,6 @@ class FakeContact:
     photo: Image.Image | None = None
     media_etag: str = ""
     placeholder: bool = False
-
-    def __post_init__(self) -> None:
-        if self.photo is not None and not self.media_etag:
-            self.media_etag = media_etag(self.object_id, 0)
-
-    def size_id(self, width: int, height: int) -> str:
-        return f"{width}x{height}"
 
     def sizes(self) -> list[tuple[int, int]]:
         return [self.photo.size] if self.photo is not None else []
