@@ -561,3 +561,23 @@ async def test_a_delta_answer_we_will_not_follow_fails_once_and_waits_for_the_sc
         assert graph.gate._failures == 0  # avatars' breaker never heard of it
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and "users delta" in errors[0].getMessage()
+
+
+async def test_delta_pages_arrive_whole_through_a_segmented_slow_link(
+        fake_graph: Any, graph_proxy: Any) -> None:
+    # As Graph really sends them: in TCP segments with latency, every page and its
+    # nextLink through the same front door (the links must stay under graph.base_url).
+    from faultproxy import Faults
+
+    fake_graph.graph.add(pradeep())
+    fake_graph.graph.delta.page_size = 3
+    graph_proxy.faults = Faults(segment=256, pause=0.001, latency=0.005)
+    async with graph_client(f"http://127.0.0.1:{graph_proxy.port}/v1.0") as graph:
+        index = HashIndex(MemoryIndex(), IndexKeys(KEY))
+        sync = IndexSync(graph, index, interval=0.0)
+        assert await sync.sync_once()
+        assert await owner(index, "p.gupta@contoso.com") == (PRADEEP, PRADEEP)
+        for person in fake_graph.graph.people:
+            assert await index.lookup(md5(person.upn.lower())) == person.object_id
+        assert await sync.sync_once()  # the stored delta link, through the proxy too
+    assert graph_proxy.accepted >= 1
