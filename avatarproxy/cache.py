@@ -35,7 +35,6 @@ from . import metrics
 from .memory import MemoryTier as MemoryTier  # re-exported: one interface, both tiers
 from .models import NOBODY, Identity, PhotoMeta, Profile, Subject
 from .options import option, settings
-from .redis.connection import command
 from .redis.link import RedisLink
 
 
@@ -145,10 +144,11 @@ class RedisTier:
     async def purge(self, index: str, keys: tuple[str, ...],
                     prefixes: tuple[str, ...]) -> int:
         """Delete ``keys`` and those listed in ``index``; errors propagate (an operator asked)."""
-        members = await command(self._client.smembers(index))
+        run = self._link.connection.run
+        members = await run(self._client.smembers(index))
         listed = {m.decode() if isinstance(m, bytes) else str(m) for m in members}
-        deleted = int(await command(self._client.delete(*sorted(listed | set(keys)))))
-        await command(self._client.delete(index))
+        deleted = int(await run(self._client.delete(*sorted(listed | set(keys)))))
+        await run(self._client.delete(index))
         return deleted
 
     async def close(self) -> None:

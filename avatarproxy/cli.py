@@ -173,7 +173,7 @@ async def _purge(args: argparse.Namespace) -> int:
         for subject in subjects:
             deleted = await cache.purge(subject)
             named = target_text(subject)
-            replicas = await announce(channel.client, settings.redis.key_prefix, named)
+            replicas = await announce(channel, settings.redis.key_prefix, named)
             print(f"{named}: {deleted} cached entries deleted, "
                   f"{replicas} running replicas told")
     except connection.REDIS_FAILURES as exc:  # a Cluster's unreachable error included

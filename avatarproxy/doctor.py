@@ -143,7 +143,7 @@ async def check_redis(cache: RedisSettings) -> list[Finding]:
         try:
             for _ in range(5):
                 started = time.perf_counter()
-                await redis.client.ping()
+                await redis.run(redis.client.ping())
                 timings.append((time.perf_counter() - started) * 1000)
         finally:
             await redis.aclose()

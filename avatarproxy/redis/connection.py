@@ -1,24 +1,26 @@
 """Redis clients for the ways companies run it: one server, Sentinel, Cluster.
 
 Only redis-py's own clients are used; this module turns ``cache.*`` settings
-into one of them. Whatever the mode, commands get short timeouts and a quick
-retry on a broken connection, so a failover costs a few cache misses and never
-an error: after a Sentinel switch the pool asks the Sentinels for the new
-master when it reconnects; the Cluster client re-reads the slot map from
-another node when one fails.
+into one of them. Whatever the mode, each command gets one deadline
+(``command``) and a quick retry on a broken connection, so a failover costs a
+few cache misses and never an error: after a Sentinel switch the pool asks the
+Sentinels for the new master when it reconnects; the Cluster client re-reads
+the slot map from another node when one fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import ssl
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import SSLConnection, parse_url
@@ -36,6 +38,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.typing import EncodableT
 
+from ..deadline import deadline
 from ..options import file_problem
 from .settings import RedisSettings
 
@@ -51,7 +54,7 @@ RedisClient = Redis | RedisCluster
 REDIS_FAILURES: tuple[type[Exception], ...] = (
     RedisError, RedisClusterException, OSError, TimeoutError)
 _HEALTH_CHECK_SECONDS = 30  # PING a connection idle this long before reusing it
-MAX_CONNECTIONS = 64  # per process, standalone mode
+MAX_CONNECTIONS = 64  # commands in flight per RedisConnection, any mode
 
 
 class TornConnection(RedisConnectionError):
@@ -118,7 +121,20 @@ class RedisConnection:
     # For log lines (``failure``): where Redis is, and the settings that say so.
     target: str = "Redis"
     settings: str = "cache.redis_url"
+    timeout: float = 0.5  # cache.redis_timeout_seconds: see ``run``
     _node_clients: dict[tuple[str, int], Redis] = field(default_factory=dict)
+    _slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(MAX_CONNECTIONS))
+
+    async def run(self, pending: Awaitable[T]) -> T:
+        """``pending`` (a command, a pipeline) through ``command``: every command's one
+        deadline, ``timeout`` with the loop's own lag not counted (the connections have
+        no read timeout: redis-py's costs a task per write on Python 3.11), a wait for
+        one of ``MAX_CONNECTIONS`` included. Cut off mid-reply (by it, or with its
+        request), a command's connection is closed by redis-py, never handed on with
+        the reply due: tests/test_redis_cancel.py."""
+        async with deadline(self.timeout), self._slots:
+            return await command(pending)
 
     async def pubsub_clients(self) -> list[Redis]:
         """Clients a subscription can go through, best first.
@@ -133,7 +149,7 @@ class RedisConnection:
         # Re-read the map from any node it knows (the seed may be the one that
         # stopped); if none answers, try them all anyway: one may be back.
         with contextlib.suppress(*REDIS_FAILURES):
-            await self.client.nodes_manager.initialize()
+            await self.run(self.client.nodes_manager.initialize())
         known = [(node.host, int(node.port)) for node in self.client.get_nodes()]
         return [self._node(*address) for address in dict.fromkeys([self.seed, *known])]
 
@@ -275,11 +291,10 @@ def connect(cache: RedisSettings) -> RedisConnection:
 def subscriber(cache: RedisSettings) -> RedisConnection:
     """Clients for Pub/Sub (the purge channel), with the same TLS and credentials.
 
-    No read timeout: a subscription is idle most of the time. Sentinel: the
-    current master, found again after a failover. Cluster: plain clients to
-    single nodes (``RedisConnection.pubsub_clients``), any of which will do
-    since a PUBLISH reaches the subscribers of every node; the cluster client
-    beside them only reads the slot map, and publishes.
+    Sentinel: the current master, found again after a failover. Cluster: plain
+    clients to single nodes (``RedisConnection.pubsub_clients``), any of which
+    will do since a PUBLISH reaches the subscribers of every node; the cluster
+    client beside them only reads the slot map, and publishes.
     """
     if cache.redis_mode != "cluster":
         return _connect(cache, pubsub=True)
@@ -289,27 +304,24 @@ def subscriber(cache: RedisSettings) -> RedisConnection:
         # _Subscriber: its subscriptions' awaits go through ``command`` too.
         return _Subscriber.from_pool(ConnectionPool(**{**options, "host": host, "port": port}))
 
-    return RedisConnection(_connect(cache, pubsub=False).client, node_client=node_client,
-                           seed=(options["host"], options["port"]), target=_target(cache)[0])
+    return replace(_connect(cache, pubsub=False), node_client=node_client,
+                   seed=(options["host"], options["port"]))
 
 
 def _pubsub_options(cache: RedisSettings) -> dict[str, Any]:
-    """A Pub/Sub connection to one server: the service's TLS and credentials, and no
-    read timeout (a subscription is idle most of the time)."""
+    """A Pub/Sub connection to one server: the service's TLS and credentials."""
     options = _url_options(cache.redis_url or "redis://", cache)
-    options["socket_timeout"] = None
     options.update(_tls_options(cache, options.get("connection_class") is SSLConnection))
     return options
 
 
 def _connect(cache: RedisSettings, pubsub: bool) -> RedisConnection:
     target, settings = _target(cache)
+    named = functools.partial(RedisConnection, target=target, settings=settings,
+                              timeout=cache.redis_timeout_seconds)
     if pubsub and cache.redis_mode != "sentinel":
-        return RedisConnection(_Subscriber.from_pool(ConnectionPool(**_pubsub_options(cache))),
-                               target=target, settings=settings)
+        return named(_Subscriber.from_pool(ConnectionPool(**_pubsub_options(cache))))
     options = _url_options(cache.redis_url or "redis://", cache)
-    if pubsub:
-        options["socket_timeout"] = None  # Sentinel: a subscription is idle, no read timeout
     tls = options.get("connection_class") is SSLConnection
     if cache.redis_mode == "cluster":
         options.pop("connection_class", None)
@@ -318,7 +330,7 @@ def _connect(cache: RedisSettings, pubsub: bool) -> RedisConnection:
             # Serve the slots that still have a master while one fails over.
             require_full_coverage=False,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), 2))
-        return RedisConnection(client, target=target, settings=settings)
+        return named(client)
     retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
     if cache.redis_mode == "sentinel":
         for name in ("host", "port", "path", "connection_class"):
@@ -336,13 +348,10 @@ def _connect(cache: RedisSettings, pubsub: bool) -> RedisConnection:
             **_tls_options(cache, tls))
         master: Redis = sentinel.master_for(cache.redis_sentinel_master,
                                             redis_class=_Subscriber if pubsub else Redis)
-        return RedisConnection(master, tuple(sentinel.sentinels), target=target, settings=settings)
+        return named(master, tuple(sentinel.sentinels))
     options.update(_tls_options(cache, tls))
-    # A bounded pool that waits (briefly) for a free connection: a burst of
-    # requests queues for Redis instead of failing with "too many connections".
-    return RedisConnection(Redis.from_pool(BlockingConnectionPool(
-        **options, retry=retry, max_connections=MAX_CONNECTIONS,
-        timeout=cache.redis_timeout_seconds)), target=target, settings=settings)
+    return named(Redis.from_pool(ConnectionPool(
+        **options, retry=retry, max_connections=MAX_CONNECTIONS)))
 
 
 def _url_options(url: str, cache: RedisSettings) -> dict[str, Any]:
@@ -356,7 +365,8 @@ def _url_options(url: str, cache: RedisSettings) -> dict[str, Any]:
         options["username"] = username
     if cache.redis_mode == "cluster":
         options.pop("db", None)
-    options.update(socket_timeout=cache.redis_timeout_seconds,
+    # No read timeout: ``RedisConnection.run`` bounds each command; subscriptions idle.
+    options.update(socket_timeout=None,
                    socket_connect_timeout=cache.redis_timeout_seconds,
                    health_check_interval=_HEALTH_CHECK_SECONDS)
     return options

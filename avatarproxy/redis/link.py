@@ -25,11 +25,10 @@ from typing import Any
 
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.exceptions import MaxConnectionsError, OutOfMemoryError, ResponseError
 
 from .. import metrics
-from .connection import REDIS_FAILURES, RedisClient, RedisConnection, command
+from .connection import REDIS_FAILURES, RedisClient, RedisConnection
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ class RedisLink:
         self._idle.clear()
         self.refused = False
         try:
-            result = await command(pending)
+            result = await self.connection.run(pending)
         except OutOfMemoryError as exc:
             self.health.writes_refused_for_memory += 1
             metrics.cache_write_refused()
@@ -171,8 +170,10 @@ class RedisLink:
 
 
 def _pool_exhausted(exc: BaseException) -> bool:
-    """redis-py's BlockingConnectionPool waited its timeout for a free connection."""
-    return isinstance(exc, RedisConnectionError) and str(exc) == "No connection available."
+    """Every connection of the pool (a Cluster node's) was busy: redis-py refused at
+    once. ``RedisConnection.run`` waits for a free one first; should a pool be full
+    anyway, that command goes without Redis and Redis stays up for the others."""
+    return isinstance(exc, MaxConnectionsError)
 
 
 def _discard(pending: Awaitable[Any]) -> None:

@@ -29,7 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoPermissionError
 
 from .. import metrics
-from .connection import REDIS_FAILURES, RedisClient, RedisConnection
+from .connection import REDIS_FAILURES, RedisConnection
 
 log = logging.getLogger(__name__)
 
@@ -51,28 +51,30 @@ class SilentSubscription(RedisConnectionError):
     """The subscription did not answer a PING: a dead connection nobody closed."""
 
 
-async def announce(client: RedisClient, key_prefix: str, subject_key: str) -> int:
+async def announce(connection: RedisConnection, key_prefix: str, subject_key: str) -> int:
     """Tell running replicas; the number that heard it."""
+    client, run = connection.client, connection.run
     channels = [channel(key_prefix)]
-    heard = int(await client.publish(channels[0], subject_key))
+    heard = int(await run(client.publish(channels[0], subject_key)))
     if channels[0] != LEGACY_CHANNEL:
         try:
-            heard += int(await client.publish(LEGACY_CHANNEL, subject_key))
+            heard += int(await run(client.publish(LEGACY_CHANNEL, subject_key)))
             channels.append(LEGACY_CHANNEL)
         except NoPermissionError:
             # An ACL that grants only the new channel: nobody old is left to tell.
             log.debug("no permission to publish on %s; skipped", LEGACY_CHANNEL)
     if isinstance(client, RedisCluster):
         # A PUBLISH reaches every node but counts the subscribers of its own only.
-        heard = await _cluster_subscribers(client, channels)
+        heard = await _cluster_subscribers(connection, client, channels)
     return heard
 
 
-async def _cluster_subscribers(client: RedisCluster, channels: list[str]) -> int:
+async def _cluster_subscribers(connection: RedisConnection, client: RedisCluster,
+                               channels: list[str]) -> int:
     total = 0
     for node in client.get_nodes():
         try:
-            replies = await client.pubsub_numsub(*channels, target_nodes=node)
+            replies = await connection.run(client.pubsub_numsub(*channels, target_nodes=node))
         except REDIS_FAILURES:
             continue  # a node that is down has nobody listening
         total += sum(int(count) for _, count in replies)

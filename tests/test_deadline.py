@@ -1,0 +1,128 @@
+"""The one deadline of a Redis command: a loop that lags is not a Redis that is down.
+
+Each scenario runs on asyncio's loop and on uvloop (the service's): they order
+a late timer and a ready socket differently. The loop is blocked with
+``time.sleep``, as a CPU-bound callback would block it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import pytest
+import uvloop
+from faultproxy import FaultProxy, Faults
+from yarl import URL
+
+from avatarproxy.deadline import deadline
+from avatarproxy.redis.connection import connect
+from avatarproxy.redis.link import RedisLink
+from avatarproxy.redis.settings import RedisSettings
+
+TIMEOUT = 0.2
+RUNNERS: dict[str, Callable[[Coroutine[Any, Any, None]], None]] = {
+    "asyncio": asyncio.run, "uvloop": uvloop.run}
+
+
+@pytest.fixture(params=sorted(RUNNERS))
+def run(request: pytest.FixtureRequest) -> Callable[[Callable[[], Awaitable[None]]], None]:
+    def run(scenario: Callable[[], Awaitable[None]]) -> None:
+        async def main() -> None:
+            await scenario()
+        RUNNERS[request.param](main())
+    return run
+
+
+def link_to(url: str) -> RedisLink:
+    return RedisLink(connect(RedisSettings(redis_url=url, redis_timeout_seconds=TIMEOUT)),
+                     retry_after=30)
+
+
+def block_loop(seconds: float) -> None:
+    """What a CPU-bound callback does to every other coroutine of the loop."""
+    time.sleep(seconds)
+
+
+async def in_flight(link: RedisLink, key: str) -> asyncio.Task[Any]:
+    """A GET of ``key`` sent, its reply not read yet."""
+    task = asyncio.create_task(link.call("GET", link.client.get(key)))
+    await asyncio.sleep(0)  # the task checks a connection out, writes, waits to read
+    return task
+
+
+def test_a_reply_that_waited_behind_a_blocked_loop_is_an_answer(
+        redis_url: str, run: Callable[[Callable[[], Awaitable[None]]], None]) -> None:
+    async def scenario() -> None:
+        link = link_to(redis_url)
+        await link.client.set("k", b"photo")
+        assert await link.call("GET", link.client.get("k")) == b"photo"  # connected
+        task = await in_flight(link, "k")
+        block_loop(TIMEOUT * 5)  # Redis answered long ago; nobody read it
+        assert await task == b"photo"
+        assert link.healthy
+        await link.close()
+    run(scenario)
+
+
+def test_a_stalled_redis_reads_as_down_within_about_the_timeout(
+        redis_url: str, run: Callable[[Callable[[], Awaitable[None]]], None]) -> None:
+    async def scenario() -> None:
+        proxy = await FaultProxy.start(URL(redis_url).port or 0, Faults(stall=True))
+        link = link_to(f"redis://127.0.0.1:{proxy.port}/0")
+        started = time.monotonic()
+        assert await link.call("GET", link.client.get("k")) is None
+        elapsed = time.monotonic() - started
+        assert not link.healthy
+        assert TIMEOUT * 0.9 <= elapsed < TIMEOUT * 15
+        await link.close()
+        await proxy.close()
+    run(scenario)
+
+
+def test_a_stalled_redis_under_a_blocked_loop_is_still_given_up_on(
+        redis_url: str, run: Callable[[Callable[[], Awaitable[None]]], None]) -> None:
+    async def scenario() -> None:
+        proxy = await FaultProxy.start(URL(redis_url).port or 0, Faults(stall=True))
+        link = link_to(f"redis://127.0.0.1:{proxy.port}/0")
+        task = await in_flight(link, "k")
+        block_loop(TIMEOUT * 5)
+        assert await task is None  # the lag given back, and then it timed out
+        assert not link.healthy
+        await link.close()
+        await proxy.close()
+    run(scenario)
+
+
+def test_a_loop_that_never_catches_up_still_ends_the_wait(
+        run: Callable[[Callable[[], Awaitable[None]]], None]) -> None:
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        hogging = True
+
+        def hog() -> None:  # every turn of the loop takes longer than the deadline
+            if hogging:
+                block_loop(0.03)
+                loop.call_soon(hog)
+
+        hog()
+        try:
+            with pytest.raises(TimeoutError):
+                async with deadline(0.02):
+                    await asyncio.Event().wait()
+        finally:
+            hogging = False
+    run(scenario)
+
+
+async def test_a_cancellation_from_outside_is_no_timeout() -> None:
+    async def wait() -> None:
+        async with deadline(10):
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(wait())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
