@@ -16,6 +16,12 @@ time only bounds how long a holder that died keeps the others waiting.
 A miss waits for each round trip to Redis, so the lock is asked for together
 with a look at the image key, and released together with the image's write.
 
+The wait is counted in the loop's own time (``_LagFreeClock``): when this
+process's event loop lags (its cores saturated, a long callback), the time it
+spends unable to run is not time spent waiting for the holder, and a waiter
+whose loop stalled past its wait would otherwise fetch a second time a photo
+the holder is about to store.
+
 This module is the policy (wait, take over, renew); the locks' commands and
 key names are ``redis.coordination.DownloadLocks``.
 """
@@ -24,14 +30,36 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from .redis.coordination import DownloadLocks
 
 _POLL_SECONDS = 0.02
+# The lag-free clock's tick; a tick later than twice this ran behind a lagging loop.
+_TICK_SECONDS = 0.02
 T = TypeVar("T")
+
+
+class _LagFreeClock:
+    """Seconds that have passed for this event loop since it was made, without the
+    loop's lag: a tick every ``_TICK_SECONDS`` adds the time since the last one,
+    but no more than two ticks' worth (a later tick waited behind other work)."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._last = self._loop.time()
+        self.elapsed = 0.0
+        self._handle = self._loop.call_later(_TICK_SECONDS, self._tick)
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        self.elapsed += min(now - self._last, 2 * _TICK_SECONDS)
+        self._last = now
+        self._handle = self._loop.call_later(_TICK_SECONDS, self._tick)
+
+    def stop(self) -> None:
+        self._handle.cancel()
 
 
 class ReplicaCoalescer:
@@ -50,28 +78,39 @@ class ReplicaCoalescer:
         if self._locks is None:
             return await lookup() or await fetch()
         token = secrets.token_hex(16)
-        deadline = time.monotonic() + self._wait
-        while True:
-            attempt = await self._locks.try_lock(key, token, self._lock_seconds)
-            if attempt is None:
-                return await lookup() or await fetch()  # Redis unavailable: no lock to take
-            locked, stored = attempt
-            if locked:
-                # Storing what the lock guards releases it, in the same round trip.
-                self._locks.release_on_write(key, token)
-                renewal = asyncio.create_task(self._renew(key, token))
-                try:
-                    # Only if a holder stored it between our miss and our lock: usually
-                    # not, and the miss costs one round trip to Redis, not two.
-                    return (await lookup() if stored else None) or await fetch()
-                finally:
-                    renewal.cancel()
-                    await self._locks.unlock(key, token)
-            if time.monotonic() >= deadline:
-                return await fetch()  # waited long enough
-            found = await self._await_holder(key, lookup, deadline)
-            if found is not None:
-                return found
+        waited = _LagFreeClock()
+        try:
+            while True:
+                attempt = await self._locks.try_lock(key, token, self._lock_seconds)
+                if attempt is None:
+                    return await lookup() or await fetch()  # Redis unavailable: no lock
+                locked, stored = attempt
+                if locked:
+                    waited.stop()
+                    return await self._fetch_locked(key, token, stored, fetch, lookup)
+                if waited.elapsed >= self._wait:
+                    return await fetch()  # waited long enough
+                found = await self._await_holder(key, lookup, waited)
+                if found is not None:
+                    return found
+        finally:
+            waited.stop()
+
+    async def _fetch_locked(self, key: str, token: str, stored: bool,
+                            fetch: Callable[[], Awaitable[T]],
+                            lookup: Callable[[], Awaitable[T | None]]) -> T:
+        """``fetch`` under our lock, renewed meanwhile; ``stored``: the key was there."""
+        assert self._locks is not None
+        # Storing what the lock guards releases it, in the same round trip.
+        self._locks.release_on_write(key, token)
+        renewal = asyncio.create_task(self._renew(key, token))
+        try:
+            # Only if a holder stored it between our miss and our lock: usually
+            # not, and the miss costs one round trip to Redis, not two.
+            return (await lookup() if stored else None) or await fetch()
+        finally:
+            renewal.cancel()
+            await self._locks.unlock(key, token)
 
     async def _renew(self, key: str, token: str) -> None:
         """Keep our lock while the fetch runs (cancelled when it ends); most fetches
@@ -84,10 +123,10 @@ class ReplicaCoalescer:
                 return
 
     async def _await_holder(self, key: str, lookup: Callable[[], Awaitable[T | None]],
-                            deadline: float) -> T | None:
+                            waited: _LagFreeClock) -> T | None:
         """The holder's result; None once its lock is gone (it failed or died) or time is up."""
         assert self._locks is not None
-        while time.monotonic() < deadline:
+        while waited.elapsed < self._wait:
             await asyncio.sleep(_POLL_SECONDS)
             found = await lookup()
             if found is not None:
