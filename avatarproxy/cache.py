@@ -272,14 +272,17 @@ class AvatarCache:
         """
         key = self.meta_key(subject)
         best: PhotoMeta | None = None
+        best_raw = b""  # as read: the faster tiers get these bytes, not an encoding anew
         behind: list[CacheTier] = []  # faster tiers that had nothing, or an older copy
         for tier in self.tiers:
-            meta = _meta_or_none(await self._read_meta(tier, key, ahead))
-            if meta is not None and (best is None or meta.fetched_at > best.fetched_at):
-                best = meta
+            raw = await self._read_meta(tier, key, ahead)
+            meta = _meta_or_none(raw)
+            if meta is not None and raw is not None and (
+                    best is None or meta.fetched_at > best.fetched_at):
+                best, best_raw = meta, raw
             if best is not None and self.is_fresh(best):
                 for faster in behind:
-                    await faster.set(key, _encode_meta(best), self._settings.stale_ttl_seconds)
+                    await faster.set(key, best_raw, self._settings.stale_ttl_seconds)
                 break
             behind.append(tier)
         if best is not None:
@@ -291,10 +294,9 @@ class AvatarCache:
         if ahead is None or tier is not self.redis or self.peek_image(ahead.key) is not None:
             return await tier.get(key)
         both = await self.redis.get_both(key, ahead.key)
-        if both is None:
-            return None
-        ahead.body, ahead.answered = both[1], True
-        return both[0]
+        if both is not None:
+            ahead.body, ahead.answered = both[1], True
+        return both[0] if both is not None else None
 
     def last_media_etag(self, subject: Subject) -> str | None:
         """What ``ReadAhead`` guesses: the mediaEtag this process last saw for ``subject``."""
