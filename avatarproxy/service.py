@@ -161,8 +161,8 @@ class AvatarService:
 
     async def _get_avatar(self, subject: Subject, size: int, formats: OutputFormats,
                           fallback: bool, admit: Admit | None) -> Avatar:
-        # 1. What does Graph have? None means "could not find out right now". The
-        #    photo it last had is read with it: a hit in Redis is one round trip.
+        # 1. What does Graph have? None means "could not find out right now". The photo
+        #    of the mediaEtag last seen comes with it (``readahead``): one Redis round trip.
         ahead = self._photos.read_ahead(subject, size, formats.photo)
         meta = await self._metadata(subject, admit, ahead)
         if _unknown_user(subject, meta):
