@@ -70,9 +70,8 @@ class Answers:
         # At most ~4 MB even if every entry were 1024 px (~15 KB); most are far smaller.
         self._stand_ins = functools.lru_cache(maxsize=256)(initials.twin().render_quick)
 
-    def photo_key(self, subject: Subject, meta: PhotoMeta, plan: FetchPlan, fmt: str) -> str:
-        return self._cache.photo_key(subject, meta.media_etag, plan.target, fmt,
-                                     imaging.RENDERER_VERSION)
+    def photo_key(self, subject: Subject, media_etag: str, target: int, fmt: str) -> str:
+        return self._cache.photo_key(subject, media_etag, target, fmt, imaging.RENDERER_VERSION)
 
     def photo(self, body: bytes, meta: PhotoMeta, plan: FetchPlan, fmt: str) -> Avatar:
         etag = _etag("photo", meta.media_etag, str(plan.target), fmt, imaging.RENDERER_VERSION)

@@ -35,6 +35,7 @@ from . import metrics
 from .memory import MemoryTier as MemoryTier  # re-exported: one interface, both tiers
 from .models import NOBODY, Identity, PhotoMeta, Profile, Subject
 from .options import option, settings
+from .readahead import LastSeen, ReadAhead
 from .redis.link import RedisLink
 
 
@@ -114,13 +115,27 @@ class RedisTier:
 
     async def get(self, key: str) -> bytes | None:
         value = await self._link.call("GET", self._client.get(key))
+        self._count(value)
+        return value if isinstance(value, bytes) else None
+
+    async def get_both(self, key: str, other: str) -> list[bytes | None] | None:
+        """Two keys of one person in one round trip (GETs in a pipeline, the ACL has no
+        +mget; the hash tag keeps a Cluster on one node); None if Redis did not answer."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.get(key)
+        pipe.get(other)
+        values: list[bytes | None] | None = await self._link.call("GET", pipe.execute())
+        for value in values or (None, None):
+            self._count(value)
+        return values
+
+    def _count(self, value: object) -> None:
         if isinstance(value, bytes):
             metrics.cache_lookup(self.name, "hit")
         else:
             # Not healthy: the command failed, or Redis is being skipped after a failure.
             failed = self._link.refused or not self._link.healthy
             metrics.cache_lookup(self.name, "error" if failed else "miss")
-        return value if isinstance(value, bytes) else None
 
     async def set(self, key: str, value: bytes, ttl: int,
                   index: tuple[str, int] | None = None) -> None:
@@ -170,6 +185,9 @@ class AvatarCache:
         self.tiers = tiers
         self._prefix = f"{key_prefix}{SCHEMA_VERSION}:"
         self._memory = next((t for t in tiers if isinstance(t, MemoryTier)), None)
+        # The shared tier, if configured (its health is that of every Redis user).
+        self.redis = next((t for t in tiers if isinstance(t, RedisTier)), None)
+        self._seen = LastSeen()  # the guesses of ReadAhead
 
     def photo_key(self, subject: Subject, media_etag: str, size: int, fmt: str,
                   renderer: str) -> str:
@@ -197,18 +215,14 @@ class AvatarCache:
     def meta_key(self, subject: Subject) -> str:
         return f"{self._prefix}meta:{{{subject.cache_id}}}"
 
-    @property
-    def redis(self) -> RedisTier | None:
-        """The shared tier, if configured (its health is that of every Redis user)."""
-        return next((t for t in self.tiers if isinstance(t, RedisTier)), None)
-
     def index_key(self, subject: Subject) -> str:
         # By cache_id, like the keys it lists: a contact whose id looks like a person's
         # object id never shares that person's index (a user's cache_id is their key).
         return f"{self._prefix}idx:{{{subject.cache_id}}}"
 
-    async def get_image(self, key: str) -> bytes | None:
-        return await self._get(key, self._settings.image_ttl_seconds)
+    async def get_image(self, key: str, ahead: ReadAhead | None = None) -> bytes | None:
+        """``ahead``: what ``get_meta`` read with the metadata, used if it is ``key``'s."""
+        return await self._get(key, self._settings.image_ttl_seconds, ahead)
 
     def peek_image(self, key: str) -> bytes | None:
         """The image if this process holds it; never asks Redis."""
@@ -226,11 +240,15 @@ class AvatarCache:
         for _ in range(lookups):
             metrics.cache_lookup("memory", "hit")
 
-    async def _get(self, key: str, ttl: int | Callable[[bytes], int]) -> bytes | None:
+    async def _get(self, key: str, ttl: int | Callable[[bytes], int],
+                   ahead: ReadAhead | None = None) -> bytes | None:
         """The value from the fastest tier holding it; ``ttl`` (or ``ttl(value)``) is
         how long the faster tiers we missed in keep it."""
         for index, tier in enumerate(self.tiers):
-            value = await tier.get(key)
+            if ahead is not None and ahead.answered and tier is self.redis and ahead.key == key:
+                value = ahead.body  # Redis's answer for key, read with the metadata
+            else:
+                value = await tier.get(key)
             if value is not None:
                 for faster in self.tiers[:index]:
                     await faster.set(key, value, ttl(value) if callable(ttl) else ttl)
@@ -243,8 +261,9 @@ class AvatarCache:
         for tier in self.tiers:
             await tier.set(key, value, self._settings.image_ttl_seconds, index)
 
-    async def get_meta(self, subject: Subject) -> PhotoMeta | None:
-        """The freshest metadata the tiers hold.
+    async def get_meta(self, subject: Subject, ahead: ReadAhead | None = None
+                       ) -> PhotoMeta | None:
+        """The freshest metadata the tiers hold; Redis reads ``ahead`` with it.
 
         A stale copy does not end the lookup: another replica may have
         refreshed Redis already, and asking Redis costs one round trip where
@@ -253,19 +272,38 @@ class AvatarCache:
         """
         key = self.meta_key(subject)
         best: PhotoMeta | None = None
+        best_raw = b""  # as read: the faster tiers get these bytes, not an encoding anew
         behind: list[CacheTier] = []  # faster tiers that had nothing, or an older copy
         for tier in self.tiers:
-            meta = _meta_or_none(await tier.get(key))
-            if meta is not None and (best is None or meta.fetched_at > best.fetched_at):
-                best = meta
+            raw = await self._read_meta(tier, key, ahead)
+            meta = _meta_or_none(raw)
+            if meta is not None and raw is not None and (
+                    best is None or meta.fetched_at > best.fetched_at):
+                best, best_raw = meta, raw
             if best is not None and self.is_fresh(best):
                 for faster in behind:
-                    await faster.set(key, _encode_meta(best), self._settings.stale_ttl_seconds)
-                return best
+                    await faster.set(key, best_raw, self._settings.stale_ttl_seconds)
+                break
             behind.append(tier)
+        if best is not None:
+            self._seen.saw(subject, best)
         return best
 
+    async def _read_meta(self, tier: CacheTier, key: str, ahead: ReadAhead | None) -> bytes | None:
+        """``key`` from ``tier``; from Redis with ``ahead``'s photo, unless memory has it."""
+        if ahead is None or tier is not self.redis or self.peek_image(ahead.key) is not None:
+            return await tier.get(key)
+        both = await self.redis.get_both(key, ahead.key)
+        if both is not None:
+            ahead.body, ahead.answered = both[1], True
+        return both[0] if both is not None else None
+
+    def last_media_etag(self, subject: Subject) -> str | None:
+        """What ``ReadAhead`` guesses: the mediaEtag this process last saw for ``subject``."""
+        return self._seen.media_etag(subject) if self.redis is not None else None
+
     async def put_meta(self, subject: Subject, meta: PhotoMeta) -> None:
+        self._seen.saw(subject, meta)
         raw = _encode_meta(meta)
         for tier in self.tiers:
             await tier.set(self.meta_key(subject), raw, self._settings.stale_ttl_seconds,
@@ -284,6 +322,7 @@ class AvatarCache:
         """
         # The image prefix ends with "}:": a purge of a@b.co spares a@b.com.
         keys = (self.meta_key(subject),)
+        self._seen.forget(subject)
         prefixes = tuple(f"{self._prefix}{kind}:{{{subject.cache_id}}}:"
                          for kind in ("img", "src"))
         tiers = self.tiers if shared else [t for t in self.tiers if isinstance(t, MemoryTier)]

@@ -24,6 +24,7 @@ from .errors import RateLimited
 from .flights import Flights, ImagePool
 from .graph.client import GraphClient
 from .models import ONE_PHOTO, Avatar, PhotoMeta, Subject
+from .readahead import ReadAhead
 from .sizing import FetchPlan, is_placeholder, plan_fetch
 
 
@@ -55,16 +56,22 @@ class Photos:
         self._coalescer = coalescer
         self._pool = pool
 
+    def read_ahead(self, subject: Subject, size: int, fmt: str) -> ReadAhead | None:
+        """The photo to read with ``subject``'s metadata: that of the mediaEtag last seen."""
+        media_etag = self._cache.last_media_etag(subject)
+        return None if media_etag is None else ReadAhead(
+            self._answers.photo_key(subject, media_etag, size, fmt))
+
     async def avatar(self, subject: Subject, meta: PhotoMeta, size: int, fmt: str,
-                     admit: Admit | None) -> Avatar:
+                     admit: Admit | None, ahead: ReadAhead | None = None) -> Avatar:
         """The photo ``meta`` describes, as ``fmt`` at ``size``; ``RateLimited`` if the
-        client cannot pay for the work it needs."""
+        client cannot pay for the work it needs. ``ahead``: read with ``meta``."""
         plan = plan_fetch(size, meta)
         if subject.kind in ONE_PHOTO:
             # Only the largest exists: one download (and one kept source) for every size.
             plan = FetchPlan(hd_size=None, target=size)
-        key = self._answers.photo_key(subject, meta, plan, fmt)
-        body = await self._cache.get_image(key)
+        key = self._answers.photo_key(subject, meta.media_etag, plan.target, fmt)
+        body = await self._cache.get_image(key, ahead)
         if body is None:
             source_key = self._cache.source_key(subject, meta.media_etag, plan.hd_size)
             raw = await self._cache.get_image(source_key)

@@ -44,6 +44,7 @@ from .limits import LoadLimits
 from .models import Avatar, PhotoMeta, Profile, StandIn, Subject
 from .negotiation import OutputFormats
 from .photos import Photos
+from .readahead import ReadAhead
 from .security import Policy
 from .sizing import plan_fetch
 
@@ -142,8 +143,8 @@ class AvatarService:
             return None  # refused, or not known whose: the long way says which
         if meta.has_photo:
             plan = plan_fetch(size, meta)
-            body = self._cache.peek_image(self._answers.photo_key(subject, meta, plan,
-                                                                  formats.photo))
+            body = self._cache.peek_image(self._answers.photo_key(
+                subject, meta.media_etag, plan.target, formats.photo))
             if body is None:
                 return None
             self._cache.count_memory_hits(2)
@@ -160,8 +161,10 @@ class AvatarService:
 
     async def _get_avatar(self, subject: Subject, size: int, formats: OutputFormats,
                           fallback: bool, admit: Admit | None) -> Avatar:
-        # 1. What does Graph have? None means "could not find out right now".
-        meta = await self._metadata(subject, admit)
+        # 1. What does Graph have? None means "could not find out right now". The photo
+        #    of the mediaEtag last seen comes with it (``readahead``): one Redis round trip.
+        ahead = self._photos.read_ahead(subject, size, formats.photo)
+        meta = await self._metadata(subject, admit, ahead)
         if _unknown_user(subject, meta):
             # Not a UPN Graph knows: perhaps a mail address or an alias.
             resolved = await self._resolve_address(subject, admit)
@@ -175,7 +178,8 @@ class AvatarService:
         # 2. A photo: nearest HD size at or above the request, downscaled.
         if meta is not None and meta.has_photo:
             try:
-                return await self._photos.avatar(subject, meta, size, formats.photo, admit)
+                return await self._photos.avatar(subject, meta, size, formats.photo, admit,
+                                                 ahead)
             except GraphNotFound:
                 # Deleted between metadata and bytes: the metadata is refreshed later.
                 meta = replace(meta, has_photo=False)
@@ -232,8 +236,9 @@ class AvatarService:
             return 1
         return 2
 
-    async def _metadata(self, subject: Subject, admit: Admit | None) -> PhotoMeta | None:
-        cached = await self._cache.get_meta(subject)
+    async def _metadata(self, subject: Subject, admit: Admit | None,
+                        ahead: ReadAhead | None = None) -> PhotoMeta | None:
+        cached = await self._cache.get_meta(subject, ahead)
         if cached is not None and not self._policy.knows_owner(subject, cached):
             cached = None  # written before the rules needed the id's UPN: ask again
         if cached is not None and self._cache.is_fresh(cached):

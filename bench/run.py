@@ -48,6 +48,8 @@ from avatarproxy.demo.fakegraph import FakeGraph, start_fake_graph  # noqa: E402
 from avatarproxy.demo.people import FakePerson  # noqa: E402
 
 BROWSER_ACCEPT = "image/avif,image/webp,*/*"
+REDIS_TIER = "avatarproxy (Redis tier only)"
+BARE_GET = "bare aiohttp + one redis-py GET"
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,7 @@ class Bench:
             "AVATARPROXY_AUTH_CLIENT_SECRET": self.idp.client_secret,
             "AVATARPROXY_AUTH_AUTHORITY": self.idp.authority,
             "AVATARPROXY_AUTH_CA_FILE": str(self.idp.ca_file),
-            "AVATARPROXY_CACHE_REDIS_URL": f"redis://127.0.0.1:{self.redis.port}/0",
+            "AVATARPROXY_CACHE_REDIS_URL": self.redis_url,
             "AZURE_CLIENT_SECRET": "", "AZURE_CLIENT_ID": "", "AZURE_TENANT_ID": "",
         }
         if _supports("server.workers"):
@@ -171,6 +173,7 @@ class Bench:
     async def setup(self) -> None:
         self.redis = servers.redis(self.workdir)
         self.procs.append(self.redis)
+        self.redis_url = f"redis://127.0.0.1:{self.redis.port}/0"
         self.idp = await start_fake_idp(self.workdir / "tls")
         total = (self.p.working_set + misses.people_needed(self.p.miss_samples, self.against)
                  + self.p.economy_users
@@ -218,13 +221,24 @@ class Bench:
                                            BROWSER_ACCEPT, self.p.seconds, self._wrk,
                                            self._paced))
         service.stop()
+        # A Redis-tier hit against the floor of any handler answering from Redis: the
+        # bare handler making one redis-py GET per request, same Redis, same bytes.
+        bare_get = servers.bare(self.workdir, docroot / paths[0].lstrip("/"), self.workers,
+                                redis_url=self.redis_url)
+        self.procs.append(bare_get)
+        table[BARE_GET] = await self._wrk(bare_get, script, ())
+        bare_get.stop()
         redis_only = await self.start("service-redis-tier", AVATARPROXY_CACHE_MEMORY_MAX_BYTES="0")
-        table["avatarproxy (Redis tier only)"] = await self._wrk(redis_only, script, ())
+        table[REDIS_TIER] = await self._wrk(redis_only, script, ())
         redis_only.stop()
         base = table["nginx"]
         for row in table.values():
             row["rps_vs_nginx"] = round(row["rps"] / base["rps"], 3)
             row["p99_vs_nginx"] = round(row["p99_ms"] / base["p99_ms"], 3)
+        table[REDIS_TIER]["rps_vs_bare_get"] = round(
+            table[REDIS_TIER]["rps"] / table[BARE_GET]["rps"], 3)
+        table[REDIS_TIER]["rps_vs_bare"] = round(
+            table[REDIS_TIER]["rps"] / table["bare aiohttp"]["rps"], 3)
         self.results["hits"] = table
         if instructions.available():
             self.results["instructions"] = await self.instructions(docroot, paths[0])
@@ -249,7 +263,11 @@ class Bench:
         if self.p is not SMOKE:  # a second Python start under valgrind: ~20 s
             redis_only = await self.start("service-callgrind-redis", wrap("redis"),
                                           workers="1", AVATARPROXY_CACHE_MEMORY_MAX_BYTES="0")
-            runs.append(("avatarproxy (Redis tier only)", "redis", redis_only, ()))
+            bare_get = servers.bare(self.workdir, docroot / path.lstrip("/"), 1,
+                                    wrap("bare-get"), self.redis_url)
+            self.procs.append(bare_get)
+            runs += [(BARE_GET, "bare-get", bare_get, ()),
+                     (REDIS_TIER, "redis", redis_only, ())]
         for label, name, proc, headers in runs:
             # In a thread: it blocks on valgrind and wrk; this loop still runs the fake IdP.
             rows[label] = await asyncio.to_thread(
@@ -261,6 +279,10 @@ class Bench:
         for row in rows.values():
             row["x_nginx"] = round(row["instructions_per_request"] / base, 1)
             row["x_bare"] = round(row["instructions_per_request"] / bare_count, 2)
+        if BARE_GET in rows:
+            rows[REDIS_TIER]["x_bare_get"] = round(
+                rows[REDIS_TIER]["instructions_per_request"]
+                / rows[BARE_GET]["instructions_per_request"], 2)
         return rows
 
     async def _paced(self, proc: servers.Proc, path: str,
@@ -398,6 +420,9 @@ def print_table(results: dict[str, Any]) -> None:
         for name, row in results["instructions"].items():
             print(f"  {name:<42}{row['instructions_per_request']:>12,.0f}"
                   f"{row['x_nginx']:>9.1f}x{row['x_bare']:>8.2f}x")
+        if "x_bare_get" in results["instructions"].get(REDIS_TIER, {}):
+            print(f"  Redis-tier hit: {results['instructions'][REDIS_TIER]['x_bare_get']:.2f}x "
+                  "the instructions of the bare handler with one redis-py GET")
     misses.print_rows(results)
     if "cold_herd" in results:
         herd = results["cold_herd"]
@@ -430,6 +455,10 @@ def _print_hits(hits: dict[str, Any]) -> None:
         if "rps_vs_nginx_interleaved" in row:
             print(f"    {'(runs alternated with nginx: medians)':<52}"
                   f"{row['rps_vs_nginx_interleaved']:>17.2f}x{row['p99_vs_nginx_interleaved']:>29.2f}x")
+    if REDIS_TIER in hits and "rps_vs_bare_get" in hits[REDIS_TIER]:
+        row = hits[REDIS_TIER]
+        print(f"  Redis-tier hit: {row['rps_vs_bare_get']:.2f}x the bare handler with one "
+              f"redis-py GET, {row['rps_vs_bare']:.2f}x bare aiohttp (req/s, this run)")
 
 
 SECTIONS = ("hits", "misses", "herd", "economy", "memory")

@@ -112,10 +112,12 @@ http {{
                                    "-e", str(workdir / "nginx-error.log")], port, workdir)
 
 
-def bare(workdir: Path, body_file: Path, workers: int, wrap: Sequence[str] = ()) -> Proc:
+def bare(workdir: Path, body_file: Path, workers: int, wrap: Sequence[str] = (),
+         redis_url: str | None = None) -> Proc:
+    """The bare aiohttp handler (bench/bare.py); with ``redis_url``, one GET per request."""
     port = free_port()
     argv = [*wrap, sys.executable, str(ROOT / "bench" / "bare.py"), str(port), str(body_file),
-            str(workers)]
+            str(workers), *([redis_url] if redis_url else [])]
     return spawn(f"bare-{port}", argv, port, workdir)
 
 

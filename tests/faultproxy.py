@@ -9,7 +9,8 @@ stall (accepted, never answered). ``cut()`` resets every open connection, as a
 NAT or a load balancer dropping idle flows would.
 
 Faults apply per connection, read when it is accepted; change them between
-requests. Nothing here knows HTTP or RESP: it moves bytes.
+requests. Nothing here knows HTTP or RESP: it moves bytes, and records what
+clients sent, one entry per round trip (``requests``).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class FaultProxy:
         self.target_port = target_port
         self.faults = faults
         self.accepted = 0  # connections accepted so far
+        # What clients sent, one entry per round trip: the bytes a client sent before
+        # the server next answered on that connection (pipelined commands share one).
+        self.requests: list[bytes] = []
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -107,9 +111,11 @@ class FaultProxy:
                 return
             self._writers.add(up_writer)
             _no_delay(up_writer)
-            to_server = asyncio.create_task(self._to_server(reader, up_writer, faults.latency))
+            turn = _Turn()
+            to_server = asyncio.create_task(
+                self._to_server(reader, up_writer, faults.latency, turn))
             try:
-                outcome = await self._to_client(up_reader, writer, faults)
+                outcome = await self._to_client(up_reader, writer, faults, turn)
             except OSError:
                 outcome = "reset"
             to_server.cancel()
@@ -133,7 +139,7 @@ class FaultProxy:
             self._tasks.discard(task)
 
     async def _to_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         faults: Faults) -> str:
+                         faults: Faults, turn: _Turn) -> str:
         """Copy the server's bytes to the client with the faults; how it ended:
         ``eof`` (the server closed), ``reset`` or ``close``."""
         budget = _Budget(faults)
@@ -141,6 +147,7 @@ class FaultProxy:
             data = await reader.read(65536)
             if not data:
                 return "silent" if writer in self._silenced else "eof"
+            turn.entry = -1  # the server answered: the client's next bytes are a new request
             if faults.latency:
                 await asyncio.sleep(faults.latency)
             if writer in self._silenced:
@@ -160,10 +167,14 @@ class FaultProxy:
 
 
     async def _to_server(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                         latency: float) -> None:
+                         latency: float, turn: _Turn) -> None:
         """Copy the client's bytes to the server; a half-close is passed on."""
         try:
             while data := await reader.read(65536):
+                if turn.entry < 0:
+                    turn.entry = len(self.requests)
+                    self.requests.append(b"")
+                self.requests[turn.entry] += data
                 if latency:
                     await asyncio.sleep(latency)
                 if writer not in self._silenced:
@@ -174,6 +185,13 @@ class FaultProxy:
                 writer.write_eof()
         except OSError:
             _reset(writer)
+
+
+class _Turn:
+    """Which entry of ``FaultProxy.requests`` a connection's client bytes go to (-1: a new one)."""
+
+    def __init__(self) -> None:
+        self.entry = -1
 
 
 class _Budget:

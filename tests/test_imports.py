@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "avatarproxy"
 GRAPH_ADAPTER = (("graph", "graph.client"), ("throttle",), ("auth",), ("authproblems",),
                  ("directory",), ("urls",), ("replies",), ("resources",), ("clouds",),
                  ("graph.settings",), ("usersdelta",))
-AVATAR_CACHE = (("cache",), ("memory",), ("coalesce",))
+AVATAR_CACHE = (("cache",), ("memory",), ("coalesce",), ("readahead",))
 
 
 def module_name(path: Path) -> str:
