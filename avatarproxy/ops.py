@@ -82,7 +82,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     logs.REQUEST_ID.set(request_id)
     start = time.perf_counter()
     status, source = 500, "none"
-    metrics.IN_FLIGHT.inc()
+    metrics.request_started()
     try:
         response = await handler(request)
         status = response.status
@@ -91,7 +91,6 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         response.headers["X-Request-Id"] = request_id
         return response
     finally:
-        metrics.IN_FLIGHT.dec()
         seconds = metrics.since(start)
         metrics.request_done(template, request.method, status, source, seconds)
         if logs.wants_access_line():
