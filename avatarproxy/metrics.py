@@ -151,13 +151,18 @@ def _count(metric: Counter, labels: tuple[str, ...], amount: float = 1.0) -> Non
 
 
 def _observe(metric: Histogram, labels: tuple[str, ...], value: float) -> None:
-    key = (metric, labels)
     with _lock:
-        tally = _tallies.get(key)
-        if tally is None:
-            tally = _tallies[key] = [0.0] * (len(_FAST) + 2)
-        tally[bisect_left(_FAST, value)] += 1  # the first bucket whose bound is >= value
-        tally[-1] += value
+        _tally(metric, labels, value)
+
+
+def _tally(metric: Histogram, labels: tuple[str, ...], value: float) -> None:
+    """``_observe`` for a caller holding ``_lock``."""
+    key = (metric, labels)
+    tally = _tallies.get(key)
+    if tally is None:
+        tally = _tallies[key] = [0.0] * (len(_FAST) + 2)
+    tally[bisect_left(_FAST, value)] += 1  # the first bucket whose bound is >= value
+    tally[-1] += value
 
 
 def flush() -> None:
@@ -193,8 +198,10 @@ def request_started() -> None:
 def request_done(route: str, method: str, status: int, source: str, seconds: float) -> None:
     global _in_flight
     _in_flight -= 1
-    _count(REQUESTS, (route, method, f"{status // 100}xx", source))
-    _observe(REQUEST_SECONDS, (route,), seconds)
+    key = (REQUESTS, (route, method, f"{status // 100}xx", source))
+    with _lock:  # once for both: every request passes here
+        _counts[key] = _counts.get(key, 0.0) + 1
+        _tally(REQUEST_SECONDS, (route,), seconds)
 
 
 def cache_lookup(tier: str, result: str) -> None:

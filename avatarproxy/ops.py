@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import logs, metrics
-from .web import REASON, security_headers
+from .errors import AvatarProxyError
+from .web import REASON, refusal, security_headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -73,7 +74,8 @@ def _request_id(header: str | None) -> str:
 
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, in-flight gauge, counters and duration; sampled access lines."""
+    """The one middleware (each costs a hit a layer): request id, counters and
+    duration, sampled access lines; our errors become answers (``web.refusal``)."""
     route = request.match_info.route.resource
     template = route.canonical if route is not None else "unmatched"
     if template in _OPS_ROUTES:
@@ -84,7 +86,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     status, source = 500, "none"
     metrics.request_started()
     try:
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except (AvatarProxyError, web.HTTPException) as exc:
+            response = refusal(request, exc)
         status = response.status
         source = "not_modified" if status == 304 else response.headers.get(
             "X-Avatar-Source", "none")
