@@ -19,7 +19,7 @@ from aiohttp import web, web_response
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, InvalidURLError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import logs, metrics
 from .conditional import none_match
@@ -257,11 +257,14 @@ def _respond(request: web.Request, handling: Handling, result: Avatar,
         bool(cors), allowed_origin(cors, asked.get("Origin")) if cors else None,
         formats.varies, sites.varies)
     if not result.no_store and sites.cross_site(asked):
-        headers = tuple((name, sites.cache_control(asked, value) if name == "Cache-Control"
-                         else value) for name, value in headers)
+        private = CIMultiDict(headers)
+        private["Cache-Control"] = sites.cache_control(asked, headers["Cache-Control"])
+        headers = CIMultiDictProxy(private)
     conditional = asked.getall("If-None-Match", ())
     if conditional and none_match(conditional, result.etag):
-        return web.Response(status=304, headers=[h for h in headers if h[0] != "Content-Type"])
+        unchanged = CIMultiDict(headers)
+        unchanged.popall("Content-Type")
+        return web.Response(status=304, headers=unchanged)
     return web.Response(body=result.body, headers=headers)
 
 
