@@ -55,19 +55,10 @@ from .security import ClientAddress, Policy
 from .service import AvatarService
 from .sites import Sites
 from .web import (
-    CLIENTS,
-    CONTACTS,
-    DEFAULT_FORMAT,
-    HASHES,
-    LIMITER,
-    MAX_SIZE,
-    POLICY,
-    SERVER,
-    SERVICE,
-    SITES,
+    HANDLING,
+    Handling,
     add_hash_route,
     add_routes,
-    error_middleware,
     security_headers,
     take_over_aiohttp_answers,
 )
@@ -287,15 +278,15 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
     # Process-wide (aiohttp and logging have no per-app hook for these); idempotent.
     take_over_aiohttp_answers()
     logs.guard_library_lines()
-    app = web.Application(middlewares=[ops.observe, error_middleware])
-    _keep_request_context(app, settings, builder.policy)
+    app = web.Application(middlewares=[ops.observe])
     app.on_response_prepare.append(security_headers)
     grace = _Grace(settings.server.grace_seconds)
+    handling = _handling(settings, builder.policy)
     app.on_shutdown.append(grace.begin)
 
     async def serving(app: web.Application) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            await _open_serving(app, builder, stack, grace)
+            await _open_serving(app, builder, stack, grace, handling)
             yield
 
     app.cleanup_ctx.append(serving)
@@ -307,19 +298,20 @@ def create_app(settings: Settings, tokens: TokenProvider | None = None) -> web.A
     return app
 
 
-def _keep_request_context(app: web.Application, settings: Settings, policy: Policy) -> None:
-    """What the request handlers read from the app, each its own slice."""
-    app[MAX_SIZE] = settings.avatar.max_size
-    app[DEFAULT_FORMAT] = settings.avatar.default_format
-    app[SERVER] = settings.server
-    app[POLICY] = policy
-    app[CLIENTS] = ClientAddress(settings.server.trusted_proxies)
-    app[SITES] = Sites.from_settings(settings.server, settings.cache, bool(policy.signing_keys))
-    app[CONTACTS] = ContactRules.from_settings(settings.contacts, bool(policy.signing_keys))
+def _handling(settings: Settings, policy: Policy) -> Callable[..., Handling]:
+    """What the handlers read, each part its own slice of the settings, built now (a
+    bad setting stops start-up), but for the parts that start with the service."""
+    signed = bool(policy.signing_keys)
+    return partial(
+        Handling, policy=policy, server=settings.server, max_size=settings.avatar.max_size,
+        sites=Sites.from_settings(settings.server, settings.cache, signed),
+        default_format=settings.avatar.default_format,
+        clients=ClientAddress(settings.server.trusted_proxies),
+        contacts=ContactRules.from_settings(settings.contacts, signed))
 
 
 async def _open_serving(app: web.Application, builder: Builder, stack: AsyncExitStack,
-                        grace: _Grace) -> None:
+                        grace: _Grace, handling: Callable[..., Handling]) -> None:
     """Start-up: the cache, the purge listener, the rate limiter, then the service."""
     settings = builder.settings
     cache = builder.open_cache(stack)
@@ -328,16 +320,16 @@ async def _open_serving(app: web.Application, builder: Builder, stack: AsyncExit
         app[LISTENER] = purge.listener(settings.redis, cache)
         stack.push_async_callback(app[LISTENER].close)
         await app[LISTENER].start()
-    app[LIMITER] = RateLimiter(
+    limiter = RateLimiter(
         settings.security.rate_limit_per_second, settings.security.rate_limit_burst,
         builder.shared(stack).buckets)
-    stack.push_async_callback(app[LIMITER].close)
+    stack.push_async_callback(limiter.close)
     # On shutdown, fetches still running share what is left of server.grace_seconds.
     parts = await builder.open_service(stack, cache, drain_within=grace.left)
-    app[SERVICE] = parts.service
     # Know every name of the blocked people before serving, as a rule;
     # a Graph outage must not hold start-up for long (addresses wait).
-    await builder.policy.blocked.start(parts.graph, every=settings.cache.metadata_ttl_seconds,
-                                       wait=settings.graph.timeout_seconds)
-    if settings.directory.gravatar:
-        app[HASHES] = await builder.open_hashes(stack, parts)
+    policy = builder.policy
+    await policy.blocked.start(parts.graph, every=settings.cache.metadata_ttl_seconds,
+                               wait=settings.graph.timeout_seconds)
+    hashes = await builder.open_hashes(stack, parts) if settings.directory.gravatar else None
+    app[HANDLING] = handling(service=parts.service, limiter=limiter, hashes=hashes)

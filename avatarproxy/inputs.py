@@ -69,6 +69,8 @@ KNOWN_PARAMS = ("fallback", "format", "sig")
 def known_params(query: MultiMapping[str]) -> dict[str, str]:
     """The known parameters, each given at most once (two could disagree)."""
     params: dict[str, str] = {}
+    if not query:  # most requests
+        return params
     for name in KNOWN_PARAMS:
         values = query.getall(name, [])
         if len(values) > 1:

@@ -2,7 +2,8 @@
 
 One worker runs in the main process. Several are spawned processes that
 each bind the port with SO_REUSEPORT (the kernel spreads connections) and
-share metrics through prometheus-client's multiprocess directory; the main
+share metrics through prometheus-client's multiprocess directory (each flushes
+its counts there once a second and when it stops: ``metrics.flush``); the main
 process only forwards signals and waits. If a worker dies, the others are
 stopped and the exit status is non-zero, so Kubernetes restarts the pod.
 
@@ -79,6 +80,7 @@ async def serve_until_stopped(make_app: AppFactory, server: ServerSettings, *,
     for sig in _STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     metrics_runner: web.AppRunner | None = None
+    flushing = asyncio.create_task(metrics.flushing())  # this worker's counts, once a second
     try:
         # First, so whoever waits for "Running on" finds /metrics answering too.
         try:
@@ -101,6 +103,8 @@ async def serve_until_stopped(make_app: AppFactory, server: ServerSettings, *,
         # (then cancels them), then runs clean-up: the rest of the grace for
         # Graph fetches still running, then Redis, Graph session, executor.
         await runner.cleanup()
+        flushing.cancel()
+        metrics.flush()  # what the last requests and fetches counted
         if metrics_runner is not None:  # scrapeable until the very end
             await metrics_runner.cleanup()
         for sig in _STOP_SIGNALS:

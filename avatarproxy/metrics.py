@@ -9,14 +9,22 @@ is used (``PROMETHEUS_MULTIPROC_DIR``, set by ``lifecycle`` before the
 workers start): each process writes its samples to a memory-mapped file and
 ``/metrics``, whichever worker answers, sums them. One process per pod would
 need no such files but would leave every CPU but one idle.
+
+Writing those files costs more than the rest of a memory hit, so counts and
+observations are tallied in plain per-process dicts and ``flush`` moves them
+into prometheus-client: ``flushing`` does so every ``FLUSH_SECONDS`` and
+once more at shutdown, and ``exposition`` first flushes the answering
+process. A scrape may lag the other workers by up to ``FLUSH_SECONDS``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
 import time
-from typing import Any, Final, Literal
+from bisect import bisect_left
+from typing import Final, Literal
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -125,27 +133,80 @@ def dependency_states() -> dict[str, str]:
     return dict(_states)
 
 
-# labels() validates and locks on every call; the label sets on the request
-# path are few (bounded, see above), so their children are looked up once.
-_children: dict[tuple[Counter | Histogram, tuple[str, ...]], Any] = {}
+FLUSH_SECONDS: Final = 1.0
+
+# Since the last flush: counter increments and histogram tallies (a count per
+# bucket of _FAST, the overflow bucket, then the sum), by metric and labels.
+# The image pool's and msal's threads record too, hence the lock.
+_lock = threading.Lock()
+_counts: dict[tuple[Counter, tuple[str, ...]], float] = {}
+_tallies: dict[tuple[Histogram, tuple[str, ...]], list[float]] = {}
+_in_flight = 0
 
 
-def _child(metric: Counter | Histogram, *labels: str) -> Any:
+def _count(metric: Counter, labels: tuple[str, ...], amount: float = 1.0) -> None:
     key = (metric, labels)
-    child = _children.get(key)
-    if child is None:
-        child = _children[key] = metric.labels(*labels)
-    return child
+    with _lock:
+        _counts[key] = _counts.get(key, 0.0) + amount
+
+
+def _observe(metric: Histogram, labels: tuple[str, ...], value: float) -> None:
+    with _lock:
+        _tally(metric, labels, value)
+
+
+def _tally(metric: Histogram, labels: tuple[str, ...], value: float) -> None:
+    """``_observe`` for a caller holding ``_lock``."""
+    key = (metric, labels)
+    tally = _tallies.get(key)
+    if tally is None:
+        tally = _tallies[key] = [0.0] * (len(_FAST) + 2)
+    tally[bisect_left(_FAST, value)] += 1  # the first bucket whose bound is >= value
+    tally[-1] += value
+
+
+def flush() -> None:
+    """Move this process's tallies into prometheus-client (its files, with workers)."""
+    global _counts, _tallies
+    with _lock:
+        counts, _counts = _counts, {}
+        tallies, _tallies = _tallies, {}
+    for (counter, labels), amount in counts.items():
+        (counter.labels(*labels) if labels else counter).inc(amount)
+    for (histogram, labels), tally in tallies.items():
+        child = histogram.labels(*labels)
+        # observe() takes one value; these are its own per-bucket values.
+        for bucket, count in zip(child._buckets, tally, strict=False):
+            if count:
+                bucket.inc(count)
+        child._sum.inc(tally[-1])
+    IN_FLIGHT.set(_in_flight)
+
+
+async def flushing() -> None:
+    """Flush every ``FLUSH_SECONDS`` until cancelled (the caller flushes once more)."""
+    while True:
+        await asyncio.sleep(FLUSH_SECONDS)
+        flush()
+
+
+def request_started() -> None:
+    global _in_flight
+    _in_flight += 1  # on the event loop only
 
 
 def request_done(route: str, method: str, status: int, source: str, seconds: float) -> None:
-    _child(REQUESTS, route, method, f"{status // 100}xx", source).inc()
-    _child(REQUEST_SECONDS, route).observe(seconds)
+    global _in_flight
+    _in_flight -= 1
+    key = (REQUESTS, (route, method, f"{status // 100}xx", source))
+    with _lock:  # once for both: every request passes here
+        _counts[key] = _counts.get(key, 0.0) + 1
+        _tally(REQUEST_SECONDS, (route,), seconds)
 
 
 def cache_lookup(tier: str, result: str) -> None:
     """``result``: hit, miss or error."""
-    _child(CACHE_LOOKUPS, tier, result).inc()
+    _count(CACHE_LOOKUPS, (tier, result))
     if tier != "memory":
         _dependency(tier, result != "error")
 
@@ -156,19 +217,19 @@ def memory_bytes(size: int) -> None:
 
 def graph_request(operation: str, status: int | None, seconds: float) -> None:
     """``status`` None: no HTTP answer (timeout, connection refused)."""
-    GRAPH_REQUESTS.labels(operation, str(status) if status else "error").inc()
-    GRAPH_SECONDS.labels(operation).observe(seconds)
+    _count(GRAPH_REQUESTS, (operation, str(status) if status else "error"))
+    _observe(GRAPH_SECONDS, (operation,), seconds)
     if status in (429, 503):
-        GRAPH_THROTTLED.labels(operation, str(status)).inc()
+        _count(GRAPH_THROTTLED, (operation, str(status)))
     _dependency("graph", status is not None and status < 500 and status != 429)
 
 
 def retry_after_honoured(seconds: float) -> None:
-    RETRY_AFTER_SECONDS.inc(seconds)
+    _count(RETRY_AFTER_SECONDS, (), seconds)
 
 
 def token_acquired(ok: bool) -> None:
-    TOKENS.labels("success" if ok else "failure").inc()
+    _count(TOKENS, ("success" if ok else "failure",))
     _dependency("token", ok)
 
 
@@ -186,16 +247,16 @@ def hash_index_synced(timestamp: float) -> None:
 
 def imaging(operation: str, seconds: float) -> None:
     """``operation``: decode, resize, encode or initials."""
-    IMAGING_SECONDS.labels(operation).observe(seconds)
+    _observe(IMAGING_SECONDS, (operation,), seconds)
 
 
 def cache_write_refused() -> None:
-    CACHE_WRITES_REFUSED.inc()
+    _count(CACHE_WRITES_REFUSED, ())
 
 
 def initials_fallback(reason: str) -> None:
     """``reason``: one of our error type names, or overloaded, deadline, rate_limited."""
-    FALLBACKS.labels(reason).inc()
+    _count(FALLBACKS, (reason,))
 
 
 def since(start: float) -> float:
@@ -204,6 +265,7 @@ def since(start: float) -> float:
 
 def exposition() -> bytes:
     """The text format of every metric, summed over worker processes if there are several."""
+    flush()
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

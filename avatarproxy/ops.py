@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from . import logs, metrics
-from .web import REASON, security_headers
+from .errors import AvatarProxyError
+from .web import REASON, refusal, security_headers
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -73,7 +74,8 @@ def _request_id(header: str | None) -> str:
 
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, in-flight gauge, counters and duration; sampled access lines."""
+    """The one middleware (each costs a hit a layer): request id, counters and
+    duration, sampled access lines; our errors become answers (``web.refusal``)."""
     route = request.match_info.route.resource
     template = route.canonical if route is not None else "unmatched"
     if template in _OPS_ROUTES:
@@ -82,16 +84,18 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     logs.REQUEST_ID.set(request_id)
     start = time.perf_counter()
     status, source = 500, "none"
-    metrics.IN_FLIGHT.inc()
+    metrics.request_started()
     try:
-        response = await handler(request)
+        try:
+            response = await handler(request)
+        except (AvatarProxyError, web.HTTPException) as exc:
+            response = refusal(request, exc)
         status = response.status
         source = "not_modified" if status == 304 else response.headers.get(
             "X-Avatar-Source", "none")
         response.headers["X-Request-Id"] = request_id
         return response
     finally:
-        metrics.IN_FLIGHT.dec()
         seconds = metrics.since(start)
         metrics.request_done(template, request.method, status, source, seconds)
         if logs.wants_access_line():

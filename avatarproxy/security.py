@@ -148,6 +148,11 @@ class Policy:
         if subject.kind == "user" and not self.blocked.resolved:
             raise Blocked(transient=True)
 
+    def withholds(self, subject: Subject) -> bool:
+        """Whether ``check_blocked`` would raise."""
+        return self.is_blocked(subject) or (subject.kind == "user"
+                                            and not self.blocked.resolved)
+
     def refuses(self, subject: Subject) -> bool:
         """Whether serving would be refused: another domain, a guest, or blocked."""
         try:

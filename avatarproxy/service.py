@@ -55,8 +55,9 @@ _REFUSED_MEMORY = 4096
 
 def _unknown_user(subject: Subject, meta: PhotoMeta | None) -> bool:
     """Graph found no user by this key (no photo and no profile), and it is no id."""
-    return (subject.kind == "user" and not subject.is_object_id and meta is not None
-            and not meta.has_photo and meta.profile is None)
+    # The regex last: on a hit the photo settles it.
+    return (meta is not None and not meta.has_photo and meta.profile is None
+            and subject.kind == "user" and not subject.is_object_id)
 
 
 class AvatarService:
@@ -84,7 +85,7 @@ class AvatarService:
                          admit: Admit | None = None) -> Avatar:
         formats = formats or OutputFormats(self._avatar.default_format, "png")
         # 0. Everything already in this process: answer without awaiting anything.
-        hot = self._memory_hit(subject, size, formats, fallback)
+        hot = self.memory_hit(subject, size, formats, fallback)
         if hot is not None:
             return hot
         return await self._bounded(subject, size, formats,
@@ -128,7 +129,7 @@ class AvatarService:
             "graph": "breaker open" if self._graph.gate.breaker_open else "ok",
         }
 
-    def _memory_hit(self, subject: Subject, size: int, formats: OutputFormats,
+    def memory_hit(self, subject: Subject, size: int, formats: OutputFormats,
                     fallback: bool) -> Avatar | None:
         """The answer if fresh metadata and the image are in the memory tier, else None.
 

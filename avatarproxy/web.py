@@ -1,7 +1,7 @@
 """HTTP: parse the request, call the service, write headers.
 
 Errors become responses in one place: a client's mistake gets its status
-from ``_STATUS`` (``error_middleware``: short ``text/plain``, ``Cache-Control:
+from ``_STATUS`` (``refusal``: short ``text/plain``, ``Cache-Control:
 no-store``, never a stack trace), and so does a request aiohttp cannot parse
 (``_unparseable``, which ``take_over_aiohttp_answers`` installs); anything else
 the service raises for an avatar (a dependency, a load cap) gets initials,
@@ -11,15 +11,15 @@ are logged by ``logs.client_error``.
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from aiohttp import web, web_response
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, InvalidURLError, LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from . import logs, metrics
 from .conditional import none_match
@@ -36,6 +36,7 @@ from .errors import (
 )
 from .gravatar import ROUTE_PATTERN, parse_hash_request
 from .hashavatars import HashAvatars
+from .headers import PREFLIGHT_HEADERS, allowed_origin, answer_headers, cors_headers
 from .inputs import known_params, parse_fallback, parse_object_id, parse_size, parse_subject
 from .models import Avatar, StandIn, Subject
 from .negotiation import OutputFormats, choose, parse_format
@@ -47,24 +48,28 @@ from .sites import Sites
 
 log = logging.getLogger(__name__)
 
-SERVICE: web.AppKey[AvatarService] = web.AppKey("service", AvatarService)
-MAX_SIZE: web.AppKey[int] = web.AppKey("max_size", int)
-DEFAULT_FORMAT: web.AppKey[str] = web.AppKey("default_format", str)
-SERVER: web.AppKey[ServerSettings] = web.AppKey("server", ServerSettings)
-POLICY: web.AppKey[Policy] = web.AppKey("policy", Policy)
-CLIENTS: web.AppKey[ClientAddress] = web.AppKey("clients", ClientAddress)
-LIMITER: web.AppKey[RateLimiter] = web.AppKey("limiter", RateLimiter)
-SITES: web.AppKey[Sites] = web.AppKey("sites", Sites)
-HASHES: web.AppKey[HashAvatars] = web.AppKey("hashes", HashAvatars)  # directory.gravatar
-CONTACTS: web.AppKey[ContactRules] = web.AppKey("contacts", ContactRules)
+
+
+@dataclass(frozen=True, slots=True)
+class Handling:
+    """What the avatar handlers read, in one app key (``HANDLING``): one lookup a
+    request rather than one per part. Set once the service has started."""
+
+    service: AvatarService
+    policy: Policy
+    sites: Sites
+    server: ServerSettings
+    max_size: int
+    default_format: str
+    clients: ClientAddress
+    limiter: RateLimiter
+    contacts: ContactRules
+    hashes: HashAvatars | None  # directory.gravatar
+
+
+HANDLING: web.AppKey[Handling] = web.AppKey("handling", Handling)
 # What was wrong with a refused request, for its access line.
 REASON: web.RequestKey[str] = web.RequestKey("reason", str)
-
-# Request headers a script may send beyond the CORS-safelisted ones.
-_PREFLIGHT_HEADERS = "Accept, If-None-Match, X-Request-Id"
-
-# An SVG opened directly is a document: no scripts, no external loads, no forms.
-SVG_POLICY = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 
 # The one error-to-status table: the client's mistakes. Every other error
 # reaching an avatar route is answered with stand-in initials (``_serve``).
@@ -91,11 +96,10 @@ def _refused(request: web.Request, status: int, reason: str, *, mistake: bool) -
     return _plain(status, reason)
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except AvatarProxyError as exc:
+def refusal(request: web.Request, exc: Exception) -> web.Response:
+    """The answer to ``exc`` escaping a handler (``ops.observe`` asks); re-raised
+    if it is not an error this table answers (aiohttp then answers it)."""
+    if isinstance(exc, AvatarProxyError):
         status = _status(exc)
         if status is not None:
             return _refused(request, status, exc.public, mistake=status != 404)
@@ -104,102 +108,126 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         log.error("unhandled %s on %s: %s", type(exc).__name__,
                   route.canonical if route is not None else "unmatched", exc)
         return _plain(500, "internal error")
-    except web.HTTPException as exc:
-        # aiohttp's own 404/405: keep the status, drop its HTML-ish body.
-        if exc.status < 400:
-            raise
-        response = _refused(request, exc.status, exc.reason, mistake=exc.status < 500)
-        if "Allow" in exc.headers:  # a 405 says which methods the resource takes
-            response.headers["Allow"] = exc.headers["Allow"]
-        return response
+    if not isinstance(exc, web.HTTPException) or exc.status < 400:
+        raise exc
+    # aiohttp's own 404/405: keep the status, drop its HTML-ish body.
+    response = _refused(request, exc.status, exc.reason, mistake=exc.status < 500)
+    if "Allow" in exc.headers:  # a 405 says which methods the resource takes
+        response.headers["Allow"] = exc.headers["Allow"]
+    return response
+
+
+def _user(request: web.Request, handling: Handling) -> Subject:
+    return parse_subject(request.match_info["subject"])
+
+
+def _group(request: web.Request, handling: Handling) -> Subject:
+    return parse_object_id(request.match_info["id"], "group")
+
+
+def _team(request: web.Request, handling: Handling) -> Subject:
+    return parse_object_id(request.match_info["id"], "team")
+
+
+def _contact(request: web.Request, handling: Handling) -> Subject:
+    # A mailbox not listed (or the route off) is a 404 before anything is parsed.
+    return handling.contacts.contact(request.match_info["mailbox"],
+                                     request.match_info["contact"])
 
 
 async def avatar(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, lambda: parse_subject(request.match_info["subject"]))
+    return await _serve(request, _user)
 
 
 async def group_avatar(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, lambda: parse_object_id(request.match_info["id"], "group"))
+    return await _serve(request, _group)
 
 
 async def team_avatar(request: web.Request) -> web.StreamResponse:
-    return await _serve(request, lambda: parse_object_id(request.match_info["id"], "team"))
+    return await _serve(request, _team)
 
 
 async def contact_avatar(request: web.Request) -> web.StreamResponse:
-    # A mailbox not listed (or the route off) is a 404 before anything is parsed.
-    return await _serve(request, lambda: request.app[CONTACTS].contact(
-        request.match_info["mailbox"], request.match_info["contact"]))
+    return await _serve(request, _contact)
 
 
-async def _serve(request: web.Request, parse: Callable[[], Subject]) -> web.StreamResponse:
-    policy = request.app[POLICY]
+async def _serve(request: web.Request,
+                 parse: Callable[[web.Request, Handling], Subject]) -> web.StreamResponse:
+    handling = request.app[HANDLING]
+    policy = handling.policy
     params = known_params(request.query)
     # Before anything else: an unsigned request learns nothing, costs nothing.
     policy.check_signature(request.path, params.get("sig"))
-    subject = parse()
-    size = parse_size(request.match_info["size"], request.app[MAX_SIZE])
+    subject = parse(request, handling)
+    size = parse_size(request.match_info["size"], handling.max_size)
     # Another website's page would learn from a 404 who has no photo: initials.
-    fallback = parse_fallback(params) or request.app[SITES].foreign(request.headers)
+    fallback = parse_fallback(params) or handling.sites.foreign(request.headers)
     # Other query parameters (cache busters such as ?v=3) are ignored.
     formats = choose(parse_format(params.get("format")),
-                     request.headers.get("Accept", ""), size, request.app[DEFAULT_FORMAT])
+                     request.headers.get("Accept", ""), size, handling.default_format)
     policy.check_subject(subject)
-    service = request.app[SERVICE]
+    service = handling.service
     try:
-        return await _answer(request, service, subject, size, formats, fallback)
+        # Most requests: the answer is in this process's memory, nothing to await.
+        hot = None if policy.withholds(subject) else service.memory_hit(
+            subject, size, formats, fallback)
+        if hot is not None:
+            return _respond(request, handling, hot, formats)
+        return await _answer(request, handling, subject, size, formats, fallback)
     except AvatarProxyError as exc:
         if _status(exc) is not None:
-            raise  # the client's mistake (or ?fallback=404): error_middleware answers
+            raise  # the client's mistake (or ?fallback=404): refusal answers
         # The service answers its own failures; should one escape, still a picture.
         log.warning("answering with stand-in initials: %s: %s", type(exc).__name__, exc)
         metrics.initials_fallback(type(exc).__name__)
         why: StandIn = "rate-limited" if isinstance(exc, RateLimited) else "error"
-        return _respond(request, service.stand_in(subject, size, why), formats)
+        return _respond(request, handling, service.stand_in(subject, size, why), formats)
     except Exception as exc:  # a bug of ours: still a picture, never a 5xx
         log.error("answering with stand-in initials after an unexpected %s",
                   type(exc).__name__, exc_info=exc)
         metrics.initials_fallback("internal")
-        return _respond(request, service.stand_in(subject, size, "error"), formats)
+        return _respond(request, handling, service.stand_in(subject, size, "error"), formats)
 
 
-async def _answer(request: web.Request, service: AvatarService, subject: Subject, size: int,
+async def _answer(request: web.Request, handling: Handling, subject: Subject, size: int,
                   formats: OutputFormats, fallback: bool) -> web.Response:
-    policy = request.app[POLICY]
+    service = handling.service
     # A client over its rate gets initials from the service (no-store), not an error.
-    admit = _admit(request)
+    admit = _admit(request, handling)
     try:
-        policy.check_blocked(subject)
+        handling.policy.check_blocked(subject)
         result = await service.get_avatar(subject, size, formats=formats, fallback=fallback,
                                           admit=admit)
     except Blocked as exc:
         # Never the photo: the name the page used, drawn as initials (or a 404).
         if not fallback:
             raise NotFound() from None
-        return _respond(request, await service.initials_only(
+        return _respond(request, handling, await service.initials_only(
             subject, size, formats, transient=exc.transient, admit=admit), formats)
     except RefusedPerson:
-        if not request.app[SITES].foreign(request.headers):
+        if not handling.sites.foreign(request.headers):
             raise  # a 404: in-network callers may learn the operator's rules apply
         # Another website must not tell a refused person (a guest) from nobody: initials
         # from the name it asked for, like anyone Graph does not know.
-        return _respond(request, await service.initials_only(
+        return _respond(request, handling, await service.initials_only(
             subject, size, formats, transient=True, admit=admit), formats)
-    return _respond(request, result, formats)
+    return _respond(request, handling, result, formats)
 
 
 async def hash_avatar(request: web.Request) -> web.StreamResponse:
     """A Gravatar or Libravatar URL (``gravatar``, ``hashavatars``): the person whose
     address hashes to it, or a default drawn from the hash."""
+    handling = request.app[HANDLING]
     # Never reached with signing on (the configuration refuses the pair): one rule anyway.
-    request.app[POLICY].check_signature(request.path, request.query.get("sig"))
-    ask = parse_hash_request(request.match_info["hash"], request.query, request.app[MAX_SIZE])
+    handling.policy.check_signature(request.path, request.query.get("sig"))
+    ask = parse_hash_request(request.match_info["hash"], request.query, handling.max_size)
     formats = choose(ask.format, request.headers.get("Accept", ""), ask.size,
-                     request.app[DEFAULT_FORMAT])
-    hashes = request.app[HASHES]
+                     handling.default_format)
+    hashes = handling.hashes
+    assert hashes is not None  # the route exists only with directory.gravatar
     try:
-        result = await hashes.answer(ask, formats, _admit(request),
-                                     foreign=request.app[SITES].foreign(request.headers))
+        result = await hashes.answer(ask, formats, _admit(request, handling),
+                                     foreign=handling.sites.foreign(request.headers))
     except NotFound:
         raise
     except Exception as exc:  # as for a UPN: still a picture, never a 5xx
@@ -207,90 +235,50 @@ async def hash_avatar(request: web.Request) -> web.StreamResponse:
                   type(exc).__name__, exc_info=exc)
         metrics.initials_fallback("internal")
         result = hashes.limited(ask, "mp", "error")
-    return _respond(request, result, formats)
+    return _respond(request, handling, result, formats)
 
 
-def _admit(request: web.Request) -> Admit:
+def _admit(request: web.Request, handling: Handling) -> Admit:
     """Asked only when the request would cost Graph calls or renders: ``cost`` of them."""
     async def admit(cost: int) -> bool:
-        client = request.app[CLIENTS].of(request.remote,
-                                         request.headers.getall("X-Forwarded-For", []))
-        return await request.app[LIMITER].allow(client, cost)
+        client = handling.clients.of(request.remote,
+                                     request.headers.getall("X-Forwarded-For", []))
+        return await handling.limiter.allow(client, cost)
     return admit
 
 
-def _respond(request: web.Request, result: Avatar, formats: OutputFormats) -> web.Response:
-    headers = _image_headers(result, request.app[SERVER], request.headers.get("Origin"))
-    sites = request.app[SITES]
-    if not result.no_store and sites.cross_site(request.headers):
-        headers["Cache-Control"] = sites.cache_control(request.headers, headers["Cache-Control"])
-    if formats.varies:
-        headers.add("Vary", "Accept")
-    if sites.varies:
-        headers.add("Vary", "Sec-Fetch-Site")
-    if none_match(request.headers.getall("If-None-Match", ()), result.etag):
-        headers.popall("Content-Type")
-        return web.Response(status=304, headers=headers)
-    return web.Response(body=result.body, headers=headers)
-
-
-def _image_headers(result: Avatar, server: ServerSettings,
-                   origin: str | None) -> CIMultiDict[str]:
-    headers = CIMultiDict(_avatar_headers(
+def _respond(request: web.Request, handling: Handling, result: Avatar,
+             formats: OutputFormats) -> web.Response:
+    server, sites, asked = handling.server, handling.sites, request.headers
+    cors = server.cors_origins
+    headers = answer_headers(
         result.content_type, result.etag, result.source, result.max_age,
-        result.stale_while_revalidate, result.stand_in, server.cross_origin_resource_policy))
-    headers.extend(_cors_headers(server, origin))
-    if "Access-Control-Allow-Origin" in headers:
-        headers["Access-Control-Expose-Headers"] = "ETag, X-Avatar-Source"
-    return headers
-
-
-def _cors_headers(server: ServerSettings, origin: str | None) -> CIMultiDict[str]:
-    """``Access-Control-Allow-Origin`` for a listed origin (and ``Vary: Origin``)."""
-    headers: CIMultiDict[str] = CIMultiDict()
-    if server.cors_origins:
-        headers.add("Vary", "Origin")
-        if "*" in server.cors_origins:
-            headers["Access-Control-Allow-Origin"] = "*"
-        elif origin in server.cors_origins:
-            headers["Access-Control-Allow-Origin"] = origin
-    return headers
+        result.stale_while_revalidate, result.stand_in, server.cross_origin_resource_policy,
+        bool(cors), allowed_origin(cors, asked.get("Origin")) if cors else None,
+        formats.varies, sites.varies)
+    if not result.no_store and sites.cross_site(asked):
+        private = CIMultiDict(headers)
+        private["Cache-Control"] = sites.cache_control(asked, headers["Cache-Control"])
+        headers = CIMultiDictProxy(private)
+    conditional = asked.getall("If-None-Match", ())
+    if conditional and none_match(conditional, result.etag):
+        unchanged = CIMultiDict(headers)
+        unchanged.popall("Content-Type")
+        return web.Response(status=304, headers=unchanged)
+    return web.Response(body=result.body, headers=headers)
 
 
 async def preflight(request: web.Request) -> web.Response:
     """CORS preflight: a script's fetch with a header such as ``If-None-Match``
     asks first. No signature, cache or Graph: the answer depends on the origin only."""
-    headers = _cors_headers(request.app[SERVER], request.headers.get("Origin"))
+    headers = CIMultiDict(cors_headers(request.app[HANDLING].server.cors_origins,
+                                       request.headers.get("Origin")))
     if "Access-Control-Allow-Origin" in headers:
         headers["Access-Control-Allow-Methods"] = "GET, HEAD"
-        headers["Access-Control-Allow-Headers"] = _PREFLIGHT_HEADERS
+        headers["Access-Control-Allow-Headers"] = PREFLIGHT_HEADERS
         headers["Access-Control-Max-Age"] = "7200"  # Chromium's cap; Firefox allows more
     headers["Allow"] = "GET, HEAD, OPTIONS"
     return web.Response(status=204, headers=headers)
-
-
-@functools.lru_cache(maxsize=4096)  # the same hot avatars, request after request
-def _avatar_headers(content_type: str, etag: str, source: str, max_age: int,
-                    stale_while_revalidate: int, stand_in: StandIn | None,
-                    resource_policy: str) -> tuple[tuple[str, str], ...]:
-    cache_control = f"public, max-age={max_age}"
-    if stale_while_revalidate:
-        cache_control += f", stale-while-revalidate={stale_while_revalidate}"
-    headers: tuple[tuple[str, str], ...] = (
-        ("Content-Type", content_type),
-        ("ETag", etag),
-        ("Cache-Control", "no-store" if stand_in else cache_control),
-        ("X-Avatar-Source", source),
-        ("X-Content-Type-Options", "nosniff"),
-        ("Cross-Origin-Resource-Policy", resource_policy),
-    )
-    if content_type == "image/svg+xml":
-        headers += (("Content-Security-Policy", SVG_POLICY),)
-    if stand_in:
-        # Why: a cache in front keeps its copy for our trouble, never for a client's
-        # rate (models.StandIn). Nothing about the person asked for.
-        headers += (("X-Avatar-Stand-In", stand_in),)
-    return headers
 
 
 _UNPARSEABLE = ((LineTooLong, "request line or header too long"),

@@ -30,7 +30,7 @@ from avatarproxy.logs import subject_ref
 from avatarproxy.models import PhotoMeta
 from avatarproxy.security import sign_url
 from avatarproxy.sizing import background_for
-from avatarproxy.web import SERVICE
+from avatarproxy.web import HANDLING
 
 KEY = "contacts-signing-key"
 ROB, CHAN, DESK = demo_contacts()  # a photo; 陳大文 without one; a display name only
@@ -278,7 +278,7 @@ async def test_a_page_of_one_mailboxs_contacts_stays_within_four_calls_at_once(
     # Nothing paused the mailbox: its owner's own photo comes right after.
     _, headers, _ = await get(client, sign_url(KEY, f"/avatar/{CONTACTS_MAILBOX}/48"))
     assert headers["X-Avatar-Source"] == "photo"
-    assert len(client.app[SERVICE].graph.mailboxes) == 0  # no mailbox is remembered idle
+    assert len(client.app[HANDLING].service.graph.mailboxes) == 0  # no mailbox is remembered idle
 
 
 async def test_throttled_contacts_of_two_mailboxes_pause_only_those_mailboxes(

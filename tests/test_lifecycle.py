@@ -58,7 +58,7 @@ async def _read_lines(stream: asyncio.StreamReader, output: list[dict[str, Any]]
 def serve_env(fake_graph: Any, fake_idp: Any, port: int, workers: int,
               **settings: str) -> dict[str, str]:
     """The environment of ``avatarproxy serve`` on the fakes; ``settings`` as
-    ``section_key=value`` (``AZURE_...`` names are taken as they are)."""
+    ``section_key=value`` (``AZURE_...`` and ``PROMETHEUS_...`` names are taken as they are)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AVATARPROXY_", "AZURE_"))}
     env.update({
         "AVATARPROXY_SERVER_HOST": "127.0.0.1", "AVATARPROXY_SERVER_PORT": str(port),
@@ -68,7 +68,7 @@ def serve_env(fake_graph: Any, fake_idp: Any, port: int, workers: int,
         "AZURE_CLIENT_SECRET": fake_idp.client_secret,
         "AVATARPROXY_AUTH_AUTHORITY": fake_idp.authority,
         "AVATARPROXY_AUTH_CA_FILE": str(fake_idp.ca_file),
-        **{k if k.startswith("AZURE_") else f"AVATARPROXY_{k.upper()}": v
+        **{k if k.startswith(("AZURE_", "PROMETHEUS_")) else f"AVATARPROXY_{k.upper()}": v
            for k, v in settings.items()},
     })
     return env
@@ -113,12 +113,7 @@ async def test_two_workers_share_the_port_and_drain_in_flight_requests_on_sigter
             async with http.get(f"{server.base}/avatar/{ADELE}/48",
                                 headers={"Connection": "close"}) as resp:
                 assert resp.status == 200
-        async with http.get(server.base + "/metrics") as resp:
-            text = await resp.text()
-        total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                    if line.startswith("avatarproxy_requests_total{")
-                    and 'status_class="2xx"' in line)
-        assert total == 20  # summed over both workers, whichever one answered
+        await _until_answered(http, server.base, 20)  # summed over both workers
         people = [p.upn for p in fake_graph.graph.people
                   if p.upn.replace(".", "").replace("@", "").isalpha()][:6]
         assert len(people) >= 4
@@ -160,14 +155,12 @@ async def test_two_workers_share_the_metrics_port_and_the_avatar_port_has_none(
         async with http.get(server.base + "/metrics") as resp:
             assert resp.status == 404
         metrics = f"http://127.0.0.1:{metrics_port}"
+        await _until_answered(http, metrics, 10)  # both workers' counts, once flushed
         for _ in range(6):  # fresh connections: the kernel spreads them over both workers
             async with http.get(metrics + "/metrics", headers={"Connection": "close"}) as resp:
                 assert resp.status == 200
                 text = await resp.text()
-            total = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                        if line.startswith("avatarproxy_requests_total{")
-                        and 'status_class="2xx"' in line)
-            assert total == 10  # both workers' requests, whichever one answered
+            assert _answered(text) == (10, 10)  # whichever worker answered
         async with http.get(metrics + "/readyz") as resp:
             assert resp.status == 200
         server.process.send_signal(signal.SIGTERM)
@@ -245,6 +238,75 @@ async def test_background_refreshes_finish_inside_the_grace_period_and_stop_afte
 
 
 # -- the metrics the alerts read, as two workers export them -------------------------
+
+def _answered(exposition: str) -> tuple[float, float]:
+    """Of the avatar route: ``avatarproxy_requests_total`` with a 2xx status, and the
+    duration histogram's count."""
+    def total(prefix: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in exposition.splitlines()
+                   if line.startswith(prefix) and 'route="/avatar/{subject}/{size}"' in line
+                   and ('status_class="2xx"' in line or "requests_total" not in line))
+    return (total("avatarproxy_requests_total{"),
+            total("avatarproxy_request_duration_seconds_count{"))
+
+
+async def _until_answered(http: aiohttp.ClientSession, base: str, count: int) -> None:
+    """Until a scrape shows ``count`` answered requests: each worker flushes its
+    counts once a second, so one answering a scrape sees the other's by then."""
+    deadline = time.monotonic() + 30
+    while True:
+        async with http.get(base + "/metrics", headers={"Connection": "close"}) as resp:
+            answered = _answered(await resp.text())
+        assert answered[0] <= count and answered[1] <= count  # never counted twice
+        if answered == (count, count):
+            return
+        assert time.monotonic() < deadline, f"{answered} after 30 s, not {count}"
+        await asyncio.sleep(0.1)
+
+
+async def _from_both_workers(http: aiohttp.ClientSession, base: str) -> int:
+    """Requests on fresh connections until both workers have answered some (their
+    request ids start with a prefix of their own); how many were sent."""
+    prefixes: set[str] = set()
+    sent = 0
+    while len(prefixes) < 2:
+        assert sent < 500, "one worker answered every connection"
+        async with http.get(f"{base}/avatar/{ADELE}/48", headers={"Connection": "close"}) as resp:
+            assert resp.status == 200
+            prefixes.add(resp.headers["X-Request-Id"][:8])
+        sent += 1
+    return sent
+
+
+async def test_a_scrape_shows_every_count_of_both_workers_within_the_flush_interval(
+        fake_graph: Any, fake_idp: Any) -> None:
+    async with serve(fake_graph, fake_idp, workers=2, server_drain_seconds="0") as server, \
+            aiohttp.ClientSession() as http:
+        sent = await _from_both_workers(http, server.base)
+        await _until_answered(http, server.base, sent)
+        # Whichever worker answers the next scrapes, they agree.
+        for _ in range(4):
+            async with http.get(server.base + "/metrics",
+                                headers={"Connection": "close"}) as resp:
+                assert _answered(await resp.text()) == (sent, sent)
+
+
+async def test_counts_since_the_last_flush_survive_a_graceful_stop(
+        fake_graph: Any, fake_idp: Any, tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+
+    # The workers' files in a directory the supervisor does not remove when it exits.
+    files = tmp_path / "metrics"
+    files.mkdir()
+    async with serve(fake_graph, fake_idp, workers=2, server_drain_seconds="0",
+                     PROMETHEUS_MULTIPROC_DIR=str(files)) as server, \
+            aiohttp.ClientSession() as http:
+        sent = await _from_both_workers(http, server.base)
+        server.process.send_signal(signal.SIGTERM)  # at once: well within a flush interval
+        assert await asyncio.wait_for(server.process.wait(), timeout=30) == 0
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry, path=str(files))  # type: ignore[no-untyped-call]
+    assert _answered(generate_latest(registry).decode()) == (sent, sent)
 
 async def _gauges(http: aiohttp.ClientSession, base: str) -> dict[str, float]:
     """The unlabelled avatarproxy samples of /metrics (summed over the workers' files)."""

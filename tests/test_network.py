@@ -23,7 +23,7 @@ from avatarproxy.demo.people import FakePerson
 from avatarproxy.demo.photos import portrait
 from avatarproxy.service import AvatarService
 from avatarproxy.warm import Pacer, WarmStats, all_users, open_warmer
-from avatarproxy.web import SERVICE
+from avatarproxy.web import HANDLING
 
 ADELE = "adele.vance@contoso.com"  # 648x648 photo
 ADELE_COLOURS = ("#0b5394", "#6fa8dc", "#f6d7b0")
@@ -41,7 +41,7 @@ def via_proxy(make_client: MakeClient, graph_proxy: FaultProxy) -> MakeClient:
 
 
 def service(client: Client) -> AvatarService:
-    return client.app[SERVICE]
+    return client.app[HANDLING].service
 
 
 def mean_colour(body: bytes) -> tuple[float, ...]:

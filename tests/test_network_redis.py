@@ -25,7 +25,7 @@ from redisservers import start_server
 from avatarproxy.cli import main
 from avatarproxy.purge import LISTENER
 from avatarproxy.redis.purgechannel import PurgeListener
-from avatarproxy.web import SERVICE
+from avatarproxy.web import HANDLING
 
 ADELE = "adele.vance@contoso.com"  # 648x648 photo
 ALEX = "alex.wilber@contoso.com"
@@ -57,7 +57,7 @@ async def test_large_images_cross_replicas_over_a_slow_segmented_link(
     _, headers, second = await get(two, f"/avatar/{ADELE}/600", headers=JPEG)
     assert (headers["X-Avatar-Source"], second) == ("photo", first)
     assert photo_downloads(fake_graph) == 1
-    assert two.app[SERVICE].health()["redis"] == "ok"
+    assert two.app[HANDLING].service.health()["redis"] == "ok"
 
 
 async def test_two_replicas_missing_together_download_once_through_a_laggy_redis(
@@ -94,7 +94,7 @@ async def test_a_failing_redis_costs_at_most_its_timeout_and_photos_still_come(
     status, headers, _ = await get(client, f"/avatar/{ADELE}/48", headers=JPEG)
     assert (status, headers["X-Avatar-Source"]) == (200, "photo")  # from Graph
     assert headers["Cache-Control"].startswith("public, max-age=3600")
-    assert client.app[SERVICE].health()["redis"] == "down"
+    assert client.app[HANDLING].service.health()["redis"] == "down"
     accepted = redis_proxy.accepted
     # Skipped after the failure: the next miss does not wait on Redis again.
     status, headers, _ = await get(client, f"/avatar/{ALEX}/48", headers=JPEG)
@@ -286,7 +286,7 @@ async def test_redis_py_torn_connection_errors_read_as_redis_unavailable(
     redis_proxy.cut()
     status, headers, _ = await get(client, f"/avatar/{ADELE}/48", headers=JPEG)
     assert (status, headers["X-Avatar-Source"]) == (200, "photo")  # from Graph, no 500
-    assert client.app[SERVICE].health()["redis"] == "down"
+    assert client.app[HANDLING].service.health()["redis"] == "down"
     # The purge subscription took it for Redis failing too, and keeps trying.
     await _until_unsubscribed(listener)
     assert torn.raised > 0

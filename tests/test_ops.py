@@ -16,9 +16,10 @@ import pytest
 import redis.asyncio as aioredis
 from appclient import Client, MakeClient
 from loopback import free_port
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from avatarproxy import logs
+from avatarproxy import logs, metrics
 from avatarproxy.lifecycle import usable_cpus
 from avatarproxy.logs import LoggingSettings
 from avatarproxy.ops import READINESS, metrics_app
@@ -41,6 +42,27 @@ async def scrape(client: Client) -> dict[tuple[str, frozenset[tuple[str, str]]],
 def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
           **labels: str) -> float:
     return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def test_a_flushed_tally_is_what_observing_each_value_gives() -> None:
+    # Counts are tallied per process and flushed into prometheus-client's own bucket
+    # values: the exposition must be what observing every value would have given.
+    values = [0.0004, 0.001, 0.0011, 0.004, 0.03, 0.5, 1.0, 2.5, 9.0, 10.5, 60.0]
+    for seconds in values:
+        metrics.imaging("tally-check", seconds)
+    metrics.flush()
+    name = "avatarproxy_imaging_duration_seconds"
+    got = {(s.name.removeprefix(name), s.labels.get("le")): s.value
+           for family in REGISTRY.collect() if family.name == name for s in family.samples
+           if s.labels.get("operation") == "tally-check" and not s.name.endswith("_created")}
+    bounds = [float(le) for suffix, le in got if suffix == "_bucket" and le != "+Inf"]
+    assert len(bounds) > 5
+    reference = Histogram("reference", "", buckets=bounds, registry=CollectorRegistry())
+    for seconds in values:
+        reference.observe(seconds)
+    expected = {(s.name.removeprefix("reference"), s.labels.get("le")): s.value
+                for s in reference.collect()[0].samples if not s.name.endswith("_created")}
+    assert got == expected
 
 
 async def test_metrics_count_requests_cache_graph_and_tokens_without_naming_people(

@@ -21,7 +21,7 @@ from avatarproxy import errors
 from avatarproxy.errors import AvatarProxyError, BadRequest, Forbidden, NotFound
 from avatarproxy.initials import InitialsRenderer
 from avatarproxy.service import AvatarService
-from avatarproxy.web import SERVICE
+from avatarproxy.web import HANDLING
 
 ADELE = "adele.vance@contoso.com"
 MEGAN = "megan.bowen@contoso.com"
@@ -30,7 +30,7 @@ CLIENT_MISTAKES = {BadRequest: 400, Forbidden: 403, NotFound: 404}
 
 
 def service(client: Client) -> AvatarService:
-    return client.app[SERVICE]
+    return client.app[HANDLING].service
 
 
 @asynccontextmanager

@@ -20,7 +20,7 @@ from redisservers import Server, start_server
 
 from avatarproxy.app import create_app
 from avatarproxy.config import load_settings
-from avatarproxy.web import SERVICE
+from avatarproxy.web import HANDLING
 
 ADELE = "adele.vance@contoso.com"
 ALEX = "alex.wilber@contoso.com"
@@ -134,7 +134,7 @@ async def test_redis_outage_is_served_around_and_redis_is_used_again_when_back(
         **idp_settings, "cache.redis_url": f"redis://127.0.0.1:{port}/0",
         "cache.redis_retry_seconds": 0.2})
     client: TestClient[Any, Any] = await aiohttp_client(create_app(settings))
-    service = client.app[SERVICE]
+    service = client.app[HANDLING].service
 
     async def sources(path: str, times: int = 1) -> list[tuple[int, str]]:
         async def one() -> tuple[int, str]:

@@ -29,7 +29,7 @@ from avatarproxy.limits import LoadLimits
 from avatarproxy.models import Subject
 from avatarproxy.redis.coordination import Coordination, SharedKeys
 from avatarproxy.sizing import HD_SIZES
-from avatarproxy.web import SERVICE
+from avatarproxy.web import HANDLING
 
 ADELE = "adele.vance@contoso.com"
 ALEX = "alex.wilber@contoso.com"
@@ -262,13 +262,13 @@ async def test_stale_metadata_is_refreshed_once_per_ttl_by_the_fleet_not_once_pe
     await asyncio.sleep(ttl + 0.1)  # both processes' memory copies go stale
     await get(one, f"/avatar/{ADELE}/48")  # stale, and refreshed behind it
     await wait_for(lambda: fake_graph.graph.count(lambda r: r.raw_path == meta_calls) == 2
-                   and one.app[SERVICE].fetches_in_flight == 0)
+                   and one.app[HANDLING].service.fetches_in_flight == 0)
     _, new, _ = await get(one, f"/avatar/{ADELE}/48")
     assert new["ETag"] != old["ETag"]
     # The other process finds the refresh in Redis behind its stale memory copy:
     # the new photo at once, and no metadata call of its own.
     _, headers, _ = await get(two, f"/avatar/{ADELE}/48")
-    await wait_for(lambda: two.app[SERVICE].fetches_in_flight == 0)
+    await wait_for(lambda: two.app[HANDLING].service.fetches_in_flight == 0)
     assert headers["ETag"] == new["ETag"]
     assert fake_graph.graph.count(lambda r: r.raw_path == meta_calls) == 2
     assert downloads(fake_graph) == 2  # the old photo, then the new one, once each

@@ -22,7 +22,7 @@ from aiohttp import web
 from ..errors import NotFound
 from ..models import Subject
 from ..security import Policy, signature
-from ..web import POLICY
+from ..web import HANDLING
 from .people import FakePerson
 
 SIZES = (32, 48, 96, 160)
@@ -154,7 +154,7 @@ def page_handler(people: Sequence[FakePerson], key: str | None = None, *,
 
     async def page(request: web.Request) -> web.Response:
         # Drawn per request: the blocked list resolves after start-up.
-        body = render(people, request.app[POLICY], key, gravatar=gravatar)
+        body = render(people, request.app[HANDLING].policy, key, gravatar=gravatar)
         return web.Response(text=body, content_type="text/html", headers={
             "Cache-Control": "no-cache", "Content-Security-Policy": PAGE_POLICY,
             "X-Content-Type-Options": "nosniff"})
