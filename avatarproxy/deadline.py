@@ -6,9 +6,10 @@ the same turn as the read that would have finished the work or before it
 (uvloop runs timers first): with a reply already waiting in the socket, it
 cancels a command Redis answered in time, and the caller takes Redis for down. So the timer here
 checks how late it ran; late by more than a tenth of the deadline, it gives
-the work that lag again (the reply that waited behind it is read first), up to
-``_MAX_CREDIT`` deadlines in all, so that a dead peer under a loop that never
-catches up is still given up on. On time, it cancels as ``asyncio.timeout`` does.
+the work that lag again (the reply that waited behind it is read first), once and
+at most one more deadline, so that a dead peer under a loop that never catches up
+is still given up on after at most twice the deadline plus one turn of the loop.
+On time, it cancels as ``asyncio.timeout`` does.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ import asyncio
 from types import TracebackType
 
 _TOLERANCE = 0.1  # of the deadline: a timer this late is the loop's lag, not the peer's
-_MAX_CREDIT = 20  # deadlines of lag given back at most (10 s at the default 0.5 s)
 
 
 class deadline:  # used like asyncio.timeout
     """``async with deadline(seconds):`` raises TimeoutError after ``seconds`` of
     the loop's time; a cancellation from outside passes through as it is."""
 
-    __slots__ = ("_credit", "_handle", "_loop", "_seconds", "_timeout", "_when")
+    __slots__ = ("_graced", "_handle", "_loop", "_seconds", "_timeout", "_when")
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
@@ -36,7 +36,7 @@ class deadline:  # used like asyncio.timeout
         await self._timeout.__aenter__()
         self._loop = loop = asyncio.get_running_loop()
         self._when = loop.time() + self._seconds
-        self._credit = self._seconds * _MAX_CREDIT
+        self._graced = False
         self._handle = loop.call_at(self._when, self._expire)
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
@@ -47,10 +47,9 @@ class deadline:  # used like asyncio.timeout
     def _expire(self) -> None:
         now = self._loop.time()
         late = now - self._when
-        if late > self._seconds * _TOLERANCE and self._credit > 0:
-            late = min(late, self._credit)
-            self._credit -= late
-            self._when = now + late
+        if late > self._seconds * _TOLERANCE and not self._graced:
+            self._graced = True  # once: a loop that never catches up ends the wait too
+            self._when = now + min(late, self._seconds)
             self._handle = self._loop.call_at(self._when, self._expire)
         else:
             self._timeout.reschedule(now)  # cancels the task at once
