@@ -1,30 +1,36 @@
 """A deadline that does not count the event loop's own lag against the work it bounds.
 
-``asyncio.timeout`` measures wall-clock time. When the loop is saturated
-(CPU-bound callbacks, a burst of requests) the timer's callback runs late, in
-the same turn as the read that would have finished the work or before it
-(uvloop runs timers first): with a reply already waiting in the socket, it
-cancels a command Redis answered in time, and the caller takes Redis for down. So the timer here
-checks how late it ran; late by more than a tenth of the deadline, it gives
-the work that lag again (the reply that waited behind it is read first), once and
-at most one more deadline, so that a dead peer under a loop that never catches up
-is still given up on after at most twice the deadline plus one turn of the loop.
-On time, it cancels as ``asyncio.timeout`` does.
+When the loop is saturated (CPU-bound callbacks, a burst of requests) timers run
+late, and wall-clock time passes without the waiting work running at all.
+
+``deadline`` bounds one piece of work (a Redis command) like ``asyncio.timeout``,
+but its timer checks how late it ran: late by more than a tenth of the deadline,
+it gives the work that lag again, once and at most one more deadline (the reply
+that waited behind it is read first; uvloop runs timers before reading sockets).
+So a command Redis answered in time is not cut off by the loop's lag, and a dead
+peer under a loop that never catches up is still given up on after at most twice
+the deadline plus one turn of the loop. A connection being opened pauses it
+(``paused``): opening one has budgets of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from types import TracebackType
 
 _TOLERANCE = 0.1  # of the deadline: a timer this late is the loop's lag, not the peer's
+_running: ContextVar[deadline | None] = ContextVar("deadline", default=None)
 
 
 class deadline:  # used like asyncio.timeout
     """``async with deadline(seconds):`` raises TimeoutError after ``seconds`` of
     the loop's time; a cancellation from outside passes through as it is."""
 
-    __slots__ = ("_graced", "_handle", "_loop", "_seconds", "_timeout", "_when")
+    __slots__ = ("_graced", "_handle", "_left", "_loop", "_pauses", "_seconds", "_timeout",
+                 "_token", "_when")
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
@@ -37,10 +43,13 @@ class deadline:  # used like asyncio.timeout
         self._loop = loop = asyncio.get_running_loop()
         self._when = loop.time() + self._seconds
         self._graced = False
+        self._pauses = 0
         self._handle = loop.call_at(self._when, self._expire)
+        self._token = _running.set(self)
 
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         traceback: TracebackType | None) -> None:
+        _running.reset(self._token)
         self._handle.cancel()
         await self._timeout.__aexit__(kind, exc, traceback)
 
@@ -53,3 +62,29 @@ class deadline:  # used like asyncio.timeout
             self._handle = self._loop.call_at(self._when, self._expire)
         else:
             self._timeout.reschedule(now)  # cancels the task at once
+
+    def _pause(self) -> None:
+        self._pauses += 1
+        if self._pauses == 1:
+            self._handle.cancel()
+            self._left = self._when - self._loop.time()
+
+    def _resume(self) -> None:
+        self._pauses -= 1
+        if not self._pauses:
+            self._when = self._loop.time() + max(self._left, 0.0)
+            self._handle = self._loop.call_at(self._when, self._expire)
+
+
+@contextlib.contextmanager
+def paused() -> Iterator[None]:
+    """The task's running ``deadline`` (if any) stopped while the block runs."""
+    running = _running.get()
+    if running is None:
+        yield
+        return
+    running._pause()
+    try:
+        yield
+    finally:
+        running._resume()
