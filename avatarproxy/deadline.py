@@ -1,4 +1,4 @@
-"""A deadline that does not count the event loop's own lag against the work it bounds.
+"""Time as the event loop lives it: its own lag is not counted against the work waiting.
 
 When the loop is saturated (CPU-bound callbacks, a burst of requests) timers run
 late, and wall-clock time passes without the waiting work running at all.
@@ -11,17 +11,24 @@ So a command Redis answered in time is not cut off by the loop's lag, and a dead
 peer under a loop that never catches up is still given up on after at most twice
 the deadline plus one turn of the loop. A connection being opened pauses it
 (``paused``): opening one has budgets of its own.
+
+``Stopwatch`` counts a longer wait (a replica waiting for another's download) in
+the loop's own time, on one clock per loop: a tick every ``_TICK_SECONDS`` adds
+the time since the last one, but no more than two ticks' worth (a later tick
+waited behind other work), so a stall of the loop counts as 40 ms.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections.abc import Iterator
 from contextvars import ContextVar
 from types import TracebackType
 
 _TOLERANCE = 0.1  # of the deadline: a timer this late is the loop's lag, not the peer's
+_TICK_SECONDS = 0.02
 _running: ContextVar[deadline | None] = ContextVar("deadline", default=None)
 
 
@@ -88,3 +95,62 @@ def paused() -> Iterator[None]:
         yield
     finally:
         running._resume()
+
+
+class _LoopClock:
+    """The loop's own time since it was made; it ticks only while a stopwatch runs."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._last = 0.0
+        self.elapsed = 0.0
+        self.running = 0  # stopwatches
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self.running += 1
+        if self._handle is None:
+            self._last = self._loop.time()
+            self._handle = self._loop.call_later(_TICK_SECONDS, self._tick)
+
+    def stop(self) -> None:
+        self.running -= 1
+        if not self.running and self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        self.elapsed += min(now - self._last, 2 * _TICK_SECONDS)
+        self._last = now
+        self._handle = self._loop.call_later(_TICK_SECONDS, self._tick)
+
+
+_clocks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClock] = (
+    weakref.WeakKeyDictionary())
+
+
+class Stopwatch:
+    """Seconds of the running loop's own time since it was made (``elapsed``), until
+    ``stop``; every stopwatch of a loop reads the loop's one clock."""
+
+    __slots__ = ("_clock", "_started", "_stopped")
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        clock = _clocks.get(loop)
+        if clock is None:
+            clock = _clocks[loop] = _LoopClock(loop)
+        clock.start()
+        self._clock = clock
+        self._started = clock.elapsed
+        self._stopped: float | None = None
+
+    @property
+    def elapsed(self) -> float:
+        return (self._clock.elapsed if self._stopped is None else self._stopped) - self._started
+
+    def stop(self) -> None:
+        if self._stopped is None:
+            self._stopped = self._clock.elapsed
+            self._clock.stop()
