@@ -129,13 +129,20 @@ class _OwnBudget:
 
     socket_timeout: float | None
     socket_connect_timeout: float | None
+    is_connected: bool
 
+    # redis-py calls ``connect`` at every checkout: a connection already open costs
+    # nothing more (pausing moves the deadline's timer: 40,000 instructions a GET).
     async def connect(self) -> None:
+        if self.is_connected:
+            return
         with paused():  # Sentinel mode: asking the Sentinels for the master, too
             await super().connect()  # type: ignore[misc]
 
     async def connect_check_health(self, check_health: bool = True,
                                    retry_socket_connect: bool = True) -> None:
+        if self.is_connected:
+            return
         with paused():
             await super().connect_check_health(  # type: ignore[misc]
                 check_health=check_health, retry_socket_connect=retry_socket_connect)
