@@ -16,7 +16,7 @@ time only bounds how long a holder that died keeps the others waiting.
 A miss waits for each round trip to Redis, so the lock is asked for together
 with a look at the image key, and released together with the image's write.
 
-The wait is counted in the loop's own time (``_LagFreeClock``): when this
+The wait is counted in the loop's own time (``deadline.Stopwatch``): when this
 process's event loop lags (its cores saturated, a long callback), the time it
 spends unable to run is not time spent waiting for the holder, and a waiter
 whose loop stalled past its wait would otherwise fetch a second time a photo
@@ -33,33 +33,11 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from .deadline import Stopwatch
 from .redis.coordination import DownloadLocks
 
 _POLL_SECONDS = 0.02
-# The lag-free clock's tick; a tick later than twice this ran behind a lagging loop.
-_TICK_SECONDS = 0.02
 T = TypeVar("T")
-
-
-class _LagFreeClock:
-    """Seconds that have passed for this event loop since it was made, without the
-    loop's lag: a tick every ``_TICK_SECONDS`` adds the time since the last one,
-    but no more than two ticks' worth (a later tick waited behind other work)."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._last = self._loop.time()
-        self.elapsed = 0.0
-        self._handle = self._loop.call_later(_TICK_SECONDS, self._tick)
-
-    def _tick(self) -> None:
-        now = self._loop.time()
-        self.elapsed += min(now - self._last, 2 * _TICK_SECONDS)
-        self._last = now
-        self._handle = self._loop.call_later(_TICK_SECONDS, self._tick)
-
-    def stop(self) -> None:
-        self._handle.cancel()
 
 
 class ReplicaCoalescer:
@@ -78,7 +56,7 @@ class ReplicaCoalescer:
         if self._locks is None:
             return await lookup() or await fetch()
         token = secrets.token_hex(16)
-        waited = _LagFreeClock()
+        waited = Stopwatch()
         try:
             while True:
                 attempt = await self._locks.try_lock(key, token, self._lock_seconds)
@@ -123,7 +101,7 @@ class ReplicaCoalescer:
                 return
 
     async def _await_holder(self, key: str, lookup: Callable[[], Awaitable[T | None]],
-                            waited: _LagFreeClock) -> T | None:
+                            waited: Stopwatch) -> T | None:
         """The holder's result; None once its lock is gone (it failed or died) or time is up."""
         assert self._locks is not None
         while waited.elapsed < self._wait:

@@ -147,7 +147,7 @@ async def _probe_redis(settings: Settings, report: Report) -> None:
     redis = connection.connect(settings.redis)
     try:
         async with asyncio.timeout(_REDIS_CHECK_SECONDS):
-            await connection.command(redis.client.ping())
+            await redis.run(redis.client.ping())
     except _REDIS_PROBE_FAILURES as exc:
         problem = explain_redis(settings.redis, exc)
         if problem.misconfigured:

@@ -15,7 +15,12 @@ from typing import Any
 
 from appclient import Client, MakeClient, get
 
-from avatarproxy.web import SERVICE
+from avatarproxy.coalesce import ReplicaCoalescer
+from avatarproxy.redis.connection import connect
+from avatarproxy.redis.coordination import DownloadLocks, SharedKeys
+from avatarproxy.redis.link import RedisLink
+from avatarproxy.redis.settings import RedisSettings
+from avatarproxy.web import HANDLING
 
 ADELE = "adele.vance@contoso.com"
 WAIT = 2.0  # cache.coalesce_wait_seconds, its default
@@ -44,7 +49,7 @@ async def waiting_for_the_holder(holder: Client, waiter: Client, fake_graph: Any
     await until(lambda: downloads(fake_graph) == 1)  # it holds the lock
     second = asyncio.ensure_future(get(waiter, f"/avatar/{ADELE}/48"))
     # Its flights: the render, and the download it shares with the other replica.
-    await until(lambda: waiter.app[SERVICE].fetches_in_flight == 2)
+    await until(lambda: waiter.app[HANDLING].service.fetches_in_flight == 2)
     await asyncio.sleep(0)  # the shared download's first step (its wait begins) has run
     return first, second
 
@@ -73,3 +78,52 @@ async def test_a_waiter_on_a_loop_that_runs_freely_still_gives_up_after_its_wait
     assert not first.done()
     assert downloads(fake_graph) == 2
     assert (await first)[0] == 200
+
+
+class TimerCounting(asyncio.SelectorEventLoop):
+    """asyncio's loop, counting the timers it is asked for."""
+
+    timers = 0
+
+    def call_at(self, when: float, callback: Any, *args: Any,
+                context: Any = None) -> asyncio.TimerHandle:
+        self.timers += 1
+        return super().call_at(when, callback, *args, context=context)
+
+
+def test_waiters_count_their_wait_on_one_clock(redis_url: str) -> None:
+    """100 keys waiting for other replicas' downloads: the loop's own time is kept by
+    one tick every 20 ms, not one per waiter (before: 100 ticks every 20 ms, 11 % of
+    a core for 1,000 waiters)."""
+    waiters = 100
+
+    async def scenario() -> None:
+        link = RedisLink(connect(RedisSettings(redis_url=redis_url)))
+        shared = SharedKeys("clock-test:", "1")
+        locks = DownloadLocks(link, shared)
+        keys = [f"clock-test:{index}" for index in range(waiters)]
+        for key in keys:
+            await locks.try_lock(key, "another replica's token", 30)
+        looking, found = 0, asyncio.Event()
+
+        async def lookup() -> bytes:  # the holder's photo, once the test has counted
+            nonlocal looking
+            looking += 1
+            await found.wait()
+            return b"photo"
+
+        coalescer = ReplicaCoalescer(locks, wait_seconds=30, lock_seconds=30)
+        waiting = [asyncio.create_task(coalescer.run(key, lookup, lookup)) for key in keys]
+        await until(lambda: looking == waiters)  # every one waiting, its clock running
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, TimerCounting)
+        before = loop.timers
+        await asyncio.sleep(0.2)  # a timer of its own
+        assert loop.timers - before <= 0.2 / 0.02 + 5  # ticks of one clock, a few late
+        found.set()
+        assert await asyncio.gather(*waiting) == [b"photo"] * waiters
+        await link.call("DEL", link.client.delete(*map(shared.lock, keys)))
+        await link.close()
+
+    with asyncio.Runner(loop_factory=TimerCounting) as runner:
+        runner.run(scenario())

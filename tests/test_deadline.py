@@ -116,6 +116,37 @@ def test_a_loop_that_never_catches_up_still_ends_the_wait(
     run(scenario)
 
 
+def test_a_loop_that_never_catches_up_gives_one_more_deadline_at_most(
+        run: Callable[[Callable[[], Awaitable[None]]], None]) -> None:
+    """Counted in turns of a loop whose every turn takes half the deadline: the timer
+    runs at most a turn late, gets the lag back once (one deadline at most), runs at
+    most a turn late again and cancels; a turn or two more to unwind. Before: each
+    late run got its lateness back again, 20 deadlines' worth (41 turns here)."""
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        turns = 0
+        hogging = True
+
+        def hog() -> None:
+            nonlocal turns
+            if hogging:
+                turns += 1
+                block_loop(0.01)
+                loop.call_soon(hog)
+
+        hog()
+        counted = turns
+        try:
+            with pytest.raises(TimeoutError):
+                async with deadline(0.02):
+                    await asyncio.Event().wait()
+        finally:
+            hogging = False
+        # deadline/turn + 1, grace/turn + 1, cancelling: 2 + 1 + 1 + 1 + 2
+        assert turns - counted <= 8
+    run(scenario)
+
+
 async def test_a_cancellation_from_outside_is_no_timeout() -> None:
     async def wait() -> None:
         async with deadline(10):

@@ -22,7 +22,7 @@ from avatarproxy.models import PhotoMeta, Subject
 from avatarproxy.readahead import LastSeen
 from avatarproxy.redis import connection
 from avatarproxy.redis.link import RedisLink
-from avatarproxy.web import SERVICE
+from avatarproxy.web import HANDLING
 
 ADELE = "adele.vance@contoso.com"
 PATH = f"/avatar/{ADELE}/48"
@@ -74,7 +74,7 @@ async def test_a_photo_changed_by_another_replica_is_never_served_in_its_old_ver
     calls = graph_calls(fake_graph)
     _, headers, hit = await get(one, PATH, headers=JPEG)
     assert (headers["X-Avatar-Source"], hit, graph_calls(fake_graph)) == ("photo", old, calls)
-    assert one.app[SERVICE].health()["redis"] == "ok"  # the pipeline went through
+    assert one.app[HANDLING].service.health()["redis"] == "ok"  # the pipeline went through
 
     # Adele uploads a new photo; another replica refreshes her metadata in Redis.
     new_etag = fake_graph.graph.set_photo(ADELE, portrait(648, 648, "#7f0000", "#ff8080",

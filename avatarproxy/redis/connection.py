@@ -2,10 +2,11 @@
 
 Only redis-py's own clients are used; this module turns ``cache.*`` settings
 into one of them. Whatever the mode, each command gets one deadline
-(``command``) and a quick retry on a broken connection, so a failover costs a
-few cache misses and never an error: after a Sentinel switch the pool asks the
-Sentinels for the new master when it reconnects; the Cluster client re-reads
-the slot map from another node when one fails.
+(``RedisConnection.run``, see ``commands``) and a quick retry on a broken
+connection, so a failover costs a few cache misses and never an error: after a
+Sentinel switch the pool asks the Sentinels for the new master when it
+reconnects; the Cluster client re-reads the slot map from another node when one
+fails.
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from redis.asyncio import ConnectionPool, Redis
-from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.connection import SSLConnection, parse_url
+from redis.asyncio.connection import Connection, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import (
+    Sentinel,
+    SentinelManagedConnection,
+    SentinelManagedSSLConnection,
+)
 from redis.backoff import ExponentialWithJitterBackoff, NoBackoff
 from redis.credentials import CredentialProvider
 from redis.exceptions import (
@@ -36,74 +40,23 @@ from redis.exceptions import (
     RedisError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.typing import EncodableT
 
-from ..deadline import deadline
 from ..options import file_problem
+from . import commands
 from .settings import RedisSettings
 
 T = TypeVar("T")
-_PACKAGE = __name__.partition(".")[0] + "."  # avatarproxy., not avatarproxy.redis.
 
 RedisClient = Redis | RedisCluster
 
-# What a failing Redis raises at the service's call sites, once redis-py's
-# own awaits have gone through ``command``. Redis is a cache here, so each of
+# What a failing Redis raises through ``RedisConnection.run`` (torn connections
+# included: ``commands.TornConnection``). Redis is a cache here, so each of
 # these reads as "Redis unavailable", never a 500. The Cluster client raises
 # RedisClusterException (not a RedisError) when no node it knows answers.
 REDIS_FAILURES: tuple[type[Exception], ...] = (
     RedisError, RedisClusterException, OSError, TimeoutError)
 _HEALTH_CHECK_SECONDS = 30  # PING a connection idle this long before reusing it
 MAX_CONNECTIONS = 64  # commands in flight per RedisConnection, any mode
-
-
-class TornConnection(RedisConnectionError):
-    """redis-py raised AttributeError or TypeError: a connection torn down under a command."""
-
-
-async def command(pending: Awaitable[T]) -> T:
-    """Await one redis-py call: the one place its torn-connection errors are caught.
-
-    redis-py's async clients raise AttributeError or TypeError when a
-    connection is torn down under a command ("'NoneType' object has no
-    attribute 'writelines'" with a Cluster master killed under load; redis-py
-    #3546, #3835, #4287); they become TornConnection, a RedisError. The same
-    types raised by our own code (even in a callback redis-py made, such as the
-    password file) are bugs and go on as they are.
-    """
-    try:
-        return await pending
-    except (AttributeError, TypeError) as exc:
-        if _raised_by_us(exc):
-            raise
-        raise TornConnection(f"{type(exc).__name__}: {exc}") from exc
-
-
-def _raised_by_us(exc: BaseException) -> bool:
-    """Whether a frame of this package lies between ``command`` and the raise."""
-    frame = exc.__traceback__.tb_next if exc.__traceback__ else None  # past command()
-    while frame is not None:
-        if frame.tb_frame.f_globals.get("__name__", "").startswith(_PACKAGE):
-            return True
-        frame = frame.tb_next
-    return False
-
-
-class _GuardedPubSub(PubSub):
-    """A subscription whose redis-py awaits go through ``command`` too."""
-
-    async def execute_command(self, *args: EncodableT) -> Any:
-        return await command(super().execute_command(*args))
-
-    # redis-py's signature, timeout included
-    async def parse_response(self, block: bool = True, timeout: float = 0) -> Any:  # noqa: ASYNC109
-        return await command(super().parse_response(block, timeout))
-
-
-class _Subscriber(Redis):
-    def pubsub(self, **kwargs: Any) -> PubSub:
-        return _GuardedPubSub(self.connection_pool, event_dispatcher=self._event_dispatcher,
-                              **kwargs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,14 +80,10 @@ class RedisConnection:
         default_factory=lambda: asyncio.Semaphore(MAX_CONNECTIONS))
 
     async def run(self, pending: Awaitable[T]) -> T:
-        """``pending`` (a command, a pipeline) through ``command``: every command's one
-        deadline, ``timeout`` with the loop's own lag not counted (the connections have
-        no read timeout: redis-py's costs a task per write on Python 3.11), a wait for
-        one of ``MAX_CONNECTIONS`` included. Cut off mid-reply (by it, or with its
-        request), a command's connection is closed by redis-py, never handed on with
-        the reply due: tests/test_redis_cancel.py."""
-        async with deadline(self.timeout), self._slots:
-            return await command(pending)
+        """``pending`` (a command, a pipeline) within ``timeout`` of the loop's own time,
+        a wait for one of ``MAX_CONNECTIONS`` included: the one way a command is sent
+        (``commands.run``). A wait for a slot that outlasts it raises NoFreeConnection."""
+        return await commands.run(pending, self.timeout, self._slots)
 
     async def pubsub_clients(self) -> list[Redis]:
         """Clients a subscription can go through, best first.
@@ -301,8 +250,8 @@ def subscriber(cache: RedisSettings) -> RedisConnection:
     options = _pubsub_options(cache)
 
     def node_client(host: str, port: int) -> Redis:
-        # _Subscriber: its subscriptions' awaits go through ``command`` too.
-        return _Subscriber.from_pool(ConnectionPool(**{**options, "host": host, "port": port}))
+        return commands.Subscriber.from_pool(
+            ConnectionPool(**{**options, "host": host, "port": port}))
 
     return replace(_connect(cache, pubsub=False), node_client=node_client,
                    seed=(options["host"], options["port"]))
@@ -312,6 +261,7 @@ def _pubsub_options(cache: RedisSettings) -> dict[str, Any]:
     """A Pub/Sub connection to one server: the service's TLS and credentials."""
     options = _url_options(cache.redis_url or "redis://", cache)
     options.update(_tls_options(cache, options.get("connection_class") is SSLConnection))
+    options["connection_class"] = commands.own_budget(options.get("connection_class", Connection))
     return options
 
 
@@ -320,7 +270,7 @@ def _connect(cache: RedisSettings, pubsub: bool) -> RedisConnection:
     named = functools.partial(RedisConnection, target=target, settings=settings,
                               timeout=cache.redis_timeout_seconds)
     if pubsub and cache.redis_mode != "sentinel":
-        return named(_Subscriber.from_pool(ConnectionPool(**_pubsub_options(cache))))
+        return named(commands.Subscriber.from_pool(ConnectionPool(**_pubsub_options(cache))))
     options = _url_options(cache.redis_url or "redis://", cache)
     tls = options.get("connection_class") is SSLConnection
     if cache.redis_mode == "cluster":
@@ -330,6 +280,7 @@ def _connect(cache: RedisSettings, pubsub: bool) -> RedisConnection:
             # Serve the slots that still have a master while one fails over.
             require_full_coverage=False,
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), 2))
+        commands.own_budget_nodes(client, tls)
         return named(client)
     retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
     if cache.redis_mode == "sentinel":
@@ -347,9 +298,13 @@ def _connect(cache: RedisSettings, pubsub: bool) -> RedisConnection:
             sentinel_kwargs=sentinel_options, **options, retry=retry, ssl=tls,
             **_tls_options(cache, tls))
         master: Redis = sentinel.master_for(cache.redis_sentinel_master,
-                                            redis_class=_Subscriber if pubsub else Redis)
+                                            redis_class=commands.Subscriber if pubsub else Redis,
+                                            connection_class=commands.own_budget(
+                                                SentinelManagedSSLConnection if tls
+                                                else SentinelManagedConnection))
         return named(master, tuple(sentinel.sentinels))
     options.update(_tls_options(cache, tls))
+    options["connection_class"] = commands.own_budget(options.get("connection_class", Connection))
     return named(Redis.from_pool(ConnectionPool(
         **options, retry=retry, max_connections=MAX_CONNECTIONS)))
 
@@ -366,9 +321,11 @@ def _url_options(url: str, cache: RedisSettings) -> dict[str, Any]:
     if cache.redis_mode == "cluster":
         options.pop("db", None)
     # No read timeout: ``RedisConnection.run`` bounds each command; subscriptions idle.
+    # Opening a connection: each step within the timeout, and no CLIENT SETINFO (two
+    # replies more to wait for, for a name in CLIENT LIST).
     options.update(socket_timeout=None,
                    socket_connect_timeout=cache.redis_timeout_seconds,
-                   health_check_interval=_HEALTH_CHECK_SECONDS)
+                   health_check_interval=_HEALTH_CHECK_SECONDS, driver_info=None)
     return options
 
 

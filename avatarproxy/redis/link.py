@@ -28,6 +28,7 @@ from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import MaxConnectionsError, OutOfMemoryError, ResponseError
 
 from .. import metrics
+from .commands import discard
 from .connection import REDIS_FAILURES, RedisClient, RedisConnection
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class RedisLink:
         ``name`` (the command, ``GET``, ``EVAL``...) is for the log line.
         """
         if not self.available:
-            _discard(pending)
+            discard(pending)
             return None
         self._busy += 1
         self._idle.clear()
@@ -170,14 +171,7 @@ class RedisLink:
 
 
 def _pool_exhausted(exc: BaseException) -> bool:
-    """Every connection of the pool (a Cluster node's) was busy: redis-py refused at
-    once. ``RedisConnection.run`` waits for a free one first; should a pool be full
-    anyway, that command goes without Redis and Redis stays up for the others."""
+    """No connection was free: ``RedisConnection.run`` waited for one past the deadline
+    (``NoFreeConnection``), or redis-py's pool (a Cluster node's) was full. That
+    command goes without Redis and Redis stays up for the others."""
     return isinstance(exc, MaxConnectionsError)
-
-
-def _discard(pending: Awaitable[Any]) -> None:
-    """Close a coroutine we decided not to run (no 'never awaited' warning)."""
-    close = getattr(pending, "close", None)
-    if close is not None:
-        close()
