@@ -46,7 +46,6 @@ from .negotiation import OutputFormats
 from .photos import Photos
 from .readahead import ReadAhead
 from .security import Policy
-from .sizing import plan_fetch
 
 log = logging.getLogger(__name__)
 # Refused photo versions remembered so each is logged once (then forgotten all at once).
@@ -143,9 +142,8 @@ class AvatarService:
         if self._policy.screens(subject) and not self._policy.shows_owner(subject, meta):
             return None  # refused, or not known whose: the long way says which
         if meta.has_photo:
-            plan = plan_fetch(size, meta)
-            body = self._cache.peek_image(self._answers.photo_key(
-                subject, meta.media_etag, plan.target, formats.photo))
+            plan, key = self._photos.plan(subject, meta, size, formats.photo)
+            body = self._cache.peek_image(key)
             if body is None:
                 return None
             self._cache.count_memory_hits(2)
@@ -164,6 +162,8 @@ class AvatarService:
                           fallback: bool, admit: Admit | None) -> Avatar:
         # 1. What does Graph have? None means "could not find out right now". The photo
         #    of the mediaEtag last seen comes with it (``readahead``): one Redis round trip.
+        #    It is read before the owner check below (which needs the metadata it comes
+        #    with: after it, a second round trip), and served only after it.
         ahead = self._photos.read_ahead(subject, size, formats.photo)
         meta = await self._metadata(subject, admit, ahead)
         if _unknown_user(subject, meta):
