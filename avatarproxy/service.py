@@ -87,6 +87,12 @@ class AvatarService:
         hot = self.memory_hit(subject, size, formats, fallback)
         if hot is not None:
             return hot
+        return await self.fetch_avatar(subject, size, formats, fallback, admit)
+
+    async def fetch_avatar(self, subject: Subject, size: int, formats: OutputFormats,
+                           fallback: bool, admit: Admit | None) -> Avatar:
+        """``get_avatar`` for a caller that asked ``memory_hit`` first (the web layer):
+        the rest of it, within the load caps and the deadline."""
         return await self._bounded(subject, size, formats,
                                    lambda: self._get_avatar(subject, size, formats, fallback,
                                                             admit))
