@@ -59,7 +59,7 @@ class Photos:
     def plan(self, subject: Subject, meta: PhotoMeta, size: int, fmt: str
              ) -> tuple[FetchPlan, str]:
         """What answers ``size`` from ``meta``'s photo, and the rendered photo's key: the
-        one rule of the memory hit, the read-ahead's guess and the photo path."""
+        one rule of the read-ahead's guess and the photo path (``memory_hit`` inlines it)."""
         if subject.kind in ONE_PHOTO:
             # Only the largest exists: one download (and one kept source) for every size.
             plan = FetchPlan(hd_size=None, target=size)
