@@ -120,13 +120,13 @@ class RedisTier:
 
     async def get_both(self, key: str, other: str) -> list[bytes | None] | None:
         """Two keys of one person in one round trip (GETs in a pipeline, the ACL has no
-        +mget; the hash tag keeps a Cluster on one node); None if Redis did not answer."""
+        +mget; the hash tag keeps a Cluster on one node); None if Redis did not answer.
+        Only ``key``'s lookup is counted, ``other``'s if it is used (``ReadAhead.take``)."""
         pipe = self._client.pipeline(transaction=False)
         pipe.get(key)
         pipe.get(other)
         values: list[bytes | None] | None = await self._link.call("GET", pipe.execute())
-        for value in values or (None, None):
-            self._count(value)
+        self._count(values[0] if values is not None else None)  # an error, if None
         return values
 
     def _count(self, value: object) -> None:
@@ -204,11 +204,8 @@ class AvatarCache:
         return f"{self._prefix}ini:{{{digest}}}:{size}:{fmt}"
 
     def source_key(self, subject: Subject, media_etag: str, hd_size: int | None) -> str:
-        """The photo as downloaded from Graph (``hd_size`` None: the largest).
-
-        Every requested size at or below an HD size derives from it, so it is
-        downloaded once per photo version, not once per requested size.
-        """
+        """The photo as downloaded from Graph (``hd_size`` None: the largest): every size
+        asked at or below an HD size derives from it, so it is downloaded once per version."""
         return (f"{self._prefix}src:{{{subject.cache_id}}}:{_digest(media_etag)}:"
                 f"{hd_size or 'largest'}")
 
@@ -246,7 +243,7 @@ class AvatarCache:
         how long the faster tiers we missed in keep it."""
         for index, tier in enumerate(self.tiers):
             if ahead is not None and ahead.answered and tier is self.redis and ahead.key == key:
-                value = ahead.body  # Redis's answer for key, read with the metadata
+                value = ahead.take()  # Redis's answer for key, read with the metadata
             else:
                 value = await tier.get(key)
             if value is not None:
@@ -287,6 +284,8 @@ class AvatarCache:
             behind.append(tier)
         if best is not None:
             self._seen.saw(subject, best)
+        if ahead is not None:  # the photo read ahead goes with this metadata only
+            ahead.meta = best
         return best
 
     async def _read_meta(self, tier: CacheTier, key: str, ahead: ReadAhead | None) -> bytes | None:
@@ -298,9 +297,9 @@ class AvatarCache:
             ahead.body, ahead.answered = both[1], True
         return both[0] if both is not None else None
 
-    def last_media_etag(self, subject: Subject) -> str | None:
-        """What ``ReadAhead`` guesses: the mediaEtag this process last saw for ``subject``."""
-        return self._seen.media_etag(subject) if self.redis is not None else None
+    def last_seen(self, subject: Subject) -> PhotoMeta | None:
+        """What ``ReadAhead`` guesses from: the metadata this process last saw (Redis only)."""
+        return self._seen.meta(subject) if self.redis is not None else None
 
     async def put_meta(self, subject: Subject, meta: PhotoMeta) -> None:
         self._seen.saw(subject, meta)

@@ -17,6 +17,7 @@ together, cuts what is left, closes Redis and Graph sessions, and exits 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import logging
 import math
@@ -99,17 +100,26 @@ async def serve_until_stopped(make_app: AppFactory, server: ServerSettings, *,
         log.info("stopping: unready, draining for %gs", server.drain_seconds)
         await asyncio.sleep(server.drain_seconds)
     finally:
+        await _shut_down(runner, flushing, metrics_runner, loop)
+    log.info("stopped")
+
+
+async def _shut_down(runner: web.AppRunner, flushing: asyncio.Task[None],
+                     metrics_runner: web.AppRunner | None,
+                     loop: asyncio.AbstractEventLoop) -> None:
+    """The steps of a stop, each taken even if one before it raised (the error is
+    raised after them all): a clean-up that fails must not lose the last counts."""
+    async with contextlib.AsyncExitStack() as steps:  # run last registered first
+        for sig in _STOP_SIGNALS:
+            steps.callback(loop.remove_signal_handler, sig)
+        if metrics_runner is not None:  # scrapeable until the very end
+            steps.push_async_callback(metrics_runner.cleanup)
+        steps.callback(metrics.flush)  # what the last requests and fetches counted
+        steps.callback(flushing.cancel)
         # Stops listening, waits up to grace_seconds for in-flight requests
         # (then cancels them), then runs clean-up: the rest of the grace for
         # Graph fetches still running, then Redis, Graph session, executor.
-        await runner.cleanup()
-        flushing.cancel()
-        metrics.flush()  # what the last requests and fetches counted
-        if metrics_runner is not None:  # scrapeable until the very end
-            await metrics_runner.cleanup()
-        for sig in _STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
-    log.info("stopped")
+        steps.push_async_callback(runner.cleanup)
 
 
 def _cannot_listen(key: str, host: str, port: int, exc: OSError) -> ConfigError:

@@ -20,6 +20,8 @@ process. A scrape may lag the other workers by up to ``FLUSH_SECONDS``.
 from __future__ import annotations
 
 import asyncio
+import logging
+import math
 import os
 import threading
 import time
@@ -37,6 +39,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+log = logging.getLogger(__name__)
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST
 _FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -183,11 +186,19 @@ def flush() -> None:
     IN_FLIGHT.set(_in_flight)
 
 
-async def flushing() -> None:
-    """Flush every ``FLUSH_SECONDS`` until cancelled (the caller flushes once more)."""
+async def flushing(every: float = FLUSH_SECONDS) -> None:
+    """Flush every ``every`` seconds until cancelled (the caller flushes once more). A
+    flush that fails is logged, once a minute at most, and the next one is tried:
+    one bad tally must not stop this process's counts for good."""
+    logged = -math.inf
     while True:
-        await asyncio.sleep(FLUSH_SECONDS)
-        flush()
+        await asyncio.sleep(every)
+        try:
+            flush()
+        except Exception:
+            if time.monotonic() - logged >= 60:
+                logged = time.monotonic()
+                log.exception("flushing the metrics failed (logged once a minute at most)")
 
 
 def request_started() -> None:

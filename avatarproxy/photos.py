@@ -56,22 +56,30 @@ class Photos:
         self._coalescer = coalescer
         self._pool = pool
 
+    def plan(self, subject: Subject, meta: PhotoMeta, size: int, fmt: str
+             ) -> tuple[FetchPlan, str]:
+        """What answers ``size`` from ``meta``'s photo, and the rendered photo's key: the
+        one rule of the read-ahead's guess and the photo path (``memory_hit`` inlines it)."""
+        if subject.kind in ONE_PHOTO:
+            # Only the largest exists: one download (and one kept source) for every size.
+            plan = FetchPlan(hd_size=None, target=size)
+        else:
+            plan = plan_fetch(size, meta)
+        return plan, self._answers.photo_key(subject, meta.media_etag, plan.target, fmt)
+
     def read_ahead(self, subject: Subject, size: int, fmt: str) -> ReadAhead | None:
-        """The photo to read with ``subject``'s metadata: that of the mediaEtag last seen."""
-        media_etag = self._cache.last_media_etag(subject)
-        return None if media_etag is None else ReadAhead(
-            self._answers.photo_key(subject, media_etag, size, fmt))
+        """The photo to read with ``subject``'s metadata: that of the metadata last seen."""
+        seen = self._cache.last_seen(subject)
+        return None if seen is None else ReadAhead(self.plan(subject, seen, size, fmt)[1])
 
     async def avatar(self, subject: Subject, meta: PhotoMeta, size: int, fmt: str,
                      admit: Admit | None, ahead: ReadAhead | None = None) -> Avatar:
         """The photo ``meta`` describes, as ``fmt`` at ``size``; ``RateLimited`` if the
-        client cannot pay for the work it needs. ``ahead``: read with ``meta``."""
-        plan = plan_fetch(size, meta)
-        if subject.kind in ONE_PHOTO:
-            # Only the largest exists: one download (and one kept source) for every size.
-            plan = FetchPlan(hd_size=None, target=size)
-        key = self._answers.photo_key(subject, meta.media_etag, plan.target, fmt)
-        body = await self._cache.get_image(key, ahead)
+        client cannot pay for the work it needs. ``ahead``: used only if read with ``meta``
+        itself (not with metadata that Graph has sent since: a purge may have come first)."""
+        plan, key = self.plan(subject, meta, size, fmt)
+        body = await self._cache.get_image(key, ahead if ahead is not None
+                                           and ahead.meta is meta else None)
         if body is None:
             source_key = self._cache.source_key(subject, meta.media_etag, plan.hd_size)
             raw = await self._cache.get_image(source_key)

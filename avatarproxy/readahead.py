@@ -5,18 +5,22 @@ mediaEtag is in the person's metadata: read one after the other, a hit in
 Redis costs two round trips. So the photo key is guessed before the metadata
 is read, from the mediaEtag this process last saw for the person
 (``LastSeen``), and both are read at once (``AvatarCache.get_meta``). The
-guess is used only for the very key the metadata then names: when another
-replica has refreshed the metadata to a new mediaEtag, the keys differ and
-the right photo is read as before; a photo of another version is never shown.
+guess is used only with the metadata it was read with, and only for the very
+key that metadata names: when another replica has refreshed the metadata to a
+new mediaEtag, the keys differ and the right photo is read as before; a photo
+of another version is never shown. Metadata that comes from anywhere else (Graph,
+when Redis had none) leaves the guess unused: a purge may have landed while
+Graph was asked, and the photo read before it must not outlive it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import metrics
 from .models import PhotoMeta, Subject
 
-# People whose mediaEtag a process keeps: ~2 MB at most, per worker.
+# People whose photo metadata a process keeps: a few MB at most, per worker.
 KEPT = 8192
 
 
@@ -27,25 +31,34 @@ class ReadAhead:
     key: str
     body: bytes | None = None
     answered: bool = False  # Redis answered for ``key`` (``body`` None: it holds none)
+    meta: PhotoMeta | None = None  # what ``get_meta`` found with it: the only one it serves
+
+    def take(self) -> bytes | None:
+        """``body``, used in place of a lookup of ``key``: counted as that lookup (only
+        now: a guess that was wrong, or not used, is no lookup the service needed)."""
+        metrics.cache_lookup("redis", "miss" if self.body is None else "hit")
+        return self.body
 
 
 class LastSeen:
-    """cache id -> the mediaEtag of the photo last seen, oldest out first past ``kept``."""
+    """cache id -> the metadata of the photo last seen; past ``kept``, the person
+    seen least recently goes first."""
 
     def __init__(self, kept: int = KEPT) -> None:
         self._kept = kept
-        self._etags: dict[str, str] = {}
+        self._metas: dict[str, PhotoMeta] = {}  # in the order last seen, the oldest first
 
-    def media_etag(self, subject: Subject) -> str | None:
-        return self._etags.get(subject.cache_id)
+    def meta(self, subject: Subject) -> PhotoMeta | None:
+        return self._metas.get(subject.cache_id)
 
     def saw(self, subject: Subject, meta: PhotoMeta) -> None:
+        # Out, and in again as the newest: a dict keeps the order of insertion.
+        self._metas.pop(subject.cache_id, None)
         if not meta.has_photo:
-            self.forget(subject)
-            return
-        if subject.cache_id not in self._etags and len(self._etags) >= self._kept:
-            del self._etags[next(iter(self._etags))]  # the oldest
-        self._etags[subject.cache_id] = meta.media_etag
+            return  # no photo: nothing to read ahead
+        if len(self._metas) >= self._kept:
+            del self._metas[next(iter(self._metas))]  # the least recently seen
+        self._metas[subject.cache_id] = meta
 
     def forget(self, subject: Subject) -> None:
-        self._etags.pop(subject.cache_id, None)
+        self._metas.pop(subject.cache_id, None)

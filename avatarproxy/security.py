@@ -139,19 +139,17 @@ class Policy:
         """Named, by this key, in ``security.blocked`` or among the names it resolved to."""
         return subject.key in self.blocked
 
-    def check_blocked(self, subject: Subject) -> None:
-        """``Blocked`` if the subject is; ``Blocked`` (transient) for any person while
-        the list has not resolved yet: by another name (an object id for a UPN on
-        the list, or the reverse) a blocked person cannot be recognised until then."""
-        if self.is_blocked(subject):
-            raise Blocked()
-        if subject.kind == "user" and not self.blocked.resolved:
-            raise Blocked(transient=True)
-
     def withholds(self, subject: Subject) -> bool:
-        """Whether ``check_blocked`` would raise."""
+        """Whether the subject is blocked, or is any person while the list has not
+        resolved yet: by another name (an object id for a UPN on the list, or the
+        reverse) a blocked person cannot be recognised until then."""
         return self.is_blocked(subject) or (subject.kind == "user"
                                             and not self.blocked.resolved)
+
+    def check_blocked(self, subject: Subject) -> None:
+        """``Blocked`` if ``withholds``: transient unless the subject is on the list."""
+        if self.withholds(subject):
+            raise Blocked(transient=not self.is_blocked(subject))
 
     def refuses(self, subject: Subject) -> bool:
         """Whether serving would be refused: another domain, a guest, or blocked."""

@@ -196,8 +196,8 @@ async def _answer(request: web.Request, handling: Handling, subject: Subject, si
     admit = _admit(request, handling)
     try:
         handling.policy.check_blocked(subject)
-        result = await service.get_avatar(subject, size, formats=formats, fallback=fallback,
-                                          admit=admit)
+        # ``_serve`` asked memory_hit already: not again.
+        result = await service.fetch_avatar(subject, size, formats, fallback, admit)
     except Blocked as exc:
         # Never the photo: the name the page used, drawn as initials (or a 404).
         if not fallback:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -472,3 +473,46 @@ async def test_a_password_redis_refuses_stops_start_up_with_one_line(
     assert line.startswith("avatarproxy: config: cache.redis_password_file: authentication "
                            "failed ("), line
     assert "Xy7" not in out + err and "Traceback" not in out + err
+
+
+async def test_a_clean_up_that_raises_at_stop_still_flushes_the_last_counts(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from aiohttp import web
+    from prometheus_client import REGISTRY
+
+    from avatarproxy import metrics, ops
+    from avatarproxy.lifecycle import serve_until_stopped
+
+    labels = {"tier": "memory", "result": "miss"}
+    metrics.flush()
+    before = REGISTRY.get_sample_value("avatarproxy_cache_lookups_total", labels) or 0.0
+
+    async def make_app() -> web.Application:
+        app = web.Application()
+        ops.add_routes(app, redis_configured=False)
+
+        async def closes_badly(app: web.Application) -> AsyncIterator[None]:
+            yield
+            metrics.cache_lookup("memory", "miss")  # counted by the last clean-up
+            raise RuntimeError("closing Redis failed")
+
+        app.cleanup_ctx.append(closes_badly)
+        return app
+
+    settings = load_settings(env={}, overrides={
+        "server.host": "127.0.0.1", "server.port": free_port(),
+        "server.metrics_port": free_port(), "server.drain_seconds": 0})
+    with caplog.at_level(logging.INFO, logger="avatarproxy.lifecycle"):
+        serving = asyncio.create_task(serve_until_stopped(make_app, settings.server))
+        while True:  # a log line, no event to await
+            if any(r.message.startswith("Running on") for r in caplog.records):
+                break
+            await asyncio.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)  # to the loop's handler: a stop, not a kill
+        with pytest.raises(RuntimeError, match="closing Redis failed"):
+            await serving
+    assert REGISTRY.get_sample_value("avatarproxy_cache_lookups_total", labels) == before + 1
+    # Every other step too: the metrics port closed, the stop signals given back.
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", settings.server.metrics_port)
+    assert not asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)

@@ -390,3 +390,28 @@ async def test_version_and_every_command_in_the_help_and_the_readme() -> None:
     for command in commands:
         assert f"({command})" in description, command
         assert f"| `{command}` |" in section, command
+
+
+async def test_a_flush_that_fails_is_logged_and_the_flushing_goes_on(
+        caplog: pytest.LogCaptureFixture) -> None:
+    labels = {"tier": "memory", "result": "hit"}
+    metrics.flush()
+    before = REGISTRY.get_sample_value("avatarproxy_cache_lookups_total", labels) or 0.0
+    metrics._count(metrics.CACHE_LOOKUPS, ("memory",))  # a label short: that flush raises
+    flushing = asyncio.create_task(metrics.flushing(every=0.01))
+    try:
+        async with asyncio.timeout(30):  # a log line, then a sample: no event to await
+            while True:
+                if any(r.message.startswith("flushing the metrics failed")
+                       for r in caplog.records):
+                    break
+                await asyncio.sleep(0.01)
+            metrics.cache_lookup("memory", "hit")
+            while True:  # flushed by the same task, which went on
+                if REGISTRY.get_sample_value("avatarproxy_cache_lookups_total",
+                                             labels) == before + 1:
+                    break
+                await asyncio.sleep(0.01)
+        assert not flushing.done()
+    finally:
+        flushing.cancel()

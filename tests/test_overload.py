@@ -140,7 +140,7 @@ def an_instance(kind: type[AvatarProxyError]) -> AvatarProxyError:
 
 
 @pytest.mark.parametrize("kind", every_error_type(), ids=lambda kind: kind.__name__)
-@pytest.mark.parametrize("step", ["get_avatar", "initials_only"])
+@pytest.mark.parametrize("step", ["fetch_avatar", "initials_only"])
 async def test_every_error_the_service_raises_reaches_the_browser_as_a_status_or_initials(
         make_client: MakeClient, monkeypatch: pytest.MonkeyPatch, kind: type[AvatarProxyError],
         step: str) -> None:
@@ -150,7 +150,7 @@ async def test_every_error_the_service_raises_reaches_the_browser_as_a_status_or
         raise an_instance(kind)
 
     monkeypatch.setattr(service(client), step, fail)
-    who = ADELE if step == "get_avatar" else MEGAN
+    who = ADELE if step == "fetch_avatar" else MEGAN
     status, headers, body = await get(client, f"/avatar/{who}/64")
     expected = next((s for k, s in CLIENT_MISTAKES.items() if issubclass(kind, k)), None)
     if expected is not None:

@@ -5,14 +5,17 @@ what the service sent, no memory tier: every answer comes from Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import replace
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from appclient import MakeClient, get
-from faultproxy import FaultProxy
+from faultproxy import FaultProxy, Faults
 from redisservers import Topology
+from test_ops import scrape
 
 from avatarproxy import imaging
 from avatarproxy.cache import AvatarCache, RedisTier
@@ -97,11 +100,86 @@ async def test_a_photo_changed_by_another_replica_is_never_served_in_its_old_ver
     await other.close()
 
 
-def test_last_seen_keeps_a_bounded_number_of_people_forgetting_the_oldest() -> None:
+def test_last_seen_keeps_a_bounded_number_of_people_forgetting_the_least_recently_seen(
+        ) -> None:
     seen = LastSeen(kept=2)
     people = [Subject(f"p{n}@contoso.com") for n in range(3)]
-    for n, person in enumerate(people):
-        seen.saw(person, PhotoMeta(has_photo=True, media_etag=f'"E{n}"'))
-    assert [seen.media_etag(p) for p in people] == [None, '"E1"', '"E2"']
-    seen.saw(people[1], PhotoMeta(has_photo=False))  # no photo: nothing to read ahead
-    assert seen.media_etag(people[1]) is None
+    metas = [PhotoMeta(has_photo=True, media_etag=f'"E{n}"') for n in range(3)]
+    seen.saw(people[0], metas[0])
+    seen.saw(people[1], metas[1])
+    seen.saw(people[0], metas[0])  # p0 again: p1 is now the least recently seen
+    seen.saw(people[2], metas[2])
+    assert [seen.meta(p) for p in people] == [metas[0], None, metas[2]]
+    seen.saw(people[2], PhotoMeta(has_photo=False))  # no photo: nothing to read ahead
+    assert seen.meta(people[2]) is None
+
+
+async def test_a_purge_while_graph_is_asked_is_never_undone_by_the_photo_read_ahead(
+        make_client: MakeClient, fake_graph: Any, redis_url: str) -> None:
+    deployment = {"cache.redis_url": redis_url}
+    client = await make_client(**REDIS_ONLY, **deployment)
+    await get(client, PATH, headers=JPEG)  # kept in Redis; the process saw her mediaEtag
+    other, subject = another_replica(deployment), Subject(ADELE)
+    # Her metadata's stale TTL (7 days) ran out, her photo's (30 days) did not: the
+    # next request reads the photo ahead, finds no metadata and asks Graph.
+    plain = aioredis.Redis.from_url(redis_url)
+    assert await plain.delete(other.meta_key(subject)) == 1
+    await plain.aclose()
+    graph = fake_graph.graph
+    asked, downloads = graph.count(lambda r: "/photo" in r.raw_path), graph.count("$value")
+    graph.gate.clear()
+    answer = asyncio.create_task(get(client, PATH, headers=JPEG))
+    async with graph.arrived:  # her metadata asked for, and held
+        await graph.arrived.wait_for(lambda: graph.count(lambda r: "/photo" in r.raw_path
+                                                         and "$value" not in r.raw_path)
+                                     > asked - downloads)
+    assert await other.purge(subject) >= 1  # an operator's takedown, while Graph answers
+    graph.gate.set()
+    status, headers, _ = await answer
+    assert (status, headers["X-Avatar-Source"]) == (200, "photo")  # Graph still has it
+    # Not the bytes Redis held before the purge: downloaded anew, and kept anew.
+    assert graph.count("$value") == downloads + 1
+    await other.close()
+
+
+def lookups(before: dict[Any, float], after: dict[Any, float]) -> dict[str, float]:
+    """``avatarproxy_cache_lookups_total`` between two scrapes, by ``tier result``."""
+    return {" ".join(dict(labels)[k] for k in ("tier", "result")): after[name, labels]
+            - before.get((name, labels), 0.0)
+            for name, labels in after if name == "avatarproxy_cache_lookups_total"
+            and after[name, labels] != before.get((name, labels), 0.0)}
+
+
+async def test_cache_lookups_count_each_key_the_answer_needed_once(
+        make_client: MakeClient, redis_proxy: FaultProxy, fake_graph: Any) -> None:
+    deployment = {"cache.redis_url": f"redis://127.0.0.1:{redis_proxy.port}/0"}
+    client = await make_client(**REDIS_ONLY, **deployment)
+    await get(client, PATH, headers=JPEG)
+    before = await scrape(client)
+    await get(client, PATH, headers=JPEG)  # a Redis-tier hit: metadata and photo
+    after = await scrape(client)
+    # Each looked for in memory first (which keeps nothing here), then in Redis.
+    assert lookups(before, after) == {"memory miss": 2, "redis hit": 2}
+
+    # Another replica saw a new photo and rendered it: the guess (the old photo) was
+    # read with the metadata, but the answer needed the new photo only.
+    subject, other = Subject(ADELE), another_replica(deployment)
+    seen = await other.get_meta(subject)
+    assert seen is not None
+    await other.put_meta(subject, replace(seen, media_etag='"new"', fetched_at=time.time()))
+    new_key = other.photo_key(subject, '"new"', 48, "jpeg", imaging.RENDERER_VERSION)
+    await other.put_image(new_key, b"the new photo", owner=subject)
+    await other.close()
+    after = await scrape(client)  # (the other replica's lookups count in this process)
+    _, _, body = await get(client, PATH, headers=JPEG)
+    assert body == b"the new photo"
+    later = await scrape(client)
+    assert lookups(after, later) == {"memory miss": 2, "redis hit": 2}
+
+    # Redis fails: each key the answer needed, one error (the metadata, the photo,
+    # its kept source), then Graph.
+    redis_proxy.faults = Faults(reset_after=0)
+    redis_proxy.cut()
+    status, headers, _ = await get(client, PATH, headers=JPEG)
+    assert (status, headers["X-Avatar-Source"]) == (200, "photo")
+    assert lookups(later, await scrape(client)) == {"memory miss": 5, "redis error": 5}

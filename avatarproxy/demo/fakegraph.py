@@ -81,6 +81,9 @@ class FakeGraph(FakeTenant):
         self.requests: list[RecordedRequest] = []
         self.latency = 0.0
         self.arrived = asyncio.Condition()  # notified as each request arrives
+        # Cleared: each request, recorded and notified, waits until it is set again.
+        self.gate = asyncio.Event()
+        self.gate.set()
         self.accept_token: Callable[[str], bool] = lambda token: bool(token)
         self._injections: list[_Injection] = []
         self.gzip_json = True  # JSON answers gzip-compressed when the client accepts it
@@ -140,6 +143,7 @@ class FakeGraph(FakeTenant):
                                              at=time.monotonic()))
         async with self.arrived:
             self.arrived.notify_all()
+        await self.gate.wait()
         if self.latency > 0:
             await asyncio.sleep(self.latency)
         injected = self._take_injection(request.raw_path)
