@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import uvloop
 from faultproxy import FaultProxy, Faults
+from redis.asyncio.connection import AbstractConnection
 from yarl import URL
 
 from avatarproxy.deadline import deadline, paused
@@ -63,6 +64,34 @@ def test_a_reply_that_waited_behind_a_blocked_loop_is_an_answer(
         assert await task == b"photo"
         assert link.healthy
         await link.close()
+    run(scenario)
+
+
+def test_a_handshake_reply_that_waited_behind_a_blocked_loop_is_an_answer(
+        redis_url: str, run: Callable[[Callable[[], Awaitable[None]]], None],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A new connection to database 3 sends SELECT, through a proxy 10 ms away each
+    # way, and waits for the reply: the loop is blocked meanwhile, for twice the
+    # timeout. Before, each handshake reply had a wall-clock timeout, over before
+    # the reply could be read: the command failed and Redis read as down.
+    send_command = AbstractConnection.send_command
+
+    async def send(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        await send_command(self, *args, **kwargs)
+        if args[0] == "SELECT":  # the next turn, when the reply is being waited for
+            asyncio.get_running_loop().call_soon(block_loop, TIMEOUT * 2)
+
+    monkeypatch.setattr(AbstractConnection, "send_command", send)
+
+    async def scenario() -> None:
+        proxy = await FaultProxy.start(URL(redis_url).port or 0, Faults(latency=0.01))
+        link = link_to(f"redis://127.0.0.1:{proxy.port}/3")
+        try:
+            assert await link.call("SET", link.client.set("handshake", b"v")) is True
+            assert link.healthy
+        finally:
+            await link.close()
+            await proxy.close()
     run(scenario)
 
 
