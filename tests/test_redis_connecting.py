@@ -108,3 +108,19 @@ async def test_a_silent_first_sentinel_does_not_keep_redis_off(
     assert link.healthy
     await link.close()
     await silent.close()
+
+
+async def test_silent_sentinels_are_each_asked_once_per_connection() -> None:
+    # Every Sentinel accepts and never answers: the connection gives up after one
+    # timeout per Sentinel (docs/redis.md). Before, the connection's retry asked
+    # them all again (MasterNotFoundError is a ConnectionError): twice as long.
+    silent = [await FaultProxy.start(1, Faults(stall=True)) for _ in range(2)]
+    link = RedisLink(connect(RedisSettings(
+        redis_mode="sentinel", redis_sentinel_master="mymaster", redis_timeout_seconds=0.1,
+        redis_sentinels=[f"127.0.0.1:{proxy.port}" for proxy in silent])), retry_after=30)
+    assert await link.call("GET", link.client.get("k")) is None
+    assert not link.healthy
+    assert [proxy.accepted for proxy in silent] == [1, 1]
+    await link.close()
+    for proxy in silent:
+        await proxy.close()

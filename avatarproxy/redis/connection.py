@@ -26,6 +26,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import (
+    MasterNotFoundError,
     Sentinel,
     SentinelManagedConnection,
     SentinelManagedSSLConnection,
@@ -282,7 +283,10 @@ def _connect(cache: RedisSettings, pubsub: bool) -> RedisConnection:
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), 2))
         commands.own_budget_nodes(client, tls)
         return named(client)
-    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    # A quick retry of a broken connection; not of a master no Sentinel named: asking
+    # them all again at once would cost as long again for the same answer.
+    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,),
+                  is_retryable=lambda error: not isinstance(error, MasterNotFoundError))
     if cache.redis_mode == "sentinel":
         for name in ("host", "port", "path", "connection_class"):
             options.pop(name, None)
