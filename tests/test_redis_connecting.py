@@ -124,3 +124,23 @@ async def test_silent_sentinels_are_each_asked_once_per_connection() -> None:
     await link.close()
     for proxy in silent:
         await proxy.close()
+
+
+async def test_no_client_setinfo_to_redis_or_the_sentinels(
+        redis_url: str, redis_sentinel: Topology) -> None:
+    # Two replies more to read per new connection, for a name in CLIENT LIST.
+    # Before, the connections to the Sentinels still sent them.
+    redis = await FaultProxy.start(URL(redis_url).port or 0)
+    plain = connect(RedisSettings(redis_url=f"redis://127.0.0.1:{redis.port}/0"))
+    assert await plain.run(plain.client.set("setinfo", b"v")) is True
+    settings = {key.removeprefix("cache."): value
+                for key, value in redis_sentinel.overrides.items()}
+    first, *others = settings["redis_sentinels"]
+    sentinel = await FaultProxy.start(int(first.rpartition(":")[2]))
+    settings["redis_sentinels"] = [f"127.0.0.1:{sentinel.port}", *others]
+    watched = connect(RedisSettings(**settings))
+    assert await watched.run(watched.client.set("setinfo", b"v")) is True
+    for connection, proxy in ((plain, redis), (watched, sentinel)):
+        await connection.aclose()
+        await proxy.close()
+        assert proxy.requests and not any(b"SETINFO" in sent for sent in proxy.requests)

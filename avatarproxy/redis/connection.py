@@ -292,7 +292,7 @@ def _connect(cache: RedisSettings, pubsub: bool) -> RedisConnection:
             options.pop(name, None)
         sentinel_options: dict[str, Any] = {
             "socket_timeout": cache.redis_timeout_seconds,
-            "socket_connect_timeout": cache.redis_timeout_seconds,
+            "socket_connect_timeout": cache.redis_timeout_seconds, "driver_info": None,
             "ssl": tls, **_tls_options(cache, tls)}
         if cache.redis_sentinel_password_file:
             sentinel_options["credential_provider"] = _PasswordFile(
@@ -326,7 +326,7 @@ def _url_options(url: str, cache: RedisSettings) -> dict[str, Any]:
         options.pop("db", None)
     # No read timeout: ``RedisConnection.run`` bounds each command; subscriptions idle.
     # Opening a connection: each step within the timeout, and no CLIENT SETINFO (two
-    # replies more to wait for, for a name in CLIENT LIST).
+    # replies more to read, for a name in CLIENT LIST; the Sentinels' too).
     options.update(socket_timeout=None,
                    socket_connect_timeout=cache.redis_timeout_seconds,
                    health_check_interval=_HEALTH_CHECK_SECONDS, driver_info=None)
