@@ -9,8 +9,11 @@ it gives the work that lag again, once and at most one more deadline (the reply
 that waited behind it is read first; uvloop runs timers before reading sockets).
 So a command Redis answered in time is not cut off by the loop's lag, and a dead
 peer under a loop that never catches up is still given up on after at most twice
-the deadline plus one turn of the loop. A connection being opened pauses it
-(``paused``): opening one has budgets of its own.
+the deadline plus six turns of the loop (a turn: running once what is ready): the
+timer runs up to two turns late, its grace too, then the cancel and the unwinding
+take one each. A connection being opened pauses it (``paused``): opening one has
+budgets of its own. A task started inside inherits the running deadline; once it
+has ended or fired, pausing it does nothing.
 
 ``Stopwatch`` counts a longer wait (a replica waiting for another's download) in
 the loop's own time, on one clock per loop: a tick every ``_TICK_SECONDS`` adds
@@ -36,8 +39,8 @@ class deadline:  # used like asyncio.timeout
     """``async with deadline(seconds):`` raises TimeoutError after ``seconds`` of
     the loop's time; a cancellation from outside passes through as it is."""
 
-    __slots__ = ("_graced", "_handle", "_left", "_loop", "_pauses", "_seconds", "_timeout",
-                 "_token", "_when")
+    __slots__ = ("_graced", "_handle", "_left", "_loop", "_over", "_pauses", "_seconds",
+                 "_timeout", "_token", "_when")
 
     def __init__(self, seconds: float) -> None:
         self._seconds = seconds
@@ -49,7 +52,7 @@ class deadline:  # used like asyncio.timeout
         await self._timeout.__aenter__()
         self._loop = loop = asyncio.get_running_loop()
         self._when = loop.time() + self._seconds
-        self._graced = False
+        self._graced = self._over = False
         self._pauses = 0
         self._handle = loop.call_at(self._when, self._expire)
         self._token = _running.set(self)
@@ -57,10 +60,13 @@ class deadline:  # used like asyncio.timeout
     async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                         traceback: TracebackType | None) -> None:
         _running.reset(self._token)
+        self._over = True  # a task started inside still sees it: _pause, _resume
         self._handle.cancel()
         await self._timeout.__aexit__(kind, exc, traceback)
 
     def _expire(self) -> None:
+        if self._over:
+            return
         now = self._loop.time()
         late = now - self._when
         if late > self._seconds * _TOLERANCE and not self._graced:
@@ -68,15 +74,20 @@ class deadline:  # used like asyncio.timeout
             self._when = now + min(late, self._seconds)
             self._handle = self._loop.call_at(self._when, self._expire)
         else:
-            self._timeout.reschedule(now)  # cancels the task at once
+            self._over = True
+            self._timeout.reschedule(now)  # the task is cancelled on the next turn
 
     def _pause(self) -> None:
+        if self._over:
+            return
         self._pauses += 1
         if self._pauses == 1:
             self._handle.cancel()
             self._left = self._when - self._loop.time()
 
     def _resume(self) -> None:
+        if self._over:
+            return
         self._pauses -= 1
         if not self._pauses:
             self._when = self._loop.time() + max(self._left, 0.0)

@@ -141,7 +141,7 @@ class FaultProxy:
     async def _to_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                          faults: Faults, turn: _Turn) -> str:
         """Copy the server's bytes to the client with the faults; how it ended:
-        ``eof`` (the server closed), ``reset`` or ``close``."""
+        ``eof`` (the server closed), ``gone`` (the client did), ``reset`` or ``close``."""
         budget = _Budget(faults)
         while True:
             data = await reader.read(65536)
@@ -156,6 +156,8 @@ class FaultProxy:
             step = faults.segment or len(data) or 1
             for start in range(0, len(data), step):
                 piece = data[start:start + step]
+                if writer.is_closing():  # uvloop raises RuntimeError writing to it
+                    return "gone"
                 writer.write(piece)
                 await writer.drain()
                 if faults.bandwidth:
@@ -229,7 +231,8 @@ def _reset(writer: asyncio.StreamWriter) -> None:
     """Close with RST, not FIN: SO_LINGER 0, then abort."""
     sock = writer.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):
+        # ValueError: uvloop's stand-in for the socket of a transport already closed
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
 

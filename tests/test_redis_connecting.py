@@ -108,3 +108,39 @@ async def test_a_silent_first_sentinel_does_not_keep_redis_off(
     assert link.healthy
     await link.close()
     await silent.close()
+
+
+async def test_silent_sentinels_are_each_asked_once_per_connection() -> None:
+    # Every Sentinel accepts and never answers: the connection gives up after one
+    # timeout per Sentinel (docs/redis.md). Before, the connection's retry asked
+    # them all again (MasterNotFoundError is a ConnectionError): twice as long.
+    silent = [await FaultProxy.start(1, Faults(stall=True)) for _ in range(2)]
+    link = RedisLink(connect(RedisSettings(
+        redis_mode="sentinel", redis_sentinel_master="mymaster", redis_timeout_seconds=0.1,
+        redis_sentinels=[f"127.0.0.1:{proxy.port}" for proxy in silent])), retry_after=30)
+    assert await link.call("GET", link.client.get("k")) is None
+    assert not link.healthy
+    assert [proxy.accepted for proxy in silent] == [1, 1]
+    await link.close()
+    for proxy in silent:
+        await proxy.close()
+
+
+async def test_no_client_setinfo_to_redis_or_the_sentinels(
+        redis_url: str, redis_sentinel: Topology) -> None:
+    # Two replies more to read per new connection, for a name in CLIENT LIST.
+    # Before, the connections to the Sentinels still sent them.
+    redis = await FaultProxy.start(URL(redis_url).port or 0)
+    plain = connect(RedisSettings(redis_url=f"redis://127.0.0.1:{redis.port}/0"))
+    assert await plain.run(plain.client.set("setinfo", b"v")) is True
+    settings = {key.removeprefix("cache."): value
+                for key, value in redis_sentinel.overrides.items()}
+    first, *others = settings["redis_sentinels"]
+    sentinel = await FaultProxy.start(int(first.rpartition(":")[2]))
+    settings["redis_sentinels"] = [f"127.0.0.1:{sentinel.port}", *others]
+    watched = connect(RedisSettings(**settings))
+    assert await watched.run(watched.client.set("setinfo", b"v")) is True
+    for connection, proxy in ((plain, redis), (watched, sentinel)):
+        await connection.aclose()
+        await proxy.close()
+        assert proxy.requests and not any(b"SETINFO" in sent for sent in proxy.requests)

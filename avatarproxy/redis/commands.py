@@ -7,9 +7,10 @@ a wait for one of the connection's slots included. The connections have no read
 timeout (redis-py's costs a task per write on Python 3.11), so a bare
 ``await client.get()`` would have none at all: nothing else awaits one. Opening a
 connection is not counted in that deadline: it pauses it, and each step has
-``socket_connect_timeout`` of its own (TCP and TLS, each reply of the handshake;
-in Sentinel mode, each Sentinel asked for the master), so a Redis far away can
-still be reached and a silent Sentinel does not stop the others being asked.
+``socket_connect_timeout`` of its own (TCP and TLS, each reply of the handshake,
+in the loop's own time too; in Sentinel mode, each Sentinel asked for the
+master), so a Redis far away can still be reached and a silent Sentinel does not
+stop the others being asked.
 
 Subscriptions (the purge channel) are the exception: they idle for minutes, so
 their reads have no deadline; ``_GuardedPubSub`` only translates torn
@@ -19,6 +20,7 @@ connections, and the purge listener finds a silent one with its own PING.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable
 from typing import Any, TypeVar, cast
 
@@ -33,6 +35,7 @@ from redis.asyncio.connection import (
 from redis.asyncio.sentinel import SentinelManagedConnection, SentinelManagedSSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MaxConnectionsError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import EncodableT
 
 from ..deadline import deadline, paused
@@ -125,9 +128,9 @@ class Subscriber(Redis):
 
 class _OwnBudget:
     """Opening a connection: the command's deadline paused, each step within
-    ``socket_connect_timeout`` (the connection's commands have no read timeout)."""
+    ``socket_connect_timeout`` of the loop's own time (the connection's commands
+    have no read timeout)."""
 
-    socket_timeout: float | None
     socket_connect_timeout: float | None
     is_connected: bool
 
@@ -147,13 +150,38 @@ class _OwnBudget:
             await super().connect_check_health(  # type: ignore[misc]
                 check_health=check_health, retry_socket_connect=retry_socket_connect)
 
+    # redis-py bounds these steps in wall-clock time, and a reply that came while the
+    # loop was busy would fail them: Redis taken for down. Ours forgive the lag.
+    async def _connect(self) -> None:
+        seconds, self.socket_connect_timeout = self.socket_connect_timeout, None
+        try:
+            async with _step(seconds):  # TCP and TLS
+                await super()._connect()  # type: ignore[misc]
+        finally:
+            self.socket_connect_timeout = seconds
+
     async def on_connect_check_health(self, check_health: bool = True) -> None:
-        # AUTH, SELECT... each reply within the connect timeout, as the TCP connect.
-        self.socket_timeout = self.socket_connect_timeout
+        # HELLO/AUTH, SELECT...: the handshake reads through this instance attribute,
+        # so commands read as they are (no frame more per reply).
+        setattr(self, "read_response", self._handshake_reply)  # noqa: B010 - for mypy
         try:
             await super().on_connect_check_health(check_health)  # type: ignore[misc]
         finally:
-            self.socket_timeout = None
+            delattr(self, "read_response")
+
+    async def _handshake_reply(self, *args: Any, **kwargs: Any) -> Any:
+        """One reply of the handshake within ``socket_connect_timeout``."""
+        connection = cast("AbstractConnection", self)
+        try:
+            async with _step(self.socket_connect_timeout):
+                return await type(connection).read_response(connection, *args, **kwargs)
+        except TimeoutError:  # cut off mid-reply: redis-py has closed the connection
+            raise RedisTimeoutError(f"Timeout reading from {connection._host_error()}") from None
+
+
+def _step(seconds: float | None) -> contextlib.AbstractAsyncContextManager[None]:
+    """One step of opening a connection: ``seconds`` of the loop's own time, if any."""
+    return deadline(seconds) if seconds is not None else contextlib.nullcontext()
 
 
 class _Connection(_OwnBudget, Connection):

@@ -26,6 +26,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import (
+    MasterNotFoundError,
     Sentinel,
     SentinelManagedConnection,
     SentinelManagedSSLConnection,
@@ -282,13 +283,16 @@ def _connect(cache: RedisSettings, pubsub: bool) -> RedisConnection:
             retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.25), 2))
         commands.own_budget_nodes(client, tls)
         return named(client)
-    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
+    # A quick retry of a broken connection; not of a master no Sentinel named: asking
+    # them all again at once would cost as long again for the same answer.
+    retry = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,),
+                  is_retryable=lambda error: not isinstance(error, MasterNotFoundError))
     if cache.redis_mode == "sentinel":
         for name in ("host", "port", "path", "connection_class"):
             options.pop(name, None)
         sentinel_options: dict[str, Any] = {
             "socket_timeout": cache.redis_timeout_seconds,
-            "socket_connect_timeout": cache.redis_timeout_seconds,
+            "socket_connect_timeout": cache.redis_timeout_seconds, "driver_info": None,
             "ssl": tls, **_tls_options(cache, tls)}
         if cache.redis_sentinel_password_file:
             sentinel_options["credential_provider"] = _PasswordFile(
@@ -322,7 +326,7 @@ def _url_options(url: str, cache: RedisSettings) -> dict[str, Any]:
         options.pop("db", None)
     # No read timeout: ``RedisConnection.run`` bounds each command; subscriptions idle.
     # Opening a connection: each step within the timeout, and no CLIENT SETINFO (two
-    # replies more to wait for, for a name in CLIENT LIST).
+    # replies more to read, for a name in CLIENT LIST; the Sentinels' too).
     options.update(socket_timeout=None,
                    socket_connect_timeout=cache.redis_timeout_seconds,
                    health_check_interval=_HEALTH_CHECK_SECONDS, driver_info=None)
