@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import pytest
@@ -39,6 +40,40 @@ def run(request: pytest.FixtureRequest) -> Callable[[Callable[[], Awaitable[None
 def link_to(url: str) -> RedisLink:
     return RedisLink(connect(RedisSettings(redis_url=url, redis_timeout_seconds=TIMEOUT)),
                      retry_after=30)
+
+
+@asynccontextmanager
+async def proxied(redis_url: str, faults: Faults, db: int = 0) -> AsyncIterator[RedisLink]:
+    """A link to database ``db`` of ``redis_url`` through a fault proxy; both closed after."""
+    proxy = await FaultProxy.start(URL(redis_url).port or 0, faults)
+    link = link_to(f"redis://127.0.0.1:{proxy.port}/{db}")
+    try:
+        yield link
+    finally:
+        await link.close()
+        await proxy.close()
+
+
+@contextmanager
+def busy_turns(seconds: float) -> Iterator[list[None]]:
+    """While inside, every turn of the running loop blocks it for ``seconds``; the
+    list yielded grows by one item per turn that started inside."""
+    loop = asyncio.get_running_loop()
+    turns: list[None] = []
+    busy = True
+
+    def hog() -> None:
+        if busy:
+            block_loop(seconds)
+            turns.append(None)
+            loop.call_soon(hog)
+
+    block_loop(seconds)  # this turn too, uncounted: it started before
+    loop.call_soon(hog)
+    try:
+        yield turns
+    finally:
+        busy = False
 
 
 def block_loop(seconds: float) -> None:
@@ -84,64 +119,42 @@ def test_a_handshake_reply_that_waited_behind_a_blocked_loop_is_an_answer(
     monkeypatch.setattr(AbstractConnection, "send_command", send)
 
     async def scenario() -> None:
-        proxy = await FaultProxy.start(URL(redis_url).port or 0, Faults(latency=0.01))
-        link = link_to(f"redis://127.0.0.1:{proxy.port}/3")
-        try:
+        async with proxied(redis_url, Faults(latency=0.01), db=3) as link:
             assert await link.call("SET", link.client.set("handshake", b"v")) is True
             assert link.healthy
-        finally:
-            await link.close()
-            await proxy.close()
     run(scenario)
 
 
 def test_a_stalled_redis_reads_as_down_within_about_the_timeout(
         redis_url: str, run: Callable[[Callable[[], Awaitable[None]]], None]) -> None:
     async def scenario() -> None:
-        proxy = await FaultProxy.start(URL(redis_url).port or 0, Faults(stall=True))
-        link = link_to(f"redis://127.0.0.1:{proxy.port}/0")
-        started = time.monotonic()
-        assert await link.call("GET", link.client.get("k")) is None
-        elapsed = time.monotonic() - started
-        assert not link.healthy
-        assert TIMEOUT * 0.9 <= elapsed < TIMEOUT * 15
-        await link.close()
-        await proxy.close()
+        async with proxied(redis_url, Faults(stall=True)) as link:
+            started = time.monotonic()
+            assert await link.call("GET", link.client.get("k")) is None
+            elapsed = time.monotonic() - started
+            assert not link.healthy
+            assert TIMEOUT * 0.9 <= elapsed < TIMEOUT * 15
     run(scenario)
 
 
 def test_a_stalled_redis_under_a_blocked_loop_is_still_given_up_on(
         redis_url: str, run: Callable[[Callable[[], Awaitable[None]]], None]) -> None:
     async def scenario() -> None:
-        proxy = await FaultProxy.start(URL(redis_url).port or 0, Faults(stall=True))
-        link = link_to(f"redis://127.0.0.1:{proxy.port}/0")
-        task = await in_flight(link, "k")
-        block_loop(TIMEOUT * 5)
-        assert await task is None  # the lag given back, and then it timed out
-        assert not link.healthy
-        await link.close()
-        await proxy.close()
+        async with proxied(redis_url, Faults(stall=True)) as link:
+            task = await in_flight(link, "k")
+            block_loop(TIMEOUT * 5)
+            assert await task is None  # the lag given back, and then it timed out
+            assert not link.healthy
     run(scenario)
 
 
 def test_a_loop_that_never_catches_up_still_ends_the_wait(
         run: Callable[[Callable[[], Awaitable[None]]], None]) -> None:
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        hogging = True
-
-        def hog() -> None:  # every turn of the loop takes longer than the deadline
-            if hogging:
-                block_loop(0.03)
-                loop.call_soon(hog)
-
-        hog()
-        try:
-            with pytest.raises(TimeoutError):
-                async with deadline(0.02):
-                    await asyncio.Event().wait()
-        finally:
-            hogging = False
+        # every turn of the loop takes longer than the deadline
+        with busy_turns(0.03), pytest.raises(TimeoutError):
+            async with deadline(0.02):
+                await asyncio.Event().wait()
     run(scenario)
 
 
@@ -153,26 +166,10 @@ def test_a_loop_that_never_catches_up_gives_one_more_deadline_at_most(
     cancels; a turn more to unwind. Before: each late run got its lateness back
     again, 20 deadlines' worth (41 turns here)."""
     async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        turns = 0
-        hogging = True
-
-        def hog() -> None:
-            nonlocal turns
-            if hogging:
-                turns += 1
-                block_loop(0.01)
-                loop.call_soon(hog)
-
-        hog()
-        counted = turns
-        try:
-            with pytest.raises(TimeoutError):
-                async with deadline(0.02):
-                    await asyncio.Event().wait()
-        finally:
-            hogging = False
-        assert turns - counted <= 2 * 2 + 6  # twice the deadline (2 turns) + 6 turns
+        with busy_turns(0.01) as turns, pytest.raises(TimeoutError):
+            async with deadline(0.02):
+                await asyncio.Event().wait()
+        assert len(turns) <= 2 * 2 + 6  # twice the deadline (2 turns) + 6 turns
     run(scenario)
 
 
