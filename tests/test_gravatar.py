@@ -14,6 +14,7 @@ from urllib.parse import quote
 
 import pytest
 from appclient import Client, MakeClient, client_factory, get
+from people import pradeep
 from PIL import Image
 from prometheus_client import REGISTRY
 
@@ -44,11 +45,7 @@ NOBODY = md5("nobody.at.all@contoso.com")
 
 @pytest.fixture(autouse=True)
 def _pradeep(fake_graph: Any) -> None:
-    """Someone whose mail and aliases are not the UPN, with a photo."""
-    fake_graph.graph.add(FakePerson(
-        "pradeep.gupta@contoso.onmicrosoft.com", PRADEEP, "Pradeep Gupta",
-        photo=portrait(240, 240, "#222", "#999", "#c96"), mail="p.gupta@contoso.com",
-        proxy_addresses=("SMTP:p.gupta@contoso.com", "smtp:pradeep@contoso.com")))
+    fake_graph.graph.add(pradeep(PRADEEP))
 
 
 @pytest.fixture

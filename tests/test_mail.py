@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from appclient import Client, MakeClient
+from people import pradeep
 
 from avatarproxy.demo.people import FakePerson
 from avatarproxy.demo.photos import portrait
@@ -17,11 +18,7 @@ PERSON_ID = "6d5c4b3a-2918-4776-8554-433221100fed"
 
 @pytest.fixture(autouse=True)
 def _pradeep(fake_graph: Any) -> None:
-    """Someone whose mail and aliases are not the UPN."""
-    fake_graph.graph.add(FakePerson(
-        "pradeep.gupta@contoso.onmicrosoft.com", PERSON_ID, "Pradeep Gupta",
-        photo=portrait(240, 240, "#222", "#999", "#c96"), mail="p.gupta@contoso.com",
-        proxy_addresses=("SMTP:p.gupta@contoso.com", "smtp:pradeep@contoso.com")))
+    fake_graph.graph.add(pradeep(PERSON_ID))
 
 
 async def fetch(client: Client, address: str) -> tuple[str, bytes]:
